@@ -1,0 +1,41 @@
+"""System checks: a misconfigured SMSERVE fails ``manage.py check`` (run by ``serve``), not
+the first request."""
+
+from typing import Any
+
+from django.core.checks import Error, register
+from django.core.exceptions import ImproperlyConfigured
+
+from modelapp import conf
+
+
+@register()
+def check_smserve_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors = []
+    for check_id, loader, setting in (
+        ("modelapp.E001", conf.parser_classes, "PARSERS"),
+        ("modelapp.E002", conf.renderer_classes, "RENDERERS"),
+        ("modelapp.E003", conf.predictor_class, "PREDICTOR"),
+    ):
+        try:
+            loader()
+        except ImproperlyConfigured as exc:
+            errors.append(
+                Error(
+                    str(exc),
+                    hint=f"Fix SMSERVE[{setting!r}] in smserve/settings.py.",
+                    id=check_id,
+                )
+            )
+    if not errors:
+        media_types = [cls.media_type for cls in conf.parser_classes()]
+        default = conf.get("DEFAULT_CONTENT_TYPE")
+        if default not in media_types:
+            errors.append(
+                Error(
+                    f"The default Content-Type {default!r} has no parser.",
+                    hint=f"Set SMSERVE_DEFAULT_CONTENT_TYPE to one of {', '.join(media_types)}.",
+                    id="modelapp.E004",
+                )
+            )
+    return errors

@@ -1,0 +1,91 @@
+"""HTTP errors of the inference contract, one ``APIException`` per meaning, and the handler.
+
+Every error body is ``{"detail": "...", "code": "..."}``, rendered in the negotiated format.
+The handler answers only for errors it knows; anything else stays a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.response import Response
+
+
+class InvalidInput(exceptions.APIException):
+    """The body could not be turned into a batch the model accepts (400)."""
+
+    status_code = HTTPStatus.BAD_REQUEST
+    default_detail = "The request body is not a valid batch."
+    default_code = "invalid_input"
+
+
+class UnsupportedMediaType(exceptions.APIException):
+    """No parser reads this Content-Type (415)."""
+
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    default_code = "unsupported_media_type"
+
+    def __init__(self, media_type: str, supported: Iterable[str]) -> None:
+        super().__init__(
+            f"Content-Type {media_type!r} is not supported; "
+            f"send one of: {', '.join(supported)}."
+        )
+
+
+class NotAcceptable(exceptions.APIException):
+    """No renderer satisfies the Accept header (406)."""
+
+    status_code = HTTPStatus.NOT_ACCEPTABLE
+    default_code = "not_acceptable"
+
+    def __init__(self, accept: str, supported: Iterable[str]) -> None:
+        super().__init__(
+            f"Accept {accept!r} cannot be satisfied; this endpoint answers with: "
+            f"{', '.join(supported)}."
+        )
+
+
+class PayloadTooLarge(exceptions.APIException):
+    """The body is over the payload limit (413); nginx says the same before Django does."""
+
+    status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    default_code = "payload_too_large"
+
+
+class ModelNotReady(exceptions.APIException):
+    """No model is loaded, or it failed its warm-up (503)."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    default_detail = "The model is not loaded."
+    default_code = "model_not_ready"
+
+
+def error_body(detail: Any, code: str) -> dict[str, str]:
+    """The one error shape: fields may be added over time, never removed or retyped."""
+    if isinstance(detail, (list, dict)):
+        detail = "; ".join(str(d) for d in (detail.values() if isinstance(detail, dict) else detail))
+    return {"detail": str(detail), "code": str(code)}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, reshaped: known errors get our body; unknown ones return None (500)."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if not isinstance(exc, exceptions.APIException):
+        return None
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))
+    code = exc.get_codes() if isinstance(exc.detail, str) else exc.default_code
+    if not isinstance(code, str):
+        code = exc.default_code
+    return Response(error_body(exc.detail, code), status=exc.status_code, headers=headers)

@@ -1,0 +1,94 @@
+"""Content negotiation by SageMaker's rules.
+
+Content-Type: its media type picks the parser; absent or ``application/octet-stream`` means
+``SMSERVE['DEFAULT_CONTENT_TYPE']`` (``text/csv``).
+Accept: the best supported entry of the list, by q-value; absent or ``*/*`` means
+``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` if set, else the request's own type if a renderer
+has it, else JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.request import Request
+
+from modelapp import conf
+from modelapp.exceptions import NotAcceptable, UnsupportedMediaType
+
+GENERIC_TYPES = {"", "application/octet-stream"}
+
+
+def base_type(header: str) -> str:
+    """``'Text/CSV; charset=utf-8'`` -> ``'text/csv'``."""
+    return header.split(";", 1)[0].strip().lower()
+
+
+def request_media_type(request: Request) -> str:
+    media_type = base_type(request.content_type or "")
+    return conf.get("DEFAULT_CONTENT_TYPE") if media_type in GENERIC_TYPES else media_type
+
+
+def parse_accept(header: str) -> list[str]:
+    """Media ranges of an Accept header, best first (q-value, then specificity, then order);
+    ranges with ``q=0`` are dropped."""
+    ranked = []
+    for position, part in enumerate(header.split(",")):
+        media_range, *params = part.split(";")
+        media_range = media_range.strip().lower()
+        if not media_range:
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality <= 0:
+            continue
+        specificity = 0 if media_range == "*/*" else 1 if media_range.endswith("/*") else 2
+        ranked.append((-quality, -specificity, position, media_range))
+    return [media_range for *_, media_range in sorted(ranked)]
+
+
+def _matches(media_range: str, media_type: str) -> bool:
+    if media_range == "*/*":
+        return True
+    if media_range.endswith("/*"):
+        return media_type.startswith(media_range[:-1])
+    return media_range == media_type
+
+
+class SageMakerContentNegotiation(BaseContentNegotiation):
+    """Picks the parser from Content-Type and the renderer from Accept (see module doc)."""
+
+    def select_parser(self, request: Request, parsers: Sequence[Any]) -> Any:
+        media_type = request_media_type(request)
+        for parser in parsers:
+            if parser.media_type == media_type:
+                return parser
+        raise UnsupportedMediaType(media_type, [p.media_type for p in parsers])
+
+    def default_accept(self, request: Request) -> list[str]:
+        default = conf.get("DEFAULT_ACCEPT")
+        if default:
+            return [base_type(default)]
+        return [request_media_type(request), "application/json"]
+
+    def select_renderer(
+        self, request: Request, renderers: Sequence[Any], format_suffix: str | None = None
+    ) -> tuple[Any, str]:
+        header = request.META.get("HTTP_ACCEPT", "").strip()
+        ranges = parse_accept(header) if header else ["*/*"]
+        for media_range in ranges:
+            # A bare wildcard means "whatever you would send by default".
+            wanted = [*self.default_accept(request), "*/*"] if media_range == "*/*" else [media_range]
+            for candidate in wanted:
+                for renderer in renderers:
+                    if _matches(candidate, renderer.media_type):
+                        return renderer, renderer.media_type
+        raise NotAcceptable(header, [r.media_type for r in renderers])

@@ -1,0 +1,239 @@
+"""Request body -> ``Batch``: one parser per Content-Type, chosen by the negotiation class.
+
+A parser only turns bytes into records; it does not know the model. Checks that need the
+model (feature count, names, NaN support) happen in the predictor.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+import orjson
+from django.utils.http import parse_header_parameters
+from rest_framework.parsers import BaseParser
+
+from modelapp.exceptions import InvalidInput
+
+JSON_SHAPES = '[[...], ...], {"instances": [...]} or {"inputs": [...]}'
+
+
+@dataclass
+class Batch:
+    """Records from one request, in order.
+
+    Exactly one of ``values`` and ``records`` is set. ``values`` is a float array, 2-D
+    (records x features) or 1-D when the body was a flat list (``flat``): one record, or one
+    value per record for a single-feature model, which only the model can tell apart.
+    ``records`` holds ``{feature: value}`` objects. ``columns`` are a CSV header's names.
+    """
+
+    values: np.ndarray | None = None
+    records: list[dict[str, Any]] | None = None
+    columns: list[str] | None = None
+
+    @property
+    def flat(self) -> bool:
+        return self.values is not None and self.values.ndim == 1
+
+    def __len__(self) -> int:
+        if self.records is not None:
+            return len(self.records)
+        return 1 if self.flat else len(self.values)
+
+
+class BaseBatchParser(BaseParser):
+    """Reads a whole request body of ``media_type`` into a ``Batch``.
+
+    Subclasses set ``media_type`` (and ``format``) and implement ``parse_bytes``; errors in
+    the body raise ``InvalidInput`` with a message that says what was expected.
+    """
+
+    media_type: str = ""
+    format: str = ""
+
+    def parse(
+        self, stream: IO[bytes], media_type: str | None = None, parser_context: Any = None
+    ) -> Batch:
+        _, params = parse_header_parameters(media_type or "")
+        data = stream.read()
+        if not data.strip():
+            raise InvalidInput(f"The body is empty: send one or more records as {self.media_type}.")
+        return self.parse_bytes(data, params)
+
+    def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
+        raise NotImplementedError(".parse_bytes() must be overridden.")
+
+
+def to_float_rows(rows: list[list[Any]], what: str) -> np.ndarray:
+    """Rows of equal width -> float array; blank CSV fields are missing values (NaN)."""
+    widths = {len(row) for row in rows}
+    if len(widths) > 1:
+        first = len(rows[0])
+        for number, row in enumerate(rows, 1):
+            if len(row) != first:
+                raise InvalidInput(
+                    f"Every record must have the same number of features: record 1 has "
+                    f"{first}, record {number} has {len(row)}."
+                )
+    try:
+        return np.array(rows, dtype=np.float64)
+    except (ValueError, TypeError):
+        pass
+    for number, row in enumerate(rows, 1):
+        for column, value in enumerate(row, 1):
+            if isinstance(value, str) and value.strip() == "":
+                continue
+            try:
+                float(value)
+            except (ValueError, TypeError):
+                raise InvalidInput(
+                    f"Record {number}, feature {column}: {value!r} is not a number; {what} "
+                    f"must hold numbers only."
+                ) from None
+    # Only blank fields were in the way: they are missing values.
+    return np.array(
+        [[np.nan if isinstance(v, str) and not v.strip() else v for v in row] for row in rows],
+        dtype=np.float64,
+    )
+
+
+class CSVParser(BaseBatchParser):
+    """``text/csv``: one record per line, numbers only; no header unless ``header=present``."""
+
+    media_type = "text/csv"
+    format = "csv"
+
+    def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
+        charset = params.get("charset", "utf-8")
+        try:
+            text = data.decode(charset)
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"The CSV body is not valid {charset}: {exc}.") from exc
+        if '"' in text:
+            rows = [row for row in csv.reader(io.StringIO(text))]
+        else:
+            rows = [line.split(",") for line in text.splitlines()]
+        # Batch transform slices keep the file's trailing newlines: they end the body, they
+        # are not records.
+        while rows and not "".join(rows[-1]).strip():
+            rows.pop()
+        columns = None
+        if params.get("header", "").lower() == "present":
+            columns = [name.strip() for name in rows.pop(0)]
+        if not rows:
+            raise InvalidInput("The CSV body has no records: send one record per line.")
+        for number, row in enumerate(rows, 1):
+            if len(row) == 1 and not row[0].strip():
+                raise InvalidInput(f"Record {number} is a blank line: send one record per line.")
+        if columns is not None and len(columns) != len(rows[0]):
+            raise InvalidInput(
+                f"The CSV header names {len(columns)} columns but record 1 has {len(rows[0])}."
+            )
+        return Batch(values=to_float_rows(rows, "a CSV record"), columns=columns)
+
+
+def batch_from_items(items: list[Any], where: str) -> Batch:
+    """A decoded JSON list -> Batch: rows (lists), records (objects) or a flat list."""
+    if not items:
+        raise InvalidInput(f"{where} holds no records: send at least one.")
+    kinds = {type(item) for item in items}
+    if kinds == {list}:
+        return Batch(values=to_float_rows(items, "a JSON record"))
+    if kinds == {dict}:
+        return Batch(records=items)
+    if not kinds & {list, dict}:
+        return Batch(values=to_float_rows([items], "a JSON record")[0])
+    raise InvalidInput(
+        f"{where} mixes records of different kinds: send all arrays or all objects."
+    )
+
+
+class JSONParser(BaseBatchParser):
+    """``application/json``: ``[[...]]``, ``{"instances"}``, ``{"inputs"}``, or records as
+    objects; several documents one per line (batch transform, ``SplitType=Line``) are read
+    as JSON Lines."""
+
+    media_type = "application/json"
+    format = "json"
+
+    def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            if b"\n" in data.strip():
+                return parse_json_lines(data)
+            raise InvalidInput(f"The body is not valid JSON: {exc}.") from exc
+        if isinstance(document, dict):
+            for key in ("instances", "inputs"):
+                if key in document:
+                    if not isinstance(document[key], list):
+                        raise InvalidInput(f'"{key}" must be a list of records.')
+                    return batch_from_items(document[key], f'"{key}"')
+            raise InvalidInput(
+                f"Unknown JSON shape: an object with keys {sorted(document)[:10]}; "
+                f"expected {JSON_SHAPES}."
+            )
+        if isinstance(document, list):
+            return batch_from_items(document, "The JSON list")
+        raise InvalidInput(f"Unknown JSON shape: a {type(document).__name__}; expected {JSON_SHAPES}.")
+
+
+def parse_json_lines(data: bytes) -> Batch:
+    """One record per line: an array of numbers, an object of features, or one number."""
+    items = []
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"Line {number} is not valid JSON: {exc}.") from exc
+        items.append(item if isinstance(item, (list, dict)) else [item])
+    return batch_from_items(items, "The JSON Lines body")
+
+
+class JSONLinesParser(BaseBatchParser):
+    """``application/jsonlines``: one JSON array (or object) per line, one record each."""
+
+    media_type = "application/jsonlines"
+    format = "jsonl"
+
+    def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
+        return parse_json_lines(data)
+
+
+class NPYParser(BaseBatchParser):
+    """``application/x-npy``: an array saved by ``numpy.save``; pickled objects refused."""
+
+    media_type = "application/x-npy"
+    format = "npy"
+
+    def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
+        if not data.startswith(b"\x93NUMPY"):
+            raise InvalidInput(
+                "The body is not an NPY array: it does not start with numpy.save's header."
+            )
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):
+                raise InvalidInput(
+                    "The NPY body holds Python objects, which are refused (allow_pickle is "
+                    "off): send a numeric array."
+                ) from exc
+            raise InvalidInput(f"The body is not a valid NPY array: {exc}.") from exc
+        except (OSError, EOFError) as exc:
+            raise InvalidInput(f"The body is not a valid NPY array: {exc}.") from exc
+        if array.ndim not in (1, 2) or array.size == 0:
+            raise InvalidInput(
+                f"The NPY array has shape {array.shape}; expected a non-empty 2-D array "
+                f"(records x features) or a 1-D array (one record)."
+            )
+        try:
+            return Batch(values=array.astype(np.float64, copy=False))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"The NPY array of {array.dtype} is not numeric: {exc}.") from exc
