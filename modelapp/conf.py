@@ -87,7 +87,9 @@ def parser_classes() -> tuple[type, ...]:
 def renderer_classes() -> tuple[type, ...]:
     from modelapp.renderers import BaseBatchRenderer
 
-    return tuple(import_class(p, BaseBatchRenderer, "RENDERERS") for p in get("RENDERERS"))
+    return tuple(
+        import_class(p, BaseBatchRenderer, "RENDERERS") for p in get("RENDERERS")
+    )
 
 
 @functools.cache

@@ -68,7 +68,9 @@ class ModelNotReady(exceptions.APIException):
 def error_body(detail: Any, code: str) -> dict[str, str]:
     """The one error shape: fields may be added over time, never removed or retyped."""
     if isinstance(detail, (list, dict)):
-        detail = "; ".join(str(d) for d in (detail.values() if isinstance(detail, dict) else detail))
+        detail = "; ".join(
+            str(d) for d in (detail.values() if isinstance(detail, dict) else detail)
+        )
     return {"detail": str(detail), "code": str(code)}
 
 
@@ -88,4 +90,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     code = exc.get_codes() if isinstance(exc.detail, str) else exc.default_code
     if not isinstance(code, str):
         code = exc.default_code
-    return Response(error_body(exc.detail, code), status=exc.status_code, headers=headers)
+    return Response(
+        error_body(exc.detail, code), status=exc.status_code, headers=headers
+    )

@@ -28,7 +28,9 @@ def base_type(header: str) -> str:
 
 def request_media_type(request: Request) -> str:
     media_type = base_type(request.content_type or "")
-    return conf.get("DEFAULT_CONTENT_TYPE") if media_type in GENERIC_TYPES else media_type
+    return (
+        conf.get("DEFAULT_CONTENT_TYPE") if media_type in GENERIC_TYPES else media_type
+    )
 
 
 def parse_accept(header: str) -> list[str]:
@@ -50,7 +52,9 @@ def parse_accept(header: str) -> list[str]:
                     quality = 0.0
         if quality <= 0:
             continue
-        specificity = 0 if media_range == "*/*" else 1 if media_range.endswith("/*") else 2
+        specificity = (
+            0 if media_range == "*/*" else 1 if media_range.endswith("/*") else 2
+        )
         ranked.append((-quality, -specificity, position, media_range))
     return [media_range for *_, media_range in sorted(ranked)]
 
@@ -80,13 +84,20 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
         return [request_media_type(request), "application/json"]
 
     def select_renderer(
-        self, request: Request, renderers: Sequence[Any], format_suffix: str | None = None
+        self,
+        request: Request,
+        renderers: Sequence[Any],
+        format_suffix: str | None = None,
     ) -> tuple[Any, str]:
         header = request.META.get("HTTP_ACCEPT", "").strip()
         ranges = parse_accept(header) if header else ["*/*"]
         for media_range in ranges:
             # A bare wildcard means "whatever you would send by default".
-            wanted = [*self.default_accept(request), "*/*"] if media_range == "*/*" else [media_range]
+            wanted = (
+                [*self.default_accept(request), "*/*"]
+                if media_range == "*/*"
+                else [media_range]
+            )
             for candidate in wanted:
                 for renderer in renderers:
                     if _matches(candidate, renderer.media_type):

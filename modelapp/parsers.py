@@ -56,12 +56,17 @@ class BaseBatchParser(BaseParser):
     format: str = ""
 
     def parse(
-        self, stream: IO[bytes], media_type: str | None = None, parser_context: Any = None
+        self,
+        stream: IO[bytes],
+        media_type: str | None = None,
+        parser_context: Any = None,
     ) -> Batch:
         _, params = parse_header_parameters(media_type or "")
         data = stream.read()
         if not data.strip():
-            raise InvalidInput(f"The body is empty: send one or more records as {self.media_type}.")
+            raise InvalidInput(
+                f"The body is empty: send one or more records as {self.media_type}."
+            )
         return self.parse_bytes(data, params)
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
@@ -96,7 +101,10 @@ def to_float_rows(rows: list[list[Any]], what: str) -> np.ndarray:
                 ) from None
     # Only blank fields were in the way: they are missing values.
     return np.array(
-        [[np.nan if isinstance(v, str) and not v.strip() else v for v in row] for row in rows],
+        [
+            [np.nan if isinstance(v, str) and not v.strip() else v for v in row]
+            for row in rows
+        ],
         dtype=np.float64,
     )
 
@@ -128,7 +136,9 @@ class CSVParser(BaseBatchParser):
             raise InvalidInput("The CSV body has no records: send one record per line.")
         for number, row in enumerate(rows, 1):
             if len(row) == 1 and not row[0].strip():
-                raise InvalidInput(f"Record {number} is a blank line: send one record per line.")
+                raise InvalidInput(
+                    f"Record {number} is a blank line: send one record per line."
+                )
         if columns is not None and len(columns) != len(rows[0]):
             raise InvalidInput(
                 f"The CSV header names {len(columns)} columns but record 1 has {len(rows[0])}."
@@ -179,7 +189,9 @@ class JSONParser(BaseBatchParser):
             )
         if isinstance(document, list):
             return batch_from_items(document, "The JSON list")
-        raise InvalidInput(f"Unknown JSON shape: a {type(document).__name__}; expected {JSON_SHAPES}.")
+        raise InvalidInput(
+            f"Unknown JSON shape: a {type(document).__name__}; expected {JSON_SHAPES}."
+        )
 
 
 def parse_json_lines(data: bytes) -> Batch:
@@ -236,4 +248,6 @@ class NPYParser(BaseBatchParser):
         try:
             return Batch(values=array.astype(np.float64, copy=False))
         except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"The NPY array of {array.dtype} is not numeric: {exc}.") from exc
+            raise InvalidInput(
+                f"The NPY array of {array.dtype} is not numeric: {exc}."
+            ) from exc

@@ -32,7 +32,9 @@ class BasePredictor:
         self.metadata = metadata or {}
         self.n_features: int | None = self._n_features()
         names = self._feature_names()
-        self.feature_names: list[str] | None = list(names) if names is not None else None
+        self.feature_names: list[str] | None = (
+            list(names) if names is not None else None
+        )
         self.allows_nan: bool = self._allows_nan()
         self.available_methods: tuple[str, ...] = tuple(
             m for m in self.methods if callable(getattr(model, m, None))
@@ -43,7 +45,9 @@ class BasePredictor:
         return self.methods[0]
 
     def _n_features(self) -> int | None:
-        value = getattr(self.model, "n_features_in_", None) or self.metadata.get("n_features")
+        value = getattr(self.model, "n_features_in_", None) or self.metadata.get(
+            "n_features"
+        )
         return int(value) if value else None
 
     def _feature_names(self) -> Any:
@@ -169,9 +173,14 @@ class BasePredictor:
     def warm_up(self) -> None:
         """Predict once on a record of zeros of the right width: proves the model works."""
         if self.n_features is None:
-            logger.warning("The model does not say how many features it takes: no warm-up.")
+            logger.warning(
+                "The model does not say how many features it takes: no warm-up."
+            )
             return
-        self.call(self.default_method, self.to_matrix(Batch(values=np.zeros((1, self.n_features)))))
+        self.call(
+            self.default_method,
+            self.to_matrix(Batch(values=np.zeros((1, self.n_features)))),
+        )
 
 
 class SklearnPredictor(BasePredictor):

@@ -61,7 +61,9 @@ def find_artifact(paths: SageMakerPaths) -> Path:
     if not model_dir.is_dir():
         raise ModelLoadError(f"The model directory {model_dir} does not exist.")
     names = sorted(p.name for p in model_dir.iterdir())
-    logger.info("Model directory %s holds: %s", model_dir, ", ".join(names) or "nothing")
+    logger.info(
+        "Model directory %s holds: %s", model_dir, ", ".join(names) or "nothing"
+    )
     if paths.model_file.is_file():
         return paths.model_file
     candidates = [model_dir / n for n in names if n.endswith(ARTIFACT_SUFFIXES)]
@@ -90,7 +92,9 @@ def read_metadata(paths: SageMakerPaths) -> dict[str, Any]:
     try:
         metadata = json.loads(text)
     except json.JSONDecodeError as exc:
-        logger.error("Ignoring %s: it is not valid JSON (%s).", paths.metadata_file, exc)
+        logger.error(
+            "Ignoring %s: it is not valid JSON (%s).", paths.metadata_file, exc
+        )
         return {}
     if not isinstance(metadata, dict):
         logger.error("Ignoring %s: it is not a JSON object.", paths.metadata_file)
@@ -110,21 +114,30 @@ def load_model(paths: SageMakerPaths) -> LoadedModel:
     if expected and expected != sha256:
         logger.warning(
             "%s has sha256 %s but metadata.json records %s: serving the file as it is.",
-            artifact, sha256, expected,
+            artifact,
+            sha256,
+            expected,
         )
     # joblib.load runs code from the file: the artifact is trusted input by contract.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model = joblib.load(artifact)
-        except Exception as exc:  # any failure to unpickle is a broken artifact, not our bug
+        except (
+            Exception
+        ) as exc:  # any failure to unpickle is a broken artifact, not our bug
             logger.exception("Could not load %s.", artifact)
             raise ModelLoadError(
                 f"Could not load {artifact.name}: {type(exc).__name__}: {exc}"
             ) from exc
     for warning in caught:
         # e.g. InconsistentVersionWarning: recorded, never silenced.
-        logger.warning("Loading %s: %s: %s", artifact.name, warning.category.__name__, warning.message)
+        logger.warning(
+            "Loading %s: %s: %s",
+            artifact.name,
+            warning.category.__name__,
+            warning.message,
+        )
     if not callable(getattr(model, "predict", None)):
         raise ModelLoadError(
             f"{artifact.name} holds a {type(model).__name__}, which has no predict method."
@@ -177,8 +190,11 @@ class ModelRegistry:
             predictor = self.loaded.predictor
             logger.info(
                 "Loaded %s (%s, sha256 %s, %d features, methods %s) in %.2fs.",
-                self.loaded.path, type(predictor.model).__name__, self.loaded.sha256[:12],
-                predictor.n_features or 0, ",".join(predictor.available_methods),
+                self.loaded.path,
+                type(predictor.model).__name__,
+                self.loaded.sha256[:12],
+                predictor.n_features or 0,
+                ",".join(predictor.available_methods),
                 self.loaded.load_seconds,
             )
             self._write_ready_file()

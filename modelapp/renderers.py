@@ -29,7 +29,9 @@ def dump_json(value: Any) -> bytes:
     """JSON that is always valid: NaN and infinity become null."""
     if isinstance(value, np.ndarray):
         value = to_jsonable(value)
-    return orjson.dumps(value, option=_NUMPY | orjson.OPT_NON_STR_KEYS, default=_default)
+    return orjson.dumps(
+        value, option=_NUMPY | orjson.OPT_NON_STR_KEYS, default=_default
+    )
 
 
 def _default(value: Any) -> Any:
@@ -53,7 +55,10 @@ class BaseBatchRenderer(BaseRenderer):
     error_media_type = "application/json"
 
     def render(
-        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Any = None,
     ) -> bytes:
         response = (renderer_context or {}).get("response")
         if response is not None and getattr(response, "exception", False):

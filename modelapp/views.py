@@ -40,7 +40,9 @@ class FirstRendererNegotiation(BaseContentNegotiation):
     def select_parser(self, request: Request, parsers: Any) -> Any:
         return parsers[0] if parsers else None
 
-    def select_renderer(self, request: Request, renderers: Any, format_suffix: Any = None) -> Any:
+    def select_renderer(
+        self, request: Request, renderers: Any, format_suffix: Any = None
+    ) -> Any:
         return renderers[0], renderers[0].media_type
 
 
@@ -94,7 +96,9 @@ class InvocationsView(APIView):
     def post(self, request: Request) -> Response:
         predictor = registry.get()
         check_body_size(request)
-        attributes = parse_custom_attributes(request.META.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES", ""))
+        attributes = parse_custom_attributes(
+            request.META.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES", "")
+        )
         method = attributes.get("method") or predictor.default_method
         batch = request.data
         predictions = predictor.predict(batch, method)
@@ -143,7 +147,7 @@ def log_invocation(request: Request, response: Response) -> None:
     if logger.isEnabledFor(level):
         detail = ""
         if status >= 400 and isinstance(response.data, dict):
-            detail = " detail=%r" % response.data.get("detail", "")
+            detail = f" detail={response.data.get('detail', '')!r}"
         logger.log(
             level,
             "POST /invocations %d records=%d in=%s out=%s bytes_in=%s %.2fms%s",
@@ -159,7 +163,9 @@ def log_invocation(request: Request, response: Response) -> None:
 
 def _json_error(status: HTTPStatus, detail: str, code: str) -> HttpResponse:
     return HttpResponse(
-        dump_json(error_body(detail, code)), status=status, content_type="application/json"
+        dump_json(error_body(detail, code)),
+        status=status,
+        content_type="application/json",
     )
 
 
@@ -172,11 +178,15 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     )
 
 
-def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def bad_request(
+    request: HttpRequest, exception: Exception | None = None
+) -> HttpResponse:
     return _json_error(HTTPStatus.BAD_REQUEST, "Bad request.", "bad_request")
 
 
-def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def permission_denied(
+    request: HttpRequest, exception: Exception | None = None
+) -> HttpResponse:
     return _json_error(HTTPStatus.FORBIDDEN, "Permission denied.", "permission_denied")
 
 

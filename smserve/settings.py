@@ -30,7 +30,9 @@ def env_int(*names: str, default: int) -> int:
             try:
                 return int(value)
             except ValueError:
-                raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+                raise ValueError(
+                    f"{name} must be a whole number, got {value!r}"
+                ) from None
     return default
 
 
@@ -41,10 +43,14 @@ BATCH_MODE = env_bool("SAGEMAKER_BATCH")
 # body may be of any size (MaxPayloadInMB=0, chunked encoding).
 MAX_PAYLOAD_MB = env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", default=6)
 if not 0 <= MAX_PAYLOAD_MB <= 100:
-    raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {MAX_PAYLOAD_MB}")
+    raise ValueError(
+        f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {MAX_PAYLOAD_MB}"
+    )
 MAX_PAYLOAD_BYTES = MAX_PAYLOAD_MB * 1024 * 1024 or None
 MODEL_SERVER_WORKERS = env_int(
-    "SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS", default=os.cpu_count() or 1
+    "SAGEMAKER_MODEL_SERVER_WORKERS",
+    "MODEL_SERVER_WORKERS",
+    default=os.cpu_count() or 1,
 )
 MODEL_SERVER_TIMEOUT = env_int(
     "SAGEMAKER_MODEL_SERVER_TIMEOUT",
@@ -60,7 +66,8 @@ SMSERVE = {
     "WORKERS": MODEL_SERVER_WORKERS,
     "TIMEOUT": MODEL_SERVER_TIMEOUT,
     # Content-Type assumed when a request has none or says application/octet-stream.
-    "DEFAULT_CONTENT_TYPE": os.environ.get("SMSERVE_DEFAULT_CONTENT_TYPE") or "text/csv",
+    "DEFAULT_CONTENT_TYPE": os.environ.get("SMSERVE_DEFAULT_CONTENT_TYPE")
+    or "text/csv",
     # Accept assumed when a request has none or says */*; empty = the request's own type.
     "DEFAULT_ACCEPT": os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "",
     # Written by the process that loaded and warmed the model; nginx answers /ping from it.
@@ -93,7 +100,9 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-ALLOWED_HOSTS = [h for h in os.environ.get("SMSERVE_ALLOWED_HOSTS", "*").split(",") if h]
+ALLOWED_HOSTS = [
+    h for h in os.environ.get("SMSERVE_ALLOWED_HOSTS", "*").split(",") if h
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -137,12 +146,15 @@ TEMPLATES = [
 ]
 
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    DATABASES = {
+        "default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)
+    }
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("SMSERVE_SQLITE_PATH") or STATE_DIR / "smserve.sqlite3",
+            "NAME": os.environ.get("SMSERVE_SQLITE_PATH")
+            or STATE_DIR / "smserve.sqlite3",
             # WAL lets several workers write stats while the admin reads; IMMEDIATE takes the
             # write lock up front so concurrent writers wait (timeout) instead of failing.
             "OPTIONS": {
@@ -163,7 +175,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("SMSERVE_STATIC_ROOT") or BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
 }
 
 # One value for nginx's client_max_body_size, Django's and our own check.
@@ -199,7 +213,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"},
+        "plain": {
+            "format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+        },
     },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
