@@ -15,6 +15,8 @@ from django.utils.module_loading import import_string
 
 DEFAULTS: dict[str, Any] = {
     "BASE_DIR": "/opt/ml",
+    "PORT": 8080,
+    "HOST": "0.0.0.0",
     "BATCH": False,
     "MAX_PAYLOAD_BYTES": 6 * 1024 * 1024,
     "MAX_PAYLOAD_MB": 6,

@@ -154,7 +154,7 @@ def log_invocation(request: Request, response: Response) -> None:
             status,
             getattr(request, "records", 0),
             request.META.get("CONTENT_TYPE") or "-",
-            response.get("Content-Type", "-"),
+            response.content_type or getattr(response, "accepted_media_type", "-"),
             request.META.get("CONTENT_LENGTH") or 0,
             elapsed_ms,
             detail,

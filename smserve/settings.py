@@ -60,6 +60,9 @@ MODEL_SERVER_TIMEOUT = env_int(
 
 SMSERVE = {
     "BASE_DIR": SAGEMAKER_BASE_DIR,
+    # Where nginx listens (gunicorn alone when nginx is missing).
+    "PORT": env_int("SAGEMAKER_BIND_TO_PORT", default=8080),
+    "HOST": os.environ.get("SMSERVE_BIND_HOST") or "0.0.0.0",
     "BATCH": BATCH_MODE,
     "MAX_PAYLOAD_BYTES": MAX_PAYLOAD_BYTES,
     "MAX_PAYLOAD_MB": MAX_PAYLOAD_MB,

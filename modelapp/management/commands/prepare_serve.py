@@ -1,0 +1,81 @@
+"""``manage.py prepare_serve RUN_DIR``: everything ``serve`` does before starting servers.
+
+One Python process instead of several (start-up time counts): the system checks (the deploy
+set), the migrations, and nginx.conf rendered from ``docker/nginx.conf`` with the values
+Django itself uses (port, payload limit, timeout), so nginx and the app cannot disagree.
+"""
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
+
+from modelapp import conf
+
+logger = logging.getLogger("modelapp.serve")
+
+TEMPLATE = Path(settings.BASE_DIR) / "docker" / "nginx.conf"
+
+
+def render_nginx_conf(run_dir: Path, access_log: str) -> str:
+    """The template with every placeholder filled; an unknown one is an error."""
+    max_bytes = conf.get("MAX_PAYLOAD_BYTES")
+    host, port = conf.get("HOST"), conf.get("PORT")
+    values = {
+        "RUN_DIR": str(run_dir),
+        "SOCKET": str(run_dir / "gunicorn.sock"),
+        "LISTEN": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "MAX_BODY": str(max_bytes or 0),
+        "MAX_MB": str(conf.get("MAX_PAYLOAD_MB")),
+        "TIMEOUT": str(conf.get("TIMEOUT")),
+        "ACCESS_LOG": access_log,
+        # As root, nginx's workers would otherwise run as nobody, who may not read the run
+        # dir; the container runs as root by SageMaker's contract.
+        "USER": "user root;" if os.geteuid() == 0 else "",
+    }
+    text = TEMPLATE.read_text()
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise CommandError(
+                f"{TEMPLATE} uses @@{name}@@, which prepare_serve does not know."
+            )
+        return values[name]
+
+    return re.sub(r"@@([A-Z_]+)@@", fill, text)
+
+
+class Command(BaseCommand):
+    help = (
+        "Check the deployment, migrate the database and render nginx.conf into RUN_DIR."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "run_dir", type=Path, help="Where nginx.conf and the socket go."
+        )
+        parser.add_argument(
+            "--access-log",
+            default="off",
+            help="nginx access_log value, e.g. '/dev/stdout' (default: off; the app logs "
+            "one line per invocation).",
+        )
+
+    def handle(
+        self, *args: Any, run_dir: Path, access_log: str, **options: Any
+    ) -> None:
+        call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+        except DatabaseError as exc:
+            # Serving never depends on the database: the admin and stats wait for it.
+            logger.error("Database not migrated (%s); serving goes on without it.", exc)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "nginx.conf").write_text(render_nginx_conf(run_dir, access_log))
