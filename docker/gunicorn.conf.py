@@ -18,7 +18,9 @@ bind = (
 )
 workers = _smserve["WORKERS"]
 worker_class = "sync"
-timeout = _smserve["TIMEOUT"]
+# nginx times an invocation out first (proxy_read_timeout = TIMEOUT) with a clear 504; a
+# worker still stuck a few seconds later is killed and replaced.
+timeout = _smserve["TIMEOUT"] + 5
 # SageMaker sends SIGKILL 30 s after SIGTERM: finish in-flight requests well before that.
 graceful_timeout = 25
 preload_app = True

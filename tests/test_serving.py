@@ -1,0 +1,337 @@
+"""The inference contract through the real stack: nginx + gunicorn + Django on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+from http import HTTPStatus
+
+import numpy as np
+import pytest
+
+FORMATS = ["text/csv", "application/json", "application/jsonlines", "application/x-npy"]
+
+
+def encode(rows: np.ndarray, content_type: str) -> bytes:
+    if content_type == "text/csv":
+        return "".join(
+            ",".join(map(repr, row)) + "\n" for row in rows.tolist()
+        ).encode()
+    if content_type == "application/json":
+        return json.dumps(rows.tolist()).encode()
+    if content_type == "application/jsonlines":
+        return "".join(json.dumps(row) + "\n" for row in rows.tolist()).encode()
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    return buffer.getvalue()
+
+
+def decode(body: bytes, accept: str) -> list:
+    if accept == "text/csv":
+        return [
+            [float(v) for v in line.split(",")] if "," in line else float(line)
+            for line in body.decode().splitlines()
+        ]
+    if accept == "application/json":
+        return json.loads(body)["predictions"]
+    if accept == "application/jsonlines":
+        return [json.loads(line) for line in body.decode().splitlines()]
+    return np.load(io.BytesIO(body), allow_pickle=False).tolist()
+
+
+@pytest.fixture(scope="module")
+def sample(iris):
+    X, _ = iris
+    return X[::15]  # 10 records across the three classes
+
+
+@pytest.mark.parametrize("accept", FORMATS)
+@pytest.mark.parametrize("content_type", FORMATS)
+def test_every_content_type_and_accept(
+    server, iris_model, sample, content_type, accept
+):
+    """Every request format is answered in every response format, with the exact media
+    type and the same predictions as the model in-process."""
+    status, headers, body = server.invoke(
+        encode(sample, content_type), content_type, Accept=accept
+    )
+    assert status == HTTPStatus.OK, body
+    assert headers["content-type"] == accept
+    assert decode(body, accept) == iris_model.predict(sample).tolist()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/octet-stream", "text/csv; charset=utf-8", "Text/CSV"],
+)
+def test_content_type_variants_read_as_csv(server, content_type):
+    """No Content-Type and application/octet-stream mean CSV; parameters and case are
+    accepted."""
+    status, _, body = server.invoke(
+        b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n", content_type, Accept="text/csv"
+    )
+    assert status == HTTPStatus.OK, body
+    assert body == b"0\n2\n"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accept", "expected"),
+    [
+        ("application/json", None, "application/json"),
+        ("text/csv", None, "text/csv"),
+        ("application/jsonlines", "*/*", "application/jsonlines"),
+        ("text/csv", "text/csv;q=0.5, application/json", "application/json"),
+        ("application/json", "text/html, text/csv;q=0.9", "text/csv"),
+        ("application/json", "text/html, */*;q=0.1", "application/json"),
+        ("application/json", "application/*", "application/json"),
+    ],
+)
+def test_accept_rules(server, sample, content_type, accept, expected):
+    """Absent Accept or */* answers in the request's own type; lists go by q-value."""
+    headers = {"Accept": accept} if accept else {}
+    status, response_headers, body = server.invoke(
+        encode(sample[:2], content_type), content_type, **headers
+    )
+    assert status == HTTPStatus.OK, body
+    assert response_headers["content-type"] == expected
+
+
+def test_csv_header_present(server):
+    """``header=present`` skips the first line."""
+    body = b"sl,sw,pl,pw\n5.1,3.5,1.4,0.2\n"
+    status, _, response = server.invoke(
+        body, "text/csv; header=present", Accept="application/json"
+    )
+    assert status == HTTPStatus.OK, response
+    assert json.loads(response) == {"predictions": [0]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}',
+        b'{"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}',
+        b"[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]",
+    ],
+)
+def test_json_shapes(server, body):
+    """The three JSON batch shapes give the same answer."""
+    status, _, response = server.invoke(body, "application/json")
+    assert status == HTTPStatus.OK, response
+    assert json.loads(response) == {"predictions": [0, 2]}
+
+
+def test_single_flat_record(server):
+    """A flat JSON list is one record (the official container says "Expected 2D array")."""
+    status, _, response = server.invoke(b"[6.7, 3.0, 5.2, 2.3]", "application/json")
+    assert status == HTTPStatus.OK, response
+    assert json.loads(response) == {"predictions": [2]}
+
+
+def test_predict_proba_by_custom_attributes(server, iris_model, sample):
+    """The method comes from X-Amzn-SageMaker-Custom-Attributes and is echoed back."""
+    status, headers, body = server.invoke(
+        encode(sample, "text/csv"),
+        "text/csv",
+        Accept="application/json",
+        **{"X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba"},
+    )
+    assert status == HTTPStatus.OK, body
+    assert headers["x-amzn-sagemaker-custom-attributes"] == "method=predict_proba"
+    assert json.loads(body)["predictions"] == iris_model.predict_proba(sample).tolist()
+
+
+def test_predict_proba_as_csv_rows(server):
+    """Scores render as one comma-joined row per record."""
+    status, _, body = server.invoke(
+        b"5.1,3.5,1.4,0.2\n",
+        "text/csv",
+        Accept="text/csv",
+        **{"X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba"},
+    )
+    assert status == HTTPStatus.OK, body
+    assert body == b"1.0,0.0,0.0\n"
+
+
+def test_ten_thousand_records_in_order(server, iris, iris_model):
+    """A 10,000-record CSV batch returns 10,000 lines, in input order."""
+    X, _ = iris
+    rng = np.random.default_rng(0)
+    rows = X[rng.integers(0, len(X), 10_000)]
+    status, _, body = server.invoke(
+        encode(rows, "text/csv"), "text/csv", Accept="text/csv"
+    )
+    assert status == HTTPStatus.OK, body[:200]
+    lines = body.decode().splitlines()
+    assert len(lines) == 10_000
+    assert [int(v) for v in lines] == iris_model.predict(rows).tolist()
+
+
+def test_execution_parameters(server):
+    """Batch transform asks how to call the container."""
+    status, headers, body = server.request("GET", "/execution-parameters")
+    assert status == HTTPStatus.OK
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "MaxConcurrentTransforms": 2,
+        "BatchStrategy": "MULTI_RECORD",
+        "MaxPayloadInMB": 6,
+    }
+
+
+def test_ping_ready(server):
+    """/ping is 200 once the model is loaded and warmed up."""
+    status, _, body = server.request("GET", "/ping")
+    assert status == HTTPStatus.OK
+    assert json.loads(body)["status"] == "ready"
+
+
+ERRORS = [
+    # (body, content type, accept, status, code, words in the message)
+    (b"", "text/csv", None, 400, "empty_body", "body is empty"),
+    (b"\n\n", "text/csv", None, 400, "invalid_input", "empty"),
+    (
+        b"1,2,3\n",
+        "text/csv",
+        None,
+        400,
+        "invalid_input",
+        "Expected 4 features per record, got 3",
+    ),
+    (
+        b"1,2,3,4\n1,2,3,4,5\n",
+        "text/csv",
+        None,
+        400,
+        "invalid_input",
+        "record 1 has 4, record 2 has 5",
+    ),
+    (
+        b"1,2,x,4\n",
+        "text/csv",
+        None,
+        400,
+        "invalid_input",
+        "Record 1, feature 3: 'x' is not",
+    ),
+    (b"1,2,3,4\n\n1,2,3,4\n", "text/csv", None, 400, "invalid_input", "blank line"),
+    (b"[[1,2,3,4]", "application/json", None, 400, "invalid_input", "not valid JSON"),
+    (
+        b'{"rows": [[1,2,3,4]]}',
+        "application/json",
+        None,
+        400,
+        "invalid_input",
+        "Unknown JSON shape",
+    ),
+    (b'"text"', "application/json", None, 400, "invalid_input", "Unknown JSON shape"),
+    (b"[]", "application/json", None, 400, "invalid_input", "no records"),
+    (
+        b'[{"a": 1}]',
+        "application/json",
+        None,
+        400,
+        "invalid_input",
+        "without feature names",
+    ),
+    (
+        b"[1,2,3,4]\nnope\n",
+        "application/jsonlines",
+        None,
+        400,
+        "invalid_input",
+        "Line 2",
+    ),
+    (b"not npy", "application/x-npy", None, 400, "invalid_input", "not an NPY array"),
+    (b"1,2,inf,4\n", "text/csv", None, 400, "invalid_input", "not infinity"),
+    (
+        b"1,2,3,4\n",
+        "text/html",
+        None,
+        415,
+        "unsupported_media_type",
+        "text/csv, application/json",
+    ),
+    (
+        b"1,2,3,4\n",
+        "text/csv",
+        "text/html",
+        406,
+        "not_acceptable",
+        "application/json, text/csv",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "accept", "status", "code", "words"), ERRORS
+)
+def test_error_table(server, body, content_type, accept, status, code, words):
+    """Each bad request gets its status and a JSON body that says what was expected."""
+    headers = {"Accept": accept or "application/json"}
+    got, response_headers, response = server.invoke(body, content_type, **headers)
+    assert got == status, response
+    assert response_headers["content-type"] == "application/json"
+    error = json.loads(response)
+    assert error["code"] == code
+    assert words in error["detail"]
+
+
+def test_errors_render_as_csv_text(server):
+    """With Accept text/csv an error is one plain line."""
+    status, headers, body = server.invoke(b"1,2,3\n", "text/csv", Accept="text/csv")
+    assert status == HTTPStatus.BAD_REQUEST
+    assert headers["content-type"] == "text/csv"
+    assert body == b"Expected 4 features per record, got 3.\n"
+
+
+def test_unknown_method(server):
+    """An unknown method is a 400 listing the methods the model has."""
+    status, _, body = server.invoke(
+        b"1,2,3,4\n",
+        "text/csv",
+        Accept="application/json",
+        **{"X-Amzn-SageMaker-Custom-Attributes": "method=transform"},
+    )
+    assert status == HTTPStatus.BAD_REQUEST
+    error = json.loads(body)
+    assert error["code"] == "unknown_method"
+    assert "predict, predict_proba, predict_log_proba" in error["detail"]
+
+
+def test_oversize_body_is_413_from_nginx(server):
+    """A body over 6 MB never reaches the app: nginx answers 413 in JSON."""
+    body = b"1,2,3,4\n" * (6 * 1024 * 1024 // 8 + 10)
+    status, headers, response = server.invoke(body, "text/csv")
+    assert status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert headers["content-type"] == "application/json"
+    assert json.loads(response)["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", HTTPStatus.NOT_FOUND),
+        ("GET", "/invocations", HTTPStatus.METHOD_NOT_ALLOWED),
+        ("POST", "/ping/", HTTPStatus.NOT_FOUND),
+        ("GET", "/admin/", HTTPStatus.NOT_FOUND),
+    ],
+)
+def test_unknown_paths_and_methods_are_json(server, method, path, status):
+    """Never HTML, not even for a path or method that does not exist."""
+    got, headers, body = server.request(
+        method, path, headers={"Accept": "application/json"}
+    )
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["detail"]
+
+
+def test_invocation_is_logged(server):
+    """One INFO line per invocation with status, records, types and duration."""
+    server.invoke(b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n", "text/csv", Accept="text/csv")
+    lines = [line for line in server.log.splitlines() if "modelapp.invocations" in line]
+    assert any(
+        "POST /invocations 200 records=2 in=text/csv out=text/csv" in line
+        for line in lines
+    ), lines[-3:]
