@@ -1,0 +1,139 @@
+"""What a training job leaves behind: ``model.joblib``, ``metadata.json``, metrics, status.
+
+Every file is written to a temporary name in its final directory and renamed into place, so
+a reader (the serving registry, SageMaker's upload) never sees half a file. ``metadata.json``
+is renamed before ``model.joblib``: the model appearing is the commit point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelapp.paths import SageMakerPaths
+from modelapp.registry import sha256_of
+
+logger = logging.getLogger(__name__)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON: numpy scalars unwrapped, estimators and classes named by
+    dotted path, tuples as lists, NaN/infinity as strings; anything else by ``repr``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, type) or callable(getattr(value, "get_params", None)):
+        from modelapp.training.estimators import dotted_path
+
+        return dotted_path(value)
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> Path:
+    """Write ``path`` through a temporary file beside it; the caller renames it.
+
+    Returns the temporary path (removed again if ``write`` fails).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o644)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return tmp_path
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = atomic_write(path, lambda fh: fh.write(json.dumps(data, indent=2) + "\n"))
+    os.replace(tmp, path)
+
+
+def temporary_model_path(paths: SageMakerPaths) -> Path:
+    """An empty temporary file beside ``model.joblib``; ``dump_model`` fills it and
+    ``commit`` renames it. The caller removes it if the run does not get that far."""
+    paths.model_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=paths.model_dir, prefix=f".{paths.model_file.name}.", suffix=".tmp"
+    )
+    os.close(fd)
+    return Path(tmp)
+
+
+def dump_model(estimator: Any, path: Path) -> None:
+    """``joblib.dump`` to ``path``, flushed to disk."""
+    import joblib
+
+    with open(path, "wb") as fh:
+        joblib.dump(estimator, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(path, 0o644)
+
+
+def commit(
+    paths: SageMakerPaths, model_tmp: Path, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """Record the artifact's checksum in ``metadata``, then rename both into place."""
+    metadata = {**metadata, "sha256": sha256_of(model_tmp)}
+    try:
+        write_json(paths.metadata_file, metadata)
+        os.replace(model_tmp, paths.model_file)
+    finally:
+        model_tmp.unlink(missing_ok=True)
+    logger.info(
+        "Wrote %s (sha256 %s) and %s.",
+        paths.model_file,
+        metadata["sha256"][:12],
+        paths.metadata_file.name,
+    )
+    return metadata
+
+
+def write_metrics(paths: SageMakerPaths, metrics: dict[str, float]) -> None:
+    write_json(paths.metrics_file, json_safe(metrics))
+
+
+def write_success(paths: SageMakerPaths) -> None:
+    """An empty ``output/success``, as SageMaker's training toolkit leaves."""
+    paths.output_dir.mkdir(parents=True, exist_ok=True)
+    paths.success_file.write_bytes(b"")
+
+
+def write_failure(paths: SageMakerPaths, reason: str) -> None:
+    """``output/failure``: SageMaker shows its first 1024 characters as FailureReason."""
+    tmp = atomic_write(paths.failure_file, lambda fh: fh.write(reason))
+    os.replace(tmp, paths.failure_file)
+
+
+def clear_status(paths: SageMakerPaths) -> None:
+    """Forget a previous local run's success or failure before this one starts."""
+    for path in (paths.success_file, paths.failure_file):
+        path.unlink(missing_ok=True)

@@ -1,0 +1,446 @@
+"""Channel data -> a feature matrix and a target: CSV, Parquet, JSON Lines, gzipped or not.
+
+File and FastFile channels are directories read recursively, in sorted order; a Pipe channel
+is the FIFO ``<channel>_0``, opened once and read as a stream. The format comes from the
+channel's ``ContentType`` when it has one, else from the bytes (gzip and Parquet by their
+magic numbers, JSON Lines by a leading ``{`` or ``[``, CSV otherwise).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from modelapp.paths import SageMakerPaths
+from modelapp.training import ClientError
+from modelapp.training.environment import HEADER, TARGET_COLUMN, ChannelConfig
+
+logger = logging.getLogger(__name__)
+
+CSV, PARQUET, JSONLINES = "text/csv", "application/x-parquet", "application/jsonlines"
+MEDIA_TYPES = {
+    "text/csv": CSV,
+    "text/plain": CSV,
+    "application/csv": CSV,
+    "application/x-parquet": PARQUET,
+    "application/parquet": PARQUET,
+    "application/vnd.apache.parquet": PARQUET,
+    "application/jsonlines": JSONLINES,
+    "application/x-jsonlines": JSONLINES,
+    "application/json": JSONLINES,
+}
+GZIP_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"PAR1"
+SNIFF_BYTES = 64 * 1024
+
+
+@dataclass
+class Part:
+    """One file's (or one stream's) rows, as read."""
+
+    source: str
+    frame: pd.DataFrame
+    named: bool  # the columns are names from a header, Parquet schema or JSON objects
+
+
+@dataclass
+class Dataset:
+    """A channel, ready to fit or score: features, target and where they came from."""
+
+    channel: str
+    X: pd.DataFrame | np.ndarray
+    y: np.ndarray
+    feature_names: list[str] | None
+    target_name: str | int
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
+
+
+def load_channel(
+    config: ChannelConfig,
+    paths: SageMakerPaths,
+    *,
+    target_column: int | str = 0,
+    header: str = "auto",
+    numeric_target: bool = False,
+) -> Dataset:
+    """Read every record of a channel; ``ClientError`` says what is wrong with the data."""
+    if config.record_wrapper and config.record_wrapper.lower() not in {"none", ""}:
+        raise ClientError(
+            f"Channel {config.name!r} uses RecordWrapperType {config.record_wrapper}; "
+            "smserve reads unwrapped CSV, Parquet or JSON Lines: set it to None."
+        )
+    media_type = config.media_type
+    if media_type is not None and media_type not in MEDIA_TYPES:
+        raise ClientError(
+            f"Channel {config.name!r} has ContentType {config.content_type!r}; smserve "
+            f"reads {', '.join(sorted(set(MEDIA_TYPES.values())))}."
+        )
+    fmt = MEDIA_TYPES.get(media_type) if media_type else None
+    source = config.source(paths)
+    parts = [
+        read_stream(stream, name, fmt, header)
+        for name, stream in _open_sources(config, source)
+    ]
+    parts = [p for p in parts if len(p.frame)]
+    if not parts:
+        raise ClientError(
+            f"Channel {config.name!r} has no records: {source} holds no data rows."
+        )
+    frame, named = _combine(config.name, parts)
+    dataset = _split(config.name, frame, named, parts, target_column, numeric_target)
+    logger.info(
+        "Channel %s: %d rows, %d features%s, from %d source(s): %s",
+        config.name,
+        dataset.rows,
+        dataset.n_features,
+        " (named)" if dataset.feature_names else "",
+        len(parts),
+        ", ".join(p.source for p in parts),
+    )
+    return dataset
+
+
+# --- sources -------------------------------------------------------------------------------
+def _open_sources(
+    config: ChannelConfig, source: Path
+) -> Iterator[tuple[str, IO[bytes]]]:
+    if config.input_mode == "Pipe" and config.override is None:
+        if not source.exists():
+            raise ClientError(
+                f"Channel {config.name!r} is in Pipe mode but its FIFO {source} does "
+                "not exist."
+            )
+        # A FIFO can be opened once: everything is read from this one stream.
+        logger.info("Channel %s: reading the FIFO %s.", config.name, source)
+        with open(source, "rb") as stream:
+            yield source.name, stream
+        return
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = data_files(source)
+        if not files:
+            raise ClientError(
+                f"Channel {config.name!r} is empty: {source} holds no data files."
+            )
+    else:
+        raise ClientError(
+            f"Channel {config.name!r} has no data: {source} does not exist."
+        )
+    base = source if source.is_dir() else source.parent
+    for path in files:
+        with open(path, "rb") as stream:
+            yield str(path.relative_to(base)), stream
+
+
+def data_files(directory: Path) -> list[Path]:
+    """Every regular file below ``directory``, sorted; hidden files (``.crc``) and markers
+    such as Spark's ``_SUCCESS`` are not data."""
+    files = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory).parts
+        if any(part.startswith((".", "_")) for part in relative):
+            continue
+        if path.is_file() and stat.S_ISREG(path.stat().st_mode):
+            files.append(path)
+    return files
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were already read for sniffing."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _sniff(stream: IO[bytes]) -> tuple[bytes, IO[bytes]]:
+    head = stream.read(SNIFF_BYTES)
+    return head, io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 20)
+
+
+# --- formats -------------------------------------------------------------------------------
+def read_stream(stream: IO[bytes], name: str, fmt: str | None, header: str) -> Part:
+    """One file or stream as a ``Part``; gzip is recognised by its magic number."""
+    head, stream = _sniff(stream)
+    if head.startswith(GZIP_MAGIC):
+        head, stream = _sniff(gzip.GzipFile(fileobj=stream, mode="rb"))
+    if fmt is None:
+        fmt = _guess_format(head)
+    try:
+        if fmt == PARQUET:
+            return _read_parquet(stream, name, head)
+        if fmt == JSONLINES:
+            return _read_jsonlines(stream, name)
+        return _read_csv(stream, name, head, header)
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, gzip.BadGzipFile) or isinstance(exc, EOFError):
+            raise ClientError(f"{name} is not a valid gzip file: {exc}") from exc
+        raise
+
+
+def _guess_format(head: bytes) -> str:
+    if head.startswith(PARQUET_MAGIC):
+        return PARQUET
+    if head.lstrip().startswith((b"{", b"[")):
+        return JSONLINES
+    return CSV
+
+
+def _read_parquet(stream: IO[bytes], name: str, head: bytes) -> Part:
+    import pyarrow
+
+    if not head.startswith(PARQUET_MAGIC):
+        raise ClientError(
+            f"{name} is not a Parquet file (it does not start with PAR1); check the "
+            "channel's ContentType."
+        )
+    try:
+        frame = pd.read_parquet(io.BytesIO(stream.read()))
+    except (pyarrow.ArrowException, ValueError) as exc:
+        raise ClientError(f"{name} is not a readable Parquet file: {exc}") from exc
+    frame.columns = [str(c) for c in frame.columns]
+    return Part(name, frame, named=True)
+
+
+def _read_jsonlines(stream: IO[bytes], name: str) -> Part:
+    rows: list[Any] = []
+    kind = None
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig")
+    for number, line in enumerate(text, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ClientError(
+                f"{name}, line {number}, is not valid JSON: {exc}. JSON Lines data "
+                "has one JSON array or object per line."
+            ) from exc
+        this = type(record)
+        if this not in (list, dict) or (kind is not None and this is not kind):
+            raise ClientError(
+                f"{name}, line {number}: every line must be a JSON "
+                f"{'array' if kind is list else 'object' if kind is dict else 'array or object'}"
+                f", got {line.strip()[:60]!r}."
+            )
+        kind = this
+        rows.append(record)
+    if kind is dict:
+        frame = pd.DataFrame.from_records(rows)
+        frame.columns = [str(c) for c in frame.columns]
+        return Part(name, frame, named=True)
+    widths = {len(r) for r in rows}
+    if len(widths) > 1:
+        raise ClientError(
+            f"{name}: the JSON arrays have different lengths ({sorted(widths)}); every "
+            "record needs the same number of columns."
+        )
+    return Part(name, pd.DataFrame(rows), named=False)
+
+
+def _read_csv(stream: IO[bytes], name: str, head: bytes, header: str) -> Part:
+    has_header = header == "present" or (header == "auto" and _looks_like_header(head))
+    try:
+        frame = pd.read_csv(
+            stream,
+            header=0 if has_header else None,
+            skip_blank_lines=True,
+            encoding="utf-8-sig",
+        )
+    except pd.errors.EmptyDataError:
+        return Part(name, pd.DataFrame(), named=has_header)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise ClientError(f"{name} is not readable as CSV: {exc}") from exc
+    if has_header:
+        frame.columns = [str(c).strip() for c in frame.columns]
+    return Part(name, frame, named=has_header)
+
+
+def _looks_like_header(head: bytes) -> bool:
+    """A first line with no number in it, above a line with numbers: a header."""
+    lines = [
+        line
+        for line in head.decode("utf-8-sig", "replace").splitlines()[:2]
+        if line.strip()
+    ]
+    if not lines:
+        return False
+
+    def numbers(line: str) -> int:
+        count = 0
+        for value in line.split(","):
+            try:
+                float(value.strip().strip('"'))
+            except ValueError:
+                continue
+            count += 1
+        return count
+
+    if numbers(lines[0]):
+        return False
+    return len(lines) == 1 or numbers(lines[1]) > 0
+
+
+# --- one table -----------------------------------------------------------------------------
+def _combine(channel: str, parts: list[Part]) -> tuple[pd.DataFrame, bool]:
+    first = parts[0]
+    for part in parts[1:]:
+        if part.named != first.named:
+            raise ClientError(
+                f"Channel {channel!r} mixes files with and without column names "
+                f"({first.source}, {part.source}); give every file a header or none."
+            )
+        width, expected = part.frame.shape[1], first.frame.shape[1]
+        if width != expected:
+            raise ClientError(
+                f"Channel {channel!r}: {part.source} has {width} columns but "
+                f"{first.source} has {expected}; every file needs the same columns."
+            )
+        if part.named and list(part.frame.columns) != list(first.frame.columns):
+            if sorted(part.frame.columns) != sorted(first.frame.columns):
+                raise ClientError(
+                    f"Channel {channel!r}: {part.source} has the columns "
+                    f"{', '.join(part.frame.columns)} but {first.source} has "
+                    f"{', '.join(first.frame.columns)}."
+                )
+            part.frame = part.frame[list(first.frame.columns)]
+    if len(parts) == 1:
+        return first.frame.reset_index(drop=True), first.named
+    return pd.concat([p.frame for p in parts], ignore_index=True), first.named
+
+
+def _split(
+    channel: str,
+    frame: pd.DataFrame,
+    named: bool,
+    parts: list[Part],
+    target_column: int | str,
+    numeric_target: bool,
+) -> Dataset:
+    columns = list(frame.columns)
+    if len(columns) < 2:
+        raise ClientError(
+            f"Channel {channel!r} has {len(columns)} column; it needs the target and at "
+            "least one feature."
+        )
+    if isinstance(target_column, int):
+        if not -len(columns) <= target_column < len(columns):
+            raise ClientError(
+                f"Hyperparameter {TARGET_COLUMN} is {target_column}, but channel "
+                f"{channel!r} has {len(columns)} columns (0..{len(columns) - 1})."
+            )
+        target = columns[target_column]
+    elif not named:
+        raise ClientError(
+            f"Hyperparameter {TARGET_COLUMN} names the column {target_column!r}, but "
+            f"channel {channel!r} has no header; give the column's index (0 is the first) "
+            f"or add a header (and set {HEADER}=present if it is not detected)."
+        )
+    elif target_column not in columns:
+        raise ClientError(
+            f"Hyperparameter {TARGET_COLUMN} names the column {target_column!r}, which "
+            f"channel {channel!r} does not have; its columns are {', '.join(columns)}."
+        )
+    else:
+        target = target_column
+    features = frame.drop(columns=[target])
+    numeric = {}
+    for column in features.columns:
+        numeric[column] = _numeric(channel, features[column], column, named, parts)
+    X = pd.DataFrame(numeric, index=features.index)
+    y = _target(channel, frame[target], target, numeric_target, parts)
+    sources = [p.source for p in parts]
+    if named:
+        names = [str(c) for c in X.columns]
+        X.columns = names
+        return Dataset(channel, X, y, names, target, sources)
+    return Dataset(channel, X.to_numpy(dtype=np.float64), y, None, target, sources)
+
+
+def _locate(row: int, parts: list[Part]) -> str:
+    for part in parts:
+        if row < len(part.frame):
+            return f"{part.source}, record {row + 1}"
+        row -= len(part.frame)
+    return f"record {row + 1}"
+
+
+def _describe(column: Any, named: bool) -> str:
+    return f"column {column!r}" if named else f"column {int(column)} (0 is the first)"
+
+
+def _numeric(
+    channel: str, values: pd.Series, column: Any, named: bool, parts: list[Part]
+) -> pd.Series:
+    converted = pd.to_numeric(values, errors="coerce")
+    bad = values.notna() & converted.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ClientError(
+            f"Channel {channel!r} has non-numeric data: {_describe(column, named)} holds "
+            f"{values.iloc[row]!r} ({_locate(row, parts)}). smserve trains on numeric "
+            "features only: encode categories as numbers before training, and check "
+            f"that {TARGET_COLUMN} names the label column."
+        )
+    return converted.astype(np.float64)
+
+
+def _target(
+    channel: str,
+    values: pd.Series,
+    column: Any,
+    numeric_target: bool,
+    parts: list[Part],
+) -> np.ndarray:
+    missing = values.isna()
+    if missing.any():
+        row = int(np.flatnonzero(missing.to_numpy())[0])
+        raise ClientError(
+            f"Channel {channel!r} has a record without a target value "
+            f"({_locate(row, parts)}, target column {column!r})."
+        )
+    converted = pd.to_numeric(values, errors="coerce")
+    if converted.notna().all():
+        as_float = converted.to_numpy(dtype=np.float64)
+        if not numeric_target and np.all(np.mod(as_float, 1) == 0):
+            return as_float.astype(np.int64)  # labels 0, 1, 2: not 0.0, 1.0, 2.0
+        return as_float
+    if numeric_target:
+        row = int(np.flatnonzero(converted.isna().to_numpy())[0])
+        raise ClientError(
+            f"Channel {channel!r} has non-numeric data: the target column {column!r} "
+            f"holds {values.iloc[row]!r} ({_locate(row, parts)}), but a regressor needs "
+            "numbers."
+        )
+    return np.asarray(values.astype(str).str.strip().to_numpy(), dtype=object)

@@ -1,0 +1,415 @@
+"""The training pipeline: configuration -> estimator -> data -> fit -> metrics -> artifacts.
+
+``train()`` never raises for a failed job: it returns a ``TrainingResult`` saying what
+happened (the one try/except around the run, as in SageMaker's training toolkit), and
+``manage.py train`` turns that into files and an exit status. Pass ``on_finish`` to record
+the result elsewhere (a database row) without touching the pipeline.
+
+``fit`` runs in a forked child process, so SIGTERM (SageMaker's stop) ends the job within a
+second even in the middle of a long C-level fit: the parent kills the child and no model is
+written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import platform
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import modelapp
+from modelapp.paths import SageMakerPaths
+from modelapp.training import ClientError, TrainingStopped, artifacts, estimators
+from modelapp.training.channels import Dataset, load_channel
+from modelapp.training.environment import (
+    EVALUATION_CHANNELS,
+    TRAIN,
+    TrainingEnvironment,
+)
+
+logger = logging.getLogger(__name__)
+
+COMPLETED, FAILED, STOPPED, SKIPPED = "completed", "failed", "stopped", "skipped"
+EXIT_OK, EXIT_CLIENT_ERROR, EXIT_BUG, EXIT_STOPPED = 0, 1, 2, 143
+STOPPED_REASON = (
+    "Training was stopped (SIGTERM) before it finished; no model was written."
+)
+
+
+@dataclass
+class TrainingResult:
+    """Everything known about one run, whether it succeeded or not."""
+
+    status: str = FAILED
+    exit_code: int = EXIT_BUG
+    job_name: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    estimator: str | None = None
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure_reason: str = ""
+    traceback: str = ""
+    model_sha256: str | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in (COMPLETED, SKIPPED)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe: what a ``TrainingRun`` row or a log line needs."""
+        return artifacts.json_safe(
+            {
+                **asdict(self),
+                "started_at": _iso(self.started_at),
+                "finished_at": _iso(self.finished_at),
+            }
+        )
+
+
+def train(
+    paths: SageMakerPaths,
+    *,
+    hp_overrides: dict[str, str] | None = None,
+    channel_overrides: dict[str, Path] | None = None,
+    on_finish: Callable[[TrainingResult], None] | None = None,
+) -> TrainingResult:
+    """Run one training job below ``paths``; the result says how it ended."""
+    result = TrainingResult()
+    clock = time.monotonic()
+    try:
+        with stop_on_sigterm():
+            artifacts.clear_status(paths)
+            env = TrainingEnvironment.load(paths, hp_overrides, channel_overrides)
+            result.job_name = env.job_name
+            result.hyperparameters = env.hyperparameters.raw
+            Trainer(env, result, clock).run()
+    except ClientError as exc:
+        result.status, result.exit_code = FAILED, EXIT_CLIENT_ERROR
+        result.failure_reason = str(exc)
+        logger.error("Training failed: %s", exc)
+    except (TrainingStopped, KeyboardInterrupt):
+        result.status, result.exit_code = STOPPED, EXIT_STOPPED
+        result.failure_reason = STOPPED_REASON
+        logger.error("%s", STOPPED_REASON)
+    except Exception as exc:
+        result.status, result.exit_code = FAILED, EXIT_BUG
+        result.failure_reason = (
+            f"smserve failed with an internal error ({type(exc).__name__}: {exc}); "
+            "this is a bug, please report it with the traceback below."
+        )
+        result.traceback = traceback.format_exc()
+        logger.exception("Training failed with an internal error.")
+    result.finished_at = datetime.now(UTC)
+    result.duration_seconds = round(time.monotonic() - clock, 3)
+    if on_finish is not None:
+        on_finish(result)
+    return result
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises ``TrainingStopped`` in the main thread, once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only reach the main thread; a caller in a thread cannot stop us
+        return
+    stopping = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return  # a second SIGTERM must not interrupt the clean-up of the first
+        stopping = True
+        raise TrainingStopped()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Trainer:
+    """One run's steps, in order; each may raise ``ClientError``."""
+
+    def __init__(
+        self, env: TrainingEnvironment, result: TrainingResult, clock: float
+    ) -> None:
+        self.env = env
+        self.paths = env.paths
+        self.hp = env.hyperparameters
+        self.result = result
+        self.clock = clock
+
+    def run(self) -> None:
+        env = self.env
+        if not env.is_leader:
+            logger.info(
+                "This is %s; %s, the first of the hosts %s, writes the model: nothing "
+                "to do here.",
+                env.current_host,
+                env.hosts[0],
+                ", ".join(env.hosts),
+            )
+            self.result.status, self.result.exit_code = SKIPPED, EXIT_OK
+            return
+        estimator = self.build_estimator()
+        task = estimators.task_of(estimator)
+        datasets = self.load_data(task)
+        model_tmp = artifacts.temporary_model_path(self.paths)
+        try:
+            fitted = fit_in_child(estimator, datasets[TRAIN], model_tmp)
+            metrics = self.evaluate(fitted, task, datasets)
+            metadata = self.metadata(fitted, task, datasets, metrics)
+            artifacts.write_metrics(self.paths, metrics)
+            metadata = artifacts.commit(self.paths, model_tmp, metadata)
+        finally:
+            model_tmp.unlink(missing_ok=True)
+        self.result.metrics = metrics
+        self.result.model_sha256 = metadata["sha256"]
+        self.result.status, self.result.exit_code = COMPLETED, EXIT_OK
+
+    def build_estimator(self) -> Any:
+        estimator = estimators.build(self.hp.estimator)
+        estimators.configure(estimator, self.hp.params, self.hp.random_seed)
+        if self.hp.random_seed is not None:
+            np.random.seed(self.hp.random_seed)
+        self.result.estimator = estimators.dotted_path(estimator)
+        logger.info(
+            "Estimator %s with parameters %s",
+            self.result.estimator,
+            artifacts.json_safe(estimator.get_params(deep=False)),
+        )
+        return estimator
+
+    def load_data(self, task: str | None) -> dict[str, Dataset]:
+        channels = self.env.channels
+        if TRAIN not in channels:
+            raise ClientError(
+                f"No 'train' channel: the job has "
+                f"{', '.join(sorted(channels)) or 'no channels'}; give the training "
+                f"data as a channel named train ({self.paths.channel_dir(TRAIN)})."
+            )
+        for name in sorted(set(channels) - {TRAIN, *EVALUATION_CHANNELS}):
+            logger.info(
+                "Ignoring channel %s: smserve reads train, validation, test.", name
+            )
+        datasets = {}
+        for name in (TRAIN, *EVALUATION_CHANNELS):
+            if name not in channels:
+                continue
+            datasets[name] = load_channel(
+                channels[name],
+                self.paths,
+                target_column=self.hp.target_column,
+                header=self.hp.header,
+                numeric_target=task == "regression",
+            )
+            config = channels[name]
+            self.result.channels[name] = {
+                "mode": config.input_mode,
+                "content_type": config.content_type,
+                "rows": datasets[name].rows,
+                "features": datasets[name].n_features,
+                "sources": datasets[name].sources,
+            }
+        train = datasets[TRAIN]
+        for name, data in datasets.items():
+            if name != TRAIN and (
+                data.n_features != train.n_features
+                or data.feature_names != train.feature_names
+            ):
+                raise ClientError(
+                    f"Channel {name!r} does not have the features of 'train': "
+                    f"{_features(data)} against {_features(train)}."
+                )
+        return datasets
+
+    def evaluate(
+        self, estimator: Any, task: str | None, datasets: dict[str, Dataset]
+    ) -> dict[str, float]:
+        """Metrics on train, and on validation/test when given; named ``channel:metric``."""
+        metrics: dict[str, float] = {}
+        if task is None:
+            logger.info(
+                "The estimator is neither a classifier nor a regressor: no metrics."
+            )
+            return metrics
+        for name, data in datasets.items():
+            predictions = estimator.predict(data.X)
+            for metric, value in score(task, estimator, data.y, predictions).items():
+                metrics[f"{name}:{metric}"] = value
+        return metrics
+
+    def metadata(
+        self,
+        estimator: Any,
+        task: str | None,
+        datasets: dict[str, Dataset],
+        metrics: dict[str, float],
+    ) -> dict[str, Any]:
+        import sklearn
+
+        train = datasets[TRAIN]
+        classes = getattr(estimator, "classes_", None)
+        validation = datasets.get("validation")
+        finished = datetime.now(UTC)
+        return artifacts.json_safe(
+            {
+                "estimator": self.result.estimator,
+                "params": estimator.get_params(deep=True),
+                "hyperparameters": self.hp.raw,
+                "n_features": getattr(estimator, "n_features_in_", train.n_features),
+                "feature_names": train.feature_names,
+                "target": train.target_name,
+                "classes": list(classes) if classes is not None else None,
+                "task": task,
+                "metrics": metrics,
+                "rows": {
+                    "train": train.rows,
+                    "validation": validation.rows if validation else None,
+                },
+                "channels": self.result.channels,
+                "versions": {
+                    "python": platform.python_version(),
+                    "sklearn": sklearn.__version__,
+                    "numpy": np.__version__,
+                    "smserve": modelapp.__version__,
+                },
+                "started_at": _iso(self.result.started_at),
+                "finished_at": _iso(finished),
+                "training_job_name": self.env.job_name,
+                "duration_seconds": round(time.monotonic() - self.clock, 3),
+            }
+        )
+
+
+def score(
+    task: str, estimator: Any, y_true: np.ndarray, y_pred: np.ndarray
+) -> dict[str, float]:
+    """accuracy and F1 for a classifier (binary F1 of the second class when there are
+    two, macro-averaged otherwise); R², RMSE and MAE for a regressor."""
+    from sklearn import metrics
+
+    if task == "classification":
+        classes = list(getattr(estimator, "classes_", []))
+        if len(classes) == 2 and set(np.unique(y_true)) <= set(classes):
+            f1 = metrics.f1_score(y_true, y_pred, pos_label=classes[1])
+        else:
+            f1 = metrics.f1_score(y_true, y_pred, average="macro")
+        return {
+            "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
+            "f1": float(f1),
+        }
+    return {
+        "r2": float(metrics.r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan,
+        "rmse": float(math.sqrt(metrics.mean_squared_error(y_true, y_pred))),
+        "mae": float(metrics.mean_absolute_error(y_true, y_pred)),
+    }
+
+
+def format_metric(name: str, value: float) -> str:
+    """``#metric validation:accuracy=0.966667``: what MetricDefinitions regexes match."""
+    return f"#metric {name}={value:.6g}"
+
+
+# --- fitting in a child process --------------------------------------------------------------
+def fit_in_child(estimator: Any, data: Dataset, model_tmp: Path) -> Any:
+    """Fit in a forked child that dumps the model to ``model_tmp``; load and return it.
+
+    The parent only waits, so SIGTERM reaches it at once; leaving this function by an
+    exception kills the child.
+    """
+    import joblib
+
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_fit_child,
+        args=(estimator, data.X, data.y, model_tmp, sender),
+        name="smserve-fit",
+        daemon=True,
+    )
+    started = time.monotonic()
+    logger.info("Fitting %s on %d rows.", type(estimator).__name__, data.rows)
+    child.start()
+    sender.close()
+    try:
+        message = None
+        while message is None:
+            if receiver.poll(0.2):
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    message = ("died", None)
+            elif not child.is_alive():
+                message = ("died", None)
+        child.join()
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join()
+        receiver.close()
+    kind, detail = message
+    if kind == "client":
+        raise ClientError(detail)
+    if kind == "error":
+        raise RuntimeError(f"fit raised an error in the training process:\n{detail}")
+    if kind == "died":
+        raise RuntimeError(
+            f"The training process ended without a result (exit code {child.exitcode}; "
+            "-9 usually means it ran out of memory)."
+        )
+    logger.info("Fitted in %.2fs.", time.monotonic() - started)
+    return joblib.load(model_tmp)
+
+
+def _fit_child(estimator: Any, X: Any, y: Any, model_tmp: Path, sender: Any) -> None:
+    """In the child: fit, dump, and tell the parent how it went."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent stops us by killing us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        try:
+            estimator.fit(X, y)
+        except ValueError as exc:
+            # scikit-learn validates parameters in fit (InvalidParameterError, a
+            # ValueError) and rejects unusable data with ValueError: both the user's to fix.
+            if type(exc).__name__ == "InvalidParameterError":
+                message = (
+                    f"Invalid hyperparameter: {exc} "
+                    f"{estimators.valid_parameters(estimator)}"
+                )
+            else:
+                message = f"{type(estimator).__name__} could not be fitted: {exc}"
+            sender.send(("client", message))
+            return
+        artifacts.dump_model(estimator, model_tmp)
+        sender.send(("ok", None))
+    except BaseException:
+        sender.send(("error", traceback.format_exc()))
+    finally:
+        sender.close()
+
+
+def _features(data: Dataset) -> str:
+    if data.feature_names:
+        return f"{data.n_features} ({', '.join(data.feature_names)})"
+    return f"{data.n_features} unnamed"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
