@@ -1,0 +1,298 @@
+"""``docker/serve`` as a process: model states, health under load, signals, modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from http import HTTPStatus
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from tests.conftest import write_model
+from tests.support.models import BuggyClassifier, SlowClassifier
+
+X4 = np.zeros((4, 4))
+Y4 = np.array([0, 1, 0, 1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_missing_model_is_503_with_reason(serve_factory, tmp_path):
+    """No model: the server runs, /ping and /invocations say 503 and why."""
+    base = tmp_path / "ml"
+    (base / "model").mkdir(parents=True)
+    (base / "model" / "notes.txt").write_text("not a model")
+    server = serve_factory(base, expect_status=503)
+    status, _, body = server.request("GET", "/ping")
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    error = json.loads(body)
+    assert error["code"] == "model_not_ready"
+    assert "No model artifact" in error["detail"]
+    status, _, body = server.invoke(b"1,2,3,4\n", "text/csv", Accept="application/json")
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    assert "No model artifact" in json.loads(body)["detail"]
+    assert "holds: notes.txt" in server.log
+
+
+def test_corrupt_model_is_503(serve_factory, tmp_path):
+    """A corrupt artifact never crashes the server: 503 naming the load error."""
+    base = tmp_path / "ml"
+    (base / "model").mkdir(parents=True)
+    (base / "model" / "model.joblib").write_bytes(b"\x80\x04 definitely not a pickle")
+    server = serve_factory(base, expect_status=503)
+    status, _, body = server.request("GET", "/ping")
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    assert "Could not load model.joblib" in json.loads(body)["detail"]
+
+
+def test_lone_pickle_beside_tarball_loads(serve_factory, tmp_path, regressor_1f):
+    """A model trained elsewhere (one *.pkl, no metadata, model.tar.gz beside) loads; a
+    single-feature model takes one value per record."""
+    base = tmp_path / "ml"
+    write_model(base, regressor_1f, name="regressor.pkl")
+    (base / "model" / "model.tar.gz").write_bytes(b"left by local mode")
+    server = serve_factory(base)
+    status, _, body = server.invoke(b"1\n2\n3\n", "text/csv", Accept="application/json")
+    assert status == HTTPStatus.OK, body
+    assert json.loads(body)["predictions"] == pytest.approx([3.0, 5.0, 7.0])
+    status, _, body = server.invoke(b"[1, 2, 3]", "application/json")
+    assert status == HTTPStatus.OK, body
+    assert json.loads(body)["predictions"] == pytest.approx([3.0, 5.0, 7.0])
+
+
+def test_feature_names_model(serve_factory, tmp_path, iris):
+    """A model fitted on a DataFrame takes records as objects, and a CSV header in any
+    column order; NaN is accepted because the model supports it."""
+    X, y = iris
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    model = HistGradientBoostingClassifier(max_iter=5).fit(
+        pd.DataFrame(X, columns=names), y
+    )
+    base = tmp_path / "ml"
+    write_model(base, model)
+    server = serve_factory(base)
+    records = [dict(zip(names, row, strict=True)) for row in X[[0, 100]].tolist()]
+    status, _, body = server.invoke(
+        json.dumps({"instances": records}).encode(), "application/json"
+    )
+    assert status == HTTPStatus.OK, body
+    expected = model.predict(pd.DataFrame(X[[0, 100]], columns=names)).tolist()
+    assert json.loads(body)["predictions"] == expected
+
+    header = "petal_width,petal_length,sepal_width,sepal_length\n"
+    rows = "".join(",".join(map(str, row[::-1])) + "\n" for row in X[[0, 100]].tolist())
+    status, _, body = server.invoke(
+        (header + rows).encode(), "text/csv; header=present", Accept="application/json"
+    )
+    assert status == HTTPStatus.OK, body
+    assert json.loads(body)["predictions"] == expected
+
+    status, _, body = server.invoke(
+        json.dumps([{"sepal_length": 1}]).encode(), "application/json"
+    )
+    assert status == HTTPStatus.BAD_REQUEST
+    assert "lacks 'sepal_width'" in json.loads(body)["detail"]
+
+    status, _, body = server.invoke(
+        b"nan,1,1,1\n", "text/csv", Accept="application/json"
+    )
+    assert status == HTTPStatus.OK, body
+
+
+def test_model_without_nan_support_rejects_nan(serve_factory, tmp_path, regressor_1f):
+    """NaN is a 400 for a model that cannot take it, naming record and feature."""
+    base = tmp_path / "ml"
+    write_model(base, regressor_1f)
+    server = serve_factory(base)
+    status, _, body = server.invoke(b"1\nnan\n", "text/csv", Accept="application/json")
+    assert status == HTTPStatus.BAD_REQUEST
+    assert "Record 2, feature 1 is nan" in json.loads(body)["detail"]
+
+
+def test_bug_is_500_with_traceback_in_log(serve_factory, tmp_path):
+    """An unexpected error is a 500 with a JSON body and a logged traceback, not a 400."""
+    base = tmp_path / "ml"
+    write_model(base, BuggyClassifier().fit(X4, Y4))
+    server = serve_factory(base)
+    status, headers, body = server.invoke(b"1,2,3,4\n1,2,3,4\n", "text/csv")
+    assert status == HTTPStatus.INTERNAL_SERVER_ERROR
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["code"] == "server_error"
+    assert "Traceback" in server.log
+    assert "ZeroDivisionError: deliberate bug" in server.log
+
+
+def test_ping_answers_while_every_worker_is_busy(serve_factory, tmp_path):
+    """/ping answers fast while both workers are stuck in slow invocations."""
+    base = tmp_path / "ml"
+    write_model(base, SlowClassifier(delay=4).fit(X4, Y4))
+    server = serve_factory(base, workers=2)
+    results = []
+    slow = [
+        threading.Thread(
+            target=lambda: results.append(server.invoke(b"999,0,0,0\n", "text/csv")[0])
+        )
+        for _ in range(4)
+    ]
+    for thread in slow:
+        thread.start()
+    time.sleep(0.5)  # both workers are now inside predict
+    timings = []
+    for _ in range(5):
+        started = time.monotonic()
+        status, _, _ = server.request("GET", "/ping", timeout=5)
+        timings.append(time.monotonic() - started)
+        assert status == HTTPStatus.OK
+    for thread in slow:
+        thread.join()
+    assert results == [HTTPStatus.OK] * 4
+    assert max(timings) < 2, timings
+
+
+def test_sigterm_drains_then_stops_both(serve_factory, tmp_path):
+    """SIGTERM lets an in-flight invocation finish, then nginx and gunicorn both exit
+    and serve exits 0."""
+    base = tmp_path / "ml"
+    write_model(base, SlowClassifier(delay=2).fit(X4, Y4))
+    server = serve_factory(base)
+    children = server.child_pids()
+    assert len(children) == 2
+    results = []
+    inflight = threading.Thread(
+        target=lambda: results.append(server.invoke(b"999,0,0,0\n", "text/csv")[0])
+    )
+    inflight.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    inflight.join()
+    assert results == [HTTPStatus.OK]
+    assert time.monotonic() - started < 30
+    assert wait_gone(children), children
+    assert "stopping: draining" in server.log
+
+
+def test_child_death_stops_everything(serve_factory, tmp_path, iris_base):
+    """If nginx dies, serve stops gunicorn and exits non-zero (the instance is replaced)."""
+    server = serve_factory(iris_base)
+    children = server.child_pids()
+    nginx_pid = max(children)  # started second
+    os.kill(nginx_pid, signal.SIGKILL)
+    assert server.proc.wait(30) != 0
+    assert wait_gone(children), children
+    assert "nginx" in server.log and "exited: stopping" in server.log
+
+
+def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
+    """SMSERVE_NGINX=off (or no nginx installed): gunicorn serves the port itself, says
+    so, and Django enforces the same payload limit with a 413."""
+    server = serve_factory(
+        iris_base, env={"SMSERVE_NGINX": "off", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}
+    )
+    assert "nginx not found" in server.log
+    status, _, body = server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv", Accept="text/csv")
+    assert status == HTTPStatus.OK
+    assert body == b"0\n"
+    status, _, body = server.invoke(
+        b"1,2,3,4\n" * (1024 * 1024 // 8 + 1), "text/csv", Accept="application/json"
+    )
+    assert status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    error = json.loads(body)
+    assert error["code"] == "payload_too_large"
+    assert "limit is 1048576 bytes" in error["detail"]
+
+
+def test_slow_invocation_times_out_with_504(serve_factory, tmp_path):
+    """An invocation over the model server timeout is a 504 that says so."""
+    base = tmp_path / "ml"
+    write_model(base, SlowClassifier(delay=4).fit(X4, Y4))
+    server = serve_factory(base, env={"MODEL_SERVER_TIMEOUT": "1"})
+    status, headers, body = server.invoke(b"999,0,0,0\n", "text/csv")
+    assert status == HTTPStatus.GATEWAY_TIMEOUT
+    assert headers["content-type"] == "application/json"
+    assert "timeout of 1 s" in json.loads(body)["detail"]
+
+
+class TestBatchMode:
+    """SAGEMAKER_BATCH=true: batch transform's limits, chunked bodies and line splitting."""
+
+    @pytest.fixture
+    def batch_server(self, serve_factory, iris_base):
+        return serve_factory(
+            iris_base,
+            env={
+                "SAGEMAKER_BATCH": "True",
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0",
+                "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
+            },
+        )
+
+    def test_batch_server(self, batch_server, iris, iris_model):
+        """Execution parameters report the real limit (0 = any size); a chunked 7 MB
+        body is accepted; JSON Lines sent as application/json give one output line per
+        input line; SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT picks the response type."""
+        status, _, body = batch_server.request("GET", "/execution-parameters")
+        assert json.loads(body)["MaxPayloadInMB"] == 0
+
+        X, _ = iris
+        rows = np.tile(X, (3000, 1))  # 450,000 records, about 7 MB of CSV
+        csv = "".join(",".join(map(repr, row)) + "\n" for row in rows.tolist()).encode()
+        assert len(csv) > 6 * 1024 * 1024
+
+        def chunks():
+            for start in range(0, len(csv), 1 << 20):
+                yield csv[start : start + (1 << 20)]
+
+        conn_status, headers, body = _chunked_post(batch_server, chunks())
+        assert conn_status == HTTPStatus.OK, body[:200]
+        assert headers["content-type"] == "text/csv"
+        assert body.decode().splitlines() == [str(v) for v in iris_model.predict(rows)]
+
+        lines = b"[5.1,3.5,1.4,0.2]\n[6.7,3.0,5.2,2.3]\n\n"
+        status, headers, body = batch_server.invoke(lines, "application/json")
+        assert status == HTTPStatus.OK, body
+        assert body == b"0\n2\n"
+
+
+def _chunked_post(server, chunks):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            "/invocations",
+            body=chunks,
+            headers={"Content-Type": "text/csv", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
+        response = conn.getresponse()
+        return (
+            response.status,
+            {k.lower(): v for k, v in response.getheaders()},
+            response.read(),
+        )
+    finally:
+        conn.close()
