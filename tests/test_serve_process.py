@@ -202,7 +202,7 @@ def test_child_death_stops_everything(serve_factory, tmp_path, iris_base):
     os.kill(nginx_pid, signal.SIGKILL)
     assert server.proc.wait(30) != 0
     assert wait_gone(children), children
-    assert "nginx" in server.log and "exited: stopping" in server.log
+    assert f"nginx (pid {nginx_pid}) exited: stopping" in server.log
 
 
 def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
