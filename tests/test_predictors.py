@@ -1,0 +1,77 @@
+"""The inference core without HTTP: batch checks against the model, and prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.svm import SVC
+
+from modelapp.exceptions import InvalidInput
+from modelapp.parsers import Batch
+from modelapp.predictors import SklearnPredictor
+
+
+def test_predicts_in_order(iris, iris_model):
+    X, _ = iris
+    predictor = SklearnPredictor(iris_model)
+    assert predictor.predict(Batch(values=X)).tolist() == iris_model.predict(X).tolist()
+
+
+def test_methods_are_those_the_model_has():
+    """SVC without probability=True has no predict_proba: not offered, and refused."""
+    model = SVC().fit(np.eye(4), [0, 1, 0, 1])
+    predictor = SklearnPredictor(model)
+    assert predictor.available_methods == ("predict", "decision_function")
+    with pytest.raises(InvalidInput, match="Unknown method 'predict_proba'"):
+        predictor.predict(Batch(values=np.eye(4)), "predict_proba")
+
+
+def test_flat_batch_resolution(regressor_1f, iris_model):
+    """A flat list is one record for a wide model, one value per record for a 1-feature
+    model, and an error otherwise."""
+    assert SklearnPredictor(regressor_1f).predict(
+        Batch(values=np.array([1.0, 2.0]))
+    ).shape == (2,)
+    assert SklearnPredictor(iris_model).predict(Batch(values=np.ones(4))).shape == (1,)
+    with pytest.raises(InvalidInput, match="got a flat list of 3 values"):
+        SklearnPredictor(iris_model).predict(Batch(values=np.ones(3)))
+
+
+def test_records_and_header_use_feature_names():
+    """Objects and a reordered CSV header map onto the fitted feature order."""
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [0.0, 0.0, 1.0, 1.0]})
+    model = HistGradientBoostingRegressor(max_iter=3, min_samples_leaf=1).fit(
+        frame, [0, 1, 2, 3]
+    )
+    predictor = SklearnPredictor(model)
+    expected = model.predict(pd.DataFrame({"a": [2.0], "b": [1.0]}))
+    by_records = predictor.predict(Batch(records=[{"b": 1, "a": 2}]))
+    by_header = predictor.predict(
+        Batch(values=np.array([[1.0, 2.0]]), columns=["b", "a"])
+    )
+    assert by_records.tolist() == expected.tolist() == by_header.tolist()
+    with pytest.raises(InvalidInput, match="has unknown 'c'"):
+        predictor.predict(Batch(records=[{"a": 1, "b": 2, "c": 3}]))
+    with pytest.raises(InvalidInput, match="CSV header names x, y"):
+        predictor.predict(Batch(values=np.array([[1.0, 2.0]]), columns=["x", "y"]))
+
+
+def test_nan_policy(iris_model, regressor_1f):
+    """NaN passes for models that take it; infinity never does."""
+    tree = SklearnPredictor(iris_model)
+    assert tree.allows_nan
+    tree.predict(Batch(values=np.array([[np.nan, 1, 1, 1]])))
+    with pytest.raises(InvalidInput, match="not infinity"):
+        tree.predict(Batch(values=np.array([[np.inf, 1, 1, 1]])))
+    with pytest.raises(InvalidInput, match="does not accept missing"):
+        SklearnPredictor(regressor_1f).predict(Batch(values=np.array([[np.nan]])))
+
+
+def test_width_falls_back_to_metadata(regressor_1f):
+    """A model that does not know its width takes it from metadata.json."""
+    predictor = SklearnPredictor(
+        object.__new__(type("Bare", (), {"predict": None})), {"n_features": 3}
+    )
+    assert predictor.n_features == 3

@@ -1,0 +1,131 @@
+"""The views and negotiation in-process (Django's test client), including pluggability."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+import pytest
+from django.test import Client, RequestFactory, override_settings
+
+from modelapp.negotiation import parse_accept
+from modelapp.registry import registry
+from modelapp.views import InvocationsView, parse_custom_attributes
+from tests.support.formats import TSVParser, TSVRenderer
+
+
+def smserve(base, **extra):
+    from django.conf import settings
+
+    return override_settings(SMSERVE={**settings.SMSERVE, "BASE_DIR": base, **extra})
+
+
+@pytest.fixture
+def serving(iris_base):
+    """The global registry loaded with the iris tree; reset afterwards."""
+    with smserve(iris_base):
+        registry.load(force=True)
+        yield Client()
+    registry.load(force=True)
+
+
+def test_parse_accept_orders_by_quality_then_specificity():
+    assert parse_accept("text/csv;q=0.5, application/json, */*;q=0.1, text/*") == [
+        "application/json",
+        "text/*",
+        "text/csv",
+        "*/*",
+    ]
+    assert parse_accept("text/csv;q=0") == []
+
+
+def test_custom_attributes_parsing():
+    """Pairs split on commas or semicolons; tokens without '=' are not ours."""
+    assert parse_custom_attributes("method=predict_proba; trace-id, x = 1") == {
+        "method": "predict_proba",
+        "x": "1",
+    }
+
+
+def test_default_accept_setting(serving, iris_base):
+    """SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT answers requests without Accept."""
+    with smserve(iris_base, DEFAULT_ACCEPT="application/jsonlines"):
+        response = serving.post(
+            "/invocations", b"[[5.1,3.5,1.4,0.2]]", "application/json"
+        )
+    assert response.status_code == HTTPStatus.OK
+    assert response["Content-Type"] == "application/jsonlines"
+    assert response.content == b"0\n"
+
+
+def test_default_content_type_setting(serving, iris_base):
+    """SMSERVE_DEFAULT_CONTENT_TYPE reads bodies that come without a type."""
+    with smserve(iris_base, DEFAULT_CONTENT_TYPE="application/json"):
+        response = serving.generic(
+            "POST", "/invocations", b"[[5.1,3.5,1.4,0.2]]", content_type=""
+        )
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert json.loads(response.content) == {"predictions": [0]}
+
+
+def test_django_enforces_payload_limit(serving, iris_base):
+    """The view's own 413 uses the same limit as nginx."""
+    with smserve(iris_base, MAX_PAYLOAD_BYTES=10, MAX_PAYLOAD_MB=0):
+        response = serving.post(
+            "/invocations",
+            b"5.1,3.5,1.4,0.2\n",
+            "text/csv",
+            HTTP_ACCEPT="application/json",
+        )
+    assert response.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert json.loads(response.content)["code"] == "payload_too_large"
+
+
+def test_new_format_is_a_class_and_a_settings_line(serving, iris_base):
+    """Adding a parser and renderer to SMSERVE makes the view speak the new format."""
+    from modelapp import conf
+
+    with smserve(
+        iris_base,
+        PARSERS=[*conf.DEFAULTS["PARSERS"], "tests.support.formats.TSVParser"],
+        RENDERERS=[*conf.DEFAULTS["RENDERERS"], "tests.support.formats.TSVRenderer"],
+    ):
+        response = serving.post(
+            "/invocations",
+            b"5.1\t3.5\t1.4\t0.2\n",
+            "text/tab-separated-values",
+            HTTP_ACCEPT="text/tab-separated-values",
+        )
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert response["Content-Type"] == "text/tab-separated-values"
+    assert response.content == b"0\n"
+
+
+def test_view_classes_can_be_given_to_as_view(serving):
+    """Tests and embedders can bind parser/renderer lists per view."""
+    view = InvocationsView.as_view(
+        parser_classes=[TSVParser], renderer_classes=[TSVRenderer]
+    )
+    request = RequestFactory().post(
+        "/invocations",
+        b"6.7\t3.0\t5.2\t2.3\n",
+        content_type="text/tab-separated-values",
+    )
+    response = view(request)
+    response.render()
+    assert response.status_code == HTTPStatus.OK
+    assert response.content == b"2\n"
+    request = RequestFactory().post("/invocations", b"1,2,3,4", content_type="text/csv")
+    response = view(request)
+    response.render()
+    assert response.status_code == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+def test_ping_not_ready_in_process(tmp_path):
+    """Without a model, the in-process /ping is a 503 with the reason."""
+    with smserve(tmp_path):
+        registry.load(force=True)
+        response = Client().get("/ping")
+    registry.load(force=True)
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert "does not exist" in json.loads(response.content)["detail"]
