@@ -1,0 +1,288 @@
+"""What the admin shows: the models served, the training runs, and the traffic.
+
+``TrainedModel`` is written by the serving side from the loaded artifact (``metadata.json``
+is the truth: SageMaker trains and serves in different containers); ``TrainingRun`` by
+``manage.py train`` (``modelapp.training.record``); ``InvocationStat`` by the stats flusher
+(``modelapp.stats``). None of them is ever written on the request path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+logger = logging.getLogger(__name__)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can hold it: numpy scalars and arrays become Python values,
+    anything else unknown (an estimator inside a Pipeline, a callable) its ``repr``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no NaN
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return json_safe(tolist())
+    return repr(value)
+
+
+def _datetime(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        return None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, UTC)
+    return parsed
+
+
+def _first(metadata: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    """The first of ``keys`` present in ``metadata``; dotted keys look into dicts."""
+    for key in keys:
+        value: Any = metadata
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
+    return default
+
+
+class TrainedModel(models.Model):
+    """One model artifact, keyed by the sha256 of its bytes."""
+
+    SOURCE_METADATA = "metadata"
+    SOURCE_ESTIMATOR = "estimator"
+    SOURCE_CHOICES = [
+        (SOURCE_METADATA, "metadata.json"),
+        (SOURCE_ESTIMATOR, "the estimator itself (no metadata.json)"),
+    ]
+
+    sha256 = models.CharField("sha256", max_length=64, unique=True)
+    estimator = models.CharField(max_length=255, blank=True)
+    params = models.JSONField("hyperparameters", default=dict, blank=True)
+    feature_names = models.JSONField(default=list, blank=True)
+    n_features = models.PositiveIntegerField("features", null=True, blank=True)
+    classes = models.JSONField(default=list, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    versions = models.JSONField("library versions", default=dict, blank=True)
+    training_job_name = models.CharField(max_length=255, blank=True)
+    training_started_at = models.DateTimeField(null=True, blank=True)
+    training_finished_at = models.DateTimeField(null=True, blank=True)
+    artifact_size = models.BigIntegerField("artifact bytes", null=True, blank=True)
+    loaded_from = models.CharField(max_length=1024, blank=True)
+    source = models.CharField(
+        "described by", max_length=16, choices=SOURCE_CHOICES, blank=True
+    )
+    metadata = models.JSONField("metadata.json", default=dict, blank=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-last_seen"]
+        verbose_name = "trained model"
+
+    def __str__(self) -> str:
+        name = self.estimator.rsplit(".", 1)[-1] or "model"
+        return f"{name} {self.sha256[:12]}"
+
+    @staticmethod
+    def describe(metadata: dict[str, Any], estimator: Any = None) -> dict[str, Any]:
+        """Field values from ``metadata.json``, else from what the estimator says."""
+        if metadata:
+            n_features = _first(
+                metadata, "n_features", "n_features_in", "features.count"
+            )
+            names = _first(metadata, "feature_names", "features.names", default=[])
+            if n_features is None and names:
+                n_features = len(names)
+            return {
+                "source": TrainedModel.SOURCE_METADATA,
+                "estimator": str(
+                    _first(metadata, "estimator", "estimator.class", default="")
+                ),
+                "params": json_safe(
+                    _first(
+                        metadata,
+                        "params",
+                        "hyperparameters",
+                        "estimator_params",
+                        default={},
+                    )
+                ),
+                "feature_names": json_safe(names),
+                "n_features": n_features,
+                "classes": json_safe(_first(metadata, "classes", default=[])),
+                "metrics": json_safe(_first(metadata, "metrics", default={})),
+                "versions": json_safe(
+                    _first(metadata, "versions", "library_versions", default={})
+                ),
+                "training_job_name": str(
+                    _first(
+                        metadata,
+                        "training_job_name",
+                        "job_name",
+                        "training.job_name",
+                        default="",
+                    )
+                ),
+                "training_started_at": _datetime(
+                    _first(
+                        metadata,
+                        "training_started_at",
+                        "started_at",
+                        "timings.started_at",
+                    )
+                ),
+                "training_finished_at": _datetime(
+                    _first(
+                        metadata,
+                        "training_finished_at",
+                        "finished_at",
+                        "trained_at",
+                        "timings.finished_at",
+                    )
+                ),
+                "metadata": json_safe(metadata),
+            }
+        values: dict[str, Any] = {
+            "source": TrainedModel.SOURCE_ESTIMATOR,
+            "metadata": {},
+        }
+        if estimator is not None:
+            cls = type(estimator)
+            values["estimator"] = f"{cls.__module__}.{cls.__qualname__}"
+            get_params = getattr(estimator, "get_params", None)
+            if callable(get_params):
+                values["params"] = json_safe(get_params(deep=False))
+            names = getattr(estimator, "feature_names_in_", None)
+            values["feature_names"] = json_safe(names) if names is not None else []
+            values["n_features"] = getattr(estimator, "n_features_in_", None)
+            classes = getattr(estimator, "classes_", None)
+            values["classes"] = json_safe(classes) if classes is not None else []
+        return values
+
+    @classmethod
+    def record(cls, loaded: Any) -> TrainedModel:
+        """Upsert the row for a ``registry.LoadedModel``: created on first sight, refreshed
+        (metadata, path, last seen) on every later one."""
+        estimator = getattr(loaded.predictor, "model", None)
+        values = cls.describe(loaded.metadata, estimator)
+        values.update(
+            artifact_size=loaded.size,
+            loaded_from=str(loaded.path),
+            last_seen=timezone.now(),
+        )
+        obj, created = cls.objects.update_or_create(
+            sha256=loaded.sha256, defaults=values
+        )
+        logger.info(
+            "%s trained model %s in the database.",
+            "Recorded" if created else "Refreshed",
+            obj,
+        )
+        return obj
+
+    def pretty(self, field: str) -> str:
+        return json.dumps(getattr(self, field), indent=2, sort_keys=True)
+
+
+class TrainingRun(models.Model):
+    """One ``manage.py train`` run, as it went."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    STATUS_CHOICES = [
+        (RUNNING, "running"),
+        (SUCCEEDED, "succeeded"),
+        (FAILED, "failed"),
+        (STOPPED, "stopped"),
+    ]
+
+    job_name = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=RUNNING)
+    estimator = models.CharField(max_length=255, blank=True)
+    hyperparameters = models.JSONField(
+        default=dict, blank=True, help_text="As given (SageMaker sends strings)."
+    )
+    channels = models.JSONField(
+        default=dict, blank=True, help_text="Per channel: content type, mode, rows."
+    )
+    metrics = models.JSONField(default=dict, blank=True)
+    failure_reason = models.TextField(blank=True)
+    model_sha256 = models.CharField("model sha256", max_length=64, blank=True)
+    base_dir = models.CharField(max_length=1024, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_seconds = models.FloatField("duration (s)", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["status", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.job_name or 'local run'} ({self.status})"
+
+
+class InvocationStat(models.Model):
+    """Invocations of one model in one minute (UTC), summed over every worker.
+
+    ``model`` is the artifact's sha256 (null while no model is loaded); it is not a
+    database-enforced key, so counts are kept even if the model's row could not be
+    written yet.
+    """
+
+    model = models.ForeignKey(
+        TrainedModel,
+        to_field="sha256",
+        db_column="model_sha256",
+        db_constraint=False,
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="stats",
+    )
+    minute = models.DateTimeField(db_index=True)
+    requests = models.PositiveBigIntegerField(default=0)
+    records = models.PositiveBigIntegerField(default=0)
+    errors_4xx = models.PositiveBigIntegerField("4xx", default=0)
+    errors_5xx = models.PositiveBigIntegerField("5xx", default=0)
+    latency_ms_total = models.FloatField("total latency (ms)", default=0)
+    latency_ms_max = models.FloatField("max latency (ms)", default=0)
+    bytes_in = models.PositiveBigIntegerField(default=0)
+    bytes_out = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-minute"]
+        verbose_name = "invocation stat"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "minute"], name="modelapp_stat_model_minute"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.requests} requests"
+
+    @property
+    def errors(self) -> int:
+        return self.errors_4xx + self.errors_5xx
+
+    @property
+    def latency_ms_mean(self) -> float:
+        return self.latency_ms_total / self.requests if self.requests else 0.0

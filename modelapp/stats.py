@@ -1,0 +1,265 @@
+"""Invocation counters: kept in memory per worker, flushed to ``InvocationStat`` off the
+request path.
+
+The request path (``record_invocation``) only adds numbers into a dict under a lock. A
+background thread, started in each gunicorn worker after the fork (``post_fork`` in
+``docker/gunicorn.conf.py``), writes them every ``SMSERVE['STATS_FLUSH_SECONDS']`` with atomic
+increments, so several workers (and several instances sharing a PostgreSQL database) add up
+exactly; ``worker_exit`` flushes what is left. A database outage is logged and the counts
+are kept for the next flush. The same thread records the loaded model (``TrainedModel``)
+once, retrying until the database answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    close_old_connections,
+    connection,
+    transaction,
+)
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+
+from modelapp import conf
+
+logger = logging.getLogger(__name__)
+
+# Per (model sha256, minute start in epoch seconds):
+# [requests, records, errors_4xx, errors_5xx, latency_ms_total, latency_ms_max,
+#  bytes_in, bytes_out]
+REQUESTS, RECORDS, E4XX, E5XX, LAT_TOTAL, LAT_MAX, BYTES_IN, BYTES_OUT = range(8)
+SUMMED = {
+    "requests": REQUESTS,
+    "records": RECORDS,
+    "errors_4xx": E4XX,
+    "errors_5xx": E5XX,
+    "latency_ms_total": LAT_TOTAL,
+    "bytes_in": BYTES_IN,
+    "bytes_out": BYTES_OUT,
+}
+Key = tuple[str | None, int]
+
+
+class StatsCollector:
+    """One per process; ``collector`` below is the one the views use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _buckets; held for microseconds
+        self._flush_lock = threading.Lock()  # one flush at a time (thread vs. exit)
+        self._buckets: dict[Key, list[float]] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._model_recorded: str | None = None
+
+    # --- the request path ---------------------------------------------------------------
+    def record(
+        self,
+        sha256: str | None,
+        status: int,
+        records: int,
+        latency_ms: float,
+        bytes_in: int,
+        bytes_out: int,
+        now: float | None = None,
+    ) -> None:
+        """Count one invocation; no I/O, no allocation beyond a new minute's bucket."""
+        minute = int(time.time() if now is None else now) // 60 * 60
+        key = (sha256, minute)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = [0, 0, 0, 0, 0.0, 0.0, 0, 0]
+            bucket[REQUESTS] += 1
+            bucket[RECORDS] += records
+            if status >= 500:
+                bucket[E5XX] += 1
+            elif status >= 400:
+                bucket[E4XX] += 1
+            bucket[LAT_TOTAL] += latency_ms
+            if latency_ms > bucket[LAT_MAX]:
+                bucket[LAT_MAX] = latency_ms
+            bucket[BYTES_IN] += bytes_in
+            bucket[BYTES_OUT] += bytes_out
+
+    def pending(self) -> dict[Key, list[float]]:
+        """A copy of the counts not yet written."""
+        with self._lock:
+            return {key: list(bucket) for key, bucket in self._buckets.items()}
+
+    # --- the background side ------------------------------------------------------------
+    def flush(self) -> bool:
+        """Write the pending counts in one transaction; on failure keep them and say so."""
+        with self._flush_lock:
+            self.record_model()
+            with self._lock:
+                taken, self._buckets = self._buckets, {}
+            if not taken:
+                return True
+            try:
+                close_old_connections()
+                write_buckets(taken)
+            except Exception as exc:
+                self._merge_back(taken)
+                # A database outage is expected and only logged; anything else is a bug
+                # and gets its traceback, but still must not kill the thread or the worker.
+                requests = sum(int(b[REQUESTS]) for b in taken.values())
+                if isinstance(exc, DatabaseError):
+                    logger.warning(
+                        "Stats not flushed (%s: %s); %d invocation(s) kept for the next "
+                        "flush.",
+                        type(exc).__name__,
+                        exc,
+                        requests,
+                    )
+                else:
+                    logger.exception(
+                        "Stats not flushed; %d invocation(s) kept for the next flush.",
+                        requests,
+                    )
+                _discard_connection()
+                return False
+            logger.debug("Flushed stats for %d minute(s).", len(taken))
+            return True
+
+    def record_model(self) -> None:
+        """Record the loaded model once per process (upsert by checksum); retried at each
+        flush until the database answers."""
+        from modelapp.registry import registry
+
+        loaded = registry.loaded
+        if loaded is None or self._model_recorded == loaded.sha256:
+            return
+        from modelapp.models import TrainedModel
+
+        try:
+            close_old_connections()
+            TrainedModel.record(loaded)
+        except DatabaseError as exc:
+            logger.warning(
+                "Model %s not recorded yet (%s: %s); retrying at the next flush.",
+                loaded.sha256[:12],
+                type(exc).__name__,
+                exc,
+            )
+            _discard_connection()
+            return
+        self._model_recorded = loaded.sha256
+
+    def _merge_back(self, taken: dict[Key, list[float]]) -> None:
+        with self._lock:
+            for key, old in taken.items():
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    self._buckets[key] = old
+                    continue
+                for index in SUMMED.values():
+                    bucket[index] += old[index]
+                bucket[LAT_MAX] = max(bucket[LAT_MAX], old[LAT_MAX])
+
+    def start(self) -> None:
+        """Start the flusher thread in this process (a gunicorn worker, after the fork)."""
+        interval = float(conf.get("STATS_FLUSH_SECONDS"))
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(interval,),
+            name=f"smserve-stats-{os.getpid()}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and write what is left (gunicorn's ``worker_exit``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.flush()
+        _discard_connection()
+
+    def _run(self, interval: float) -> None:
+        self.record_model()
+        while not self._stop.wait(interval):
+            self.flush()
+
+
+def write_buckets(buckets: dict[Key, list[float]]) -> None:
+    """Add ``buckets`` to the database with atomic increments: update the row, or create
+    it; when another writer created it first, update that one."""
+    from modelapp.models import InvocationStat
+
+    with transaction.atomic():
+        for (sha256, minute_epoch), bucket in buckets.items():
+            minute = datetime.fromtimestamp(minute_epoch, UTC)
+            rows = InvocationStat.objects.filter(model_id=sha256, minute=minute)
+            increments = {
+                name: F(name) + bucket[index] for name, index in SUMMED.items()
+            }
+            increments["latency_ms_max"] = Greatest(
+                F("latency_ms_max"), Value(float(bucket[LAT_MAX]))
+            )
+            if rows.update(**increments):
+                continue
+            values = {name: bucket[index] for name, index in SUMMED.items()}
+            values["latency_ms_max"] = bucket[LAT_MAX]
+            try:
+                with transaction.atomic():
+                    InvocationStat.objects.create(
+                        model_id=sha256, minute=minute, **values
+                    )
+            except IntegrityError:
+                rows.update(**increments)
+        if buckets:
+            from modelapp.models import TrainedModel
+
+            shas = {sha for sha, _ in buckets if sha}
+            TrainedModel.objects.filter(sha256__in=shas).update(
+                last_seen=datetime.now(UTC)
+            )
+
+
+def _discard_connection() -> None:
+    """Close this thread's connection so the next attempt opens a fresh one (a server
+    that went away leaves a broken one behind)."""
+    try:
+        connection.close()
+    except DatabaseError:
+        pass
+
+
+collector = StatsCollector()
+
+
+def record_invocation(request: Any, response: Any) -> None:
+    """Count an /invocations response once it is rendered (its size is known then)."""
+    from modelapp.registry import registry
+
+    loaded = registry.loaded
+    sha256 = loaded.sha256 if loaded is not None else None
+    started = getattr(request, "started", None)
+    records = getattr(request, "records", 0)
+    bytes_in = int(request.META.get("CONTENT_LENGTH") or 0)
+
+    def count(rendered: Any) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        collector.record(
+            sha256,
+            rendered.status_code,
+            records,
+            latency_ms,
+            bytes_in,
+            len(rendered.content),
+        )
+
+    response.add_post_render_callback(count)
