@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelapp import conf
+from modelapp import conf, stats
 from modelapp.exceptions import InvalidInput, PayloadTooLarge, error_body
 from modelapp.negotiation import SageMakerContentNegotiation
 from modelapp.registry import registry
@@ -140,6 +140,7 @@ def check_body_size(request: Request) -> None:
 
 
 def log_invocation(request: Request, response: Response) -> None:
+    stats.record_invocation(request, response)  # in memory; flushed in the background
     started = getattr(request, "started", None)
     elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
     status = response.status_code
