@@ -38,6 +38,21 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, _threads)
 
 
+def post_fork(server, worker):
+    # Threads do not survive fork: each worker starts its own stats flusher (which also
+    # records the loaded model in the database), off the request path.
+    from modelapp.stats import collector
+
+    collector.start()
+
+
+def worker_exit(server, worker):
+    # Write this worker's last counts before it goes.
+    from modelapp.stats import collector
+
+    collector.stop()
+
+
 def when_ready(server):
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
