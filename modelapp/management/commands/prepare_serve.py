@@ -52,6 +52,31 @@ def render_nginx_conf(run_dir: Path, access_log: str) -> str:
     return re.sub(r"@@([A-Z_]+)@@", fill, text)
 
 
+def create_superuser() -> None:
+    """The admin's login from Django's own ``DJANGO_SUPERUSER_*`` variables (the ones
+    ``createsuperuser --noinput`` reads), when set; an existing user is left as it is."""
+    from django.contrib.auth import get_user_model
+
+    username = os.environ.get("DJANGO_SUPERUSER_USERNAME")
+    if not username or not os.environ.get("DJANGO_SUPERUSER_PASSWORD"):
+        return
+    User = get_user_model()
+    if User._default_manager.filter(**{User.USERNAME_FIELD: username}).exists():
+        return
+    call_command("createsuperuser", interactive=False, verbosity=0)
+    logger.info("Created the superuser %s.", username)
+
+
+def collect_static_once() -> None:
+    """The image collects the admin's static files at build time; a checkout that never
+    ran ``collectstatic`` gets them here, or every admin page would be a 500."""
+    manifest = Path(settings.STATIC_ROOT) / "staticfiles.json"
+    if manifest.is_file():
+        return
+    logger.info("No %s: collecting static files for the admin.", manifest)
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+
 class Command(BaseCommand):
     help = (
         "Check the deployment, migrate the database and render nginx.conf into RUN_DIR."
@@ -74,8 +99,11 @@ class Command(BaseCommand):
         call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
         try:
             call_command("migrate", interactive=False, verbosity=0)
+            create_superuser()
         except DatabaseError as exc:
             # Serving never depends on the database: the admin and stats wait for it.
             logger.error("Database not migrated (%s); serving goes on without it.", exc)
+        if settings.ADMIN_ENABLED:
+            collect_static_once()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "nginx.conf").write_text(render_nginx_conf(run_dir, access_log))
