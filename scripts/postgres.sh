@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster on loopback, for the test suite.
+#   scripts/postgres.sh start [DIR] [PORT]   initdb (first time) + start; prints DATABASE_URL
+#   scripts/postgres.sh stop  [DIR]          stop it (the data stays until DIR is removed)
+#   scripts/postgres.sh url   [DIR] [PORT]   print DATABASE_URL only
+# DIR defaults to var/postgres in the checkout, PORT to 55432 (or SMSERVE_PG_PORT). The
+# cluster listens on 127.0.0.1 only, with its unix socket inside DIR. As root, the server
+# runs as the `postgres` user (PostgreSQL refuses to run as root).
+set -euo pipefail
+
+cmd=${1:-start}
+root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+dir=${2:-${SMSERVE_PG_DIR:-$root/var/postgres}}
+port=${3:-${SMSERVE_PG_PORT:-55432}}
+db=smserve
+user=smserve
+password=smserve
+
+bindir=${PG_BINDIR:-}
+if [ -z "$bindir" ]; then
+  for candidate in /usr/lib/postgresql/*/bin; do
+    [ -x "$candidate/initdb" ] && bindir=$candidate
+  done
+fi
+[ -n "$bindir" ] || { echo "postgres.sh: no PostgreSQL server found (apt-get install postgresql)" >&2; exit 1; }
+
+as_owner() {  # run a PostgreSQL binary as the cluster's owner
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+url() { echo "postgres://$user:$password@127.0.0.1:$port/$db"; }
+
+case "$cmd" in
+  start)
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+      pwfile=$(mktemp)
+      echo "$password" >"$pwfile"
+      [ "$(id -u)" = 0 ] && chown postgres: "$pwfile"
+      as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust --auth-host=scram-sha-256 \
+        -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; rm -f "$pwfile"; exit 1; }
+      rm -f "$pwfile"
+      fresh=1
+    fi
+    if ! as_owner "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+      # fsync off: a test cluster trades durability for speed.
+      as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        >/dev/null || { tail -20 "$dir/server.log" >&2; exit 1; }
+    fi
+    if [ "${fresh:-0}" = 1 ]; then
+      as_owner "$bindir/psql" -h "$dir" -p "$port" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
+        -c "CREATE ROLE $user LOGIN CREATEDB PASSWORD '$password'" \
+        -c "CREATE DATABASE $db OWNER $user" >/dev/null
+    fi
+    url
+    ;;
+  stop)
+    if [ -f "$dir/data/PG_VERSION" ]; then
+      as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    fi
+    ;;
+  url)
+    url
+    ;;
+  *)
+    echo "usage: $0 start|stop|url [DIR] [PORT]" >&2
+    exit 2
+    ;;
+esac
