@@ -15,7 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from modelapp.paths import SageMakerPaths
-from modelapp.training import artifacts, run
+from modelapp.training import artifacts, record, run
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         paths = SageMakerPaths.from_settings(options["base_dir"])
+        # A TrainingRun row when a database answers; the training never depends on it.
+        recorder = record.RunRecorder.start(paths)
         result = run.train(
             paths,
             hp_overrides=dict(options["hp"]),
             channel_overrides={k: Path(v) for k, v in options["channel"]},
+            on_finish=recorder.finish,
         )
         if result.succeeded:
             for name, value in result.metrics.items():
