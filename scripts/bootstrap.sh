@@ -37,7 +37,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 requirements=requirements.txt
-[ "$profile" = test ] && requirements=requirements-test.txt
+if [ "$profile" = test ]; then requirements="requirements-test.txt"; fi
 stamp=".venv/.installed-$(sha256sum requirements.txt requirements-test.txt | sha256sum | cut -c1-16)-$profile"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
