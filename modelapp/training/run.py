@@ -106,6 +106,11 @@ def train(
         result.status, result.exit_code = STOPPED, EXIT_STOPPED
         result.failure_reason = STOPPED_REASON
         logger.error("%s", STOPPED_REASON)
+    except FitFailed as exc:
+        result.status, result.exit_code = FAILED, EXIT_BUG
+        result.failure_reason = f"{exc} The traceback follows."
+        result.traceback = exc.child_traceback
+        logger.error("Training failed: %s\n%s", exc, exc.child_traceback)
     except Exception as exc:
         result.status, result.exit_code = FAILED, EXIT_BUG
         result.failure_reason = (
@@ -328,6 +333,14 @@ def format_metric(name: str, value: float) -> str:
 
 
 # --- fitting in a child process --------------------------------------------------------------
+class FitFailed(Exception):
+    """The estimator's ``fit`` raised something other than a data or parameter error."""
+
+    def __init__(self, message: str, child_traceback: str) -> None:
+        super().__init__(message)
+        self.child_traceback = child_traceback
+
+
 def fit_in_child(estimator: Any, data: Dataset, model_tmp: Path) -> Any:
     """Fit in a forked child that dumps the model to ``model_tmp``; load and return it.
 
@@ -368,7 +381,10 @@ def fit_in_child(estimator: Any, data: Dataset, model_tmp: Path) -> Any:
     if kind == "client":
         raise ClientError(detail)
     if kind == "error":
-        raise RuntimeError(f"fit raised an error in the training process:\n{detail}")
+        summary, child_traceback = detail
+        raise FitFailed(
+            f"{type(estimator).__name__}.fit failed with {summary}.", child_traceback
+        )
     if kind == "died":
         raise RuntimeError(
             f"The training process ended without a result (exit code {child.exitcode}; "
@@ -399,8 +415,9 @@ def _fit_child(estimator: Any, X: Any, y: Any, model_tmp: Path, sender: Any) -> 
             return
         artifacts.dump_model(estimator, model_tmp)
         sender.send(("ok", None))
-    except BaseException:
-        sender.send(("error", traceback.format_exc()))
+    except BaseException as exc:
+        summary = f"{type(exc).__name__}: {exc}"
+        sender.send(("error", (summary, traceback.format_exc())))
     finally:
         sender.close()
 

@@ -1,0 +1,469 @@
+"""The real ``train`` executable on real SageMaker trees: formats, modes, outputs, stop.
+
+Each test builds an ``/opt/ml`` tree in a temp dir, runs ``./train`` in a subprocess and
+checks what SageMaker (and the serving side) would see afterwards.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import make_regression
+from sklearn.tree import DecisionTreeClassifier
+
+from modelapp.parsers import Batch
+from modelapp.paths import SageMakerPaths
+from modelapp.registry import load_model, sha256_of
+from tests.training_helpers import TRAIN as TRAIN_EXECUTABLE
+from tests.training_helpers import (
+    file_channel,
+    frame,
+    parquet_bytes,
+    run_train,
+    sagemaker_tree,
+    train_env,
+    wait_for,
+    write_csv,
+)
+
+METRIC_LINE = re.compile(r"^#metric (\w+):(\w+)=([-+0-9.eE]+|nan|inf)$", re.M)
+METADATA_KEYS = {
+    "estimator",
+    "params",
+    "hyperparameters",
+    "n_features",
+    "feature_names",
+    "classes",
+    "task",
+    "metrics",
+    "rows",
+    "versions",
+    "sha256",
+    "started_at",
+    "finished_at",
+    "training_job_name",
+    "duration_seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def splits(iris):
+    """Iris, shuffled once, as 120 train and 30 validation rows."""
+    X, y = iris
+    order = np.random.default_rng(0).permutation(len(y))
+    X, y = X[order], y[order]
+    return (X[:120], y[:120]), (X[120:], y[120:])
+
+
+@pytest.fixture(scope="module")
+def regression():
+    X, y = make_regression(n_samples=80, n_features=3, noise=0.1, random_state=0)
+    return X, np.round(y, 4)
+
+
+def served(base: Path):
+    """The model as the serving side loads it."""
+    return load_model(SageMakerPaths(base))
+
+
+def metric_lines(stdout: str) -> dict[str, float]:
+    return {f"{c}:{m}": float(v) for c, m, v in METRIC_LINE.findall(stdout)}
+
+
+def test_csv_classification_end_to_end(tmp_path, splits):
+    """A headerless CSV job with SageMaker-style string hyperparameters trains the model
+    serving loads, predicting exactly as the same estimator fitted in-process."""
+    (X, y), (X_val, y_val) = splits
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            "max_depth": "3",
+            "criterion": '"entropy"',  # JSON-encoded, as the SDK's framework estimators do
+            "smserve_random_seed": "7",
+            "sagemaker_program": '"train.py"',
+            "_tuning_objective_metric": "validation:accuracy",
+        },
+        channels={"train": file_channel("text/csv"), "validation": file_channel()},
+    )
+    write_csv(base / "input/data/train/part-0.csv", X[:60], y[:60])
+    write_csv(base / "input/data/train/sub/part-1.csv", X[60:], y[60:])
+    write_csv(base / "input/data/validation/val.csv", X_val, y_val)
+    (base / "input/data/train-manifest").write_text("not data\n")
+
+    proc = run_train(base, env={"TRAINING_JOB_NAME": "iris-42"})
+
+    assert proc.returncode == 0, proc.stderr
+    paths = SageMakerPaths(base)
+    expected = DecisionTreeClassifier(
+        max_depth=3, criterion="entropy", random_state=7
+    ).fit(X, y)
+    model = served(base)
+    predictions = model.predictor.predict(Batch(values=X_val))
+    assert predictions.tolist() == expected.predict(X_val).tolist()
+    assert type(joblib.load(paths.model_file).tree_) is type(expected.tree_)
+    assert paths.success_file.read_bytes() == b""
+    assert not paths.failure_file.exists()
+
+    metadata = json.loads(paths.metadata_file.read_text())
+    assert METADATA_KEYS <= set(metadata)
+    assert metadata["estimator"] == "sklearn.tree.DecisionTreeClassifier"
+    assert metadata["params"]["max_depth"] == 3
+    assert metadata["params"]["criterion"] == "entropy"
+    assert metadata["hyperparameters"]["criterion"] == '"entropy"'
+    assert metadata["n_features"] == 4
+    assert metadata["feature_names"] is None
+    assert metadata["classes"] == [0, 1, 2]
+    assert metadata["task"] == "classification"
+    assert metadata["rows"] == {"train": 120, "validation": 30}
+    assert metadata["sha256"] == sha256_of(paths.model_file) == model.sha256
+    assert metadata["training_job_name"] == "iris-42"
+    assert set(metadata["versions"]) == {"python", "sklearn", "numpy", "smserve"}
+    assert metadata["started_at"].endswith("Z")
+    assert metadata["finished_at"] >= metadata["started_at"]
+    assert metadata["duration_seconds"] >= 0
+
+    accuracy = float((expected.predict(X_val) == y_val).mean())
+    printed = metric_lines(proc.stdout)
+    assert printed["validation:accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert set(printed) == {
+        "train:accuracy",
+        "train:f1",
+        "validation:accuracy",
+        "validation:f1",
+    }
+    written = json.loads(paths.metrics_file.read_text())
+    assert written == pytest.approx(metadata["metrics"])
+    assert written["validation:accuracy"] == pytest.approx(accuracy)
+    assert "Ignoring hyperparameters set by SageMaker" in proc.stderr
+    assert "_tuning_objective_metric" in proc.stderr
+
+
+def test_header_csv_gzip_regression(tmp_path, regression):
+    """A gzipped CSV with a header trains a regressor on named features, the target found
+    by name; serving knows the names, and R², RMSE and MAE are reported."""
+    X, y = regression
+    names = ["price", "rooms", "area", "age"]
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            "smserve_estimator": "sklearn.linear_model.Ridge",
+            "smserve_target_column": "price",
+            "alpha": "0.5",
+        },
+        channels={"train": file_channel("text/csv", CompressionType="Gzip")},
+    )
+    # The target does not have to come first when it is named.
+    df = frame(X, y, names)[["rooms", "price", "area", "age"]]
+    (base / "input/data/train").mkdir(parents=True)
+    (base / "input/data/train/houses.csv.gz").write_bytes(
+        gzip.compress(df.to_csv(index=False).encode())
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base)
+    assert model.predictor.feature_names == ["rooms", "area", "age"]
+    assert list(model.predictor.model.feature_names_in_) == ["rooms", "area", "age"]
+    from sklearn.linear_model import Ridge
+
+    features = df[["rooms", "area", "age"]]
+    expected = Ridge(alpha=0.5).fit(features, df["price"])
+    got = model.predictor.predict(Batch(values=features.to_numpy()))
+    assert np.allclose(got, expected.predict(features))
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["task"] == "regression"
+    assert metadata["classes"] is None
+    assert metadata["feature_names"] == ["rooms", "area", "age"]
+    assert set(metric_lines(proc.stdout)) == {"train:r2", "train:rmse", "train:mae"}
+    assert metric_lines(proc.stdout)["train:r2"] > 0.99
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl-objects", "jsonl-arrays-gzip"])
+def test_parquet_and_json_lines(tmp_path, splits, fmt):
+    """Parquet and JSON Lines (objects: named features; arrays: positional), with or
+    without ContentType, gzipped or not, train the same model as the CSV would."""
+    (X, y), _ = splits
+    names = ["species", "sl", "sw", "pl", "pw"]
+    df = frame(X, y, names)
+    channel = file_channel()
+    data = base = None
+    if fmt == "parquet":
+        channel = file_channel("application/x-parquet")
+        data, filename, named = parquet_bytes(df), "iris.parquet", True
+    elif fmt == "jsonl-objects":
+        data = df.to_json(orient="records", lines=True).encode()
+        filename, named = "iris.jsonl", True
+    else:
+        rows = [[int(t), *map(float, r)] for t, r in zip(y, X, strict=True)]
+        data = gzip.compress("\n".join(json.dumps(r) for r in rows).encode())
+        filename, named = "iris.jsonl.gz", False
+    base = sagemaker_tree(tmp_path, channels={"train": channel})
+    (base / "input/data/train").mkdir(parents=True)
+    (base / "input/data/train" / filename).write_bytes(data)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base)
+    expected = DecisionTreeClassifier().fit(X, y)
+    assert (
+        model.predictor.predict(Batch(values=X)).tolist()
+        == expected.predict(X).tolist()
+    )
+    assert model.predictor.feature_names == (names[1:] if named else None)
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"] == {"train": 120, "validation": None}
+
+
+def test_pipe_mode_reads_the_fifo_once_as_a_stream(tmp_path, splits):
+    """Pipe mode reads input/data/train_0, a real FIFO fed by a writer, in one pass."""
+    (X, y), (X_val, y_val) = splits
+    base = sagemaker_tree(
+        tmp_path,
+        channels={
+            "train": {"TrainingInputMode": "Pipe", "ContentType": "text/csv"},
+            "validation": {"TrainingInputMode": "Pipe"},
+        },
+    )
+    payloads = {}
+    for name, (features, labels) in {
+        "train": (X, y),
+        "validation": (X_val, y_val),
+    }.items():
+        path = write_csv(tmp_path / f"{name}.csv", features, labels)
+        payloads[name] = path.read_bytes()
+        if name == "validation":
+            payloads[name] = gzip.compress(payloads[name])
+        os.mkfifo(base / f"input/data/{name}_0")
+
+    def feed(name: str) -> None:
+        with open(base / f"input/data/{name}_0", "wb") as fifo:
+            data = payloads[name]
+            for start in range(0, len(data), 512):  # in pieces, as a stream arrives
+                fifo.write(data[start : start + 512])
+                fifo.flush()
+
+    writers = [threading.Thread(target=feed, args=(n,), daemon=True) for n in payloads]
+    for writer in writers:
+        writer.start()
+    proc = run_train(base)
+    for writer in writers:
+        writer.join(timeout=5)
+
+    assert proc.returncode == 0, proc.stderr
+    assert not any(w.is_alive() for w in writers)
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"] == {"train": 120, "validation": 30}
+    assert metadata["channels"]["train"]["mode"] == "Pipe"
+    expected = DecisionTreeClassifier().fit(X, y)
+    got = served(base).predictor.predict(Batch(values=X_val))
+    assert got.tolist() == expected.predict(X_val).tolist()
+
+
+def test_pipeline_with_nested_params(tmp_path, splits):
+    """A JSON list of estimators is a pipeline; ``step__param`` keys reach its steps."""
+    (X, y), (X_val, _) = splits
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            "smserve_estimator": '["standard_scaler", "logistic_regression"]',
+            "logisticregression__C": "0.05",
+            "standardscaler__with_mean": "false",
+        },
+        channels={"train": file_channel("text/csv")},
+    )
+    write_csv(base / "input/data/train/iris.csv", X, y)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base).predictor.model
+    assert [name for name, _ in model.steps] == [
+        "standardscaler",
+        "logisticregression",
+    ]
+    assert model.named_steps["logisticregression"].C == 0.05
+    assert model.named_steps["standardscaler"].with_mean is False
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    expected = make_pipeline(
+        StandardScaler(with_mean=False), LogisticRegression(C=0.05)
+    ).fit(X, y)
+    assert np.allclose(model.predict_proba(X_val), expected.predict_proba(X_val))
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["estimator"] == "sklearn.pipeline.Pipeline"
+    assert metadata["params"]["logisticregression__C"] == 0.05
+    assert metadata["params"]["logisticregression"] == (
+        "sklearn.linear_model.LogisticRegression"
+    )
+
+
+def test_second_host_exits_0_and_writes_nothing(tmp_path, splits):
+    """With several hosts only the first writes the model; the others log and exit 0."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path,
+        channels={"train": file_channel()},
+        hosts=["algo-1", "algo-2"],
+        current_host="algo-2",
+    )
+    write_csv(base / "input/data/train/iris.csv", X, y)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "algo-1, the first of the hosts algo-1, algo-2, writes the model" in (
+        proc.stderr
+    )
+    assert not (base / "model").exists()
+    assert not (base / "output").exists()
+    assert proc.stdout == ""
+
+
+def test_base_dir_from_environment_and_inferred_channels(tmp_path, splits):
+    """SAGEMAKER_BASE_DIR is used without --base-dir; with no inputdataconfig.json the
+    channels are inferred from input/data, skipping manifests, hidden files and extra
+    config files."""
+    (X, y), (X_val, y_val) = splits
+    base = sagemaker_tree(tmp_path, channels=None)
+    (base / "input/config/trainingjobconfig.json").write_text(
+        '{"TrainingJobName": "x"}'
+    )
+    (base / "input/config/checkpointconfig.json").write_text("{}")
+    write_csv(base / "input/data/train/iris.csv", X, y)
+    (base / "input/data/train/.iris.csv.crc").write_bytes(b"\x00garbage")
+    (base / "input/data/train/_SUCCESS").write_text("")
+    write_csv(base / "input/data/validation/val.csv", X_val, y_val)
+    (base / "input/data/validation-manifest").write_text('[{"prefix": "s3://x/"}]')
+
+    proc = run_train(None, env={"SAGEMAKER_BASE_DIR": str(base)})
+
+    assert proc.returncode == 0, proc.stderr
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"] == {"train": 120, "validation": 30}
+    assert metadata["channels"]["train"]["sources"] == ["iris.csv"]
+    assert "validation:accuracy" in metric_lines(proc.stdout)
+
+
+def test_options_override_files(tmp_path, splits):
+    """``--hp`` overrides hyperparameters.json and ``--channel`` points a channel at any
+    file, for local runs."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path / "ml", hyperparameters={"max_depth": "1"}, channels={}
+    )
+    data = write_csv(tmp_path / "elsewhere" / "iris.csv", X, y)
+
+    proc = run_train(base, "--hp", "max_depth=2", "--channel", f"train={data}")
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base).predictor.model
+    assert model.max_depth == 2
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["hyperparameters"] == {"max_depth": "2"}
+
+
+def test_user_mistake_exits_1_with_only_the_message(tmp_path, splits):
+    """An unknown estimator exits 1; output/failure says what to fix, no traceback."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={"smserve_estimator": "sklearn.ensemble.RandomForrest"},
+        channels={"train": file_channel()},
+    )
+    write_csv(base / "input/data/train/iris.csv", X, y)
+    (base / "output").mkdir()
+    (base / "output/success").write_text("")  # a previous run's; must not survive
+
+    proc = run_train(base)
+
+    assert proc.returncode == 1
+    failure = (base / "output/failure").read_text()
+    assert failure.startswith("Unknown estimator 'sklearn.ensemble.RandomForrest'")
+    assert "random_forest" in failure
+    assert "Traceback" not in failure
+    assert failure in proc.stderr
+    assert not (base / "output/success").exists()
+    assert not (base / "model/model.joblib").exists()
+
+
+def test_bug_exits_2_with_the_traceback(tmp_path, splits):
+    """An error that is not the data's or the configuration's exits 2, and the failure
+    file carries the traceback after the one-line reason."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            "smserve_estimator": "tests.training_helpers.BrokenClassifier"
+        },
+        channels={"train": file_channel()},
+    )
+    write_csv(base / "input/data/train/iris.csv", X, y)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 2
+    failure = (base / "output/failure").read_text()
+    first_line = failure.splitlines()[0]
+    assert first_line == (
+        "BrokenClassifier.fit failed with ZeroDivisionError: a bug inside fit. "
+        "The traceback follows."
+    )
+    assert "Traceback (most recent call last)" in failure
+    assert "ZeroDivisionError: a bug inside fit" in failure
+    assert list((base / "model").iterdir()) == []
+
+
+def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, splits):
+    """SIGTERM during a fit stuck in one long C call ends the job in seconds: no model,
+    no temporary file, a failure file saying it was stopped, a non-zero exit."""
+    (X, y), _ = splits
+    started = tmp_path / "fit-started"
+    base = sagemaker_tree(
+        tmp_path / "ml",
+        hyperparameters={
+            "smserve_estimator": "tests.training_helpers.SlowClassifier",
+            "seconds": "120",
+            "started_file": str(started),
+        },
+        channels={"train": file_channel()},
+    )
+    write_csv(base / "input/data/train/iris.csv", X, y)
+    proc = subprocess.Popen(
+        [str(TRAIN_EXECUTABLE), "--base-dir", str(base)],
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(started, timeout=30)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert proc.returncode == 143, stderr
+    assert elapsed < 5
+    assert (base / "output/failure").read_text().startswith("Training was stopped")
+    assert list((base / "model").iterdir()) == []
+    assert not (base / "output/success").exists()
+    assert not (base / "output/data/metrics.json").exists()

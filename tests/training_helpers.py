@@ -1,0 +1,169 @@
+"""Helpers for the training tests: real /opt/ml trees, the real ``train`` executable, and
+two deliberately odd estimators (one slow, one broken) importable by dotted path."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "train"
+
+
+def sagemaker_tree(
+    base: Path,
+    *,
+    hyperparameters: dict[str, str] | None = None,
+    channels: dict[str, dict[str, str]] | None = None,
+    hosts: list[str] | None = None,
+    current_host: str = "algo-1",
+) -> Path:
+    """``base`` laid out as SageMaker does before ``train`` starts; ``channels`` maps a
+    channel to its inputdataconfig entry (None: no inputdataconfig.json at all)."""
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (base / "input" / "data").mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}))
+    if channels is not None:
+        (config / "inputdataconfig.json").write_text(json.dumps(channels))
+    hosts = hosts or [current_host]
+    (config / "resourceconfig.json").write_text(
+        json.dumps(
+            {
+                "current_host": current_host,
+                "current_instance_type": "ml.m5.large",
+                "current_group_name": "homogeneousCluster",
+                "hosts": hosts,
+                "instance_groups": [
+                    {
+                        "instance_group_name": "homogeneousCluster",
+                        "instance_type": "ml.m5.large",
+                        "hosts": hosts,
+                    }
+                ],
+                "network_interface_name": "eth0",
+            }
+        )
+    )
+    return base
+
+
+def file_channel(content_type: str | None = None, **extra: str) -> dict[str, str]:
+    """An inputdataconfig.json entry as SageMaker writes it for a File-mode channel."""
+    entry = {
+        "TrainingInputMode": "File",
+        "S3DistributionType": "FullyReplicated",
+        "RecordWrapperType": "None",
+    }
+    if content_type:
+        entry["ContentType"] = content_type
+    entry.update(extra)
+    return entry
+
+
+def write_csv(
+    path: Path,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    header: list[str] | None = None,
+    compress: bool = False,
+) -> Path:
+    """Target first, then the features; gzipped when ``compress``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(header)] if header else []
+    lines += [
+        ",".join([str(t), *(repr(float(v)) for v in row)])
+        for t, row in zip(y, X, strict=True)
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def frame(X: np.ndarray, y: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """A DataFrame with the target first, as the channel files hold it."""
+    return pd.DataFrame({names[0]: y, **{n: X[:, i] for i, n in enumerate(names[1:])}})
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def run_train(
+    base: Path | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    """The real ``train`` executable, as SageMaker runs it (``--base-dir`` when given)."""
+    command = [str(TRAIN), *(["--base-dir", str(base)] if base else []), *args]
+    return subprocess.run(
+        command,
+        env=train_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"SAGEMAKER_BASE_DIR", "TRAINING_JOB_NAME"}
+    }
+    env["SMSERVE_PYTHON"] = sys.executable
+    env.update(extra or {})
+    return env
+
+
+def wait_for(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.05)
+
+
+class SlowClassifier(ClassifierMixin, BaseEstimator):
+    """Touches ``started_file`` and then sleeps in one C call: a fit that only a kill ends."""
+
+    def __init__(self, seconds: float = 60.0, started_file: str = "") -> None:
+        self.seconds = seconds
+        self.started_file = started_file
+
+    def fit(self, X: Any, y: Any) -> SlowClassifier:
+        if self.started_file:
+            Path(self.started_file).touch()
+        time.sleep(self.seconds)
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.full(len(X), self.classes_[0])
+
+
+class BrokenClassifier(ClassifierMixin, BaseEstimator):
+    """Its fit has a bug (not a data problem): the job must say so with a traceback."""
+
+    def fit(self, X: Any, y: Any) -> BrokenClassifier:
+        raise ZeroDivisionError("a bug inside fit")
+
+    def predict(self, X: Any) -> np.ndarray:
+        raise NotImplementedError
