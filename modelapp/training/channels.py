@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,21 +193,19 @@ def _sniff(stream: IO[bytes]) -> tuple[bytes, IO[bytes]]:
 # --- formats -------------------------------------------------------------------------------
 def read_stream(stream: IO[bytes], name: str, fmt: str | None, header: str) -> Part:
     """One file or stream as a ``Part``; gzip is recognised by its magic number."""
-    head, stream = _sniff(stream)
-    if head.startswith(GZIP_MAGIC):
-        head, stream = _sniff(gzip.GzipFile(fileobj=stream, mode="rb"))
-    if fmt is None:
-        fmt = _guess_format(head)
     try:
+        head, stream = _sniff(stream)
+        if head.startswith(GZIP_MAGIC):
+            head, stream = _sniff(gzip.GzipFile(fileobj=stream, mode="rb"))
+        if fmt is None:
+            fmt = _guess_format(head)
         if fmt == PARQUET:
             return _read_parquet(stream, name, head)
         if fmt == JSONLINES:
             return _read_jsonlines(stream, name)
         return _read_csv(stream, name, head, header)
-    except (OSError, EOFError) as exc:
-        if isinstance(exc, gzip.BadGzipFile) or isinstance(exc, EOFError):
-            raise ClientError(f"{name} is not a valid gzip file: {exc}") from exc
-        raise
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ClientError(f"{name} is not a valid gzip file: {exc}") from exc
 
 
 def _guess_format(head: bytes) -> str:

@@ -225,17 +225,6 @@ class TrainingEnvironment:
         )
 
 
-def parse_assignments(items: list[str] | None, option: str) -> dict[str, str]:
-    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``: the ``--hp``/``--channel`` values."""
-    result = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ClientError(f"{option} takes name=value, got {item!r}.")
-        result[key.strip()] = value
-    return result
-
-
 def read_json_object(path: Path, default: dict[str, Any]) -> dict[str, Any]:
     """A config file's JSON object; ``default`` when the file does not exist."""
     try:
