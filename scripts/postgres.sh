@@ -38,7 +38,13 @@ case "$cmd" in
   start)
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    if [ "$(id -u)" = 0 ]; then
+      chown postgres: "$dir"
+      runuser -u postgres -- test -w "$dir" || {
+        echo "postgres.sh: the postgres user cannot reach $dir (a parent directory is private); use a directory under /tmp or /var" >&2
+        exit 1
+      }
+    fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
       pwfile=$(mktemp)
       echo "$password" >"$pwfile"

@@ -1,0 +1,390 @@
+"""Invocation statistics: counted in memory per worker, flushed to the database in the
+background, exact across workers, and never on the request path (not even in an outage)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from modelapp.models import InvocationStat, TrainedModel
+from modelapp.registry import sha256_of
+from modelapp.stats import (
+    E4XX,
+    E5XX,
+    LAT_MAX,
+    RECORDS,
+    REQUESTS,
+    StatsCollector,
+)
+from tests.conftest import ROOT, free_port
+
+IRIS_ROWS = b"5.1,3.5,1.4,0.2\n6.2,2.9,4.3,1.3\n"  # two records
+WRONG_WIDTH = b"1,2\n"  # a 400: the model takes four features
+POSTGRES_SH = ROOT / "scripts" / "postgres.sh"
+
+
+# --- helpers shared with the admin tests ------------------------------------------------------
+class ServerDatabase:
+    """The database a test server writes to: a new SQLite file, or a new database on the
+    suite's PostgreSQL (``DATABASE_URL``) so that tests never see each other's rows."""
+
+    def __init__(self, work: Path, url: str | None = None) -> None:
+        self.state_dir = work / "state"
+        self.url = url or ""
+
+    @classmethod
+    def create(cls, work: Path) -> ServerDatabase:
+        suite_url = os.environ.get("DATABASE_URL", "")
+        if not suite_url.startswith(("postgres://", "postgresql://")):
+            return cls(work)
+        name = f"smserve_t_{secrets.token_hex(6)}"
+        with psycopg.connect(suite_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(suite_url)
+        return cls(work, urlunsplit(parts._replace(path=f"/{name}")))
+
+    def drop(self) -> None:
+        if self.url:
+            name = urlsplit(self.url).path.lstrip("/")
+            with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    @property
+    def env(self) -> dict[str, str]:
+        # An empty DATABASE_URL means SQLite under the state dir.
+        return {"DATABASE_URL": self.url, "SMSERVE_STATE_DIR": str(self.state_dir)}
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.state_dir / "smserve.sqlite3"
+
+    def query(self, sql: str) -> list[tuple]:
+        """Rows of ``sql``, on a connection opened and closed here (none is kept)."""
+        if self.url:
+            with psycopg.connect(self.url) as conn:
+                return conn.execute(sql).fetchall()
+        conn = sqlite3.connect(self.sqlite_path, timeout=20)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def totals(self) -> dict[str, int]:
+        """Summed counts over every ``InvocationStat`` row (0 before the table exists)."""
+        try:
+            rows = self.query(
+                "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(records), 0), "
+                "COALESCE(SUM(errors_4xx), 0), COALESCE(SUM(errors_5xx), 0), COUNT(*) "
+                "FROM modelapp_invocationstat"
+            )
+        except (sqlite3.Error, psycopg.Error):
+            return {"requests": 0, "records": 0, "4xx": 0, "5xx": 0, "rows": 0}
+        requests, records, e4, e5, count = (int(v) for v in rows[0])
+        return {
+            "requests": requests,
+            "records": records,
+            "4xx": e4,
+            "5xx": e5,
+            "rows": count,
+        }
+
+
+def wait_for(predicate: Any, deadline: float = 30, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true; fail after ``deadline`` s."""
+    end = time.monotonic() + deadline
+    value = None
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {deadline}s (last: {value!r})")
+
+
+def invoke_many(server: Any, bodies: list[bytes], threads: int = 8) -> list[int]:
+    """Statuses of ``bodies`` sent concurrently on separate connections."""
+
+    def one(body: bytes) -> int:
+        return server.invoke(body)[0]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, bodies))
+
+
+def timed_invocations(server: Any, count: int) -> list[float]:
+    """Latencies in seconds of ``count`` sequential invocations, each answered 200."""
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        status, _, body = server.invoke(IRIS_ROWS)
+        latencies.append(time.perf_counter() - started)
+        assert status == HTTPStatus.OK, body
+    return latencies
+
+
+@pytest.fixture
+def server_db(tmp_path) -> Any:
+    db = ServerDatabase.create(tmp_path / "db")
+    yield db
+    db.drop()
+
+
+# --- in memory ---------------------------------------------------------------------------------
+def test_record_sums_per_model_and_minute():
+    """Invocations in one minute add into one bucket; another minute or model is another."""
+    collector = StatsCollector()
+    minute = 1_800_000_000 // 60 * 60
+    collector.record("a", 200, 3, 5.0, 100, 40, now=minute + 1)
+    collector.record("a", 400, 0, 1.0, 10, 60, now=minute + 59)
+    collector.record("a", 503, 0, 9.0, 10, 60, now=minute + 60)
+    collector.record(None, 200, 1, 2.0, 10, 10, now=minute + 2)
+    pending = collector.pending()
+    assert set(pending) == {("a", minute), ("a", minute + 60), (None, minute)}
+    bucket = pending[("a", minute)]
+    assert bucket[REQUESTS] == 2
+    assert bucket[RECORDS] == 3
+    assert (bucket[E4XX], bucket[E5XX]) == (1, 0)
+    assert bucket[LAT_MAX] == 5.0
+    assert pending[("a", minute + 60)][E5XX] == 1
+
+
+def test_record_is_cheap():
+    """Counting an invocation costs microseconds: the request path does no I/O."""
+    collector = StatsCollector()
+    started = time.perf_counter()
+    for i in range(20_000):
+        collector.record("a" * 64, 200, 10, 1.5, 1000, 200, now=1_800_000_000 + i % 120)
+    per_call = (time.perf_counter() - started) / 20_000
+    assert per_call < 50e-6
+
+
+def test_no_thread_runs_in_the_importing_process():
+    """Importing the app starts no thread: gunicorn's post_fork starts one per worker."""
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("smserve-stats")]
+
+
+# --- against the test database -------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_flush_writes_and_increments_atomically():
+    """A flush creates the minute's row; a later flush adds to it (F() increments), keeps
+    the larger max latency, and two processes' counts for one minute end in one row."""
+    minute = int(time.time()) // 60 * 60
+    first, second = StatsCollector(), StatsCollector()
+    for _ in range(5):
+        first.record("f" * 64, 200, 2, 3.0, 50, 20, now=minute)
+    first.record("f" * 64, 400, 0, 30.0, 5, 20, now=minute)
+    for _ in range(7):
+        second.record("f" * 64, 200, 1, 4.0, 50, 20, now=minute)
+    assert first.flush()
+    assert second.flush()
+    row = InvocationStat.objects.get()
+    assert row.requests == 13
+    assert row.records == 17
+    assert row.errors_4xx == 1
+    assert row.latency_ms_max == 30.0
+    assert row.bytes_in == 5 * 50 + 5 + 7 * 50
+    assert first.pending() == {}
+    assert second.pending() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_of_nothing_writes_nothing():
+    """An idle worker's flush leaves the table untouched."""
+    assert StatsCollector().flush()
+    assert not InvocationStat.objects.exists()
+
+
+def test_failed_flush_keeps_every_count():
+    """A flush that cannot reach the database (here pytest-django refuses the access)
+    returns False and keeps the counts, merged with those that arrive meanwhile."""
+    collector = StatsCollector()
+    minute = 1_800_000_000 // 60 * 60
+    collector.record("k" * 64, 200, 2, 10.0, 5, 5, now=minute)
+    assert collector.flush() is False
+    collector.record("k" * 64, 500, 1, 3.0, 5, 5, now=minute)
+    bucket = collector.pending()[("k" * 64, minute)]
+    assert bucket[REQUESTS] == 2
+    assert bucket[RECORDS] == 3
+    assert bucket[E5XX] == 1
+    assert bucket[LAT_MAX] == 10.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_bumps_last_seen_of_the_model():
+    """Traffic for a model refreshes its ``last_seen``."""
+    model = TrainedModel.objects.create(sha256="e" * 64)
+    before = model.last_seen
+    collector = StatsCollector()
+    collector.record("e" * 64, 200, 1, 1.0, 1, 1)
+    assert collector.flush()
+    model.refresh_from_db()
+    assert model.last_seen > before
+
+
+# --- through the real server ---------------------------------------------------------------
+@pytest.mark.server
+def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
+    """N invocations spread over three workers add up to exactly N in the database, flushed
+    in the background while the server runs; the model is recorded on start-up."""
+    server = serve_factory(
+        iris_base,
+        workers=3,
+        env={**server_db.env, "SMSERVE_STATS_FLUSH_SECONDS": "0.3"},
+    )
+    sha = sha256_of(iris_base / "model" / "model.joblib")
+    wait_for(
+        lambda: server_db.query(
+            f"SELECT estimator FROM modelapp_trainedmodel WHERE sha256 = '{sha}'"
+        ),
+        what="the model's row",
+    )
+    bodies = [IRIS_ROWS] * 240 + [WRONG_WIDTH] * 30
+    statuses = invoke_many(server, bodies, threads=12)
+    assert statuses.count(HTTPStatus.OK) == 240
+    assert statuses.count(HTTPStatus.BAD_REQUEST) == 30
+    totals = wait_for(
+        lambda: (t := server_db.totals())["requests"] == 270 and t,
+        what="270 requests flushed",
+    )
+    assert totals["records"] == 480
+    assert totals["4xx"] == 30
+    assert totals["5xx"] == 0
+    time.sleep(1)  # later flushes add nothing more
+    assert server_db.totals()["requests"] == 270
+    workers = {
+        line.split("pid: ")[1]
+        for line in server.log.splitlines()
+        if "Booting worker" in line
+    }
+    assert len(workers) == 3
+
+
+@pytest.mark.server
+def test_worker_exit_flushes_what_is_left(serve_factory, iris_base, server_db):
+    """With no periodic flush due, stopping the server (SIGTERM) still writes every count."""
+    server = serve_factory(
+        iris_base,
+        workers=2,
+        env={**server_db.env, "SMSERVE_STATS_FLUSH_SECONDS": "3600"},
+    )
+    statuses = invoke_many(server, [IRIS_ROWS] * 50, threads=4)
+    assert statuses == [HTTPStatus.OK] * 50
+    time.sleep(0.5)
+    assert server_db.totals()["requests"] == 0
+    assert server.stop() == 0
+    assert server_db.totals()["requests"] == 50
+
+
+def _sqlite_outage(pg_dir: Path, server_db: ServerDatabase) -> tuple[dict, Any, Any]:
+    """The state dir moved away: SQLite cannot open the file (root ignores file modes, so
+    a read-only file would not stop it)."""
+    away = server_db.state_dir.with_name("state-away")
+    return (
+        server_db.env,
+        lambda: server_db.state_dir.rename(away),
+        lambda: away.rename(server_db.state_dir),
+    )
+
+
+def _postgres_outage(pg_dir: Path, server_db: ServerDatabase) -> tuple[dict, Any, Any]:
+    """A PostgreSQL cluster of this test's own, stopped and started again."""
+    port = str(free_port())
+    url = subprocess.run(
+        [str(POSTGRES_SH), "start", str(pg_dir), port],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    server_db.url = url
+    return (
+        server_db.env,
+        lambda: subprocess.run([str(POSTGRES_SH), "stop", str(pg_dir)], check=True),
+        lambda: subprocess.run(
+            [str(POSTGRES_SH), "start", str(pg_dir), port],
+            check=True,
+            capture_output=True,
+        ),
+    )
+
+
+@pytest.fixture
+def pg_dir() -> Any:
+    """A directory for a throwaway cluster that the postgres user can reach (pytest's
+    tmp_path is private to root); the cluster is stopped and the directory removed."""
+    path = Path(tempfile.mkdtemp(prefix="smserve-pg-"))
+    path.chmod(0o755)
+    yield path
+    subprocess.run([str(POSTGRES_SH), "stop", str(path)], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_database_outage_costs_invocations_nothing(
+    backend, serve_factory, iris_base, tmp_path, pg_dir
+):
+    """With the database gone, invocations still succeed as fast as before; the failed
+    flushes are logged, and the counts arrive once the database is back."""
+    server_db = ServerDatabase(tmp_path / "db")
+    outage = _sqlite_outage if backend == "sqlite" else _postgres_outage
+    env, take_away, bring_back = outage(pg_dir, server_db)
+    server = serve_factory(
+        iris_base,
+        workers=2,
+        env={**env, "SMSERVE_STATS_FLUSH_SECONDS": "0.2"},
+    )
+    timed_invocations(server, 20)  # warm up both workers
+    baseline = timed_invocations(server, 100)
+    wait_for(lambda: server_db.totals()["requests"] == 120, what="first flush")
+
+    take_away()
+    try:
+        during = timed_invocations(server, 100)
+        wait_for(
+            lambda: server.log.count("Stats not flushed") >= 2,
+            what="failed flushes logged",
+        )
+    finally:
+        bring_back()
+    assert statistics.median(during) < 2 * statistics.median(baseline) + 0.005
+    assert max(during) < 0.5
+    wait_for(
+        lambda: server_db.totals()["requests"] == 220,
+        what="counts after the outage",
+    )
+    assert "kept for the next flush" in server.log
+    assert server.stop() == 0
+    assert server_db.totals()["requests"] == 220
+
+
+def test_postgres_script_starts_and_stops_a_cluster(pg_dir):
+    """``scripts/postgres.sh start`` prints a DATABASE_URL that accepts connections;
+    ``start`` again is a no-op; ``stop`` stops it."""
+    port = str(free_port())
+    start = [str(POSTGRES_SH), "start", str(pg_dir), port]
+    url = subprocess.run(start, check=True, capture_output=True, text=True).stdout
+    url = url.strip()
+    assert url == f"postgres://smserve:smserve@127.0.0.1:{port}/smserve"
+    again = subprocess.run(start, check=True, capture_output=True, text=True).stdout
+    assert again.strip() == url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    subprocess.run([str(POSTGRES_SH), "stop", str(pg_dir)], check=True)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2)
