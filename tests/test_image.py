@@ -1,0 +1,284 @@
+"""The container image, built with podman and run the way SageMaker runs it.
+
+The image is built once per session by ``scripts/build-image.sh`` (the documented way to
+build it without a Docker engine); a build that fails fails these tests, it never skips
+them. Each container gets a unique name and is always removed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "scripts" / "build-image.sh"
+IMAGE = "localhost/smserve:test"
+# SageMaker's grace period between SIGTERM and SIGKILL.
+GRACE_SECONDS = 30
+
+
+def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """podman on the build script's own store and containers.conf."""
+    return subprocess.run(
+        [str(BUILD), "podman", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(
+    port: int, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one request to the container on loopback."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def sagemaker_tree(base: Path, hyperparameters: dict[str, str]) -> Path:
+    """``base`` as SageMaker lays out /opt/ml before ``train``: config plus a CSV train
+    channel (label first, no header)."""
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "inputdataconfig.json").write_text(
+        json.dumps(
+            {
+                "train": {
+                    "ContentType": "text/csv",
+                    "TrainingInputMode": "File",
+                    "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None",
+                }
+            }
+        )
+    )
+    (config / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
+    )
+    X, y = load_iris(return_X_y=True)
+    train_dir = base / "input" / "data" / "train"
+    train_dir.mkdir(parents=True)
+    np.savetxt(train_dir / "iris.csv", np.column_stack([y, X]), delimiter=",", fmt="%g")
+    return base
+
+
+class Container:
+    """A uniquely named container: run it, read its logs, always remove it."""
+
+    def __init__(self) -> None:
+        self.name = f"smserve-test-{uuid.uuid4().hex[:12]}"
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return podman("run", "--name", self.name, *args, timeout=timeout)
+
+    def logs(self) -> str:
+        result = podman("logs", self.name)
+        return result.stdout + result.stderr
+
+    def state(self) -> dict:
+        result = podman("inspect", "--format", "{{json .State}}", self.name)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def remove(self) -> None:
+        podman("rm", "--force", "--time", "0", self.name)
+
+
+@pytest.fixture
+def container() -> Iterator[Container]:
+    created = Container()
+    try:
+        yield created
+    finally:
+        created.remove()
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The image, built by scripts/build-image.sh; a failed build is a test failure."""
+    assert shutil.which("podman"), "podman is not installed (scripts/bootstrap.sh test)"
+    result = subprocess.run(
+        [str(BUILD), "smserve:test"],
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"the image did not build:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def trained(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An /opt/ml tree on the host after ``IMAGE train`` ran on it successfully."""
+    base = sagemaker_tree(tmp_path_factory.mktemp("opt_ml"), {"max_depth": "3"})
+    created = Container()
+    try:
+        result = created.run(
+            "--rm", "--network=host", "-v", f"{base}:/opt/ml", image, "train"
+        )
+    finally:
+        created.remove()
+    assert result.returncode == 0, result.stdout + result.stderr
+    base.joinpath("train.log").write_text(result.stdout + result.stderr)
+    return base
+
+
+def test_train_writes_the_model_and_metadata_to_the_mounted_tree(trained: Path):
+    """`docker run IMAGE train` on a mounted /opt/ml leaves model.joblib and metadata.json
+    on the host, and prints its metrics in the form MetricDefinitions match."""
+    model_dir = trained / "model"
+    assert (model_dir / "model.joblib").stat().st_size > 0
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert "DecisionTreeClassifier" in json.dumps(metadata)
+    assert not (trained / "output" / "failure").exists()
+    assert "#metric train:accuracy=" in (trained / "train.log").read_text()
+
+
+def test_train_with_a_bad_hyperparameter_fails_with_the_failure_file(
+    image: str, container: Container, tmp_path: Path
+):
+    """A hyperparameter scikit-learn rejects gives a non-zero exit and output/failure
+    naming it, written into the mounted tree."""
+    base = sagemaker_tree(tmp_path / "opt_ml", {"max_depth": "banana"})
+    result = container.run("--network=host", "-v", f"{base}:/opt/ml", image, "train")
+    assert result.returncode != 0, result.stdout + result.stderr
+    failure = base / "output" / "failure"
+    assert failure.exists(), result.stdout + result.stderr
+    assert "max_depth" in failure.read_text()
+    assert not (base / "model" / "model.joblib").exists()
+
+
+def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
+    image: str, trained: Path, container: Container
+):
+    """`docker run IMAGE serve` with the trained model mounted read-only: /ping turns 200,
+    CSV and JSON invocations answer from the host, and SIGTERM (`podman stop`) ends it
+    with exit code 0 well inside SageMaker's 30 s grace period."""
+    port = free_port()
+    started = time.monotonic()
+    result = container.run(
+        "--detach",
+        "--network=host",
+        "--env",
+        f"SAGEMAKER_BIND_TO_PORT={port}",
+        "--env",
+        "SMSERVE_BIND_HOST=127.0.0.1",
+        "--env",
+        "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+        "-v",
+        f"{trained / 'model'}:/opt/ml/model:ro",
+        image,
+        "serve",
+    )
+    assert result.returncode == 0, result.stderr
+
+    deadline = started + 60
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status, _, _ = http(port, "/ping")
+        except OSError:
+            status = None
+        if status == HTTPStatus.OK:
+            break
+        assert container.state()["Running"], container.logs()
+        time.sleep(0.1)
+    assert status == HTTPStatus.OK, container.logs()
+    print(f"container start to /ping 200: {time.monotonic() - started:.2f} s")
+
+    status, content_type, body = http(
+        port,
+        "/invocations",
+        b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n",
+        {"Content-Type": "text/csv", "Accept": "text/csv"},
+    )
+    assert status == HTTPStatus.OK, body
+    assert content_type == "text/csv"
+    assert body.decode().split() == ["0", "2"]
+
+    status, content_type, body = http(
+        port,
+        "/invocations",
+        json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode(),
+        {"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    assert status == HTTPStatus.OK, body
+    assert content_type == "application/json"
+    assert json.loads(body) == {"predictions": [0]}
+
+    stop_started = time.monotonic()
+    stopped = podman("stop", "--time", str(GRACE_SECONDS), container.name, timeout=90)
+    stop_seconds = time.monotonic() - stop_started
+    assert stopped.returncode == 0, stopped.stderr
+    state = container.state()
+    assert state["ExitCode"] == 0, container.logs()
+    assert stop_seconds < GRACE_SECONDS - 2, container.logs()
+
+
+def test_image_metadata_is_what_sagemaker_expects(image: str):
+    """The image accepts SageMaker's bind-to-port, exposes 8080, has no ENTRYPOINT (so
+    `train` and `serve` are commands on PATH) and runs as root."""
+    result = podman("image", "inspect", image)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)[0]["Config"]
+    labels = config["Labels"]
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert "8080/tcp" in config["ExposedPorts"]
+    assert not config.get("Entrypoint")
+    assert config.get("User", "") in ("", "root", "0")
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert not env["SMSERVE_STATE_DIR"].startswith("/opt/ml")
+
+
+def test_image_holds_no_secret_key_test_tools_or_compilers(
+    image: str, container: Container
+):
+    """Nothing secret is baked in (the SECRET_KEY is made per container at start), and
+    neither test tools, pip nor a compiler are left in the image; the code is on PATH
+    outside /opt/ml."""
+    script = (
+        'ls -A "$SMSERVE_STATE_DIR";'
+        "find / -xdev -name secret_key -print;"
+        "for tool in gcc cc c++ make pip pytest; do command -v $tool; done;"
+        "python -c 'import pytest' 2>/dev/null && echo pytest-importable;"
+        "readlink -f \"$(command -v train)\" \"$(command -v serve)\""
+    )
+    result = container.run("--network=host", image, "sh", "-c", script)
+    assert result.stdout.split() == [
+        "/opt/program/train",
+        "/opt/program/docker/serve",
+    ], result.stdout + result.stderr
