@@ -95,10 +95,19 @@ def _secret_key() -> str:
     except FileNotFoundError:
         pass
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    # Written under a temp name and linked into place: of two processes starting at once,
+    # one key wins and both use it.
     key = secrets.token_urlsafe(50)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = key_file.with_name(f".secret_key.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
+    try:
+        os.link(tmp, key_file)
+    except FileExistsError:
+        key = key_file.read_text().strip()
+    finally:
+        os.unlink(tmp)
     return key
 
 

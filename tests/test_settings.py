@@ -1,0 +1,95 @@
+"""Settings built from the environment, in a fresh interpreter each time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.conftest import ROOT
+
+PRINT = (
+    "import json, smserve.settings as s; "
+    "print(json.dumps({'key': s.SECRET_KEY, 'smserve': {k: str(v) for k, v in s.SMSERVE.items()}, "
+    "'upload': s.DATA_UPLOAD_MAX_MEMORY_SIZE, 'debug': s.DEBUG}))"
+)
+
+
+def settings_with(env: dict[str, str]) -> dict:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SAGEMAKER_", "SMSERVE_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", PRINT],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+def test_secret_key_generated_once_and_shared(tmp_path):
+    """Without SECRET_KEY, processes starting together agree on one generated key, kept
+    in the state dir with owner-only permissions."""
+    env = {"SMSERVE_STATE_DIR": str(tmp_path)}
+    with ThreadPoolExecutor(4) as pool:
+        keys = {s["key"] for s in pool.map(settings_with, [env] * 4)}
+    assert len(keys) == 1
+    key_file = tmp_path / "secret_key"
+    assert key_file.read_text() == keys.pop()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_secret_key_from_environment(tmp_path):
+    settings = settings_with(
+        {"SMSERVE_STATE_DIR": str(tmp_path), "SECRET_KEY": "from-env"}
+    )
+    assert settings["key"] == "from-env"
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_batch_mode_limits(tmp_path):
+    """Batch mode: any case of true, the payload limit from SAGEMAKER_MAX_PAYLOAD_IN_MB
+    (0 = unlimited, also for Django), and a 3600 s default timeout."""
+    settings = settings_with(
+        {
+            "SMSERVE_STATE_DIR": str(tmp_path),
+            "SAGEMAKER_BATCH": "TRUE",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0",
+        }
+    )
+    assert settings["smserve"]["BATCH"] == "True"
+    assert settings["smserve"]["TIMEOUT"] == "3600"
+    assert settings["smserve"]["MAX_PAYLOAD_BYTES"] == "None"
+    assert settings["upload"] is None
+
+
+def test_real_time_defaults(tmp_path):
+    settings = settings_with(
+        {
+            "SMSERVE_STATE_DIR": str(tmp_path),
+            "MODEL_SERVER_WORKERS": "3",
+            "MODEL_SERVER_TIMEOUT": "7",
+        }
+    )
+    assert settings["smserve"]["TIMEOUT"] == "7"
+    assert settings["smserve"]["WORKERS"] == "3"
+    assert settings["upload"] == 6 * 1024 * 1024
+    assert settings["debug"] is False
+
+
+def test_sagemaker_names_win_over_plain_ones(tmp_path):
+    settings = settings_with(
+        {
+            "SMSERVE_STATE_DIR": str(tmp_path),
+            "MODEL_SERVER_WORKERS": "3",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "5",
+        }
+    )
+    assert settings["smserve"]["WORKERS"] == "5"
