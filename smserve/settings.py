@@ -76,6 +76,8 @@ SMSERVE = {
     # Written by the process that loaded and warmed the model; nginx answers /ping from it.
     "READY_FILE": os.environ.get("SMSERVE_READY_FILE") or "",
     "STATS_FLUSH_SECONDS": float(os.environ.get("SMSERVE_STATS_FLUSH_SECONDS") or 5),
+    # Set by SageMaker in training containers; recorded in metadata.json.
+    "TRAINING_JOB_NAME": os.environ.get("TRAINING_JOB_NAME") or None,
 }
 
 # --- Django -------------------------------------------------------------------------------

@@ -9,13 +9,13 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import os
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelapp import conf
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError
 
@@ -221,7 +221,7 @@ class TrainingEnvironment:
             current_host=current_host,
             hosts=hosts,
             # The one platform variable training reads; SageMaker sets it in the container.
-            job_name=os.environ.get("TRAINING_JOB_NAME") or None,
+            job_name=conf.get("TRAINING_JOB_NAME"),
         )
 
 
