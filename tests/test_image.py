@@ -275,7 +275,7 @@ def test_image_holds_no_secret_key_test_tools_or_compilers(
         "find / -xdev -name secret_key -print;"
         "for tool in gcc cc c++ make pip pytest; do command -v $tool; done;"
         "python -c 'import pytest' 2>/dev/null && echo pytest-importable;"
-        "readlink -f \"$(command -v train)\" \"$(command -v serve)\""
+        'readlink -f "$(command -v train)" "$(command -v serve)"'
     )
     result = container.run("--network=host", image, "sh", "-c", script)
     assert result.stdout.split() == [
