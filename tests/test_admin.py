@@ -1,0 +1,384 @@
+"""The admin through the real server (nginx + gunicorn): off unless enabled, login always
+required, every page renders real rows, and nothing can be written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.parse import urlencode
+from urllib.request import (
+    HTTPCookieProcessor,
+    HTTPRedirectHandler,
+    Request,
+    build_opener,
+)
+
+import pytest
+
+from modelapp.admin import traffic_chart
+from modelapp.management.commands.prepare_serve import create_superuser
+from modelapp.models import InvocationStat, TrainedModel
+from tests.conftest import PYTHON, ROOT, ServeProcess
+from tests.test_models import write_channel
+from tests.test_stats import ServerDatabase, invoke_many, wait_for
+
+ADMIN_USER, ADMIN_PASSWORD = "admin", "a-long-test-password-9"
+WRONG_WIDTH = b"1\n"
+
+
+class NoRedirect(HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class AdminClient:
+    """A browser's cookie jar and CSRF token, without the browser."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.opener = build_opener(HTTPCookieProcessor(CookieJar()), NoRedirect())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, str]:
+        body = urlencode(data).encode() if data is not None else None
+        request = Request(self.base + path, body, headers or {}, method=method)
+        try:
+            response = self.opener.open(request, timeout=30)
+        except HTTPError as exc:
+            response = exc
+        with response:
+            raw = response.read()
+        text = raw.decode(errors="replace")
+        return response.status, response.headers, text
+
+    def get(self, path: str) -> tuple[int, Any, str]:
+        return self.request("GET", path)
+
+    def csrf_token(self, path: str) -> str:
+        status, _, page = self.get(path)
+        match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert match, f"no CSRF token on {path} ({status})"
+        return match.group(1)
+
+    def login(self, username: str, password: str) -> tuple[int, Any, str]:
+        token = self.csrf_token("/admin/login/")
+        return self.request(
+            "POST",
+            "/admin/login/",
+            {
+                "csrfmiddlewaretoken": token,
+                "username": username,
+                "password": password,
+                "next": "/admin/",
+            },
+        )
+
+
+def train_into(base: Path, work: Path, env: dict[str, str]) -> None:
+    """A real ``manage.py train`` run (with validation metrics) into ``base``, recording
+    its run in the server's database."""
+    channels = work / "channels"
+    train = write_channel(channels / "train.csv", rows=120)
+    valid = write_channel(channels / "validation.csv", rows=40, seed=1)
+    done = subprocess.run(
+        [PYTHON, "manage.py", "train", "--base-dir", str(base)]
+        + ["--channel", f"train={train}", "--channel", f"validation={valid}"]
+        + ["--hp", "max_depth=3", "--hp", "smserve_random_seed=7"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def start_admin_server(work: Path) -> tuple[ServeProcess, ServerDatabase, str]:
+    """A trained model served with the admin on, a superuser from DJANGO_SUPERUSER_*,
+    and some traffic (successes and 400s) flushed into the database."""
+    db = ServerDatabase.create(work / "db")
+    base = work / "ml"
+    train_into(base, work, db.env)
+    metadata = json.loads((base / "model" / "metadata.json").read_text())
+    server = ServeProcess(
+        base,
+        work,
+        env={
+            **db.env,
+            "SMSERVE_ADMIN_ENABLED": "1",
+            "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
+            "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
+            "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
+            "SMSERVE_STATIC_ROOT": str(work / "static"),
+            "SMSERVE_STATS_FLUSH_SECONDS": "0.3",
+        },
+    )
+    server.start()
+    try:
+        bodies = [b"0.2,0.3\n0.9,0.8\n0.5,0.7\n"] * 40 + [WRONG_WIDTH] * 5
+        statuses = invoke_many(server, bodies, threads=4)
+        assert statuses.count(HTTPStatus.OK) == 40
+        wait_for(lambda: db.totals()["requests"] == 45, what="45 requests flushed")
+    except BaseException:
+        server.stop()
+        db.drop()
+        raise
+    return server, db, metadata["sha256"]
+
+
+@pytest.fixture(scope="module")
+def admin_server(
+    tmp_path_factory,
+) -> Iterator[tuple[ServeProcess, ServerDatabase, str]]:
+    server, db, sha = start_admin_server(tmp_path_factory.mktemp("admin"))
+    yield server, db, sha
+    server.stop()
+    db.drop()
+
+
+@pytest.fixture
+def client(admin_server) -> AdminClient:
+    client = AdminClient(admin_server[0].port)
+    status, headers, _ = client.login(ADMIN_USER, ADMIN_PASSWORD)
+    assert status == HTTPStatus.FOUND
+    assert headers["Location"] == "/admin/"
+    return client
+
+
+def model_pk(db: ServerDatabase, sha: str) -> int:
+    rows = db.query(f"SELECT id FROM modelapp_trainedmodel WHERE sha256 = '{sha}'")
+    return rows[0][0]
+
+
+ADMIN_PAGES = [
+    "/admin/",
+    "/admin/modelapp/trainedmodel/",
+    "/admin/modelapp/trainingrun/",
+    "/admin/modelapp/invocationstat/",
+]
+
+
+# --- access ------------------------------------------------------------------------------------
+@pytest.mark.server
+def test_admin_is_off_unless_enabled(server):
+    """Without SMSERVE_ADMIN_ENABLED there is no /admin/: a JSON 404 like any unknown path."""
+    status, headers, body = server.request("GET", "/admin/")
+    assert status == HTTPStatus.NOT_FOUND
+    assert headers["content-type"] == "application/json"
+    status, _, _ = server.request("GET", "/admin/login/")
+    assert status == HTTPStatus.NOT_FOUND
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", ADMIN_PAGES)
+def test_every_page_needs_a_login(admin_server, path):
+    """Anonymous requests are sent to the login page."""
+    status, headers, _ = AdminClient(admin_server[0].port).get(path)
+    assert status == HTTPStatus.FOUND
+    assert headers["Location"].startswith("/admin/login/")
+
+
+@pytest.mark.server
+def test_wrong_password_is_refused(admin_server):
+    """A wrong password gets the login form again, not a session."""
+    client = AdminClient(admin_server[0].port)
+    status, _, page = client.login(ADMIN_USER, "wrong")
+    assert status == HTTPStatus.OK
+    assert "Please enter the correct username and password" in page
+    assert client.get("/admin/")[0] == HTTPStatus.FOUND
+
+
+# --- pages -------------------------------------------------------------------------------------
+@pytest.mark.server
+@pytest.mark.parametrize("path", ADMIN_PAGES)
+def test_pages_render_for_a_staff_login(client, path):
+    """Every page renders once logged in."""
+    status, _, page = client.get(path)
+    assert status == HTTPStatus.OK
+    assert "smserve" in page
+
+
+@pytest.mark.server
+def test_trained_model_list_and_page(client, admin_server):
+    """The served model is listed (recorded from its metadata.json at start-up); its page
+    shows metrics, hyperparameters, features, classes and the traffic chart."""
+    _, db, sha = admin_server
+    _, _, listing = client.get("/admin/modelapp/trainedmodel/")
+    assert sha[:12] in listing
+    assert "sklearn.tree.DecisionTreeClassifier" in listing
+    assert "validation:accuracy = " in listing
+    status, _, page = client.get(
+        f"/admin/modelapp/trainedmodel/{model_pk(db, sha)}/change/"
+    )
+    assert status == HTTPStatus.OK
+    assert sha in page
+    assert '<th scope="row">validation:accuracy</th>' in page
+    assert '<th scope="row">max_depth</th><td><code>3</code></td>' in page
+    assert '<ol class="smserve-list"' in page
+    assert "metadata.json" in page
+    assert "<svg" in page
+    assert 'class="requests"' in page
+    assert 'class="errors"' in page
+
+
+@pytest.mark.server
+def test_stats_list_shows_requests_and_records(client):
+    """The stats list has a requests and a records column with the flushed numbers, and
+    the chart above it."""
+    _, _, page = client.get("/admin/modelapp/invocationstat/")
+    assert "column-requests" in page
+    assert "column-records" in page
+    requests = [int(v) for v in re.findall(r'class="field-requests">(\d+)<', page)]
+    records = [int(v) for v in re.findall(r'class="field-records">(\d+)<', page)]
+    assert sum(requests) == 45
+    assert sum(records) == 120
+    assert "45 in all" in page
+
+
+@pytest.mark.server
+def test_training_run_list_and_page(client, admin_server):
+    """The training run that produced the model is listed as succeeded, with its rows."""
+    _, db, sha = admin_server
+    _, _, listing = client.get("/admin/modelapp/trainingrun/?status__exact=succeeded")
+    assert "succeeded" in listing
+    assert 'class="field-train_rows">120<' in listing
+    run_id = db.query(
+        f"SELECT id FROM modelapp_trainingrun WHERE model_sha256 = '{sha}'"
+    )[0][0]
+    _, _, page = client.get(f"/admin/modelapp/trainingrun/{run_id}/change/")
+    assert '<th scope="row">max_depth</th><td><code>3</code></td>' in page
+    assert '<th scope="row">train.rows</th><td><code>120</code></td>' in page
+
+
+@pytest.mark.server
+def test_search_and_filters(client, admin_server):
+    """Search by checksum finds the model; a filter that matches nothing lists nothing."""
+    sha = admin_server[2]
+    _, _, page = client.get(f"/admin/modelapp/trainedmodel/?q={sha[:10]}")
+    assert 'class="field-__str__"><a href' in page
+    assert sha[:12] in page
+    _, _, page = client.get("/admin/modelapp/trainedmodel/?q=no-such-model")
+    assert "0 results" in page
+    assert sha[:12] not in page
+    _, _, page = client.get("/admin/modelapp/trainingrun/?status__exact=failed")
+    assert "0 training runs" in page
+
+
+# --- no writes -------------------------------------------------------------------------------
+@pytest.mark.server
+def test_no_write_actions(client, admin_server):
+    """No add link, no actions, no save or delete button; the add, change-by-POST and
+    delete URLs are refused."""
+    _, db, sha = admin_server
+    pk = model_pk(db, sha)
+    for path in ADMIN_PAGES[1:]:
+        _, _, page = client.get(path)
+        assert not re.search(r"/admin/modelapp/\w+/add/", page)
+        assert 'name="action"' not in page
+    _, _, page = client.get(f"/admin/modelapp/trainedmodel/{pk}/change/")
+    assert 'name="_save"' not in page
+    assert "deletelink" not in page
+    assert client.get("/admin/modelapp/trainedmodel/add/")[0] == HTTPStatus.FORBIDDEN
+    assert (
+        client.get(f"/admin/modelapp/trainedmodel/{pk}/delete/")[0]
+        == HTTPStatus.FORBIDDEN
+    )
+    token = client.csrf_token(f"/admin/modelapp/trainedmodel/{pk}/change/")
+    status, _, _ = client.request(
+        "POST",
+        f"/admin/modelapp/trainedmodel/{pk}/change/",
+        {"csrfmiddlewaretoken": token, "estimator": "changed"},
+    )
+    assert status == HTTPStatus.FORBIDDEN
+    assert db.query(f"SELECT estimator FROM modelapp_trainedmodel WHERE id = {pk}") == [
+        ("sklearn.tree.DecisionTreeClassifier",)
+    ]
+
+
+@pytest.mark.server
+def test_static_files_are_served_compressed(client):
+    """The admin's CSS comes from whitenoise (hashed name, gzip when asked)."""
+    _, _, page = client.get("/admin/")
+    css = re.search(r'href="(/static/admin/css/base\.[0-9a-f]+\.css)"', page)
+    assert css, "no hashed stylesheet link"
+    status, headers, body = client.request(
+        "GET", css.group(1), headers={"Accept-Encoding": "gzip"}
+    )
+    assert status == HTTPStatus.OK
+    assert headers["Content-Type"].startswith("text/css")
+    assert headers["Content-Encoding"] == "gzip"
+
+
+# --- in-process ------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_superuser_creation_is_idempotent(monkeypatch):
+    """DJANGO_SUPERUSER_* creates the login once; a second start leaves it (and its
+    password) as it is."""
+    from django.contrib.auth import get_user_model
+
+    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "boss")
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "first-password-1")
+    monkeypatch.setenv("DJANGO_SUPERUSER_EMAIL", "boss@example.com")
+    create_superuser()
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "second-password-2")
+    create_superuser()
+    user = get_user_model().objects.get()
+    assert user.is_superuser
+    assert user.is_staff
+    assert user.check_password("first-password-1")
+
+
+@pytest.mark.django_db
+def test_no_superuser_without_the_variables(monkeypatch):
+    """Without DJANGO_SUPERUSER_USERNAME and _PASSWORD no user is made."""
+    from django.contrib.auth import get_user_model
+
+    monkeypatch.delenv("DJANGO_SUPERUSER_USERNAME", raising=False)
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "x-password-3")
+    create_superuser()
+    assert not get_user_model().objects.exists()
+
+
+@pytest.mark.django_db
+def test_traffic_chart_bars_per_minute():
+    """One bar per minute with traffic, an error bar where errors were, and nothing
+    outside the last hours."""
+    model = TrainedModel.objects.create(sha256="c" * 64)
+    now = datetime(2026, 5, 1, 12, 0, 30, tzinfo=UTC)
+    minute = now.replace(second=0)
+    InvocationStat.objects.create(model=model, minute=minute, requests=10, errors_5xx=2)
+    InvocationStat.objects.create(
+        model=model, minute=minute - timedelta(minutes=5), requests=4
+    )
+    InvocationStat.objects.create(
+        model=model, minute=minute - timedelta(hours=5), requests=99
+    )
+    svg = traffic_chart(InvocationStat.objects.all(), hours=3, now=now)
+    assert svg.count('class="requests"') == 2
+    assert svg.count('class="errors"') == 1
+    assert "12:00 UTC: 10 requests, 0 4xx, 2 5xx" in svg
+    assert "14 in all" in svg
+    assert "99 requests" not in svg
+
+
+@pytest.mark.django_db
+def test_traffic_chart_without_traffic():
+    """No traffic is an empty chart, not an error."""
+    svg = traffic_chart(InvocationStat.objects.all())
+    assert "<svg" in svg
+    assert 'class="requests"' not in svg
+    assert "0 in all" in svg
