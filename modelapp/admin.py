@@ -23,6 +23,7 @@ from modelapp.models import InvocationStat, TrainedModel, TrainingRun
 admin.site.site_header = "smserve"
 admin.site.site_title = "smserve admin"
 admin.site.index_title = "Model, training and traffic"
+admin.site.site_url = None  # "/" is not a page here: no "View site" link
 
 CHART_HOURS = 3
 
@@ -119,7 +120,7 @@ def traffic_chart(
     }
     slots = hours * 60
     width, height, left, bottom, top = 720, 160, 44, 22, 10
-    plot_w, plot_h = width - left - 8, height - bottom - top
+    plot_w, plot_h = width - left - 24, height - bottom - top
     peak = max((r["requests"] for r in per_minute.values()), default=0)
     scale = plot_h / peak if peak else 0
     bar_w = plot_w / slots
@@ -351,8 +352,6 @@ class InvocationStatAdmin(ReadOnlyAdmin):
         "errors_5xx",
         "mean_latency",
         "max_latency",
-        "bytes_in",
-        "bytes_out",
     ]
     list_filter = ["model", "minute"]
     list_select_related = ["model"]

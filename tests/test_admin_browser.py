@@ -1,0 +1,82 @@
+"""The admin flow once in a real headless browser (Debian's chromium via Playwright):
+log in, open the trained model, see its metrics and the traffic chart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import ROOT
+from tests.test_admin import ADMIN_PASSWORD, ADMIN_USER, start_admin_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def admin_server(tmp_path_factory) -> Iterator:
+    server, db, sha = start_admin_server(tmp_path_factory.mktemp("admin_browser"))
+    yield server, db, sha
+    server.stop()
+    db.drop()
+
+
+@pytest.mark.browser
+@pytest.mark.server
+def test_admin_flow_in_chromium(admin_server):
+    """Log in, open the trained model from the list, find its metrics, hyperparameters,
+    features and the traffic chart with bars; every request stays on the server (nothing
+    is fetched from the internet); a screenshot is saved under test-artifacts/."""
+    server, _, sha = admin_server
+    base = f"http://127.0.0.1:{server.port}"
+    outside: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith(base) else outside.append(r.url),
+            )
+            page.goto(f"{base}/admin/")
+            expect(page).to_have_url(f"{base}/admin/login/?next=/admin/")
+            page.fill("#id_username", ADMIN_USER)
+            page.fill("#id_password", ADMIN_PASSWORD)
+            page.click("input[type=submit]")
+            expect(page.locator("#site-name")).to_have_text("smserve")
+
+            page.click("text=Trained models")
+            page.click(f"text={sha[:12]}")
+            expect(page.locator("h2", has_text=sha[:12])).to_be_visible()
+            expect(page.get_by_text("validation:accuracy").first).to_be_visible()
+            expect(page.locator("th", has_text="max_depth")).to_be_visible()
+            chart = page.locator("figure.smserve-chart svg")
+            expect(chart).to_be_visible()
+            assert chart.locator("rect.requests").count() >= 1
+            assert chart.locator("rect.errors").count() >= 1
+            expect(page.locator("figcaption")).to_contain_text("45 in all")
+            page.screenshot(
+                path=str(ARTIFACTS / "admin-trained-model.png"), full_page=True
+            )
+
+            page.click("text=Invocation stats")
+            expect(page.locator("figure.smserve-chart svg")).to_be_visible()
+            expect(page.locator("th.column-requests")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "admin-invocation-stats.png"))
+        finally:
+            browser.close()
+    assert outside == []
+    assert Path(ARTIFACTS / "admin-trained-model.png").stat().st_size > 10_000
