@@ -216,7 +216,7 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
         assert container.state()["Running"], container.logs()
         time.sleep(0.1)
     assert status == HTTPStatus.OK, container.logs()
-    print(f"container start to /ping 200: {time.monotonic() - started:.2f} s")
+    ready_seconds = time.monotonic() - started
 
     status, content_type, body = http(
         port,
@@ -245,6 +245,7 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
     state = container.state()
     assert state["ExitCode"] == 0, container.logs()
     assert stop_seconds < GRACE_SECONDS - 2, container.logs()
+    print(f"serve: /ping 200 after {ready_seconds:.2f} s, stopped in {stop_seconds:.2f} s")
 
 
 def test_image_metadata_is_what_sagemaker_expects(image: str):
