@@ -245,7 +245,9 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
     state = container.state()
     assert state["ExitCode"] == 0, container.logs()
     assert stop_seconds < GRACE_SECONDS - 2, container.logs()
-    print(f"serve: /ping 200 after {ready_seconds:.2f} s, stopped in {stop_seconds:.2f} s")
+    print(
+        f"serve: /ping 200 after {ready_seconds:.2f} s, stopped in {stop_seconds:.2f} s"
+    )
 
 
 def test_image_metadata_is_what_sagemaker_expects(image: str):
