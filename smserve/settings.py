@@ -7,6 +7,7 @@ Django settings; our knobs live in the ``SMSERVE`` dict, whose defaults and chec
 
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -94,22 +95,30 @@ def _secret_key() -> str:
     key_file = STATE_DIR / "secret_key"
     try:
         return key_file.read_text().strip()
-    except FileNotFoundError:
-        pass
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    # Written under a temp name and linked into place: of two processes starting at once,
-    # one key wins and both use it.
+    except OSError:
+        pass  # not there yet (or no state dir at all): make one below
     key = secrets.token_urlsafe(50)
-    tmp = key_file.with_name(f".secret_key.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
     try:
-        os.link(tmp, key_file)
-    except FileExistsError:
-        key = key_file.read_text().strip()
-    finally:
-        os.unlink(tmp)
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        # Written under a temp name and linked into place: of two processes starting at
+        # once, one key wins and both use it.
+        tmp = key_file.with_name(f".secret_key.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        try:
+            os.link(tmp, key_file)
+        except FileExistsError:
+            key = key_file.read_text().strip()
+        finally:
+            os.unlink(tmp)
+    except OSError as exc:
+        # A read-only state dir (e.g. a locked-down training container): a key for this
+        # process only. Only admin sessions depend on it, and they then last one process.
+        print(
+            f"smserve: cannot keep a secret key in {STATE_DIR} ({exc}); using one for this process",
+            file=sys.stderr,
+        )
     return key
 
 

@@ -93,3 +93,12 @@ def test_sagemaker_names_win_over_plain_ones(tmp_path):
         }
     )
     assert settings["smserve"]["WORKERS"] == "5"
+
+
+def test_unwritable_state_dir_still_starts(tmp_path):
+    """A state dir that cannot be written gives a per-process key and a warning, not a
+    crash (training needs no persistent key)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    settings = settings_with({"SMSERVE_STATE_DIR": str(blocker / "state")})
+    assert len(settings["key"]) > 40
