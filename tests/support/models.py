@@ -7,17 +7,21 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 
-class SlowClassifier(ClassifierMixin, BaseEstimator):
-    """Predicts 0; a record whose first feature is 999 makes it sleep ``delay`` seconds."""
-
-    def __init__(self, delay: float = 3.0):
-        self.delay = delay
+class _ZeroClassifier(ClassifierMixin, BaseEstimator):
+    """Learns only the width and the classes."""
 
     def fit(self, X, y):
         X = np.asarray(X)
         self.n_features_in_ = X.shape[1]
         self.classes_ = np.unique(y)
         return self
+
+
+class SlowClassifier(_ZeroClassifier):
+    """Predicts 0; a record whose first feature is 999 makes it sleep ``delay`` seconds."""
+
+    def __init__(self, delay: float = 3.0):
+        self.delay = delay
 
     def predict(self, X):
         X = np.asarray(X)
@@ -26,14 +30,8 @@ class SlowClassifier(ClassifierMixin, BaseEstimator):
         return np.zeros(len(X), dtype=int)
 
 
-class BuggyClassifier(ClassifierMixin, BaseEstimator):
+class BuggyClassifier(_ZeroClassifier):
     """Works for one record (so the warm-up passes) and fails like a bug for more."""
-
-    def fit(self, X, y):
-        X = np.asarray(X)
-        self.n_features_in_ = X.shape[1]
-        self.classes_ = np.unique(y)
-        return self
 
     def predict(self, X):
         if len(X) > 1:
