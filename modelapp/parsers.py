@@ -63,7 +63,8 @@ class BaseBatchParser(BaseParser):
     ) -> Batch:
         _, params = parse_header_parameters(media_type or "")
         data = stream.read()
-        if not data.strip():
+        # isspace, not strip: no copy of a 6 MB body (its fresh pages cost ~1 ms).
+        if not data or data.isspace():
             raise InvalidInput(
                 f"The body is empty: send one or more records as {self.media_type}."
             )

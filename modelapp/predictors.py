@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from sklearn import config_context
 
 from modelapp.exceptions import InvalidInput
 from modelapp.parsers import Batch, to_float_rows
@@ -208,4 +209,7 @@ class SklearnPredictor(BasePredictor):
     def call(self, method: str, matrix: np.ndarray) -> np.ndarray:
         if self._frame is not None:
             matrix = self._frame(matrix, columns=self.feature_names, copy=False)
-        return np.asarray(getattr(self.model, method)(matrix))
+        # to_matrix has checked NaN/infinity against the model's tags already:
+        # scikit-learn need not scan the batch again.
+        with config_context(assume_finite=True):
+            return np.asarray(getattr(self.model, method)(matrix))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from http import HTTPStatus
@@ -93,6 +94,22 @@ class InvocationsView(APIView):
         if self.renderer_classes is None:
             self.renderer_classes = conf.renderer_classes()
 
+    # Per-request work DRF would redo for every invocation, done once: parsers and
+    # renderers are stateless, the Allow/Vary headers fixed, and there is no
+    # authentication to run eagerly (DRF's documented way to make it lazy).
+    def get_parsers(self) -> list[Any]:
+        return list(_instances(tuple(self.parser_classes)))
+
+    def get_renderers(self) -> list[Any]:
+        return list(_instances(tuple(self.renderer_classes)))
+
+    @property
+    def default_response_headers(self) -> dict[str, str]:
+        return _default_headers(type(self), len(self.renderer_classes) > 1).copy()
+
+    def perform_authentication(self, request: Request) -> None:
+        pass
+
     def post(self, request: Request) -> Response:
         predictor = registry.get()
         check_body_size(request)
@@ -119,6 +136,17 @@ class InvocationsView(APIView):
             response.content_type = renderer.error_media_type
         log_invocation(request, response)
         return response
+
+
+@functools.cache
+def _instances(classes: tuple[type, ...]) -> tuple[Any, ...]:
+    return tuple(cls() for cls in classes)
+
+
+@functools.cache
+def _default_headers(view: type[APIView], vary: bool) -> dict[str, str]:
+    allowed = [m.upper() for m in view.http_method_names if hasattr(view, m)]
+    return {"Allow": ", ".join(allowed), **({"Vary": "Accept"} if vary else {})}
 
 
 def check_body_size(request: Request) -> None:
