@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from sklearn import config_context
 
 from modelapp.exceptions import InvalidInput
 from modelapp.parsers import Batch, to_float_rows
@@ -210,6 +209,9 @@ class SklearnPredictor(BasePredictor):
         if self._frame is not None:
             matrix = self._frame(matrix, columns=self.feature_names, copy=False)
         # to_matrix has checked NaN/infinity against the model's tags already:
-        # scikit-learn need not scan the batch again.
+        # scikit-learn need not scan the batch again. (Imported here: scikit-learn
+        # loads with the model, not with every management command.)
+        from sklearn import config_context
+
         with config_context(assume_finite=True):
             return np.asarray(getattr(self.model, method)(matrix))
