@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import ROOT
-from tests.test_admin import ADMIN_PASSWORD, ADMIN_USER, start_admin_server
+from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, start_admin_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"

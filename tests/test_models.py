@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,20 +18,7 @@ from modelapp.registry import load_model
 from modelapp.training import run
 from modelapp.training.record import RunRecorder
 from tests.conftest import PYTHON, ROOT, write_model
-
-
-def write_channel(path: Path, rows: int = 60, seed: int = 0) -> Path:
-    """Label first, two numeric features: SageMaker's built-in CSV layout."""
-    rng = np.random.default_rng(seed)
-    X = rng.random((rows, 2))
-    y = (X.sum(axis=1) > 1).astype(int)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "".join(
-            f"{label},{a:.4f},{b:.4f}\n" for label, (a, b) in zip(y, X, strict=True)
-        )
-    )
-    return path
+from tests.support.servers import write_channel
 
 
 def test_describe_reads_training_metadata():
