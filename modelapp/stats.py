@@ -165,6 +165,10 @@ class StatsCollector:
                     bucket[index] += old[index]
                 bucket[LAT_MAX] = max(bucket[LAT_MAX], old[LAT_MAX])
 
+    def owns_current_thread(self) -> bool:
+        """Whether the caller runs in this process's flusher thread."""
+        return self._thread is not None and self._thread is threading.current_thread()
+
     def start(self) -> None:
         """Start the flusher thread in this process (a gunicorn worker, after the fork)."""
         interval = float(conf.get("STATS_FLUSH_SECONDS"))
