@@ -125,16 +125,7 @@ class InvocationsView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         request.started = time.perf_counter()
         request.records = 0
-        if self.permission_classes or self.throttle_classes or self.versioning_class:
-            super().initial(request, *args, **kwargs)
-            return
-        # DRF's initial() without its version, permission and throttle passes, which
-        # have nothing configured to run (checked above).
-        self.format_kwarg = self.get_format_suffix(**kwargs)
-        negotiated = self.perform_content_negotiation(request)
-        request.accepted_renderer, request.accepted_media_type = negotiated
-        request.version, request.versioning_scheme = None, None
-        self.perform_authentication(request)
+        super().initial(request, *args, **kwargs)
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any
