@@ -3,6 +3,7 @@
 # (when run as root) and a virtualenv in .venv with the pinned Python packages.
 #   scripts/bootstrap.sh run    what training and serving need
 #   scripts/bootstrap.sh test   that, plus the test suite's tools and servers
+#   scripts/bootstrap.sh bench  that, plus the benchmark's load generator (bench/run.py)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -11,7 +12,11 @@ packages=(nginx-light ca-certificates)
 if [ "$profile" = test ]; then
   # PostgreSQL: the suite runs on it too. podman/runc/debootstrap: the image test.
   # chromium: the admin's browser test. shellcheck: lint of the shell scripts.
-  packages+=(postgresql podman runc debootstrap uidmap shellcheck chromium)
+  # procps: the tests find serve's children with ps.
+  packages+=(postgresql podman runc debootstrap uidmap shellcheck chromium procps)
+elif [ "$profile" = bench ]; then
+  # wrk: the load generator; taskset (util-linux) pins it and the server apart.
+  packages+=(wrk procps util-linux)
 fi
 
 python=${PYTHON:-python3}
