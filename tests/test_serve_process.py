@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from http import HTTPStatus
@@ -28,6 +29,13 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def pids_of_children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
+    return [int(p) for p in out.split()]
 
 
 def wait_gone(pids: list[int], timeout: float = 10) -> bool:
@@ -200,9 +208,13 @@ def test_child_death_stops_everything(serve_factory, tmp_path, iris_base):
     server = serve_factory(iris_base)
     children = server.child_pids()
     nginx_pid = max(children)  # started second
+    nginx_workers = pids_of_children(nginx_pid)
+    assert nginx_workers
     os.kill(nginx_pid, signal.SIGKILL)
     assert server.proc.wait(30) != 0
     assert wait_gone(children), children
+    # The dead master's workers are not left behind holding the port.
+    assert wait_gone(nginx_workers), nginx_workers
     assert f"nginx (pid {nginx_pid}) exited: stopping" in server.log
 
 
