@@ -4,8 +4,6 @@ rows written by ``manage.py train`` — which trains just the same without a dat
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -17,8 +15,9 @@ from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
 from modelapp.training import run
 from modelapp.training.record import RunRecorder
-from tests.conftest import PYTHON, ROOT, write_model
+from tests.conftest import write_model
 from tests.support.servers import write_channel
+from tests.training_helpers import run_train
 
 
 def test_describe_reads_training_metadata():
@@ -148,18 +147,11 @@ def test_train_without_a_reachable_database_still_trains(tmp_path):
     model and exits 0."""
     channel = write_channel(tmp_path / "train.csv")
     env = {
-        **os.environ,
         "DATABASE_URL": "postgres://nobody:x@127.0.0.1:1/nothing",
         "SMSERVE_STATE_DIR": str(tmp_path / "state"),
     }
-    done = subprocess.run(
-        [PYTHON, "manage.py", "train", "--base-dir", str(tmp_path / "ml")]
-        + ["--channel", f"train={channel}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_train(
+        tmp_path / "ml", "--channel", f"train={channel}", env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "training goes on without the database" in done.stderr
@@ -172,15 +164,9 @@ def test_train_records_the_run_in_its_database(tmp_path):
     import sqlite3
 
     channel = write_channel(tmp_path / "train.csv")
-    env = {**os.environ, "DATABASE_URL": "", "SMSERVE_STATE_DIR": str(tmp_path / "st")}
-    done = subprocess.run(
-        [PYTHON, "manage.py", "train", "--base-dir", str(tmp_path / "ml")]
-        + ["--channel", f"train={channel}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    env = {"DATABASE_URL": "", "SMSERVE_STATE_DIR": str(tmp_path / "st")}
+    done = run_train(
+        tmp_path / "ml", "--channel", f"train={channel}", env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
     conn = sqlite3.connect(tmp_path / "st" / "smserve.sqlite3")
