@@ -88,7 +88,3 @@ class SageMakerPaths:
     @property
     def success_file(self) -> Path:
         return self.output_dir / "success"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.base / "checkpoints"

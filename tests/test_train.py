@@ -25,6 +25,7 @@ from sklearn.tree import DecisionTreeClassifier
 from modelapp.parsers import Batch
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model, sha256_of
+from tests.support.servers import wait_for
 from tests.training_helpers import TRAIN as TRAIN_EXECUTABLE
 from tests.training_helpers import (
     file_channel,
@@ -33,7 +34,6 @@ from tests.training_helpers import (
     run_train,
     sagemaker_tree,
     train_env,
-    wait_for,
     write_csv,
 )
 
@@ -451,7 +451,7 @@ def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, spli
         text=True,
     )
     try:
-        wait_for(started, timeout=30)
+        wait_for(started.exists, deadline=30, what=f"{started} to appear")
         stopped_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=10)

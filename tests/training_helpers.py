@@ -132,14 +132,6 @@ def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def wait_for(path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout}s")
-        time.sleep(0.05)
-
-
 class SlowClassifier(ClassifierMixin, BaseEstimator):
     """Touches ``started_file`` and then sleeps in one C call: a fit that only a kill ends."""
 
