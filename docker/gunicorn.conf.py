@@ -17,7 +17,9 @@ bind = (
     os.environ.get("SMSERVE_GUNICORN_BIND") or f"{_smserve['HOST']}:{_smserve['PORT']}"
 )
 workers = _smserve["WORKERS"]
-worker_class = "sync"
+# gunicorn's sync worker, except that one idle worker wakes per connection, not all of
+# them (smserve/workers.py).
+worker_class = "smserve.workers.SyncWorker"
 # nginx times an invocation out first (proxy_read_timeout = TIMEOUT) with a clear 504; a
 # worker still stuck a few seconds later is killed and replaced.
 timeout = _smserve["TIMEOUT"] + 5

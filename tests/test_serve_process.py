@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from http import HTTPStatus
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from tests.conftest import write_model
 from tests.support.models import BuggyClassifier, SlowClassifier
+from tests.support.servers import wait_for
 
 X4 = np.zeros((4, 4))
 Y4 = np.array([0, 1, 0, 1])
@@ -216,6 +219,40 @@ def test_child_death_stops_everything(serve_factory, tmp_path, iris_base):
     # The dead master's workers are not left behind holding the port.
     assert wait_gone(nginx_workers), nginx_workers
     assert f"nginx (pid {nginx_pid}) exited: stopping" in server.log
+
+
+def main_thread_wakeups(pid: int) -> int:
+    """How often the process's main thread has slept and been woken."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+
+
+def test_one_idle_worker_wakes_per_connection(serve_factory, iris_base):
+    """Sequential invocations wake one gunicorn worker, not all: gunicorn's stock sync
+    workers all wake for every connection (each did here, ~1.1 times per request)."""
+    server = serve_factory(iris_base)
+    (master,) = [
+        pid
+        for pid in server.child_pids()
+        if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    workers = wait_for(
+        lambda: len(pids_of_children(master)) == 2 and pids_of_children(master),
+        what="two gunicorn workers",
+    )
+    # Each worker has answered once and settled (its stats thread has started).
+    for _ in range(8):
+        server.invoke(b"5.1,3.5,1.4,0.2\n")
+    time.sleep(0.5)
+    before = [main_thread_wakeups(pid) for pid in workers]
+    requests = 200
+    for _ in range(requests):
+        assert server.invoke(b"5.1,3.5,1.4,0.2\n")[0] == HTTPStatus.OK
+    woken = [
+        main_thread_wakeups(pid) - b for pid, b in zip(workers, before, strict=True)
+    ]
+    assert sum(woken) >= requests, woken  # the workers did serve them
+    assert min(woken) < requests // 4, woken
 
 
 def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
