@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
 
 from modelapp.exceptions import InvalidInput
 from modelapp.parsers import Batch
@@ -75,3 +76,55 @@ def test_width_falls_back_to_metadata(regressor_1f):
         object.__new__(type("Bare", (), {"predict": None})), {"n_features": 3}
     )
     assert predictor.n_features == 3
+
+
+class RecordingTree(DecisionTreeClassifier):
+    """A tree that notes how each prediction was asked for."""
+
+    def predict(self, X, check_input=True):
+        self.calls.append((check_input, X.dtype, X.flags.c_contiguous))
+        return super().predict(X, check_input=check_input)
+
+
+def test_trees_skip_their_own_validation_after_ours(iris):
+    """A tree (whose predict documents check_input) gets the C-ordered float32 batch
+    with check_input=False, and predicts exactly what model.predict does; methods
+    without the switch go through scikit-learn's validation as usual."""
+    X, y = iris
+    model = RecordingTree(random_state=0).fit(X, y)
+    model.calls = []
+    predictor = SklearnPredictor(model)
+    assert predictor.predict(Batch(values=np.asfortranarray(X))).tolist() == (
+        model.predict(X).tolist()
+    )
+    assert model.calls[0] == (False, np.float32, True)
+    proba = predictor.predict(Batch(values=X), "predict_proba")
+    np.testing.assert_array_equal(proba, model.predict_proba(X))
+    with np.errstate(divide="ignore"):  # log(0) for the classes a leaf never saw
+        log_proba = predictor.predict(Batch(values=X), "predict_log_proba")
+        np.testing.assert_array_equal(log_proba, model.predict_log_proba(X))
+
+
+def test_unchecked_tree_still_refuses_what_validation_would(iris):
+    """Wrong width, infinity, and values float32 cannot hold are still 400s."""
+    X, y = iris
+    predictor = SklearnPredictor(DecisionTreeClassifier(random_state=0).fit(X, y))
+    with pytest.raises(InvalidInput, match="Expected 4 features per record, got 3"):
+        predictor.predict(Batch(values=np.ones((1, 3))))
+    with pytest.raises(InvalidInput, match="Record 2, feature 3 is inf"):
+        predictor.predict(Batch(values=np.array([[1.0] * 4, [1, 1, np.inf, 1]])))
+    with pytest.raises(InvalidInput, match="Record 1, feature 2 is 1e\\+39: too large"):
+        predictor.predict(Batch(values=np.array([[1, 1e39, 1, 1]])))
+
+
+def test_unchecked_tree_with_missing_values_matches_scikit_learn():
+    """A tree that learned where missing values go predicts NaN rows as scikit-learn
+    does with its own validation."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    X[rng.random((200, 3)) < 0.2] = np.nan
+    y = (np.nan_to_num(X[:, 0]) > 0).astype(int)
+    model = DecisionTreeClassifier(random_state=0).fit(X, y)
+    predictor = SklearnPredictor(model)
+    assert predictor.allows_nan
+    assert predictor.predict(Batch(values=X)).tolist() == model.predict(X).tolist()
