@@ -12,3 +12,8 @@ application = get_wsgi_application()
 from modelapp.registry import registry  # noqa: E402  (needs the app registry set up)
 
 registry.load()
+
+# The URLconf, the views and DRF are imported here too, not on each worker's first request.
+from django.urls import get_resolver  # noqa: E402
+
+get_resolver().resolve("/invocations")
