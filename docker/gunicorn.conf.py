@@ -59,6 +59,11 @@ def when_ready(server):
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
     gc.freeze()
+    # The socket is bound (connections queue until the workers fork): from now on nginx
+    # answers /ping with 200 from the ready file.
+    from modelapp.registry import registry
+
+    registry.write_ready_file()
 
 
 # gunicorn 25+ opens a control socket in $HOME by default: one path shared by every server

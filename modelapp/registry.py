@@ -197,7 +197,6 @@ class ModelRegistry:
                 ",".join(predictor.available_methods),
                 self.loaded.load_seconds,
             )
-            self._write_ready_file()
             return self.loaded
 
     def get(self) -> Any:
@@ -209,11 +208,13 @@ class ModelRegistry:
                 raise ModelNotReady(f"The model is not loaded: {self.reason}")
         return loaded.predictor
 
-    def _write_ready_file(self) -> None:
+    def write_ready_file(self) -> None:
         """nginx answers /ping from this file, so health checks never queue behind
-        /invocations on busy workers."""
+        /invocations on busy workers. gunicorn's master writes it once its socket is
+        bound (``when_ready``), not on loading: a 200 from /ping promises that an
+        invocation reaches the app. Nothing is written for a model that did not load."""
         target = conf.get("READY_FILE")
-        if not target:
+        if not target or self.loaded is None:
             return
         target = Path(target)
         body = json.dumps({"status": "ready", "sha256": self.loaded.sha256}).encode()

@@ -77,7 +77,8 @@ def test_failed_warm_up_is_not_ready(tmp_path, iris_model):
 
 
 def test_registry_keeps_reason_and_writes_ready_file(tmp_path, iris_base):
-    """get() raises ModelNotReady with the reason; a loaded model writes the ready file."""
+    """get() raises ModelNotReady with the reason; the ready file is written when asked
+    (gunicorn's when_ready), and only for a loaded model."""
     from django.conf import settings
 
     ready = tmp_path / "ready.json"
@@ -87,10 +88,13 @@ def test_registry_keeps_reason_and_writes_ready_file(tmp_path, iris_base):
     ):
         with pytest.raises(ModelNotReady, match="does not exist"):
             registry.get()
+        registry.write_ready_file()
         assert not ready.exists()
     with override_settings(
         SMSERVE={**settings.SMSERVE, "BASE_DIR": iris_base, "READY_FILE": str(ready)}
     ):
         registry.load(force=True)
         assert registry.ready
+        assert not ready.exists()  # loaded, but not yet serving
+        registry.write_ready_file()
         assert json.loads(ready.read_text())["status"] == "ready"
