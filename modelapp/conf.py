@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_ACCEPT": "",
     "READY_FILE": "",
     "STATS_FLUSH_SECONDS": 5.0,
+    "INVOCATION_LOG": "app",
     "TRAINING_JOB_NAME": None,
     # Request formats, picked by Content-Type. A new format is a class and a line here.
     "PARSERS": [

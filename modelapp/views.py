@@ -23,6 +23,8 @@ from modelapp.renderers import JSONRenderer, dump_json
 logger = logging.getLogger("modelapp.invocations")
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+# The record count, for nginx's log line (nginx does not pass it on to the client).
+RECORDS = "X-Smserve-Records"
 
 
 def parse_custom_attributes(header: str) -> dict[str, str]:
@@ -120,7 +122,10 @@ class InvocationsView(APIView):
         batch = request.data
         predictions = predictor.predict(batch, method)
         request.records = len(batch)
-        return Response(predictions, headers={CUSTOM_ATTRIBUTES: f"method={method}"})
+        return Response(
+            predictions,
+            headers={CUSTOM_ATTRIBUTES: f"method={method}", RECORDS: str(len(batch))},
+        )
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         request.started = time.perf_counter()
@@ -172,6 +177,8 @@ def log_invocation(request: Request, response: Response) -> None:
     started = getattr(request, "started", None)
     elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
     status = response.status_code
+    if status < 400 and conf.get("INVOCATION_LOG") == "nginx":
+        return  # nginx writes the line
     level = logging.INFO if status < 500 else logging.ERROR
     if logger.isEnabledFor(level):
         detail = ""

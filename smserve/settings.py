@@ -59,6 +59,12 @@ MODEL_SERVER_TIMEOUT = env_int(
     default=3600 if BATCH_MODE else 60,
 )
 
+INVOCATION_LOG = os.environ.get("SMSERVE_INVOCATION_LOG") or "app"
+if INVOCATION_LOG not in ("app", "nginx"):
+    raise ValueError(
+        f"SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got {INVOCATION_LOG!r}"
+    )
+
 SMSERVE = {
     "BASE_DIR": SAGEMAKER_BASE_DIR,
     # Where nginx listens (gunicorn alone when nginx is missing).
@@ -77,6 +83,9 @@ SMSERVE = {
     # Written by the process that loaded and warmed the model; nginx answers /ping from it.
     "READY_FILE": os.environ.get("SMSERVE_READY_FILE") or "",
     "STATS_FLUSH_SECONDS": float(os.environ.get("SMSERVE_STATS_FLUSH_SECONDS") or 5),
+    # Who writes the line for a successful invocation: the app, or nginx in front of it
+    # (``serve`` says "nginx" when it runs nginx). Errors are always logged by the app too.
+    "INVOCATION_LOG": INVOCATION_LOG,
     # Set by SageMaker in training containers; recorded in metadata.json.
     "TRAINING_JOB_NAME": os.environ.get("TRAINING_JOB_NAME") or None,
 }

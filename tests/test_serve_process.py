@@ -265,6 +265,15 @@ def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
     status, _, body = server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv", Accept="text/csv")
     assert status == HTTPStatus.OK
     assert body == b"0\n"
+    # No nginx to write the invocation's line: the app does.
+    assert wait_for(
+        lambda: re.search(
+            r"INFO \[\d+\] modelapp.invocations: POST /invocations 200 records=1 "
+            r"in=text/csv out=text/csv bytes_in=16 [\d.]+ms",
+            server.log,
+        ),
+        what="the app's invocation line",
+    )
     # Django answers from the Content-Length alone and closes the connection: a client
     # still sending would see a broken pipe, so this one sends the headers only.
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -282,6 +291,17 @@ def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
     error = json.loads(body)
     assert error["code"] == "payload_too_large"
     assert "limit is 1048576 bytes" in error["detail"]
+
+
+def test_log_level_warning_drops_invocation_lines(serve_factory, iris_base):
+    """SMSERVE_LOG_LEVEL=WARNING: no line per invocation, from nginx or the app; an
+    error's detail is still an INFO line, so it goes too."""
+    server = serve_factory(iris_base, env={"SMSERVE_LOG_LEVEL": "WARNING"})
+    assert server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")[0] == HTTPStatus.OK
+    assert server.invoke(b"5.1\n", "text/csv")[0] == HTTPStatus.BAD_REQUEST
+    server.stop()
+    assert "started gunicorn" in server.log
+    assert "modelapp.invocations" not in server.log
 
 
 def test_slow_invocation_times_out_with_504(serve_factory, tmp_path):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from http import HTTPStatus
 
 import numpy as np
 import pytest
+
+from tests.support.servers import wait_for
 
 FORMATS = ["text/csv", "application/json", "application/jsonlines", "application/x-npy"]
 
@@ -306,6 +309,11 @@ def test_oversize_body_is_413_from_nginx(server):
     assert status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     assert headers["content-type"] == "application/json"
     assert json.loads(response)["code"] == "payload_too_large"
+    # Answered by nginx alone, and still logged.
+    assert wait_for(
+        lambda: invocation_lines(server, " 413 records=- in=text/csv"),
+        what="the 413's line",
+    )
 
 
 @pytest.mark.parametrize(
@@ -327,11 +335,47 @@ def test_unknown_paths_and_methods_are_json(server, method, path, status):
     assert json.loads(body)["detail"]
 
 
-def test_invocation_is_logged(server):
-    """One INFO line per invocation with status, records, types and duration."""
-    server.invoke(b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n", "text/csv", Accept="text/csv")
-    lines = [line for line in server.log.splitlines() if "modelapp.invocations" in line]
+def invocation_lines(server, marker: str) -> list[str]:
+    return [
+        line
+        for line in server.log.splitlines()
+        if "modelapp.invocations" in line and marker in line
+    ]
+
+
+def test_invocation_is_logged_once_by_nginx(server):
+    """One INFO line per invocation with status, records, types, size and duration,
+    written by nginx; the app does not repeat it, and the client does not see the
+    header that carries the record count."""
+    body = b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.30001\n"
+    _, headers, _ = server.invoke(body, "text/csv", Accept="text/csv")
+    assert "x-smserve-records" not in headers
+    lines = wait_for(
+        lambda: invocation_lines(server, f"bytes_in={len(body)} "), what="the line"
+    )
+    assert len(lines) == 1, lines
+    assert re.search(
+        r"INFO \[nginx\] modelapp.invocations: POST /invocations 200 records=2 "
+        r"in=text/csv out=text/csv bytes_in=\d+ \d+\.\d{3}s$",
+        lines[0],
+    ), lines
+
+
+def test_error_is_logged_with_its_detail(server):
+    """A rejected invocation: nginx's line, and the app's with what was wrong."""
+    body = b"1,2,3,4,5,6,7\n"
+    status, _, _ = server.invoke(body, "text/csv")
+    assert status == HTTPStatus.BAD_REQUEST
+    lines = wait_for(
+        lambda: (
+            len(found := invocation_lines(server, f"bytes_in={len(body)} ")) == 2
+            and found
+        ),
+        what="two lines",
+    )
+    assert any("[nginx]" in line and " 400 records=-" in line for line in lines)
     assert any(
-        "POST /invocations 200 records=2 in=text/csv out=text/csv" in line
+        "POST /invocations 400 records=0" in line
+        and "detail='Expected 4 features per record, got 7.'" in line
         for line in lines
-    ), lines[-3:]
+    ), lines

@@ -102,3 +102,23 @@ def test_unwritable_state_dir_still_starts(tmp_path):
     blocker.write_text("")
     settings = settings_with({"SMSERVE_STATE_DIR": str(blocker / "state")})
     assert len(settings["key"]) > 40
+
+
+def test_invocation_log_is_app_or_nginx(tmp_path):
+    """The app logs invocations itself unless serve says nginx does; anything else is a
+    startup error naming the variable."""
+    state = {"SMSERVE_STATE_DIR": str(tmp_path)}
+    assert settings_with(state)["smserve"]["INVOCATION_LOG"] == "app"
+    nginx = settings_with({**state, "SMSERVE_INVOCATION_LOG": "nginx"})
+    assert nginx["smserve"]["INVOCATION_LOG"] == "nginx"
+    result = subprocess.run(
+        [sys.executable, "-c", PRINT],
+        env={**os.environ, **state, "SMSERVE_INVOCATION_LOG": "both"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert (
+        "SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got 'both'" in result.stderr
+    )

@@ -23,6 +23,18 @@ logger = logging.getLogger("modelapp.serve")
 TEMPLATE = Path(settings.BASE_DIR) / "docker" / "nginx.conf"
 
 
+def access_log_directives(access_log: str) -> str:
+    """nginx logs each invocation at INFO (the app's own lines obey the same level), and
+    every other request too when ``access_log`` names a path."""
+    directives = []
+    if logging.getLogger("modelapp.invocations").isEnabledFor(logging.INFO):
+        directives.append("access_log /dev/stderr invocation if=$invocation;")
+    if access_log != "off":
+        directives.append(f"access_log {access_log} combined if=$not_invocation;")
+    # Without any, nginx would write logs/access.log under the run dir.
+    return "\n    ".join(directives) or "access_log off;"
+
+
 def render_nginx_conf(run_dir: Path, access_log: str) -> str:
     """The template with every placeholder filled; an unknown one is an error."""
     max_bytes = conf.get("MAX_PAYLOAD_BYTES")
@@ -34,7 +46,7 @@ def render_nginx_conf(run_dir: Path, access_log: str) -> str:
         "MAX_BODY": str(max_bytes or 0),
         "MAX_MB": str(conf.get("MAX_PAYLOAD_MB")),
         "TIMEOUT": str(conf.get("TIMEOUT")),
-        "ACCESS_LOG": access_log,
+        "ACCESS_LOG": access_log_directives(access_log),
         # As root, nginx's workers would otherwise run as nobody, who may not read the run
         # dir; the container runs as root by SageMaker's contract.
         "USER": "user root;" if os.geteuid() == 0 else "",
@@ -89,8 +101,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--access-log",
             default="off",
-            help="nginx access_log value, e.g. '/dev/stdout' (default: off; the app logs "
-            "one line per invocation).",
+            help="nginx access_log path for requests other than /invocations, e.g. "
+            "'/dev/stdout' (default: off; every invocation is logged regardless).",
         )
 
     def handle(
