@@ -293,6 +293,15 @@ def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
     assert "limit is 1048576 bytes" in error["detail"]
 
 
+def test_early_health_checks_are_not_nginx_errors(serve_factory, iris_base):
+    """The harness pings from the moment serve starts: nginx, started once gunicorn
+    listens, never fails to reach it (which it logs as [crit])."""
+    server = serve_factory(iris_base)
+    assert server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")[0] == HTTPStatus.OK
+    assert "[crit]" not in server.log
+    assert "[error]" not in server.log
+
+
 def test_log_level_warning_drops_invocation_lines(serve_factory, iris_base):
     """SMSERVE_LOG_LEVEL=WARNING: no line per invocation, from nginx or the app; an
     error's detail is still an INFO line, so it goes too."""
