@@ -3,15 +3,18 @@
 #   scripts/postgres.sh start [DIR] [PORT]   initdb (first time) + start; prints DATABASE_URL
 #   scripts/postgres.sh stop  [DIR]          stop it (the data stays until DIR is removed)
 #   scripts/postgres.sh url   [DIR] [PORT]   print DATABASE_URL only
-# DIR defaults to var/postgres in the checkout, PORT to 55432 (or SMSERVE_PG_PORT). The
-# cluster listens on 127.0.0.1 only, with its unix socket inside DIR. As root, the server
+# DIR defaults to var/postgres in the checkout. PORT defaults to SMSERVE_PG_PORT, else the
+# first port from 25432 up that nothing listens on: below the kernel's ephemeral range
+# (32768+), where any loopback client's own end can hold a port for a moment, and clear of
+# another cluster on this (possibly shared) machine. The cluster listens on 127.0.0.1 only,
+# with its unix socket inside DIR. As root, the server
 # runs as the `postgres` user (PostgreSQL refuses to run as root).
 set -euo pipefail
 
 cmd=${1:-start}
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 dir=${2:-${SMSERVE_PG_DIR:-$root/var/postgres}}
-port=${3:-${SMSERVE_PG_PORT:-55432}}
+port=${3:-${SMSERVE_PG_PORT:-}}
 db=smserve
 user=smserve
 password=smserve
@@ -34,8 +37,21 @@ as_owner() {  # run a PostgreSQL binary as the cluster's owner
 
 url() { echo "postgres://$user:$password@127.0.0.1:$port/$db"; }
 
+running_port() {  # the port of the cluster running in DIR, if one is
+  [ -f "$dir/data/postmaster.pid" ] && sed -n 4p "$dir/data/postmaster.pid"
+}
+
+choose_port() {
+  [ -z "$port" ] || return 0
+  port=$(running_port || true)
+  [ -z "$port" ] || return 0
+  port=25432
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+}
+
 case "$cmd" in
   start)
+    choose_port
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     if [ "$(id -u)" = 0 ]; then
@@ -74,6 +90,7 @@ case "$cmd" in
     fi
     ;;
   url)
+    choose_port
     url
     ;;
   *)
