@@ -326,7 +326,10 @@ class Server:
                 pass
             time.sleep(0.01)
         self.cold_start = time.perf_counter() - started
-        while self.request("POST", "/invocations", probe)[0] != 200:
+        while (answer := self.request("POST", "/invocations", probe))[0] != 200:
+            if time.perf_counter() > deadline:
+                self.stop()
+                raise RuntimeError(f"/invocations never answered 200: {answer}")
             time.sleep(0.01)
         self.cold_start_invoke = time.perf_counter() - started
         # Every worker has answered once (and the stats thread's first write is done).
