@@ -266,4 +266,7 @@ def record_invocation(request: Any, response: Any) -> None:
             len(rendered.content),
         )
 
-    response.add_post_render_callback(count)
+    if hasattr(response, "add_post_render_callback"):
+        response.add_post_render_callback(count)
+    else:
+        count(response)

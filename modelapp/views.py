@@ -8,7 +8,7 @@ import time
 from http import HTTPStatus
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -122,10 +122,27 @@ class InvocationsView(APIView):
         batch = request.data
         predictions = predictor.predict(batch, method)
         request.records = len(batch)
-        return Response(
+        return self.rendered(
+            request,
             predictions,
-            headers={CUSTOM_ATTRIBUTES: f"method={method}", RECORDS: str(len(batch))},
+            {CUSTOM_ATTRIBUTES: f"method={method}", RECORDS: str(len(batch))},
         )
+
+    def rendered(
+        self, request: Request, data: Any, headers: dict[str, str]
+    ) -> HttpResponse:
+        """``data`` rendered now by the renderer DRF's negotiation chose, in a plain
+        ``HttpResponse`` (which DRF views may return): what DRF's ``Response`` would send,
+        without its template-response machinery, ~0.025 ms of a one-record invocation.
+        Errors still go through DRF's exception handling and ``Response``."""
+        renderer = request.accepted_renderer
+        media_type = request.accepted_media_type
+        body = renderer.render(data, media_type, self.get_renderer_context())
+        if renderer.charset:
+            media_type = f"{media_type}; charset={renderer.charset}"
+            if isinstance(body, str):
+                body = body.encode(renderer.charset)
+        return HttpResponse(body, content_type=media_type, headers=headers)
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         request.started = time.perf_counter()
@@ -136,9 +153,8 @@ class InvocationsView(APIView):
         self, request: Request, response: Response, *args: Any, **kwargs: Any
     ) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)
-        renderer = response.accepted_renderer
         if getattr(response, "exception", False):
-            response.content_type = renderer.error_media_type
+            response.content_type = response.accepted_renderer.error_media_type
         log_invocation(request, response)
         return response
 
@@ -190,11 +206,21 @@ def log_invocation(request: Request, response: Response) -> None:
             status,
             getattr(request, "records", 0),
             request.META.get("CONTENT_TYPE") or "-",
-            response.content_type or getattr(response, "accepted_media_type", "-"),
+            response_type(response),
             request.META.get("CONTENT_LENGTH") or 0,
             elapsed_ms,
             detail,
         )
+
+
+def response_type(response: HttpResponseBase) -> str:
+    """The Content-Type, also of a DRF ``Response`` not rendered yet."""
+    return (
+        response.get("Content-Type")
+        or getattr(response, "content_type", None)
+        or getattr(response, "accepted_media_type", None)
+        or "-"
+    )
 
 
 def _json_error(status: HTTPStatus, detail: str, code: str) -> HttpResponse:

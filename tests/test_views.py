@@ -7,6 +7,7 @@ from http import HTTPStatus
 
 import pytest
 from django.test import Client, RequestFactory, override_settings
+from rest_framework.renderers import BaseRenderer
 
 from modelapp.negotiation import parse_accept
 from modelapp.registry import registry
@@ -111,14 +112,38 @@ def test_view_classes_can_be_given_to_as_view(serving):
         b"6.7\t3.0\t5.2\t2.3\n",
         content_type="text/tab-separated-values",
     )
-    response = view(request)
-    response.render()
+    response = view(request)  # predictions come back rendered; errors are DRF Responses
     assert response.status_code == HTTPStatus.OK
+    assert response["Content-Type"] == "text/tab-separated-values"
     assert response.content == b"2\n"
     request = RequestFactory().post("/invocations", b"1,2,3,4", content_type="text/csv")
     response = view(request)
     response.render()
     assert response.status_code == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class PlainTextRenderer(BaseRenderer):
+    """A stock DRF renderer (not ours): returns str and declares a charset."""
+
+    media_type = "text/plain"
+    format = "txt"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return " ".join(str(v) for v in data.tolist()) + " é\n"
+
+
+def test_any_drf_renderer_plugs_in(serving):
+    """A plain DRF renderer gets the predictions and its charset, as DRF's Response
+    would give it."""
+    view = InvocationsView.as_view(renderer_classes=[PlainTextRenderer])
+    request = RequestFactory().post(
+        "/invocations", b"6.7,3.0,5.2,2.3\n5.1,3.5,1.4,0.2\n", content_type="text/csv"
+    )
+    response = view(request)
+    assert response.status_code == HTTPStatus.OK
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.content == "2 0 é\n".encode()
 
 
 def test_ping_not_ready_in_process(tmp_path):
