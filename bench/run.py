@@ -16,11 +16,13 @@ Run by hand; not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import io
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -455,6 +457,11 @@ def main() -> int:
     parser.add_argument("--concurrency", help="comma list (default 1,4,16)")
     parser.add_argument("--no-memory", action="store_true", help="skip 1/2/4 workers")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work dir (models, bodies, serve logs); removed otherwise",
+    )
     args = parser.parse_args()
 
     quick = args.quick
@@ -491,6 +498,10 @@ def main() -> int:
     )
     models = make_models()
     work = Path(tempfile.mkdtemp(prefix="smserve-bench-"))
+    if args.keep:
+        print(f"work dir (kept): {work}", file=sys.stderr)
+    else:
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     paths = {}
     for name, (model, _) in models.items():
         paths[name] = work / f"{name}.joblib"
