@@ -214,13 +214,11 @@ def log_invocation(request: Request, response: Response) -> None:
 
 
 def response_type(response: HttpResponseBase) -> str:
-    """The Content-Type, also of a DRF ``Response`` not rendered yet."""
-    return (
-        response.get("Content-Type")
-        or getattr(response, "content_type", None)
-        or getattr(response, "accepted_media_type", None)
-        or "-"
-    )
+    """The Content-Type, also of a DRF ``Response`` not rendered yet (whose header still
+    holds Django's text/html default)."""
+    if isinstance(response, Response):
+        return response.content_type or response.accepted_media_type or "-"
+    return response.get("Content-Type", "-")
 
 
 def _json_error(status: HTTPStatus, detail: str, code: str) -> HttpResponse:

@@ -375,7 +375,7 @@ def test_error_is_logged_with_its_detail(server):
     )
     assert any("[nginx]" in line and " 400 records=-" in line for line in lines)
     assert any(
-        "POST /invocations 400 records=0" in line
+        "POST /invocations 400 records=0 in=text/csv out=text/csv" in line
         and "detail='Expected 4 features per record, got 7.'" in line
         for line in lines
     ), lines
