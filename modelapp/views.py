@@ -122,11 +122,10 @@ class InvocationsView(APIView):
         batch = request.data
         predictions = predictor.predict(batch, method)
         request.records = len(batch)
-        return self.rendered(
-            request,
-            predictions,
-            {CUSTOM_ATTRIBUTES: f"method={method}", RECORDS: str(len(batch))},
-        )
+        headers = {CUSTOM_ATTRIBUTES: f"method={method}"}
+        if conf.get("INVOCATION_LOG") == "nginx":
+            headers[RECORDS] = str(len(batch))
+        return self.rendered(request, predictions, headers)
 
     def rendered(
         self, request: Request, data: Any, headers: dict[str, str]

@@ -262,9 +262,12 @@ def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
         iris_base, env={"SMSERVE_NGINX": "off", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}
     )
     assert "nginx not found" in server.log
-    status, _, body = server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv", Accept="text/csv")
+    status, headers, body = server.invoke(
+        b"5.1,3.5,1.4,0.2\n", "text/csv", Accept="text/csv"
+    )
     assert status == HTTPStatus.OK
     assert body == b"0\n"
+    assert "x-smserve-records" not in headers  # only nginx needs it
     # No nginx to write the invocation's line: the app does.
     assert wait_for(
         lambda: re.search(
