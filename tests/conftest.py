@@ -88,6 +88,7 @@ class ServeProcess:
         work_dir: Path,
         env: dict[str, str] | None = None,
         workers: int = 2,
+        append_log: bool = True,
     ) -> None:
         self.base_dir = base_dir
         self.port = free_port()
@@ -104,11 +105,13 @@ class ServeProcess:
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
+        # False: `serve > serve.log 2>&1` (no O_APPEND), as a user's shell would open it.
+        self.log_mode = "ab" if append_log else "wb"
 
     def start(
         self, expect_status: int | None = 200, deadline: float = 60
     ) -> ServeProcess:
-        self._log = self.log_path.open("ab")
+        self._log = self.log_path.open(self.log_mode)
         self.proc = subprocess.Popen(
             [str(SERVE)],
             env=self.env,

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from tests.conftest import write_model
+from tests.conftest import PYTHON, ROOT, SERVE, free_port, write_model
 from tests.support.models import BuggyClassifier, SlowClassifier
 from tests.support.servers import wait_for
 
@@ -303,6 +304,85 @@ def test_early_health_checks_are_not_nginx_errors(serve_factory, iris_base):
     assert server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")[0] == HTTPStatus.OK
     assert "[crit]" not in server.log
     assert "[error]" not in server.log
+
+
+def test_log_lines_survive_a_plain_file_redirect(serve_factory, iris_base):
+    """`serve > serve.log 2>&1` (no append mode): nginx, which opens /dev/stderr itself,
+    and the Python processes do not overwrite each other's lines."""
+    server = serve_factory(iris_base, append_log=False)
+    for _ in range(3):
+        assert server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")[0] == HTTPStatus.OK
+    assert server.stop() == 0
+    lines = server.log.splitlines()
+    nginx_lines = [
+        line
+        for line in lines
+        if "[nginx] modelapp.invocations: POST /invocations 200 records=1 " in line
+    ]
+    assert len(nginx_lines) >= 3, lines[-12:]
+    # Every line whole: an overwritten one starts mid-way through another's text.
+    whole = re.compile(r"^(\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d|System check )")
+    assert [line for line in lines if not whole.match(line)] == [], lines
+    assert "Shutting down: Master" in server.log
+    assert lines[-1].endswith("serve: stopped")
+
+
+def test_stderr_socket_leaves_invocation_lines_to_the_app(tmp_path, iris_base):
+    """Under systemd stderr is a socket, which nginx cannot open as /dev/stderr: serve
+    starts all the same and the app writes the invocation lines."""
+    port = free_port()
+    ours, theirs = socket.socketpair()
+    output: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: [
+            output.append(chunk) for chunk in iter(lambda: ours.recv(65536), b"")
+        ]
+    )
+    reader.start()
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(iris_base),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SMSERVE_BIND_HOST": "127.0.0.1",
+        "SMSERVE_STATE_DIR": str(tmp_path / "state"),
+        "SMSERVE_PYTHON": PYTHON,
+        "MODEL_SERVER_WORKERS": "1",
+        "TMPDIR": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [str(SERVE)],
+        env=env,
+        cwd=ROOT,
+        stdout=theirs,
+        stderr=theirs,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    theirs.close()
+    try:
+        body = b"5.1,3.5,1.4,0.2\n"
+
+        def invoked() -> bool:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", "/invocations", body, {"Content-Type": "text/csv"})
+                return conn.getresponse().status == HTTPStatus.OK
+            except OSError:
+                return False
+
+        wait_for(invoked, deadline=60, what="an invocation answered 200")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(35) == 0
+        reader.join(10)
+        ours.close()
+    log = b"".join(output).decode(errors="replace")
+    assert "started gunicorn" in log, log
+    assert "and nginx" in log, log
+    assert re.search(
+        r"INFO \[\d+\] modelapp.invocations: POST /invocations 200 records=1 ", log
+    ), log
+    assert "[nginx] modelapp.invocations" not in log
 
 
 def test_log_level_warning_drops_invocation_lines(serve_factory, iris_base):

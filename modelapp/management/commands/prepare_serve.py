@@ -24,10 +24,13 @@ TEMPLATE = Path(settings.BASE_DIR) / "docker" / "nginx.conf"
 
 
 def access_log_directives(access_log: str) -> str:
-    """nginx logs each invocation at INFO (the app's own lines obey the same level), and
-    every other request too when ``access_log`` names a path."""
+    """nginx logs each invocation at INFO (the app's own lines obey the same level) when
+    ``serve`` has left that to it, and every other request too when ``access_log`` names
+    a path."""
     directives = []
-    if logging.getLogger("modelapp.invocations").isEnabledFor(logging.INFO):
+    if conf.get("INVOCATION_LOG") == "nginx" and logging.getLogger(
+        "modelapp.invocations"
+    ).isEnabledFor(logging.INFO):
         directives.append("access_log /dev/stderr invocation if=$invocation;")
     if access_log != "off":
         directives.append(f"access_log {access_log} combined if=$not_invocation;")
