@@ -251,7 +251,8 @@ def _as_float32(matrix: np.ndarray) -> np.ndarray:
     large for float32 is the request's fault, as scikit-learn's check would say."""
     with np.errstate(over="ignore"):
         converted = np.ascontiguousarray(matrix, dtype=np.float32)
-    if matrix.dtype != np.float32:
+    # to_matrix let no infinity through: one here is a value float32 cannot hold.
+    if matrix.dtype != np.float32 and np.isinf(converted).any():
         overflow = np.isinf(converted) & np.isfinite(matrix)
         if overflow.any():
             record, feature = (int(i) for i in np.argwhere(overflow)[0])

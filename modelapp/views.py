@@ -189,11 +189,11 @@ def check_body_size(request: Request) -> None:
 
 def log_invocation(request: Request, response: Response) -> None:
     stats.record_invocation(request, response)  # in memory; flushed in the background
-    started = getattr(request, "started", None)
-    elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
     status = response.status_code
     if status < 400 and conf.get("INVOCATION_LOG") == "nginx":
         return  # nginx writes the line
+    started = getattr(request, "started", None)
+    elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
     level = logging.INFO if status < 500 else logging.ERROR
     if logger.isEnabledFor(level):
         detail = ""
