@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from tests.conftest import PYTHON, ROOT, SERVE, free_port, write_model
+from tests.conftest import ROOT, SERVE, ServeProcess, write_model
 from tests.support.models import BuggyClassifier, SlowClassifier
 from tests.support.servers import wait_for
 
@@ -330,7 +330,7 @@ def test_log_lines_survive_a_plain_file_redirect(serve_factory, iris_base):
 def test_stderr_socket_leaves_invocation_lines_to_the_app(tmp_path, iris_base):
     """Under systemd stderr is a socket, which nginx cannot open as /dev/stderr: serve
     starts all the same and the app writes the invocation lines."""
-    port = free_port()
+    server = ServeProcess(iris_base, tmp_path, workers=1)  # its environment and port
     ours, theirs = socket.socketpair()
     output: list[bytes] = []
     reader = threading.Thread(
@@ -339,19 +339,9 @@ def test_stderr_socket_leaves_invocation_lines_to_the_app(tmp_path, iris_base):
         ]
     )
     reader.start()
-    env = {
-        **os.environ,
-        "SAGEMAKER_BASE_DIR": str(iris_base),
-        "SAGEMAKER_BIND_TO_PORT": str(port),
-        "SMSERVE_BIND_HOST": "127.0.0.1",
-        "SMSERVE_STATE_DIR": str(tmp_path / "state"),
-        "SMSERVE_PYTHON": PYTHON,
-        "MODEL_SERVER_WORKERS": "1",
-        "TMPDIR": str(tmp_path),
-    }
     proc = subprocess.Popen(
         [str(SERVE)],
-        env=env,
+        env=server.env,
         cwd=ROOT,
         stdout=theirs,
         stderr=theirs,
@@ -360,13 +350,10 @@ def test_stderr_socket_leaves_invocation_lines_to_the_app(tmp_path, iris_base):
     )
     theirs.close()
     try:
-        body = b"5.1,3.5,1.4,0.2\n"
 
         def invoked() -> bool:
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("POST", "/invocations", body, {"Content-Type": "text/csv"})
-                return conn.getresponse().status == HTTPStatus.OK
+                return server.invoke(b"5.1,3.5,1.4,0.2\n")[0] == HTTPStatus.OK
             except OSError:
                 return False
 

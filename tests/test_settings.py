@@ -17,20 +17,26 @@ PRINT = (
 )
 
 
-def settings_with(env: dict[str, str]) -> dict:
+def load_settings(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A fresh interpreter importing the settings with ``env`` (and no other SageMaker or
+    smserve variable)."""
     clean = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("SAGEMAKER_", "SMSERVE_"))
     }
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", PRINT],
         env={**clean, **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
-        check=True,
     )
+
+
+def settings_with(env: dict[str, str]) -> dict:
+    result = load_settings(env)
+    assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
@@ -111,13 +117,7 @@ def test_invocation_log_is_app_or_nginx(tmp_path):
     assert settings_with(state)["smserve"]["INVOCATION_LOG"] == "app"
     nginx = settings_with({**state, "SMSERVE_INVOCATION_LOG": "nginx"})
     assert nginx["smserve"]["INVOCATION_LOG"] == "nginx"
-    result = subprocess.run(
-        [sys.executable, "-c", PRINT],
-        env={**os.environ, **state, "SMSERVE_INVOCATION_LOG": "both"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = load_settings({**state, "SMSERVE_INVOCATION_LOG": "both"})
     assert result.returncode != 0
     assert (
         "SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got 'both'" in result.stderr
