@@ -112,7 +112,7 @@ class InvocationsView(APIView):
     def perform_authentication(self, request: Request) -> None:
         pass
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         predictor = registry.get()
         check_body_size(request)
         attributes = parse_custom_attributes(
