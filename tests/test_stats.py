@@ -175,6 +175,15 @@ def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
     assert totals["5xx"] == 0
     time.sleep(1)  # later flushes add nothing more
     assert server_db.totals()["requests"] == 270
+    # Bytes both ways: one more of each kind shows what each response weighs.
+    _, _, ok_body = server.invoke(IRIS_ROWS)
+    _, _, error_body = server.invoke(WRONG_WIDTH)
+    totals = wait_for(
+        lambda: (t := server_db.totals())["requests"] == 272 and t,
+        what="272 requests flushed",
+    )
+    assert totals["bytes_in"] == 241 * len(IRIS_ROWS) + 31 * len(WRONG_WIDTH)
+    assert totals["bytes_out"] == 241 * len(ok_body) + 31 * len(error_body)
     workers = {
         line.split("pid: ")[1]
         for line in server.log.splitlines()

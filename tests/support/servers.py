@@ -65,18 +65,23 @@ class ServerDatabase:
         try:
             rows = self.query(
                 "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(records), 0), "
-                "COALESCE(SUM(errors_4xx), 0), COALESCE(SUM(errors_5xx), 0), COUNT(*) "
+                "COALESCE(SUM(errors_4xx), 0), COALESCE(SUM(errors_5xx), 0), COUNT(*), "
+                "COALESCE(SUM(bytes_in), 0), COALESCE(SUM(bytes_out), 0) "
                 "FROM modelapp_invocationstat"
             )
         except (sqlite3.Error, psycopg.Error):
-            return {"requests": 0, "records": 0, "4xx": 0, "5xx": 0, "rows": 0}
-        requests, records, e4, e5, count = (int(v) for v in rows[0])
+            rows = [(0,) * 7]
+        requests, records, e4, e5, count, bytes_in, bytes_out = (
+            int(v) for v in rows[0]
+        )
         return {
             "requests": requests,
             "records": records,
             "4xx": e4,
             "5xx": e5,
             "rows": count,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
         }
 
 
