@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,24 +17,9 @@ from django.db import models
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from modelapp.metadata import ModelMetadata, json_safe
+
 logger = logging.getLogger(__name__)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` as JSON can hold it: numpy scalars and arrays become Python values,
-    anything else unknown (an estimator inside a Pipeline, a callable) its ``repr``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)  # JSON has no NaN
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(v) for v in value]
-    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
-    if callable(tolist):
-        return json_safe(tolist())
-    return repr(value)
 
 
 def _datetime(value: Any) -> datetime | None:
@@ -48,17 +32,6 @@ def _datetime(value: Any) -> datetime | None:
     if parsed is not None and timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed, UTC)
     return parsed
-
-
-def _first(metadata: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    """The first of ``keys`` present in ``metadata``; dotted keys look into dicts."""
-    for key in keys:
-        value: Any = metadata
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None:
-            return value
-    return default
 
 
 class TrainedModel(models.Model):
@@ -100,80 +73,30 @@ class TrainedModel(models.Model):
         return f"{name} {self.sha256[:12]}"
 
     @staticmethod
-    def describe(metadata: dict[str, Any], estimator: Any = None) -> dict[str, Any]:
+    def describe(
+        metadata: ModelMetadata | None, estimator: Any = None
+    ) -> dict[str, Any]:
         """Field values from ``metadata.json``, else from what the estimator says."""
-        if metadata:
-            n_features = _first(
-                metadata, "n_features", "n_features_in", "features.count"
-            )
-            names = _first(metadata, "feature_names", "features.names", default=[])
-            if n_features is None and names:
-                n_features = len(names)
-            return {
-                "source": TrainedModel.SOURCE_METADATA,
-                "estimator": str(
-                    _first(metadata, "estimator", "estimator.class", default="")
-                ),
-                "params": json_safe(
-                    _first(
-                        metadata,
-                        "params",
-                        "hyperparameters",
-                        "estimator_params",
-                        default={},
-                    )
-                ),
-                "feature_names": json_safe(names),
-                "n_features": n_features,
-                "classes": json_safe(_first(metadata, "classes", default=[])),
-                "metrics": json_safe(_first(metadata, "metrics", default={})),
-                "versions": json_safe(
-                    _first(metadata, "versions", "library_versions", default={})
-                ),
-                "training_job_name": str(
-                    _first(
-                        metadata,
-                        "training_job_name",
-                        "job_name",
-                        "training.job_name",
-                        default="",
-                    )
-                ),
-                "training_started_at": _datetime(
-                    _first(
-                        metadata,
-                        "training_started_at",
-                        "started_at",
-                        "timings.started_at",
-                    )
-                ),
-                "training_finished_at": _datetime(
-                    _first(
-                        metadata,
-                        "training_finished_at",
-                        "finished_at",
-                        "trained_at",
-                        "timings.finished_at",
-                    )
-                ),
-                "metadata": json_safe(metadata),
-            }
-        values: dict[str, Any] = {
-            "source": TrainedModel.SOURCE_ESTIMATOR,
-            "metadata": {},
+        source = TrainedModel.SOURCE_METADATA
+        if metadata is None:
+            source = TrainedModel.SOURCE_ESTIMATOR
+            metadata = ModelMetadata.from_estimator(estimator)
+        return {
+            "source": source,
+            "estimator": metadata.estimator,
+            "params": json_safe(metadata.params),
+            "feature_names": metadata.feature_names or [],
+            "n_features": metadata.n_features,
+            "classes": json_safe(metadata.classes or []),
+            "metrics": json_safe(metadata.metrics),
+            "versions": json_safe(metadata.versions),
+            "training_job_name": metadata.training_job_name or "",
+            "training_started_at": _datetime(metadata.started_at),
+            "training_finished_at": _datetime(metadata.finished_at),
+            "metadata": metadata.to_dict()
+            if source == TrainedModel.SOURCE_METADATA
+            else {},
         }
-        if estimator is not None:
-            cls = type(estimator)
-            values["estimator"] = f"{cls.__module__}.{cls.__qualname__}"
-            get_params = getattr(estimator, "get_params", None)
-            if callable(get_params):
-                values["params"] = json_safe(get_params(deep=False))
-            names = getattr(estimator, "feature_names_in_", None)
-            values["feature_names"] = json_safe(names) if names is not None else []
-            values["n_features"] = getattr(estimator, "n_features_in_", None)
-            classes = getattr(estimator, "classes_", None)
-            values["classes"] = json_safe(classes) if classes is not None else []
-        return values
 
     @classmethod
     def record(cls, loaded: Any) -> TrainedModel:

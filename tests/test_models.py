@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from modelapp.models import TrainedModel, TrainingRun, json_safe
+from modelapp.metadata import ModelMetadata, json_safe
+from modelapp.models import TrainedModel, TrainingRun
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
 from modelapp.training import run
@@ -34,7 +35,7 @@ def test_describe_reads_training_metadata():
         "started_at": "2026-01-02T03:04:05Z",
         "finished_at": "2026-01-02T03:04:09Z",
     }
-    values = TrainedModel.describe(metadata)
+    values = TrainedModel.describe(ModelMetadata.from_dict(metadata))
     assert values["source"] == TrainedModel.SOURCE_METADATA
     assert values["estimator"] == "sklearn.tree.DecisionTreeClassifier"
     assert values["params"] == {"max_depth": 3, "criterion": "gini"}
@@ -45,7 +46,9 @@ def test_describe_reads_training_metadata():
     assert values["training_job_name"] == "job-1"
     assert values["training_started_at"].isoformat() == "2026-01-02T03:04:05+00:00"
     assert (values["training_finished_at"] - values["training_started_at"]).seconds == 4
-    assert values["metadata"] == metadata
+    # The file as smserve reads it: every key of it kept, the schema version added.
+    assert {k: values["metadata"][k] for k in metadata} == metadata
+    assert values["metadata"]["schema_version"] == 2
 
 
 def test_describe_without_metadata_asks_the_estimator():
@@ -53,9 +56,9 @@ def test_describe_without_metadata_asks_the_estimator():
     classes_ and get_params()."""
     X = pd.DataFrame({"height": [1.0, 2.0, 3.0, 4.0], "width": [4.0, 3.0, 2.0, 1.0]})
     model = LogisticRegression(C=0.5).fit(X, ["a", "b", "a", "b"])
-    values = TrainedModel.describe({}, model)
+    values = TrainedModel.describe(None, model)
     assert values["source"] == TrainedModel.SOURCE_ESTIMATOR
-    assert values["estimator"] == "sklearn.linear_model._logistic.LogisticRegression"
+    assert values["estimator"] == "sklearn.linear_model.LogisticRegression"
     assert values["n_features"] == 2
     assert values["feature_names"] == ["height", "width"]
     assert values["classes"] == ["a", "b"]
@@ -78,8 +81,8 @@ def test_record_upserts_by_checksum(tmp_path, iris_model):
     the path it was loaded from is refreshed."""
     write_model(tmp_path / "one", iris_model, {"estimator": "x.Tree", "n_features": 4})
     write_model(tmp_path / "two", iris_model, {"estimator": "x.Tree", "n_features": 4})
-    first = TrainedModel.record(load_model(SageMakerPaths(tmp_path / "one")))
-    second = TrainedModel.record(load_model(SageMakerPaths(tmp_path / "two")))
+    first = TrainedModel.record(load_model(SageMakerPaths(tmp_path / "one").model_dir))
+    second = TrainedModel.record(load_model(SageMakerPaths(tmp_path / "two").model_dir))
     assert TrainedModel.objects.count() == 1
     assert second.pk == first.pk
     assert second.first_seen == first.first_seen
@@ -93,7 +96,7 @@ def test_record_upserts_by_checksum(tmp_path, iris_model):
 def test_record_model_without_metadata(tmp_path, iris_model):
     """No metadata.json: the row says what the estimator knows."""
     write_model(tmp_path, iris_model)
-    row = TrainedModel.record(load_model(SageMakerPaths(tmp_path)))
+    row = TrainedModel.record(load_model(SageMakerPaths(tmp_path).model_dir))
     assert row.source == TrainedModel.SOURCE_ESTIMATOR
     assert row.n_features == 4
     assert row.classes == [0, 1, 2]

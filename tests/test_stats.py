@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from modelapp.metadata import sha256_of
 from modelapp.models import InvocationStat, TrainedModel
-from modelapp.registry import sha256_of
 from modelapp.stats import (
     E4XX,
     E5XX,

@@ -22,9 +22,10 @@ import pytest
 from sklearn.datasets import make_regression
 from sklearn.tree import DecisionTreeClassifier
 
+from modelapp.metadata import sha256_of
 from modelapp.parsers import Batch
 from modelapp.paths import SageMakerPaths
-from modelapp.registry import load_model, sha256_of
+from modelapp.registry import load_model
 from tests.support.servers import wait_for
 from tests.training_helpers import TRAIN as TRAIN_EXECUTABLE
 from tests.training_helpers import (
@@ -74,7 +75,7 @@ def regression():
 
 def served(base: Path):
     """The model as the serving side loads it."""
-    return load_model(SageMakerPaths(base))
+    return load_model(SageMakerPaths(base).model_dir)
 
 
 def metric_lines(stdout: str) -> dict[str, float]:

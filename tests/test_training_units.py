@@ -12,9 +12,9 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier
 
+from modelapp.metadata import json_safe
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError
-from modelapp.training.artifacts import json_safe
 from modelapp.training.channels import _looks_like_header
 from modelapp.training.environment import (
     Hyperparameters,

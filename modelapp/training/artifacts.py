@@ -9,46 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from modelapp.metadata import ModelMetadata, json_safe, sha256_of
 from modelapp.paths import SageMakerPaths
-from modelapp.registry import sha256_of
 
 logger = logging.getLogger(__name__)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` as plain JSON: numpy scalars unwrapped, estimators and classes named by
-    dotted path, tuples as lists, NaN/infinity as strings; anything else by ``repr``."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, type) or callable(getattr(value, "get_params", None)):
-        from modelapp.training.estimators import dotted_path
-
-        return dotted_path(value)
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{value.__module__}.{value.__qualname__}"
-    return repr(value)
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> Path:
@@ -99,19 +69,19 @@ def dump_model(estimator: Any, path: Path) -> None:
 
 
 def commit(
-    paths: SageMakerPaths, model_tmp: Path, metadata: dict[str, Any]
-) -> dict[str, Any]:
+    paths: SageMakerPaths, model_tmp: Path, metadata: ModelMetadata
+) -> ModelMetadata:
     """Record the artifact's checksum in ``metadata``, then rename both into place."""
-    metadata = {**metadata, "sha256": sha256_of(model_tmp)}
+    metadata.sha256 = sha256_of(model_tmp)
     try:
-        write_json(paths.metadata_file, metadata)
+        write_json(paths.metadata_file, metadata.to_dict())
         os.replace(model_tmp, paths.model_file)
     finally:
         model_tmp.unlink(missing_ok=True)
     logger.info(
         "Wrote %s (sha256 %s) and %s.",
         paths.model_file,
-        metadata["sha256"][:12],
+        metadata.sha256[:12],
         paths.metadata_file.name,
     )
     return metadata

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
+from modelapp.metadata import dotted_path
 from modelapp.training import ClientError
 
 logger = logging.getLogger(__name__)
@@ -44,23 +45,6 @@ SHORT_NAMES = {
     "min_max_scaler": "sklearn.preprocessing.MinMaxScaler",
     "pca": "sklearn.decomposition.PCA",
 }
-
-
-def dotted_path(obj: Any) -> str:
-    """The public dotted path of ``obj``'s class: ``sklearn.tree.DecisionTreeClassifier``
-    rather than its private home ``sklearn.tree._classes``, when the package exports it."""
-    import sys
-
-    cls = obj if isinstance(obj, type) else type(obj)
-    module = cls.__module__
-    parts = module.split(".")
-    while len(parts) > 1 and parts[-1].startswith("_"):
-        parent = sys.modules.get(".".join(parts[:-1]))
-        if getattr(parent, cls.__qualname__, None) is not cls:
-            break
-        parts.pop()
-        module = ".".join(parts)
-    return f"{module}.{cls.__qualname__}"
 
 
 def resolve(name: str) -> Any:

@@ -51,6 +51,10 @@ class RunRecorder:
         connections.close_all()
 
     def _migrate(self) -> None:
+        from modelapp import conf
+        from modelapp.state import make_state_dir
+
+        make_state_dir(conf.get("STATE_DIR"))  # SQLite's file lives there
         call_command("migrate", interactive=False, verbosity=0)
 
     def _create(self) -> None:
@@ -59,7 +63,8 @@ class RunRecorder:
         self.run_id = TrainingRun.objects.create(base_dir=str(self.paths.base)).pk
 
     def _update(self, result: Any) -> None:
-        from modelapp.models import TrainingRun, json_safe
+        from modelapp.metadata import json_safe
+        from modelapp.models import TrainingRun
 
         values = {
             "job_name": result.job_name or "",

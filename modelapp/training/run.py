@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import modelapp
+from modelapp.metadata import Feature, ModelMetadata, dotted_path, json_safe
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError, TrainingStopped, artifacts, estimators
 from modelapp.training.channels import Dataset, load_channel
@@ -69,16 +70,6 @@ class TrainingResult:
     @property
     def succeeded(self) -> bool:
         return self.status in (COMPLETED, SKIPPED)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe: what a ``TrainingRun`` row or a log line needs."""
-        return artifacts.json_safe(
-            {
-                **asdict(self),
-                "started_at": _iso(self.started_at),
-                "finished_at": _iso(self.finished_at),
-            }
-        )
 
 
 def train(
@@ -179,13 +170,13 @@ class Trainer:
         try:
             fitted = fit_in_child(estimator, datasets[TRAIN], model_tmp)
             metrics = self.evaluate(fitted, task, datasets)
-            metadata = self.metadata(fitted, task, datasets, metrics)
+            metadata = self.build_metadata(fitted, task, datasets, metrics)
             artifacts.write_metrics(self.paths, metrics)
             metadata = artifacts.commit(self.paths, model_tmp, metadata)
         finally:
             model_tmp.unlink(missing_ok=True)
         self.result.metrics = metrics
-        self.result.model_sha256 = metadata["sha256"]
+        self.result.model_sha256 = metadata.sha256
         self.result.status, self.result.exit_code = COMPLETED, EXIT_OK
 
     def build_estimator(self) -> Any:
@@ -193,11 +184,11 @@ class Trainer:
         estimators.configure(estimator, self.hp.params, self.hp.random_seed)
         if self.hp.random_seed is not None:
             np.random.seed(self.hp.random_seed)
-        self.result.estimator = estimators.dotted_path(estimator)
+        self.result.estimator = dotted_path(estimator)
         logger.info(
             "Estimator %s with parameters %s",
             self.result.estimator,
-            artifacts.json_safe(estimator.get_params(deep=False)),
+            json_safe(estimator.get_params(deep=False)),
         )
         return estimator
 
@@ -260,46 +251,44 @@ class Trainer:
                 metrics[f"{name}:{metric}"] = value
         return metrics
 
-    def metadata(
+    def build_metadata(
         self,
         estimator: Any,
         task: str | None,
         datasets: dict[str, Dataset],
         metrics: dict[str, float],
-    ) -> dict[str, Any]:
+    ) -> ModelMetadata:
         import sklearn
 
         train = datasets[TRAIN]
         classes = getattr(estimator, "classes_", None)
         validation = datasets.get("validation")
-        finished = datetime.now(UTC)
-        return artifacts.json_safe(
-            {
-                "estimator": self.result.estimator,
-                "params": estimator.get_params(deep=True),
-                "hyperparameters": self.hp.raw,
-                "n_features": getattr(estimator, "n_features_in_", train.n_features),
-                "feature_names": train.feature_names,
-                "target": train.target_name,
-                "classes": list(classes) if classes is not None else None,
-                "task": task,
-                "metrics": metrics,
-                "rows": {
-                    "train": train.rows,
-                    "validation": validation.rows if validation else None,
-                },
-                "channels": self.result.channels,
-                "versions": {
-                    "python": platform.python_version(),
-                    "sklearn": sklearn.__version__,
-                    "numpy": np.__version__,
-                    "smserve": modelapp.__version__,
-                },
-                "started_at": _iso(self.result.started_at),
-                "finished_at": _iso(finished),
-                "training_job_name": self.env.job_name,
-                "duration_seconds": round(time.monotonic() - self.clock, 3),
-            }
+        n_features = getattr(estimator, "n_features_in_", train.n_features)
+        names = train.feature_names or [None] * n_features
+        return ModelMetadata(
+            estimator=self.result.estimator or "",
+            params=json_safe(estimator.get_params(deep=True)),
+            hyperparameters=self.hp.raw,
+            features=[Feature(name=name) for name in names],
+            target=train.target_name,
+            classes=list(classes) if classes is not None else None,
+            task=task,
+            metrics=metrics,
+            rows={
+                "train": train.rows,
+                "validation": validation.rows if validation else None,
+            },
+            channels=self.result.channels,
+            versions={
+                "python": platform.python_version(),
+                "sklearn": sklearn.__version__,
+                "numpy": np.__version__,
+                "smserve": modelapp.__version__,
+            },
+            started_at=_iso(self.result.started_at),
+            finished_at=_iso(datetime.now(UTC)),
+            training_job_name=self.env.job_name,
+            duration_seconds=round(time.monotonic() - self.clock, 3),
         )
 
 

@@ -1,0 +1,242 @@
+"""``metadata.json``: the one record that travels with a model from training to serving.
+
+SageMaker trains and serves in different containers and only ``/opt/ml/model`` travels, so
+this file is the contract between them. ``ModelMetadata`` is its one definition: training
+writes it (``modelapp.training.run``), the registry reads it, the predictors take the
+model's input schema from it and the admin shows it. Everything else in the codebase goes
+through this class, never through the file's keys.
+
+Schema versions:
+
+- 1 (no ``schema_version`` key; smserve 0.1): ``n_features`` and ``feature_names``
+  (``null`` for headerless data).
+- 2: adds ``schema_version`` and ``features``, one object per input column in the model's
+  order: ``name`` (``null`` when the training data had no header), ``kind``
+  (``numeric`` or ``categorical``), and for categorical columns the ``categories`` seen
+  (capped) with their ``n_categories``. ``n_features`` and ``feature_names`` are still
+  written, so a reader of version 1 reads version 2 files too.
+
+Keys this module does not know are kept (``extra``) and written back unchanged, so a newer
+writer's fields survive an older reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+METADATA_FILE = "metadata.json"
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON: numpy scalars and arrays unwrapped, tuples and sets as
+    lists, NaN/infinity as strings (JSON has none), estimators and classes by dotted path,
+    functions by qualified name, anything else by ``repr``."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, type) or callable(getattr(value, "get_params", None)):
+        return dotted_path(value)
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def dotted_path(obj: Any) -> str:
+    """The public dotted path of ``obj``'s class: ``sklearn.tree.DecisionTreeClassifier``
+    rather than its private home ``sklearn.tree._classes``, when the package exports it."""
+    import sys
+
+    cls = obj if isinstance(obj, type) else type(obj)
+    module = cls.__module__
+    parts = module.split(".")
+    while len(parts) > 1 and parts[-1].startswith("_"):
+        parent = sys.modules.get(".".join(parts[:-1]))
+        if getattr(parent, cls.__qualname__, None) is not cls:
+            break
+        parts.pop()
+        module = ".".join(parts)
+    return f"{module}.{cls.__qualname__}"
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's bytes: the identity of a model artifact."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Feature:
+    """One input column of the model, in the model's order."""
+
+    name: str | None = None
+    kind: str = NUMERIC
+    categories: list[Any] | None = None
+    n_categories: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.categories is not None:
+            out["categories"] = json_safe(self.categories)
+            out["n_categories"] = self.n_categories
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Feature:
+        if not isinstance(data, dict):
+            return cls(name=str(data))
+        name = data.get("name")
+        return cls(
+            name=None if name is None else str(name),
+            kind=str(data.get("kind") or NUMERIC),
+            categories=data.get("categories"),
+            n_categories=data.get("n_categories"),
+        )
+
+
+@dataclass
+class ModelMetadata:
+    """What is known about one model artifact (see the module docstring for the file)."""
+
+    estimator: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    features: list[Feature] | None = None
+    target: str | int | None = None
+    classes: list[Any] | None = None
+    task: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+    training_job_name: str | None = None
+    duration_seconds: float | None = None
+    sha256: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    # Keys of a newer (or foreign) writer, kept as they were.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # --- the input schema ---
+    @property
+    def n_features(self) -> int | None:
+        return len(self.features) if self.features is not None else None
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """The column names, when the model was trained on named columns."""
+        if not self.features or any(f.name is None for f in self.features):
+            return None
+        return [f.name for f in self.features]
+
+    # --- the file ---
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        for f in fields(self):
+            if f.name in ("schema_version", "extra", "features"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        out["n_features"] = self.n_features
+        out["feature_names"] = self.feature_names
+        out["features"] = (
+            [feature.to_dict() for feature in self.features]
+            if self.features is not None
+            else None
+        )
+        return json_safe({**self.extra, **out})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        """Any version of the file (an unversioned one is version 1)."""
+        data = dict(data)
+        version = data.pop("schema_version", 1)
+        n_features = data.pop("n_features", None)
+        names = data.pop("feature_names", None)
+        raw_features = data.pop("features", None)
+        if isinstance(raw_features, list):
+            features = [Feature.from_dict(item) for item in raw_features]
+        elif isinstance(names, list):
+            features = [Feature(name=str(name)) for name in names]
+        elif isinstance(n_features, int) and n_features > 0:
+            features = [Feature() for _ in range(n_features)]
+        else:
+            features = None
+        known = {f.name for f in fields(cls)} - {"extra", "features", "schema_version"}
+        values = {key: data.pop(key) for key in list(data) if key in known}
+        for key in ("params", "hyperparameters", "metrics", "rows", "channels"):
+            if not isinstance(values.get(key), dict):
+                values.pop(key, None)
+        if not isinstance(values.get("versions"), dict):
+            values.pop("versions", None)
+        values["estimator"] = str(values.get("estimator") or "")
+        return cls(
+            **values,
+            features=features,
+            schema_version=int(version) if isinstance(version, int) else 1,
+            extra=data,
+        )
+
+    @classmethod
+    def from_estimator(cls, estimator: Any) -> ModelMetadata:
+        """What a model trained elsewhere (a bare joblib) says about itself."""
+        names = getattr(estimator, "feature_names_in_", None)
+        n_features = getattr(estimator, "n_features_in_", None)
+        if names is not None:
+            features = [Feature(name=str(name)) for name in names]
+        elif n_features:
+            features = [Feature() for _ in range(int(n_features))]
+        else:
+            features = None
+        get_params = getattr(estimator, "get_params", None)
+        classes = getattr(estimator, "classes_", None)
+        return cls(
+            estimator=dotted_path(estimator),
+            params=json_safe(get_params(deep=False)) if callable(get_params) else {},
+            features=features,
+            classes=json_safe(classes) if classes is not None else None,
+        )
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelMetadata | None:
+        """``model_dir/metadata.json``, or None when it is absent or unreadable (logged)."""
+        path = Path(model_dir) / METADATA_FILE
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            logger.error("Ignoring %s: it is not valid JSON (%s).", path, exc)
+            return None
+        if not isinstance(data, dict):
+            logger.error("Ignoring %s: it is not a JSON object.", path)
+            return None
+        return cls.from_dict(data)
