@@ -15,7 +15,7 @@ def check_smserve_settings(app_configs: Any = None, **kwargs: Any) -> list[Error
     for check_id, loader, setting in (
         ("modelapp.E001", conf.parser_classes, "PARSERS"),
         ("modelapp.E002", conf.renderer_classes, "RENDERERS"),
-        ("modelapp.E003", conf.predictor_class, "PREDICTOR"),
+        ("modelapp.E003", conf.predictor_classes, "PREDICTORS"),
     ):
         try:
             loader()
@@ -27,6 +27,15 @@ def check_smserve_settings(app_configs: Any = None, **kwargs: Any) -> list[Error
                     id=check_id,
                 )
             )
+    unknown = sorted(set(conf.get("FAST_PATHS_OFF")) - {"all", *_fast_path_names()})
+    if unknown:
+        errors.append(
+            Error(
+                f"SMSERVE_FAST_PATHS_OFF names unknown fast path(s) {', '.join(unknown)}.",
+                hint=f"Known: all, {', '.join(_fast_path_names())} (smserve/fastpaths.py).",
+                id="modelapp.E005",
+            )
+        )
     if not errors:
         media_types = [cls.media_type for cls in conf.parser_classes()]
         default = conf.get("DEFAULT_CONTENT_TYPE")
@@ -39,3 +48,9 @@ def check_smserve_settings(app_configs: Any = None, **kwargs: Any) -> list[Error
                 )
             )
     return errors
+
+
+def _fast_path_names() -> tuple[str, ...]:
+    from smserve.fastpaths import TRICKS
+
+    return TRICKS

@@ -5,20 +5,49 @@ Content-Type: its media type picks the parser; absent or ``application/octet-str
 Accept: the best supported entry of the list, by q-value; absent or ``*/*`` means
 ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` if set, else the request's own type if a renderer
 has it, else JSON.
+
+A predictor that owns its input gets ``OwnedInputParser`` (any Content-Type, the raw
+body); one that owns its output gets ``OwnedOutputRenderer`` (any Accept: the best
+concrete type asked for, else the default above, is what its ``invoke()`` is told).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 
 from modelapp import conf
 from modelapp.exceptions import NotAcceptable, UnsupportedMediaType
+from modelapp.renderers import BaseBatchRenderer
 
 GENERIC_TYPES = {"", "application/octet-stream"}
+ANY = "*/*"
+
+
+class OwnedInputParser(BaseParser):
+    """Any Content-Type: the raw body, for a predictor that parses it itself."""
+
+    media_type = ANY
+
+    def parse(
+        self,
+        stream: IO[bytes],
+        media_type: str | None = None,
+        parser_context: Any = None,
+    ) -> bytes:
+        return stream.read() if stream is not None else b""
+
+
+class OwnedOutputRenderer(BaseBatchRenderer):
+    """Any Accept: the predictor renders its own body; only errors are rendered here
+    (as JSON)."""
+
+    media_type = ANY
+    format = "owned"
 
 
 def base_type(header: str) -> str:
@@ -73,7 +102,7 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
     def select_parser(self, request: Request, parsers: Sequence[Any]) -> Any:
         media_type = request_media_type(request)
         for parser in parsers:
-            if parser.media_type == media_type:
+            if parser.media_type in (media_type, ANY):
                 return parser
         raise UnsupportedMediaType(media_type, [p.media_type for p in parsers])
 
@@ -91,6 +120,9 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
     ) -> tuple[Any, str]:
         header = request.META.get("HTTP_ACCEPT", "").strip()
         ranges = parse_accept(header) if header else ["*/*"]
+        if len(renderers) == 1 and renderers[0].media_type == ANY:
+            concrete = [r for r in ranges if not r.endswith("/*")]
+            return renderers[0], (concrete or self.default_accept(request))[0]
         for media_range in ranges:
             # A bare wildcard means "whatever you would send by default".
             wanted = (
@@ -103,3 +135,15 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
                     if _matches(candidate, renderer.media_type):
                         return renderer, renderer.media_type
         raise NotAcceptable(header, [r.media_type for r in renderers])
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """Status endpoints answer JSON whatever the client asks for."""
+
+    def select_parser(self, request: Request, parsers: Any) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(
+        self, request: Request, renderers: Any, format_suffix: Any = None
+    ) -> Any:
+        return renderers[0], renderers[0].media_type

@@ -1,36 +1,91 @@
-"""The inference core: a loaded model, the batch checks that need it, and the prediction.
+"""The inference core: predictor kinds, each owning how its models load and predict.
 
-``BasePredictor`` is plain Python: a test (or a benchmark) calls it without HTTP.
-``SMSERVE['PREDICTOR']`` names the class the registry wraps each loaded model in.
+A predictor kind is a ``BasePredictor`` subclass: ``handles(model_dir)`` says whether it
+serves a model directory, ``from_model_dir()`` loads it, ``invoke()`` answers one request
+(the view calls it once; plain Python, so a test or a benchmark calls it without HTTP).
+``SMSERVE['PREDICTORS']`` lists the kinds; the registry uses the first that handles a
+directory. A kind that parses the raw body itself (a user's ``input_fn``) sets
+``owns_input``; one that renders its own response sets ``owns_output``: the negotiation
+then accepts any Content-Type or Accept for it instead of answering 415/406.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelapp.batch import Batch, to_float_rows
 from modelapp.exceptions import InvalidInput
-from modelapp.parsers import Batch, to_float_rows
+from modelapp.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.joblib"
+ARTIFACT_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+class ModelLoadError(Exception):
+    """Why a model directory cannot be served; the message is what /ping and the logs
+    say."""
+
+
+@dataclass
+class InvocationResult:
+    """What one invocation produced: ``predictions`` for the negotiated renderer, or, from
+    a predictor that owns its output, the response ``body`` and its ``content_type``."""
+
+    method: str
+    records: int
+    predictions: Any = None
+    body: bytes | None = None
+    content_type: str | None = None
 
 
 class BasePredictor:
     """Wraps one loaded model.
 
-    Subclasses set ``methods`` (the prediction methods a request may ask for, the first being
-    the default) and may refine ``available_methods`` and ``call``. ``n_features`` and
-    ``feature_names`` come from the model, else from its ``metadata.json``.
+    Subclasses implement ``from_model_dir`` (and ``handles`` when they serve only some
+    directories), set ``methods`` (the prediction methods a request may ask for, the first
+    being the default) and may refine ``available_methods``, ``call`` and ``invoke``.
+    ``n_features`` and ``feature_names`` come from the model, else from its
+    ``metadata.json``.
     """
 
     methods: tuple[str, ...] = ("predict",)
+    # The raw body and Content-Type go to invoke() (no parser, no 415).
+    owns_input: bool = False
+    # invoke() returns the response body itself (no renderer, no 406).
+    owns_output: bool = False
 
-    def __init__(self, model: Any, metadata: dict[str, Any] | None = None) -> None:
+    @classmethod
+    def handles(cls, model_dir: Path) -> bool:
+        """Whether this kind serves ``model_dir``; the registry asks each kind in turn."""
+        return True
+
+    @classmethod
+    def from_model_dir(
+        cls, model_dir: Path, metadata: ModelMetadata | None
+    ) -> BasePredictor:
+        """Load the model in ``model_dir``; ``ModelLoadError`` says why it cannot be."""
+        raise NotImplementedError(".from_model_dir() must be overridden.")
+
+    def __init__(
+        self,
+        model: Any,
+        metadata: ModelMetadata | None = None,
+        artifact: Path | None = None,
+    ) -> None:
         self.model = model
-        self.metadata = metadata or {}
+        # None: no metadata.json came with the model.
+        self.metadata = metadata
+        # The file the model was loaded from (its checksum identifies the model).
+        self.artifact = artifact
         self.n_features: int | None = self._n_features()
         names = self._feature_names()
         self.feature_names: list[str] | None = (
@@ -46,14 +101,16 @@ class BasePredictor:
         return self.methods[0]
 
     def _n_features(self) -> int | None:
-        value = getattr(self.model, "n_features_in_", None) or self.metadata.get(
-            "n_features"
-        )
+        value = getattr(self.model, "n_features_in_", None)
+        if not value and self.metadata is not None:
+            value = self.metadata.n_features
         return int(value) if value else None
 
     def _feature_names(self) -> Any:
         names = getattr(self.model, "feature_names_in_", None)
-        return names if names is not None else self.metadata.get("feature_names")
+        if names is None and self.metadata is not None:
+            names = self.metadata.feature_names
+        return names
 
     def _allows_nan(self) -> bool:
         return False
@@ -155,6 +212,18 @@ class BasePredictor:
         """Run ``method`` on a checked matrix; override to adapt other model libraries."""
         return np.asarray(getattr(self.model, method)(matrix))
 
+    def invoke(
+        self, data: Any, attributes: dict[str, str], media_type: str, accept: str
+    ) -> InvocationResult:
+        """Answer one request: ``data`` is the parsed ``Batch`` (the raw body when the
+        kind owns its input), ``attributes`` the request's custom attributes,
+        ``media_type`` its Content-Type and ``accept`` the negotiated response type."""
+        method = attributes.get("method") or self.default_method
+        predictions = self.predict(data, method)
+        return InvocationResult(
+            method=method, records=len(data), predictions=predictions
+        )
+
     def predict(self, batch: Batch, method: str | None = None) -> np.ndarray:
         """One prediction per record of ``batch``, in order."""
         method = self.check_method(method or self.default_method)
@@ -185,12 +254,34 @@ class BasePredictor:
 
 
 class SklearnPredictor(BasePredictor):
-    """Any scikit-learn estimator or pipeline (anything with ``predict``)."""
+    """Any scikit-learn estimator or pipeline (anything with ``predict``), saved with
+    joblib or pickle: ``model.joblib`` (with ``metadata.json``), else the one
+    ``*.joblib``/``*.pkl`` file of the directory."""
 
     methods = ("predict", "predict_proba", "predict_log_proba", "decision_function")
 
-    def __init__(self, model: Any, metadata: dict[str, Any] | None = None) -> None:
-        super().__init__(model, metadata)
+    @classmethod
+    def from_model_dir(
+        cls, model_dir: Path, metadata: ModelMetadata | None
+    ) -> SklearnPredictor:
+        artifact = find_artifact(model_dir)
+        if artifact.name != MODEL_FILE:
+            metadata = None  # metadata.json describes model.joblib, not another file
+        model = load_pickle(artifact)
+        if not callable(getattr(model, "predict", None)):
+            raise ModelLoadError(
+                f"{artifact.name} holds a {type(model).__name__}, which has no predict "
+                "method."
+            )
+        return cls(model, metadata, artifact)
+
+    def __init__(
+        self,
+        model: Any,
+        metadata: ModelMetadata | None = None,
+        artifact: Path | None = None,
+    ) -> None:
+        super().__init__(model, metadata, artifact)
         self._frame = None
         if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
             # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
@@ -198,13 +289,17 @@ class SklearnPredictor(BasePredictor):
 
             self._frame = pandas.DataFrame
         # scikit-learn's trees document ``check_input=False`` to skip their per-call input
-        # validation (~70 us, most of a one-record tree prediction). to_matrix has done
-        # that work: width, feature order, NaN/infinity against the model's tags; what
-        # is left is the float32 conversion (_as_float32).
+        # validation, most of a one-record tree prediction (``smserve/fastpaths.py``,
+        # ``tree_check_input``). to_matrix has done that work: width, feature order,
+        # NaN/infinity against the model's tags; what is left is the float32 conversion
+        # (_as_float32).
+        from modelapp import conf
+
         self._unchecked_methods = frozenset(
             method
             for method in self.available_methods
-            if self._frame is None
+            if conf.fast_path("tree_check_input")
+            and self._frame is None
             and _is_tree(model)
             and _takes_check_input(getattr(model, method))
         )
@@ -231,6 +326,59 @@ class SklearnPredictor(BasePredictor):
 
         with config_context(assume_finite=True):
             return np.asarray(getattr(self.model, method)(matrix))
+
+
+def find_artifact(model_dir: Path) -> Path:
+    """``model.joblib``, else the one ``*.joblib``/``*.pkl`` in the model dir."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"The model directory {model_dir} does not exist.")
+    names = sorted(p.name for p in model_dir.iterdir())
+    logger.info(
+        "Model directory %s holds: %s", model_dir, ", ".join(names) or "nothing"
+    )
+    if (model_dir / MODEL_FILE).is_file():
+        return model_dir / MODEL_FILE
+    candidates = [model_dir / n for n in names if n.endswith(ARTIFACT_SUFFIXES)]
+    candidates = [p for p in candidates if p.is_file()]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise ModelLoadError(
+            f"The model directory {model_dir} holds several artifacts "
+            f"({', '.join(p.name for p in candidates)}): name the one to serve "
+            f"{MODEL_FILE}."
+        )
+    hint = ""
+    if "model.tar.gz" in names:
+        hint = " It holds model.tar.gz: unpack it there (SageMaker does this itself)."
+    raise ModelLoadError(
+        f"No model artifact in {model_dir} (found: {', '.join(names) or 'nothing'}); "
+        f"expected {MODEL_FILE} or a single *.joblib/*.pkl file.{hint}"
+    )
+
+
+def load_pickle(artifact: Path) -> Any:
+    """``joblib.load``, which runs code from the file: the artifact is trusted input by
+    contract. Warnings (e.g. ``InconsistentVersionWarning``) are logged, never silenced."""
+    import joblib
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = joblib.load(artifact)
+        except Exception as exc:  # any failure to unpickle is a broken artifact
+            logger.exception("Could not load %s.", artifact)
+            raise ModelLoadError(
+                f"Could not load {artifact.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+    for warning in caught:
+        logger.warning(
+            "Loading %s: %s: %s",
+            artifact.name,
+            warning.category.__name__,
+            warning.message,
+        )
+    return model
 
 
 def _is_tree(model: Any) -> bool:

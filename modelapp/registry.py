@@ -1,37 +1,37 @@
-"""Loads the model artifact once per process and knows whether it can predict.
+"""The models this process serves, by name, and whether each can predict.
 
-``registry.load()`` runs in gunicorn's master before it forks (``smserve/wsgi.py``), so the
-workers share one copy of the model; anywhere else the first ``get()`` loads it. A missing,
-corrupt or unloadable model never raises out of ``load()``: the registry keeps the reason,
-and ``get()`` turns it into a 503.
+Single-model mode is the registry holding one entry, ``DEFAULT_MODEL``, loaded from the
+SageMaker model dir (``SMSERVE['BASE_DIR']/model``). ``registry.load()`` runs in gunicorn's
+master before it forks (``smserve/wsgi.py``), so the workers share one copy of the model;
+anywhere else the first ``get()`` loads it. A missing, corrupt or unloadable model never
+raises out of ``load()``: the entry keeps the reason, and ``get()`` turns it into a 503.
+
+Loading itself belongs to the predictor kinds (``predictors.py``): the registry reads
+``metadata.json``, asks each kind of ``SMSERVE['PREDICTORS']`` in turn whether it
+``handles`` the directory, lets the first one load it, checksums the artifact and runs the
+warm-up prediction.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelapp import conf
 from modelapp.exceptions import ModelNotReady
+from modelapp.metadata import ModelMetadata, sha256_of
 from modelapp.paths import SageMakerPaths
+from modelapp.predictors import BasePredictor, ModelLoadError
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "ModelRegistry"]
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_SUFFIXES = (".joblib", ".pkl", ".pickle")
-
-
-class ModelLoadError(Exception):
-    """Why no model could be served; the message is what /ping and the logs say."""
+DEFAULT_MODEL = "model"
 
 
 @dataclass
@@ -42,75 +42,21 @@ class LoadedModel:
     path: Path
     sha256: str
     size: int
-    metadata: dict[str, Any]
-    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # None: the model came without a metadata.json (e.g. a bare joblib).
+    metadata: ModelMetadata | None
     load_seconds: float = 0.0
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def find_artifact(paths: SageMakerPaths) -> Path:
-    """``model.joblib``, else the one ``*.joblib``/``*.pkl`` in the model dir."""
-    model_dir = paths.model_dir
-    if not model_dir.is_dir():
-        raise ModelLoadError(f"The model directory {model_dir} does not exist.")
-    names = sorted(p.name for p in model_dir.iterdir())
-    logger.info(
-        "Model directory %s holds: %s", model_dir, ", ".join(names) or "nothing"
-    )
-    if paths.model_file.is_file():
-        return paths.model_file
-    candidates = [model_dir / n for n in names if n.endswith(ARTIFACT_SUFFIXES)]
-    candidates = [p for p in candidates if p.is_file()]
-    if len(candidates) == 1:
-        return candidates[0]
-    if candidates:
-        raise ModelLoadError(
-            f"The model directory {model_dir} holds several artifacts "
-            f"({', '.join(p.name for p in candidates)}): name the one to serve model.joblib."
-        )
-    hint = ""
-    if "model.tar.gz" in names:
-        hint = " It holds model.tar.gz: unpack it there (SageMaker does this itself)."
-    raise ModelLoadError(
-        f"No model artifact in {model_dir} (found: {', '.join(names) or 'nothing'}); "
-        f"expected model.joblib or a single *.joblib/*.pkl file.{hint}"
-    )
-
-
-def read_metadata(paths: SageMakerPaths) -> dict[str, Any]:
-    try:
-        text = paths.metadata_file.read_text()
-    except FileNotFoundError:
-        return {}
-    try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError as exc:
-        logger.error(
-            "Ignoring %s: it is not valid JSON (%s).", paths.metadata_file, exc
-        )
-        return {}
-    if not isinstance(metadata, dict):
-        logger.error("Ignoring %s: it is not a JSON object.", paths.metadata_file)
-        return {}
-    return metadata
-
-
-def load_model(paths: SageMakerPaths) -> LoadedModel:
-    """Find, load and warm up the model; ``ModelLoadError`` says what went wrong."""
-    import joblib
-
+def load_model(model_dir: Path) -> LoadedModel:
+    """Load and warm up the model in ``model_dir``; ``ModelLoadError`` says what went
+    wrong."""
     started = time.perf_counter()
-    artifact = find_artifact(paths)
-    metadata = read_metadata(paths) if artifact == paths.model_file else {}
+    metadata = ModelMetadata.read(model_dir)
+    kind = predictor_kind(model_dir)
+    predictor = kind.from_model_dir(model_dir, metadata)
+    artifact = predictor.artifact
     sha256 = sha256_of(artifact)
-    expected = metadata.get("sha256")
+    expected = predictor.metadata.sha256 if predictor.metadata else None
     if expected and expected != sha256:
         logger.warning(
             "%s has sha256 %s but metadata.json records %s: serving the file as it is.",
@@ -118,31 +64,6 @@ def load_model(paths: SageMakerPaths) -> LoadedModel:
             sha256,
             expected,
         )
-    # joblib.load runs code from the file: the artifact is trusted input by contract.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model = joblib.load(artifact)
-        except (
-            Exception
-        ) as exc:  # any failure to unpickle is a broken artifact, not our bug
-            logger.exception("Could not load %s.", artifact)
-            raise ModelLoadError(
-                f"Could not load {artifact.name}: {type(exc).__name__}: {exc}"
-            ) from exc
-    for warning in caught:
-        # e.g. InconsistentVersionWarning: recorded, never silenced.
-        logger.warning(
-            "Loading %s: %s: %s",
-            artifact.name,
-            warning.category.__name__,
-            warning.message,
-        )
-    if not callable(getattr(model, "predict", None)):
-        raise ModelLoadError(
-            f"{artifact.name} holds a {type(model).__name__}, which has no predict method."
-        )
-    predictor = conf.predictor_class()(model, metadata)
     try:
         predictor.warm_up()
     except Exception as exc:  # the model cannot predict: not ready, whatever the cause
@@ -156,73 +77,110 @@ def load_model(paths: SageMakerPaths) -> LoadedModel:
         path=artifact,
         sha256=sha256,
         size=artifact.stat().st_size,
-        metadata=metadata,
+        metadata=predictor.metadata,
         load_seconds=time.perf_counter() - started,
     )
 
 
+def predictor_kind(model_dir: Path) -> type[BasePredictor]:
+    """The first kind of ``SMSERVE['PREDICTORS']`` that handles ``model_dir``."""
+    kinds = conf.predictor_classes()
+    for kind in kinds:
+        if kind.handles(model_dir):
+            return kind
+    raise ModelLoadError(
+        f"No predictor kind serves {model_dir} (tried "
+        f"{', '.join(k.__qualname__ for k in kinds)})."
+    )
+
+
+@dataclass
+class _Entry:
+    model_dir: Path | None = None
+    attempted: bool = False
+    loaded: LoadedModel | None = None
+    reason: str = "The model has not been loaded yet."
+
+
 class ModelRegistry:
-    """The process's one model: loaded at most once unless ``load(force=True)``."""
+    """Models by name, each loaded at most once unless ``load(force=True)``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._attempted = False
-        self.loaded: LoadedModel | None = None
-        self.reason: str = "The model has not been loaded yet."
+        self._entries: dict[str, _Entry] = {}
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries.setdefault(name, _Entry())
+        return entry
+
+    def load(
+        self,
+        name: str = DEFAULT_MODEL,
+        model_dir: Path | None = None,
+        force: bool = False,
+    ) -> LoadedModel | None:
+        """Load ``name`` from ``model_dir`` (the default model: the SageMaker model dir);
+        None when it cannot be, with the reason kept for ``get()``."""
+        with self._lock:
+            entry = self._entry(name)
+            if entry.attempted and not force:
+                return entry.loaded
+            entry.attempted = True
+            entry.loaded = None
+            if model_dir is not None:
+                entry.model_dir = model_dir
+            # The default model follows the settings (a test may change BASE_DIR).
+            model_dir = entry.model_dir or SageMakerPaths.from_settings().model_dir
+            try:
+                entry.loaded = load_model(model_dir)
+            except ModelLoadError as exc:
+                entry.reason = str(exc)
+                logger.error("Model not loaded: %s", entry.reason)
+                return None
+            loaded = entry.loaded
+            predictor = loaded.predictor
+            logger.info(
+                "Loaded %s (%s, sha256 %s, %d features, methods %s) in %.2fs.",
+                loaded.path,
+                type(predictor.model).__name__,
+                loaded.sha256[:12],
+                predictor.n_features or 0,
+                ",".join(predictor.available_methods),
+                loaded.load_seconds,
+            )
+            return loaded
+
+    def get(self, name: str = DEFAULT_MODEL) -> Any:
+        """The predictor of ``name``, or ``ModelNotReady`` with the reason."""
+        entry = self._entries.get(name)
+        loaded = entry.loaded if entry is not None else None
+        if loaded is None:
+            if entry is None or not entry.attempted:
+                loaded = self.load(name)
+            if loaded is None:
+                raise ModelNotReady(
+                    f"The model is not loaded: {self._entry(name).reason}"
+                )
+        return loaded.predictor
+
+    def loaded_model(self, name: str = DEFAULT_MODEL) -> LoadedModel | None:
+        entry = self._entries.get(name)
+        return entry.loaded if entry is not None else None
+
+    # The single-model view of the registry.
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self.loaded_model(DEFAULT_MODEL)
+
+    @property
+    def reason(self) -> str:
+        return self._entry(DEFAULT_MODEL).reason
 
     @property
     def ready(self) -> bool:
         return self.loaded is not None
-
-    def load(self, force: bool = False) -> LoadedModel | None:
-        with self._lock:
-            if self._attempted and not force:
-                return self.loaded
-            self._attempted = True
-            self.loaded = None
-            paths = SageMakerPaths.from_settings()
-            try:
-                self.loaded = load_model(paths)
-            except ModelLoadError as exc:
-                self.reason = str(exc)
-                logger.error("Model not loaded: %s", self.reason)
-                return None
-            predictor = self.loaded.predictor
-            logger.info(
-                "Loaded %s (%s, sha256 %s, %d features, methods %s) in %.2fs.",
-                self.loaded.path,
-                type(predictor.model).__name__,
-                self.loaded.sha256[:12],
-                predictor.n_features or 0,
-                ",".join(predictor.available_methods),
-                self.loaded.load_seconds,
-            )
-            return self.loaded
-
-    def get(self) -> Any:
-        """The predictor, or ``ModelNotReady`` with the reason."""
-        loaded = self.loaded
-        if loaded is None:
-            loaded = self.load() if not self._attempted else None
-            if loaded is None:
-                raise ModelNotReady(f"The model is not loaded: {self.reason}")
-        return loaded.predictor
-
-    def write_ready_file(self) -> None:
-        """nginx answers /ping from this file, so health checks never queue behind
-        /invocations on busy workers. gunicorn's master writes it once its socket is
-        bound (``when_ready``), not on loading: a 200 from /ping promises that an
-        invocation reaches the app. Nothing is written for a model that did not load."""
-        target = conf.get("READY_FILE")
-        if not target or self.loaded is None:
-            return
-        target = Path(target)
-        body = json.dumps({"status": "ready", "sha256": self.loaded.sha256}).encode()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ready")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
 
 
 registry = ModelRegistry()

@@ -246,11 +246,9 @@ collector = StatsCollector()
 
 
 def record_invocation(request: Any, response: Any) -> None:
-    """Count an /invocations response once it is rendered (its size is known then)."""
-    from modelapp.registry import registry
-
-    loaded = registry.loaded
-    sha256 = loaded.sha256 if loaded is not None else None
+    """Count an /invocations response once it is rendered (its size is known then),
+    under the checksum of the model the view served it with."""
+    sha256 = getattr(request, "model_sha256", None)
     started = getattr(request, "started", None)
     records = getattr(request, "records", 0)
     bytes_in = int(request.META.get("CONTENT_LENGTH") or 0)

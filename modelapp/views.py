@@ -1,30 +1,37 @@
-"""Thin DRF views for the SageMaker contract: parse -> registry -> predictor -> Response."""
+"""Thin DRF views for the SageMaker contract: registry -> parse -> predictor -> render.
+
+``InvocationsView`` resolves its predictor through one hook (``get_predictor``) before
+DRF negotiates, so a predictor kind that owns its input or output changes what is
+negotiated, and a view for a named model (``/models/<name>/invoke``) is the same view
+with another ``get_predictor``. The work itself is ``predictor.invoke()``, plain Python.
+"""
 
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from http import HTTPStatus
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from rest_framework.negotiation import BaseContentNegotiation
+from django.http import HttpRequest, HttpResponse
+from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelapp import conf, stats
+from modelapp import conf
 from modelapp.exceptions import InvalidInput, PayloadTooLarge, error_body
-from modelapp.negotiation import SageMakerContentNegotiation
-from modelapp.registry import registry
+from modelapp.invocation_log import RECORDS_HEADER, log_invocation
+from modelapp.negotiation import (
+    FirstRendererNegotiation,
+    OwnedInputParser,
+    OwnedOutputRenderer,
+    SageMakerContentNegotiation,
+)
+from modelapp.registry import DEFAULT_MODEL, registry
 from modelapp.renderers import JSONRenderer, dump_json
 
-logger = logging.getLogger("modelapp.invocations")
-
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-# The record count, for nginx's log line (nginx does not pass it on to the client).
-RECORDS = "X-Smserve-Records"
 
 
 def parse_custom_attributes(header: str) -> dict[str, str]:
@@ -37,24 +44,13 @@ def parse_custom_attributes(header: str) -> dict[str, str]:
     return attributes
 
 
-class FirstRendererNegotiation(BaseContentNegotiation):
-    """Status endpoints answer JSON whatever the client asks for."""
-
-    def select_parser(self, request: Request, parsers: Any) -> Any:
-        return parsers[0] if parsers else None
-
-    def select_renderer(
-        self, request: Request, renderers: Any, format_suffix: Any = None
-    ) -> Any:
-        return renderers[0], renderers[0].media_type
-
-
 class StatusView(APIView):
     """Base for /ping and /execution-parameters: JSON only, no parsing."""
 
     parser_classes: list[type] = []
     renderer_classes = [JSONRenderer]
     content_negotiation_class = FirstRendererNegotiation
+    inference = True
 
 
 class PingView(StatusView):
@@ -82,12 +78,17 @@ class InvocationsView(APIView):
     """``POST /invocations``: one prediction per input record, in input order.
 
     Parsers and renderers come from ``SMSERVE['PARSERS']``/``['RENDERERS']`` unless given
-    to ``as_view()``; the negotiation follows SageMaker's rules (``negotiation.py``).
+    to ``as_view()``; the negotiation follows SageMaker's rules (``negotiation.py``). A
+    predictor that owns its input gets the raw body whatever its Content-Type; one that
+    owns its output answers whatever the Accept.
     """
 
     parser_classes: Any = None
     renderer_classes: Any = None
     content_negotiation_class = SageMakerContentNegotiation
+    # InferenceMiddleware calls views marked so without the admin's middleware layers.
+    inference = True
+    model_name = DEFAULT_MODEL
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -95,6 +96,12 @@ class InvocationsView(APIView):
             self.parser_classes = conf.parser_classes()
         if self.renderer_classes is None:
             self.renderer_classes = conf.renderer_classes()
+        self.predictor: Any = None
+        self._predictor_error: Exception | None = None
+
+    def get_predictor(self, request: Request, **kwargs: Any) -> Any:
+        """The predictor this request goes to (503 while it is not ready)."""
+        return registry.get(self.model_name)
 
     # Per-request work DRF would redo for every invocation, done once: parsers and
     # renderers are stateless, the Allow/Vary headers fixed, and there is no
@@ -103,6 +110,8 @@ class InvocationsView(APIView):
         return list(_instances(tuple(self.parser_classes)))
 
     def get_renderers(self) -> list[Any]:
+        if self.predictor is not None and self.predictor.owns_output:
+            return [OwnedOutputRenderer()]
         return list(_instances(tuple(self.renderer_classes)))
 
     @property
@@ -112,28 +121,54 @@ class InvocationsView(APIView):
     def perform_authentication(self, request: Request) -> None:
         pass
 
-    def post(self, request: Request) -> HttpResponse:
-        predictor = registry.get()
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        request.started = time.perf_counter()
+        request.records = 0
+        request.model_sha256 = None
+        # The predictor is known before negotiation, which may depend on it; a model
+        # that is not ready answers 503 from post(), after negotiation, as it always has.
+        try:
+            self.predictor = self.get_predictor(request, **kwargs)
+        except APIException as exc:
+            self._predictor_error = exc
+        else:
+            if self.predictor.owns_input:
+                request.parsers = [OwnedInputParser()]
+        super().initial(request, *args, **kwargs)
+
+    def post(self, request: Request, **kwargs: Any) -> HttpResponse:
+        if self._predictor_error is not None:
+            raise self._predictor_error
+        predictor = self.predictor
         check_body_size(request)
         attributes = parse_custom_attributes(
             request.META.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES", "")
         )
-        method = attributes.get("method") or predictor.default_method
-        batch = request.data
-        predictions = predictor.predict(batch, method)
-        request.records = len(batch)
-        headers = {CUSTOM_ATTRIBUTES: f"method={method}"}
+        result = predictor.invoke(
+            request.data,
+            attributes,
+            request.content_type or "",
+            request.accepted_media_type,
+        )
+        request.records = result.records
+        headers = {CUSTOM_ATTRIBUTES: f"method={result.method}"}
         if conf.get("INVOCATION_LOG") == "nginx":
-            headers[RECORDS] = str(len(batch))
-        return self.rendered(request, predictions, headers)
+            headers[RECORDS_HEADER] = str(result.records)
+        if result.body is not None:
+            return HttpResponse(
+                result.body, content_type=result.content_type, headers=headers
+            )
+        return self.render_response(request, result.predictions, headers)
 
-    def rendered(
+    def render_response(
         self, request: Request, data: Any, headers: dict[str, str]
     ) -> HttpResponse:
         """``data`` rendered now by the renderer DRF's negotiation chose, in a plain
         ``HttpResponse`` (which DRF views may return): what DRF's ``Response`` would send,
-        without its template-response machinery, ~0.025 ms of a one-record invocation.
-        Errors still go through DRF's exception handling and ``Response``."""
+        without its template-response machinery (``smserve/fastpaths.py``). Errors still go
+        through DRF's exception handling and ``Response``."""
+        if not conf.fast_path("plain_response"):
+            return Response(data, headers=headers)
         renderer = request.accepted_renderer
         media_type = request.accepted_media_type
         body = renderer.render(data, media_type, self.get_renderer_context())
@@ -143,17 +178,14 @@ class InvocationsView(APIView):
                 body = body.encode(renderer.charset)
         return HttpResponse(body, content_type=media_type, headers=headers)
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        request.started = time.perf_counter()
-        request.records = 0
-        super().initial(request, *args, **kwargs)
-
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any
     ) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)
         if getattr(response, "exception", False):
             response.content_type = response.accepted_renderer.error_media_type
+        loaded = registry.loaded_model(self.model_name)
+        request.model_sha256 = loaded.sha256 if loaded is not None else None
         log_invocation(request, response)
         return response
 
@@ -179,45 +211,12 @@ def check_body_size(request: Request) -> None:
             "application/jsonlines or application/x-npy).",
             code="empty_body",
         )
-    limit = conf.get("MAX_PAYLOAD_BYTES")
+    limit = conf.max_payload_bytes()
     if limit and length > limit:
         raise PayloadTooLarge(
             f"The body is {length} bytes; the limit is {limit} bytes "
             f"({conf.get('MAX_PAYLOAD_MB')} MB): split the batch."
         )
-
-
-def log_invocation(request: Request, response: Response) -> None:
-    stats.record_invocation(request, response)  # in memory; flushed in the background
-    status = response.status_code
-    if status < 400 and conf.get("INVOCATION_LOG") == "nginx":
-        return  # nginx writes the line
-    started = getattr(request, "started", None)
-    elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
-    level = logging.INFO if status < 500 else logging.ERROR
-    if logger.isEnabledFor(level):
-        detail = ""
-        if status >= 400 and isinstance(response.data, dict):
-            detail = f" detail={response.data.get('detail', '')!r}"
-        logger.log(
-            level,
-            "POST /invocations %d records=%d in=%s out=%s bytes_in=%s %.2fms%s",
-            status,
-            getattr(request, "records", 0),
-            request.META.get("CONTENT_TYPE") or "-",
-            response_type(response),
-            request.META.get("CONTENT_LENGTH") or 0,
-            elapsed_ms,
-            detail,
-        )
-
-
-def response_type(response: HttpResponseBase) -> str:
-    """The Content-Type, also of a DRF ``Response`` not rendered yet (whose header still
-    holds Django's text/html default)."""
-    if isinstance(response, Response):
-        return response.content_type or response.accepted_media_type or "-"
-    return response.get("Content-Type", "-")
 
 
 def _json_error(status: HTTPStatus, detail: str, code: str) -> HttpResponse:

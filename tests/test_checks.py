@@ -12,7 +12,7 @@ from django.test import override_settings
     [
         ({"PARSERS": ["modelapp.parsers.NoSuchParser"]}, "modelapp.E001"),
         ({"RENDERERS": ["modelapp.parsers.CSVParser"]}, "modelapp.E002"),
-        ({"PREDICTOR": "builtins.dict"}, "modelapp.E003"),
+        ({"PREDICTORS": ["builtins.dict"]}, "modelapp.E003"),
         ({"DEFAULT_CONTENT_TYPE": "text/plain"}, "modelapp.E004"),
     ],
 )

@@ -9,8 +9,9 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
+from modelapp.batch import Batch
 from modelapp.exceptions import InvalidInput
-from modelapp.parsers import Batch
+from modelapp.metadata import ModelMetadata
 from modelapp.predictors import SklearnPredictor
 
 
@@ -73,7 +74,8 @@ def test_nan_policy(iris_model, regressor_1f):
 def test_width_falls_back_to_metadata(regressor_1f):
     """A model that does not know its width takes it from metadata.json."""
     predictor = SklearnPredictor(
-        object.__new__(type("Bare", (), {"predict": None})), {"n_features": 3}
+        object.__new__(type("Bare", (), {"predict": None})),
+        ModelMetadata.from_dict({"n_features": 3}),
     )
     assert predictor.n_features == 3
 

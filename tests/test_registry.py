@@ -12,13 +12,14 @@ from django.test import override_settings
 from modelapp.exceptions import ModelNotReady
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import ModelLoadError, ModelRegistry, load_model
+from smserve import fastpaths
 from tests.conftest import write_model
 
 
 def test_loads_model_and_metadata(iris_base):
     """model.joblib loads with metadata.json and a real sha256."""
-    loaded = load_model(SageMakerPaths(iris_base))
-    assert loaded.metadata["estimator"] == "sklearn.tree.DecisionTreeClassifier"
+    loaded = load_model(SageMakerPaths(iris_base).model_dir)
+    assert loaded.metadata.estimator == "sklearn.tree.DecisionTreeClassifier"
     assert len(loaded.sha256) == 64
     assert loaded.predictor.n_features == 4
 
@@ -27,7 +28,7 @@ def test_metadata_checksum_mismatch_is_logged(tmp_path, iris_model, caplog):
     """A metadata.json that does not match the artifact is reported, not fatal."""
     write_model(tmp_path, iris_model, {"sha256": "0" * 64})
     with caplog.at_level(logging.WARNING):
-        loaded = load_model(SageMakerPaths(tmp_path))
+        loaded = load_model(SageMakerPaths(tmp_path).model_dir)
     assert loaded.sha256 != "0" * 64
     assert "metadata.json records" in caplog.text
 
@@ -35,8 +36,8 @@ def test_metadata_checksum_mismatch_is_logged(tmp_path, iris_model, caplog):
 def test_invalid_metadata_is_ignored(tmp_path, iris_model, caplog):
     write_model(tmp_path, iris_model)
     (tmp_path / "model" / "metadata.json").write_text("{not json")
-    loaded = load_model(SageMakerPaths(tmp_path))
-    assert loaded.metadata == {}
+    loaded = load_model(SageMakerPaths(tmp_path).model_dir)
+    assert loaded.metadata is None
     assert "not valid JSON" in caplog.text
 
 
@@ -56,13 +57,13 @@ def test_refusals(tmp_path, files, message):
         for name in files:
             (tmp_path / "model" / name).write_bytes(b"x")
     with pytest.raises(ModelLoadError, match=message):
-        load_model(SageMakerPaths(tmp_path))
+        load_model(SageMakerPaths(tmp_path).model_dir)
 
 
 def test_object_without_predict_is_refused(tmp_path):
     write_model(tmp_path, {"not": "a model"})
     with pytest.raises(ModelLoadError, match="has no predict method"):
-        load_model(SageMakerPaths(tmp_path))
+        load_model(SageMakerPaths(tmp_path).model_dir)
 
 
 def test_failed_warm_up_is_not_ready(tmp_path, iris_model):
@@ -73,7 +74,7 @@ def test_failed_warm_up_is_not_ready(tmp_path, iris_model):
     del model.n_features_in_
     write_model(tmp_path, model, {"n_features": 5})
     with pytest.raises(ModelLoadError, match="warm-up prediction failed"):
-        load_model(SageMakerPaths(tmp_path))
+        load_model(SageMakerPaths(tmp_path).model_dir)
 
 
 def test_registry_keeps_reason_and_writes_ready_file(tmp_path, iris_base):
@@ -88,7 +89,7 @@ def test_registry_keeps_reason_and_writes_ready_file(tmp_path, iris_base):
     ):
         with pytest.raises(ModelNotReady, match="does not exist"):
             registry.get()
-        registry.write_ready_file()
+        fastpaths.write_ready_file(registry)
         assert not ready.exists()
     with override_settings(
         SMSERVE={**settings.SMSERVE, "BASE_DIR": iris_base, "READY_FILE": str(ready)}
@@ -96,5 +97,5 @@ def test_registry_keeps_reason_and_writes_ready_file(tmp_path, iris_base):
         registry.load(force=True)
         assert registry.ready
         assert not ready.exists()  # loaded, but not yet serving
-        registry.write_ready_file()
+        fastpaths.write_ready_file(registry)
         assert json.loads(ready.read_text())["status"] == "ready"

@@ -71,10 +71,10 @@ def test_default_content_type_setting(serving, iris_base):
 
 def test_django_enforces_payload_limit(serving, iris_base):
     """The view's own 413 uses the same limit as nginx."""
-    with smserve(iris_base, MAX_PAYLOAD_BYTES=10, MAX_PAYLOAD_MB=0):
+    with smserve(iris_base, MAX_PAYLOAD_MB=1):
         response = serving.post(
             "/invocations",
-            b"5.1,3.5,1.4,0.2\n",
+            b"5.1,3.5,1.4,0.2\n" * 70_000,
             "text/csv",
             HTTP_ACCEPT="application/json",
         )
