@@ -1,33 +1,35 @@
 """gunicorn settings for smserve; ``serve`` starts gunicorn with ``-c`` this file.
 
-Workers and timeout come from smserve's settings module (the one place the environment is
-read). The app is preloaded: the model loads in the master, then the workers fork and share
-its memory.
+Workers, timeout and bind come from smserve's settings (``modelapp.conf``; the environment
+is read in ``smserve/settings.py`` only). The app is preloaded: the model loads in the
+master, then the workers fork and share its memory. ``smserve/fastpaths.py`` describes the
+tricks switched here and the ready-file protocol.
 """
 
 import gc
 import os
 
-from smserve import settings as smserve_settings
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
 
-_smserve = smserve_settings.SMSERVE
+from modelapp import conf  # noqa: E402
+from smserve import fastpaths  # noqa: E402
 
 # ``serve`` sets the unix socket nginx proxies to; without nginx gunicorn takes the port.
-bind = (
-    os.environ.get("SMSERVE_GUNICORN_BIND") or f"{_smserve['HOST']}:{_smserve['PORT']}"
+bind = conf.get("GUNICORN_BIND") or f"{conf.get('HOST')}:{conf.get('PORT')}"
+workers = conf.get("WORKERS")
+worker_class = (
+    "smserve.workers.ExclusiveAcceptWorker"
+    if fastpaths.enabled("exclusive_accept")
+    else "sync"
 )
-workers = _smserve["WORKERS"]
-# gunicorn's sync worker, except that one idle worker wakes per connection, not all of
-# them (smserve/workers.py).
-worker_class = "smserve.workers.SyncWorker"
 # nginx times an invocation out first (proxy_read_timeout = TIMEOUT) with a clear 504; a
 # worker still stuck a few seconds later is killed and replaced.
-timeout = _smserve["TIMEOUT"] + 5
+timeout = conf.get("TIMEOUT") + 5
 # SageMaker sends SIGKILL 30 s after SIGTERM: finish in-flight requests well before that.
 graceful_timeout = 25
 preload_app = True
 wsgi_app = "smserve.wsgi:application"
-accesslog = None  # modelapp.invocations logs one line per invocation
+accesslog = None  # nginx or the app logs each invocation (modelapp/invocation_log.py)
 errorlog = "-"
 loglevel = "info"
 # Room for a full 100 MB batch body arriving slowly is nginx's job; gunicorn gets it whole.
@@ -58,12 +60,13 @@ def worker_exit(server, worker):
 def when_ready(server):
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
-    gc.freeze()
+    if fastpaths.enabled("gc_freeze"):
+        gc.freeze()
     # The socket is bound (connections queue until the workers fork): from now on nginx
     # answers /ping with 200 from the ready file.
     from modelapp.registry import registry
 
-    registry.write_ready_file()
+    fastpaths.write_ready_file(registry)
 
 
 # gunicorn 25+ opens a control socket in $HOME by default: one path shared by every server

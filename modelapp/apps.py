@@ -7,9 +7,4 @@ class ModelappConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from modelapp import (
-            checks,  # noqa: F401  (registers the system checks)
-            request_signals,
-        )
-
-        request_signals.install()
+        from modelapp import checks  # noqa: F401  (registers the system checks)

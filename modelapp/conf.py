@@ -1,10 +1,19 @@
-"""smserve's knobs: defaults for ``settings.SMSERVE`` and checked dotted-path resolution.
+"""smserve's knobs: the one table of defaults for ``settings.SMSERVE``, and checked
+dotted-path resolution.
+
+``DEFAULTS`` is the only place a default is written (the README's settings table mirrors
+it); ``COMPUTED`` fills the defaults that depend on the machine or on other settings, and
+values derived from a setting are functions here (``max_payload_bytes``), never stored
+beside it. ``smserve/settings.py`` only translates environment variables that are set.
 
 Settings are read when first asked for, never at import time, and cached; the cache is
 cleared when a test changes ``SMSERVE`` (Django's ``setting_changed`` signal).
 """
 
 import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -14,20 +23,35 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 DEFAULTS: dict[str, Any] = {
-    "BASE_DIR": "/opt/ml",
+    # --- the SageMaker contract (smserve/settings.py maps the environment onto these) ---
+    # Root of the SageMaker tree (model/, input/, output/).
+    "BASE_DIR": Path("/opt/ml"),
+    # Where nginx listens (gunicorn alone when nginx is missing).
     "PORT": 8080,
     "HOST": "0.0.0.0",
+    # Batch transform: a longer default timeout.
     "BATCH": False,
-    "MAX_PAYLOAD_BYTES": 6 * 1024 * 1024,
+    # 6 MB is SageMaker's real-time limit; batch transform allows up to 100 MB, and 0 means
+    # the body may be of any size (MaxPayloadInMB=0, chunked encoding).
     "MAX_PAYLOAD_MB": 6,
-    "WORKERS": 1,
-    "TIMEOUT": 60,
+    # gunicorn workers (also MaxConcurrentTransforms); None: the CPU count.
+    "WORKERS": None,
+    # Seconds an invocation may take; None: 60, or 3600 in batch mode.
+    "TIMEOUT": None,
+    # Content-Type assumed when a request has none or says application/octet-stream.
     "DEFAULT_CONTENT_TYPE": "text/csv",
+    # Accept assumed when a request has none or says */*; empty = the request's own type.
     "DEFAULT_ACCEPT": "",
-    "READY_FILE": "",
-    "STATS_FLUSH_SECONDS": 5.0,
-    "INVOCATION_LOG": "app",
+    # Set by SageMaker in training containers; recorded in metadata.json.
     "TRAINING_JOB_NAME": None,
+    # --- smserve ---
+    # The SQLite database and the kept secret key; None: var/ beside manage.py (set by
+    # smserve/settings.py, which knows where that is).
+    "STATE_DIR": None,
+    "ADMIN_ENABLED": False,
+    "STATS_FLUSH_SECONDS": 5.0,
+    # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
+    "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.
     "PARSERS": [
         "modelapp.parsers.CSVParser",
@@ -43,13 +67,38 @@ DEFAULTS: dict[str, Any] = {
         "modelapp.renderers.JSONLinesRenderer",
         "modelapp.renderers.NPYRenderer",
     ],
-    "PREDICTOR": "modelapp.predictors.SklearnPredictor",
+    # Predictor kinds, asked in order which one serves a model directory.
+    "PREDICTORS": ["modelapp.predictors.SklearnPredictor"],
+    # --- internal: set by ``serve`` for the processes it starts (smserve/fastpaths.py) ---
+    # The file nginx answers /ping from, written once the model is ready.
+    "READY_FILE": "",
+    # Who writes the line of a successful invocation: "app", or "nginx" in front of it.
+    "INVOCATION_LOG": "app",
+    # gunicorn's bind (the unix socket nginx proxies to); empty: HOST:PORT.
+    "GUNICORN_BIND": "",
+}
+
+# Defaults that depend on the machine or on other settings.
+COMPUTED: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "WORKERS": lambda values: os.cpu_count() or 1,
+    "TIMEOUT": lambda values: 3600 if values["BATCH"] else 60,
 }
 
 
 def get(name: str) -> Any:
     """One of smserve's settings: ``settings.SMSERVE[name]``, else its default."""
-    return _settings().get(name, DEFAULTS[name])
+    return _settings()[name]
+
+
+def max_payload_bytes() -> int | None:
+    """The payload limit in bytes; None when there is none (``MAX_PAYLOAD_MB`` = 0)."""
+    return get("MAX_PAYLOAD_MB") * 1024 * 1024 or None
+
+
+def fast_path(name: str) -> bool:
+    """Whether the speed trick ``name`` is on (``smserve/fastpaths.py``)."""
+    off = get("FAST_PATHS_OFF")
+    return "all" not in off and name not in off
 
 
 @functools.cache
@@ -61,7 +110,11 @@ def _settings() -> dict[str, Any]:
             f"Unknown SMSERVE setting(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(DEFAULTS))}."
         )
-    return {**DEFAULTS, **user}
+    values = {**DEFAULTS, **user}
+    for name, compute in COMPUTED.items():
+        if values[name] is None:
+            values[name] = compute(values)
+    return values
 
 
 def import_class(path: str, base: type, setting: str) -> type:
@@ -97,14 +150,16 @@ def renderer_classes() -> tuple[type, ...]:
 
 
 @functools.cache
-def predictor_class() -> type:
+def predictor_classes() -> tuple[type, ...]:
     from modelapp.predictors import BasePredictor
 
-    return import_class(get("PREDICTOR"), BasePredictor, "PREDICTOR")
+    return tuple(
+        import_class(p, BasePredictor, "PREDICTORS") for p in get("PREDICTORS")
+    )
 
 
 @receiver(setting_changed)
 def _clear_caches(*, setting: str, **kwargs: Any) -> None:
     if setting == "SMSERVE":
-        for cached in (_settings, parser_classes, renderer_classes, predictor_class):
+        for cached in (_settings, parser_classes, renderer_classes, predictor_classes):
             cached.cache_clear()

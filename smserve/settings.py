@@ -1,16 +1,21 @@
 """smserve settings: every environment variable is read here, once, and nowhere else.
 
-Platform variables (``SAGEMAKER_*``, ``MODEL_SERVER_*``) and our own (``SMSERVE_*``) become
-Django settings; our knobs live in the ``SMSERVE`` dict, whose defaults and checks are in
-``modelapp.conf``. The README lists every variable.
+Platform variables (``SAGEMAKER_*``, ``MODEL_SERVER_*``) and our own (``SMSERVE_*``) are
+translated, when set, into entries of the ``SMSERVE`` dict, whose defaults (one table) and
+derived values live in ``modelapp.conf``; the other uppercase names here are Django's own
+settings. Nothing is written at import (the secret key file is kept by ``serve``). The
+README lists every variable.
 """
 
 import os
 import secrets
-import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
+
+from modelapp.conf import DEFAULTS as SMSERVE_DEFAULTS
+from modelapp.state import read_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -23,7 +28,7 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_int(*names: str, default: int) -> int:
+def env_int(*names: str, default: int | None = None) -> int | None:
     """The first of ``names`` that is set, as an int; a bad value stops start-up loudly."""
     for name in names:
         value = os.environ.get(name, "").strip()
@@ -37,98 +42,87 @@ def env_int(*names: str, default: int) -> int:
     return default
 
 
-# --- SageMaker contract -------------------------------------------------------------------
-SAGEMAKER_BASE_DIR = Path(os.environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
-BATCH_MODE = env_bool("SAGEMAKER_BATCH")
-# 6 MB is SageMaker's real-time limit; batch transform allows up to 100 MB, and 0 means the
-# body may be of any size (MaxPayloadInMB=0, chunked encoding).
-MAX_PAYLOAD_MB = env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", default=6)
-if not 0 <= MAX_PAYLOAD_MB <= 100:
-    raise ValueError(
-        f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {MAX_PAYLOAD_MB}"
-    )
-MAX_PAYLOAD_BYTES = MAX_PAYLOAD_MB * 1024 * 1024 or None
-MODEL_SERVER_WORKERS = env_int(
-    "SAGEMAKER_MODEL_SERVER_WORKERS",
-    "MODEL_SERVER_WORKERS",
-    default=os.cpu_count() or 1,
-)
-MODEL_SERVER_TIMEOUT = env_int(
-    "SAGEMAKER_MODEL_SERVER_TIMEOUT",
-    "MODEL_SERVER_TIMEOUT",
-    default=3600 if BATCH_MODE else 60,
-)
+def env_float(name: str) -> float | None:
+    value = env_str(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
 
-INVOCATION_LOG = os.environ.get("SMSERVE_INVOCATION_LOG") or "app"
-if INVOCATION_LOG not in ("app", "nginx"):
-    raise ValueError(
-        f"SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got {INVOCATION_LOG!r}"
-    )
 
-SMSERVE = {
-    "BASE_DIR": SAGEMAKER_BASE_DIR,
-    # Where nginx listens (gunicorn alone when nginx is missing).
-    "PORT": env_int("SAGEMAKER_BIND_TO_PORT", default=8080),
-    "HOST": os.environ.get("SMSERVE_BIND_HOST") or "0.0.0.0",
-    "BATCH": BATCH_MODE,
-    "MAX_PAYLOAD_BYTES": MAX_PAYLOAD_BYTES,
-    "MAX_PAYLOAD_MB": MAX_PAYLOAD_MB,
-    "WORKERS": MODEL_SERVER_WORKERS,
-    "TIMEOUT": MODEL_SERVER_TIMEOUT,
-    # Content-Type assumed when a request has none or says application/octet-stream.
-    "DEFAULT_CONTENT_TYPE": os.environ.get("SMSERVE_DEFAULT_CONTENT_TYPE")
-    or "text/csv",
-    # Accept assumed when a request has none or says */*; empty = the request's own type.
-    "DEFAULT_ACCEPT": os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "",
-    # Written by the process that loaded and warmed the model; nginx answers /ping from it.
-    "READY_FILE": os.environ.get("SMSERVE_READY_FILE") or "",
-    "STATS_FLUSH_SECONDS": float(os.environ.get("SMSERVE_STATS_FLUSH_SECONDS") or 5),
-    # Who writes the line for a successful invocation: the app, or nginx in front of it
-    # (``serve`` says "nginx" when it runs nginx). Errors are always logged by the app too.
-    "INVOCATION_LOG": INVOCATION_LOG,
-    # Set by SageMaker in training containers; recorded in metadata.json.
-    "TRAINING_JOB_NAME": os.environ.get("TRAINING_JOB_NAME") or None,
-}
+def env_str(name: str) -> str | None:
+    """The variable's value, or None when it is unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _smserve_from_environment() -> dict[str, Any]:
+    """The ``SMSERVE`` entries the environment sets; everything else keeps its default
+    (``modelapp.conf.DEFAULTS``)."""
+    found: dict[str, Any] = {
+        "BASE_DIR": env_str("SAGEMAKER_BASE_DIR"),
+        "PORT": env_int("SAGEMAKER_BIND_TO_PORT"),
+        "HOST": env_str("SMSERVE_BIND_HOST"),
+        "BATCH": env_bool("SAGEMAKER_BATCH") if env_str("SAGEMAKER_BATCH") else None,
+        "MAX_PAYLOAD_MB": env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB"),
+        "WORKERS": env_int("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
+        "TIMEOUT": env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"),
+        "DEFAULT_CONTENT_TYPE": env_str("SMSERVE_DEFAULT_CONTENT_TYPE"),
+        "DEFAULT_ACCEPT": env_str("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
+        "TRAINING_JOB_NAME": env_str("TRAINING_JOB_NAME"),
+        "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
+        "ADMIN_ENABLED": (
+            env_bool("SMSERVE_ADMIN_ENABLED")
+            if env_str("SMSERVE_ADMIN_ENABLED")
+            else None
+        ),
+        "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
+        "READY_FILE": env_str("SMSERVE_READY_FILE"),
+        "INVOCATION_LOG": env_str("SMSERVE_INVOCATION_LOG"),
+        "GUNICORN_BIND": env_str("SMSERVE_GUNICORN_BIND"),
+    }
+    for key in ("BASE_DIR", "STATE_DIR"):
+        if found[key] is not None:
+            found[key] = Path(found[key])
+    off = env_str("SMSERVE_FAST_PATHS_OFF")
+    if off is not None:
+        found["FAST_PATHS_OFF"] = frozenset(
+            name.strip().lower() for name in off.split(",") if name.strip()
+        )
+    mb = found["MAX_PAYLOAD_MB"]
+    if mb is not None and not 0 <= mb <= 100:
+        raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {mb}")
+    log = found["INVOCATION_LOG"]
+    if log is not None and log not in ("app", "nginx"):
+        raise ValueError(
+            f"SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got {log!r}"
+        )
+    return {key: value for key, value in found.items() if value is not None}
+
+
+SMSERVE = _smserve_from_environment()
+# The payload limit, for Django's own upload limits (the same value as nginx's and ours).
+_max_payload_bytes = (
+    SMSERVE.get("MAX_PAYLOAD_MB", SMSERVE_DEFAULTS["MAX_PAYLOAD_MB"]) * 1024 * 1024
+    or None
+)
 
 # --- Django -------------------------------------------------------------------------------
-STATE_DIR = Path(os.environ.get("SMSERVE_STATE_DIR") or BASE_DIR / "var")
+_state_dir = SMSERVE.setdefault("STATE_DIR", BASE_DIR / "var")
 DEBUG = env_bool("SMSERVE_DEBUG")
-ADMIN_ENABLED = env_bool("SMSERVE_ADMIN_ENABLED")
 
 
 def _secret_key() -> str:
-    """From the environment, else generated once and kept beside the database."""
-    key = os.environ.get("SECRET_KEY") or os.environ.get("DJANGO_SECRET_KEY")
+    """From the environment, else from the key file ``serve`` keeps in the state dir
+    (``modelapp.state``), else one for this process only: only admin sessions
+    depend on it, and a training job or a management command has none. Nothing is
+    written here."""
+    key = env_str("SECRET_KEY") or env_str("DJANGO_SECRET_KEY")
     if key:
         return key
-    key_file = STATE_DIR / "secret_key"
-    try:
-        return key_file.read_text().strip()
-    except OSError:
-        pass  # not there yet (or no state dir at all): make one below
-    key = secrets.token_urlsafe(50)
-    try:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        # Written under a temp name and linked into place: of two processes starting at
-        # once, one key wins and both use it.
-        tmp = key_file.with_name(f".secret_key.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key)
-        try:
-            os.link(tmp, key_file)
-        except FileExistsError:
-            key = key_file.read_text().strip()
-        finally:
-            os.unlink(tmp)
-    except OSError as exc:
-        # A read-only state dir (e.g. a locked-down training container): a key for this
-        # process only. Only admin sessions depend on it, and they then last one process.
-        print(
-            f"smserve: cannot keep a secret key in {STATE_DIR} ({exc}); using one for this process",
-            file=sys.stderr,
-        )
-    return key
+    return read_secret_key(_state_dir) or secrets.token_urlsafe(50)
 
 
 SECRET_KEY = _secret_key()
@@ -188,7 +182,7 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("SMSERVE_SQLITE_PATH")
-            or STATE_DIR / "smserve.sqlite3",
+            or _state_dir / "smserve.sqlite3",
             # WAL lets several workers write stats while the admin reads; IMMEDIATE takes the
             # write lock up front so concurrent writers wait (timeout) instead of failing.
             "OPTIONS": {
@@ -215,8 +209,8 @@ STORAGES = {
 }
 
 # One value for nginx's client_max_body_size, Django's and our own check.
-DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_PAYLOAD_BYTES
-FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_PAYLOAD_BYTES or 2621440
+DATA_UPLOAD_MAX_MEMORY_SIZE = _max_payload_bytes
+FILE_UPLOAD_MAX_MEMORY_SIZE = _max_payload_bytes or 2621440
 
 # TLS ends in front of the container (SageMaker's endpoint, or a load balancer); the container
 # speaks plain HTTP on loopback to nginx, so the HTTPS-only deploy checks do not apply.
@@ -242,7 +236,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "modelapp.exceptions.exception_handler",
 }
 
-LOG_LEVEL = (os.environ.get("SMSERVE_LOG_LEVEL") or "INFO").upper()
+_log_level = (env_str("SMSERVE_LOG_LEVEL") or "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -254,7 +248,7 @@ LOGGING = {
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
-    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "root": {"handlers": ["stderr"], "level": _log_level},
     "loggers": {
         # Our 4xx/5xx are logged once by modelapp.invocations; Django's duplicate goes.
         "django.request": {"level": "ERROR"},

@@ -1,10 +1,9 @@
 """/ping, /invocations and /execution-parameters; /admin/ only when SMSERVE_ADMIN_ENABLED."""
 
-from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
-from modelapp import views
+from modelapp import conf, views
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),
@@ -16,7 +15,7 @@ urlpatterns = [
     ),
 ]
 
-if settings.ADMIN_ENABLED:
+if conf.get("ADMIN_ENABLED"):
     urlpatterns.append(path("admin/", admin.site.urls))
 
 handler400 = "modelapp.views.bad_request"

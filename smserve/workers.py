@@ -6,7 +6,7 @@ find nothing (``EAGAIN``), heartbeat and go back to sleep. nginx opens one upstr
 connection per request, so that is a wasted wake-up per request per idle worker, and the
 requests are spread over all the workers' caches.
 
-``SyncWorker`` waits in ``epoll`` with ``EPOLLEXCLUSIVE`` (Linux 4.5+) instead: the kernel
+``ExclusiveAcceptWorker`` waits in ``epoll`` with ``EPOLLEXCLUSIVE`` (Linux 4.5+) instead: the kernel
 wakes one waiting worker per connection, and a lightly loaded server keeps answering from
 the same warm worker. Everything else is gunicorn's sync worker. Where epoll is missing
 (not Linux) it is gunicorn's sync worker unchanged.
@@ -21,7 +21,10 @@ from typing import Any
 from gunicorn.workers import sync
 
 
-class SyncWorker(sync.SyncWorker):
+class ExclusiveAcceptWorker(sync.SyncWorker):
+    """gunicorn's sync worker, waiting in ``epoll`` with ``EPOLLEXCLUSIVE`` (trick
+    ``exclusive_accept`` in ``smserve/fastpaths.py``)."""
+
     _poller: Any = None
 
     def run(self) -> None:

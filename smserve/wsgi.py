@@ -9,6 +9,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
 
 application = get_wsgi_application()
 
+from smserve import fastpaths  # noqa: E402
+
+fastpaths.install()  # only serving processes import this module
+
 from modelapp.registry import registry  # noqa: E402  (needs the app registry set up)
 
 registry.load()

@@ -11,9 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from tests.conftest import ROOT
 
 PRINT = (
-    "import json, smserve.settings as s; "
-    "print(json.dumps({'key': s.SECRET_KEY, 'smserve': {k: str(v) for k, v in s.SMSERVE.items()}, "
+    "import json, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'smserve.settings'; "
+    "import smserve.settings as s; from modelapp import conf; "
+    "print(json.dumps({'key': s.SECRET_KEY, "
+    "'smserve': {k: str(conf.get(k)) for k in conf.DEFAULTS}, "
+    "'max_payload_bytes': conf.max_payload_bytes(), "
     "'upload': s.DATA_UPLOAD_MAX_MEMORY_SIZE, 'debug': s.DEBUG}))"
+)
+KEEP = (
+    "import sys; from modelapp.state import keep_secret_key; "
+    "print(keep_secret_key(sys.argv[1]))"
 )
 
 
@@ -41,15 +48,36 @@ def settings_with(env: dict[str, str]) -> dict:
 
 
 def test_secret_key_generated_once_and_shared(tmp_path):
-    """Without SECRET_KEY, processes starting together agree on one generated key, kept
-    in the state dir with owner-only permissions."""
-    env = {"SMSERVE_STATE_DIR": str(tmp_path)}
+    """Without SECRET_KEY, processes keeping a key at once (``serve`` does, before
+    gunicorn starts) agree on one, kept in the state dir with owner-only permissions,
+    and the settings of every later process read it."""
+
+    def keep(_: int) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", KEEP, str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
     with ThreadPoolExecutor(4) as pool:
-        keys = {s["key"] for s in pool.map(settings_with, [env] * 4)}
+        keys = set(pool.map(keep, range(4)))
     assert len(keys) == 1
     key_file = tmp_path / "secret_key"
-    assert key_file.read_text() == keys.pop()
+    assert key_file.read_text() == next(iter(keys))
     assert key_file.stat().st_mode & 0o777 == 0o600
+    assert settings_with({"SMSERVE_STATE_DIR": str(tmp_path)})["key"] == keys.pop()
+
+
+def test_importing_settings_writes_nothing(tmp_path):
+    """The settings only read: no state dir, no key file appears (a per-process key
+    stands in until serve keeps one)."""
+    state = tmp_path / "state"
+    settings = settings_with({"SMSERVE_STATE_DIR": str(state)})
+    assert len(settings["key"]) > 40
+    assert not state.exists()
 
 
 def test_secret_key_from_environment(tmp_path):
@@ -72,7 +100,7 @@ def test_batch_mode_limits(tmp_path):
     )
     assert settings["smserve"]["BATCH"] == "True"
     assert settings["smserve"]["TIMEOUT"] == "3600"
-    assert settings["smserve"]["MAX_PAYLOAD_BYTES"] == "None"
+    assert settings["max_payload_bytes"] is None
     assert settings["upload"] is None
 
 
@@ -102,10 +130,20 @@ def test_sagemaker_names_win_over_plain_ones(tmp_path):
 
 
 def test_unwritable_state_dir_still_starts(tmp_path):
-    """A state dir that cannot be written gives a per-process key and a warning, not a
-    crash (training needs no persistent key)."""
+    """A state dir that cannot be written gives no kept key and a warning, not a crash
+    (training needs no persistent key); the settings still start with a per-process
+    key."""
     blocker = tmp_path / "file"
     blocker.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP, str(blocker / "state")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+    assert "Cannot keep a secret key" in done.stderr
     settings = settings_with({"SMSERVE_STATE_DIR": str(blocker / "state")})
     assert len(settings["key"]) > 40
 

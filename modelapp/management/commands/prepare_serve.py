@@ -1,7 +1,7 @@
 """``manage.py prepare_serve RUN_DIR``: everything ``serve`` does before starting servers.
 
 One Python process instead of several (start-up time counts): the system checks (the deploy
-set), the migrations, and nginx.conf rendered from ``docker/nginx.conf`` with the values
+set), the secret key file, the migrations, and nginx.conf rendered from ``docker/nginx.conf`` with the values
 Django itself uses (port, payload limit, timeout), so nginx and the app cannot disagree.
 """
 
@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from modelapp import conf
+from modelapp.state import keep_secret_key, make_state_dir
 
 logger = logging.getLogger("modelapp.serve")
 
@@ -40,7 +41,7 @@ def access_log_directives(access_log: str) -> str:
 
 def render_nginx_conf(run_dir: Path, access_log: str) -> str:
     """The template with every placeholder filled; an unknown one is an error."""
-    max_bytes = conf.get("MAX_PAYLOAD_BYTES")
+    max_bytes = conf.max_payload_bytes()
     host, port = conf.get("HOST"), conf.get("PORT")
     values = {
         "RUN_DIR": str(run_dir),
@@ -112,13 +113,17 @@ class Command(BaseCommand):
         self, *args: Any, run_dir: Path, access_log: str, **options: Any
     ) -> None:
         call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
+        make_state_dir(conf.get("STATE_DIR"))
+        if not (os.environ.get("SECRET_KEY") or os.environ.get("DJANGO_SECRET_KEY")):
+            # Read by every worker's settings: one key for the container's sessions.
+            keep_secret_key(conf.get("STATE_DIR"))
         try:
             call_command("migrate", interactive=False, verbosity=0)
             create_superuser()
         except DatabaseError as exc:
             # Serving never depends on the database: the admin and stats wait for it.
             logger.error("Database not migrated (%s); serving goes on without it.", exc)
-        if settings.ADMIN_ENABLED:
+        if conf.get("ADMIN_ENABLED"):
             collect_static_once()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "nginx.conf").write_text(render_nginx_conf(run_dir, access_log))
