@@ -22,6 +22,7 @@ from rest_framework.request import Request
 
 from modelapp import conf
 from modelapp.exceptions import NotAcceptable, UnsupportedMediaType
+from modelapp.formats import base_type, canonical
 from modelapp.renderers import BaseBatchRenderer
 
 GENERIC_TYPES = {"", "application/octet-stream"}
@@ -50,16 +51,13 @@ class OwnedOutputRenderer(BaseBatchRenderer):
     format = "owned"
 
 
-def base_type(header: str) -> str:
-    """``'Text/CSV; charset=utf-8'`` -> ``'text/csv'``."""
-    return header.split(";", 1)[0].strip().lower()
-
-
 def request_media_type(request: Request) -> str:
+    """The request's media type as smserve names it (``formats.canonical``: aliases such
+    as ``application/x-jsonlines`` included)."""
     media_type = base_type(request.content_type or "")
-    return (
-        conf.get("DEFAULT_CONTENT_TYPE") if media_type in GENERIC_TYPES else media_type
-    )
+    if media_type in GENERIC_TYPES:
+        media_type = conf.get("DEFAULT_CONTENT_TYPE")
+    return canonical(media_type) or media_type
 
 
 def parse_accept(header: str) -> list[str]:

@@ -1,12 +1,12 @@
 """Request body -> ``Batch``: one parser per Content-Type, chosen by the negotiation class.
 
-A parser only turns bytes into records; it does not know the model. Checks that need the
+A parser only turns bytes into records, by serving's rules (``formats.py`` writes down
+where they differ from training's); it does not know the model. Checks that need the
 model (feature count, names, NaN support) happen in the predictor.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 from typing import IO, Any
 
@@ -15,7 +15,7 @@ import orjson
 from django.utils.http import parse_header_parameters
 from rest_framework.parsers import BaseParser
 
-from modelapp import conf
+from modelapp import conf, formats
 from modelapp.batch import Batch, to_float_rows
 from modelapp.exceptions import InvalidInput
 
@@ -54,7 +54,7 @@ class BaseBatchParser(BaseParser):
 class CSVParser(BaseBatchParser):
     """``text/csv``: one record per line, numbers only; no header unless ``header=present``."""
 
-    media_type = "text/csv"
+    media_type = formats.CSV
     format = "csv"
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
@@ -69,14 +69,13 @@ class CSVParser(BaseBatchParser):
             text = data.decode(charset)
         except (LookupError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"The CSV body is not valid {charset}: {exc}.") from exc
-        if '"' in text:
-            rows = [row for row in csv.reader(io.StringIO(text))]
-        else:
-            rows = [line.split(",") for line in text.splitlines()]
-        # Batch transform slices keep the file's trailing newlines: they end the body, they
-        # are not records.
-        while rows and not "".join(rows[-1]).strip():
-            rows.pop()
+        try:
+            rows = formats.csv_rows(text)
+        except formats.FormatError as exc:
+            raise InvalidInput(
+                f"{exc.reason}: send one record per line, fields quoted with double "
+                "quotes where they hold commas or line breaks."
+            ) from exc
         columns = None
         if params.get("header", "").lower() == "present":
             columns = [name.strip() for name in rows.pop(0)]
@@ -188,7 +187,7 @@ class JSONParser(BaseBatchParser):
     objects; several documents one per line (batch transform, ``SplitType=Line``) are read
     as JSON Lines."""
 
-    media_type = "application/json"
+    media_type = formats.JSON
     format = "json"
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
@@ -216,23 +215,20 @@ class JSONParser(BaseBatchParser):
 
 
 def parse_json_lines(data: bytes) -> Batch:
-    """One record per line: an array of numbers, an object of features, or one number."""
-    items = []
-    for number, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"Line {number} is not valid JSON: {exc}.") from exc
-        items.append(item if isinstance(item, (list, dict)) else [item])
+    """One record per line: an array of numbers, an object of features, or one number
+    (serving's rule: a record of one feature; ``formats.py``)."""
+    try:
+        items = formats.json_lines(data)
+    except formats.FormatError as exc:
+        raise InvalidInput(f"{exc.reason}.") from exc
+    items = [item if isinstance(item, (list, dict)) else [item] for _, item in items]
     return batch_from_items(items, "The JSON Lines body")
 
 
 class JSONLinesParser(BaseBatchParser):
     """``application/jsonlines``: one JSON array (or object) per line, one record each."""
 
-    media_type = "application/jsonlines"
+    media_type = formats.JSONLINES
     format = "jsonl"
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
@@ -242,7 +238,7 @@ class JSONLinesParser(BaseBatchParser):
 class NPYParser(BaseBatchParser):
     """``application/x-npy``: an array saved by ``numpy.save``; pickled objects refused."""
 
-    media_type = "application/x-npy"
+    media_type = formats.NPY
     format = "npy"
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:

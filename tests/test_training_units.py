@@ -12,10 +12,10 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier
 
+from modelapp.formats import looks_like_header
 from modelapp.metadata import json_safe
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError
-from modelapp.training.channels import _looks_like_header
 from modelapp.training.environment import (
     Hyperparameters,
     convert_value,
@@ -140,14 +140,14 @@ def test_build_a_pipeline_and_set_nested_params_with_a_seed():
     assert params["randomforestclassifier__random_state"] == 3
 
 
-def test_looks_like_header():
+def testlooks_like_header():
     """A first line without numbers above a line with numbers is a header; a string
     label in a data row is not."""
-    assert _looks_like_header(b"label,a,b\n0,1,2\n")
-    assert _looks_like_header(b"label,a,b\n")
-    assert not _looks_like_header(b"0,1,2\n1,2,3\n")
-    assert not _looks_like_header(b"setosa,5.1,3.5\nvirginica,6.1,2.5\n")
-    assert not _looks_like_header(b"")
+    assert looks_like_header(b"label,a,b\n0,1,2\n")
+    assert looks_like_header(b"label,a,b\n")
+    assert not looks_like_header(b"0,1,2\n1,2,3\n")
+    assert not looks_like_header(b"setosa,5.1,3.5\nvirginica,6.1,2.5\n")
+    assert not looks_like_header(b"")
 
 
 def test_json_safe_metadata_values():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import logging
 import stat
 import zlib
@@ -20,25 +19,23 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
+from modelapp import formats
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError
 from modelapp.training.environment import HEADER, TARGET_COLUMN, ChannelConfig
 
 logger = logging.getLogger(__name__)
 
-CSV, PARQUET, JSONLINES = "text/csv", "application/x-parquet", "application/jsonlines"
-MEDIA_TYPES = {
-    "text/csv": CSV,
-    "text/plain": CSV,
-    "application/csv": CSV,
-    "application/x-parquet": PARQUET,
-    "application/parquet": PARQUET,
-    "application/vnd.apache.parquet": PARQUET,
-    "application/jsonlines": JSONLINES,
-    "application/x-jsonlines": JSONLINES,
-    "application/json": JSONLINES,
+CSV, PARQUET, JSONLINES = formats.CSV, formats.PARQUET, formats.JSONLINES
+# The formats a channel may be; application/json means JSON Lines here (formats.py).
+CHANNEL_FORMATS = {
+    CSV: CSV,
+    PARQUET: PARQUET,
+    JSONLINES: JSONLINES,
+    formats.JSON: JSONLINES,
 }
 GZIP_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"PAR1"
 SNIFF_BYTES = 64 * 1024
@@ -88,12 +85,13 @@ def load_channel(
             "smserve reads unwrapped CSV, Parquet or JSON Lines: set it to None."
         )
     media_type = config.media_type
-    if media_type is not None and media_type not in MEDIA_TYPES:
+    fmt = CHANNEL_FORMATS.get(formats.canonical(media_type)) if media_type else None
+    if media_type is not None and fmt is None:
+        known = sorted(a for a, f in formats.ALIASES.items() if f in CHANNEL_FORMATS)
         raise ClientError(
             f"Channel {config.name!r} has ContentType {config.content_type!r}; smserve "
-            f"reads {', '.join(sorted(set(MEDIA_TYPES.values())))}."
+            f"reads {', '.join(known)}."
         )
-    fmt = MEDIA_TYPES.get(media_type) if media_type else None
     source = config.source(paths)
     parts = [
         read_stream(stream, name, fmt, header)
@@ -233,25 +231,22 @@ def _read_parquet(stream: IO[bytes], name: str, head: bytes) -> Part:
 
 
 def _read_jsonlines(stream: IO[bytes], name: str) -> Part:
+    try:
+        items = formats.json_lines(stream.read())
+    except formats.FormatError as exc:
+        raise ClientError(
+            f"{name}, line {exc.line}, is not valid JSON: {exc.__cause__}. JSON Lines "
+            "data has one JSON array or object per line."
+        ) from exc
     rows: list[Any] = []
     kind = None
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig")
-    for number, line in enumerate(text, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise ClientError(
-                f"{name}, line {number}, is not valid JSON: {exc}. JSON Lines data "
-                "has one JSON array or object per line."
-            ) from exc
+    for number, record in items:
         this = type(record)
         if this not in (list, dict) or (kind is not None and this is not kind):
             raise ClientError(
                 f"{name}, line {number}: every line must be a JSON "
                 f"{'array' if kind is list else 'object' if kind is dict else 'array or object'}"
-                f", got {line.strip()[:60]!r}."
+                f", got {orjson.dumps(record).decode()[:60]!r}."
             )
         kind = this
         rows.append(record)
@@ -269,7 +264,9 @@ def _read_jsonlines(stream: IO[bytes], name: str) -> Part:
 
 
 def _read_csv(stream: IO[bytes], name: str, head: bytes, header: str) -> Part:
-    has_header = header == "present" or (header == "auto" and _looks_like_header(head))
+    has_header = header == "present" or (
+        header == "auto" and formats.looks_like_header(head)
+    )
     try:
         frame = pd.read_csv(
             stream,
@@ -284,31 +281,6 @@ def _read_csv(stream: IO[bytes], name: str, head: bytes, header: str) -> Part:
     if has_header:
         frame.columns = [str(c).strip() for c in frame.columns]
     return Part(name, frame, named=has_header)
-
-
-def _looks_like_header(head: bytes) -> bool:
-    """A first line with no number in it, above a line with numbers: a header."""
-    lines = [
-        line
-        for line in head.decode("utf-8-sig", "replace").splitlines()[:2]
-        if line.strip()
-    ]
-    if not lines:
-        return False
-
-    def numbers(line: str) -> int:
-        count = 0
-        for value in line.split(","):
-            try:
-                float(value.strip().strip('"'))
-            except ValueError:
-                continue
-            count += 1
-        return count
-
-    if numbers(lines[0]):
-        return False
-    return len(lines) == 1 or numbers(lines[1]) > 0
 
 
 # --- one table -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modelapp import conf
+from modelapp.formats import base_type
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError
 
@@ -180,7 +181,7 @@ class ChannelConfig:
         """``ContentType`` without parameters, lower case (``text/csv; label_size=1``)."""
         if not self.content_type:
             return None
-        return self.content_type.split(";")[0].strip().lower() or None
+        return base_type(self.content_type) or None
 
 
 @dataclass
