@@ -56,7 +56,8 @@ def test_round_trip_keeps_every_field_and_unknown_keys():
     written = json.loads(json.dumps(metadata.to_dict()))
     assert written["schema_version"] == SCHEMA_VERSION
     assert written["search"] == {"best": {"C": 1}}
-    assert written["n_features"] == 2 and written["feature_names"] == ["a", "b"]
+    assert written["n_features"] == 2
+    assert written["feature_names"] == ["a", "b"]
     again = ModelMetadata.from_dict(written)
     assert again.to_dict() == written
     assert again.features[1].categories == ["x", "y"]
