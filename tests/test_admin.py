@@ -13,14 +13,13 @@ import pytest
 from modelapp.admin import traffic_chart
 from modelapp.management.commands.prepare_serve import create_superuser
 from modelapp.models import InvocationStat, TrainedModel
-from tests.conftest import ServeProcess
 from tests.support.admin import (
     ADMIN_PASSWORD,
     ADMIN_USER,
     AdminClient,
     start_admin_server,
 )
-from tests.support.servers import ServerDatabase
+from tests.support.servers import ServeProcess, ServerDatabase
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, start_admin_server
 
 CHROMIUM = "/usr/bin/chromium"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,9 +22,12 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
+from tests.support import ROOT
+from tests.support.servers import free_port
+from tests.support.training import file_channel, sagemaker_tree
+
 pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "scripts" / "build-image.sh"
 IMAGE = "localhost/smserve:test"
 # SageMaker's grace period between SIGTERM and SIGKILL.
@@ -43,12 +45,6 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def http(
     port: int, path: str, body: bytes | None = None, headers: dict | None = None
 ) -> tuple[int, str, bytes]:
@@ -63,26 +59,13 @@ def http(
         return exc.code, exc.headers["Content-Type"], exc.read()
 
 
-def sagemaker_tree(base: Path, hyperparameters: dict[str, str]) -> Path:
+def iris_job(base: Path, hyperparameters: dict[str, str]) -> Path:
     """``base`` as SageMaker lays out /opt/ml before ``train``: config plus a CSV train
     channel (label first, no header)."""
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-    (config / "inputdataconfig.json").write_text(
-        json.dumps(
-            {
-                "train": {
-                    "ContentType": "text/csv",
-                    "TrainingInputMode": "File",
-                    "S3DistributionType": "FullyReplicated",
-                    "RecordWrapperType": "None",
-                }
-            }
-        )
-    )
-    (config / "resourceconfig.json").write_text(
-        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
+    sagemaker_tree(
+        base,
+        hyperparameters=hyperparameters,
+        channels={"train": file_channel("text/csv")},
     )
     X, y = load_iris(return_X_y=True)
     train_dir = base / "input" / "data" / "train"
@@ -142,7 +125,7 @@ def image() -> str:
 @pytest.fixture(scope="module")
 def trained(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An /opt/ml tree on the host after ``IMAGE train`` ran on it successfully."""
-    base = sagemaker_tree(tmp_path_factory.mktemp("opt_ml"), {"max_depth": "3"})
+    base = iris_job(tmp_path_factory.mktemp("opt_ml"), {"max_depth": "3"})
     created = Container()
     try:
         result = created.run(
@@ -171,7 +154,7 @@ def test_train_with_a_bad_hyperparameter_fails_with_the_failure_file(
 ):
     """A hyperparameter scikit-learn rejects gives a non-zero exit and output/failure
     naming it, written into the mounted tree."""
-    base = sagemaker_tree(tmp_path / "opt_ml", {"max_depth": "banana"})
+    base = iris_job(tmp_path / "opt_ml", {"max_depth": "banana"})
     result = container.run("--network=host", "-v", f"{base}:/opt/ml", image, "train")
     assert result.returncode != 0, result.stdout + result.stderr
     failure = base / "output" / "failure"

@@ -16,9 +16,8 @@ from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
 from modelapp.training import run
 from modelapp.training.record import RunRecorder
-from tests.conftest import write_model
-from tests.support.servers import write_channel
-from tests.training_helpers import run_train
+from tests.support.models import write_model
+from tests.support.training import run_train, write_channel
 
 
 def test_describe_reads_training_metadata():

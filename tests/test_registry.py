@@ -13,7 +13,7 @@ from modelapp.exceptions import ModelNotReady
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import ModelLoadError, ModelRegistry, load_model
 from smserve import fastpaths
-from tests.conftest import write_model
+from tests.support.models import write_model
 
 
 def test_loads_model_and_metadata(iris_base):

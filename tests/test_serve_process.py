@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from tests.conftest import ROOT, SERVE, ServeProcess, write_model
-from tests.support.models import BuggyClassifier, SlowClassifier
-from tests.support.servers import wait_for
+from tests.support import ROOT
+from tests.support.models import BuggyClassifier, SlowPredictClassifier, write_model
+from tests.support.servers import SERVE, ServeProcess, wait_for
 
 X4 = np.zeros((4, 4))
 Y4 = np.array([0, 1, 0, 1])
@@ -159,7 +159,7 @@ def test_bug_is_500_with_traceback_in_log(serve_factory, tmp_path):
 def test_ping_answers_while_every_worker_is_busy(serve_factory, tmp_path):
     """/ping answers fast while both workers are stuck in slow invocations."""
     base = tmp_path / "ml"
-    write_model(base, SlowClassifier(delay=4).fit(X4, Y4))
+    write_model(base, SlowPredictClassifier(delay=4).fit(X4, Y4))
     server = serve_factory(base, workers=2)
     results = []
     slow = [
@@ -187,7 +187,7 @@ def test_sigterm_drains_then_stops_both(serve_factory, tmp_path):
     """SIGTERM lets an in-flight invocation finish, then nginx and gunicorn both exit
     and serve exits 0."""
     base = tmp_path / "ml"
-    write_model(base, SlowClassifier(delay=2).fit(X4, Y4))
+    write_model(base, SlowPredictClassifier(delay=2).fit(X4, Y4))
     server = serve_factory(base)
     children = server.child_pids()
     assert len(children) == 2
@@ -386,7 +386,7 @@ def test_log_level_warning_drops_invocation_lines(serve_factory, iris_base):
 def test_slow_invocation_times_out_with_504(serve_factory, tmp_path):
     """An invocation over the model server timeout is a 504 that says so."""
     base = tmp_path / "ml"
-    write_model(base, SlowClassifier(delay=4).fit(X4, Y4))
+    write_model(base, SlowPredictClassifier(delay=4).fit(X4, Y4))
     server = serve_factory(base, env={"MODEL_SERVER_TIMEOUT": "1"})
     status, headers, body = server.invoke(b"999,0,0,0\n", "text/csv")
     assert status == HTTPStatus.GATEWAY_TIMEOUT

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PRINT = (
     "import json, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'smserve.settings'; "

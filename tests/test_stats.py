@@ -25,8 +25,8 @@ from modelapp.stats import (
     REQUESTS,
     StatsCollector,
 )
-from tests.conftest import ROOT, free_port
-from tests.support.servers import ServerDatabase, invoke_many, wait_for
+from tests.support import ROOT
+from tests.support.servers import ServerDatabase, free_port, invoke_many, wait_for
 
 IRIS_ROWS = b"5.1,3.5,1.4,0.2\n6.2,2.9,4.3,1.3\n"  # two records
 WRONG_WIDTH = b"1,2\n"  # a 400: the model takes four features

@@ -27,8 +27,8 @@ from modelapp.parsers import Batch
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
 from tests.support.servers import wait_for
-from tests.training_helpers import TRAIN as TRAIN_EXECUTABLE
-from tests.training_helpers import (
+from tests.support.training import TRAIN as TRAIN_EXECUTABLE
+from tests.support.training import (
     file_channel,
     frame,
     parquet_bytes,
@@ -409,7 +409,7 @@ def test_bug_exits_2_with_the_traceback(tmp_path, splits):
     base = sagemaker_tree(
         tmp_path,
         hyperparameters={
-            "smserve_estimator": "tests.training_helpers.BrokenClassifier"
+            "smserve_estimator": "tests.support.training.BrokenClassifier"
         },
         channels={"train": file_channel()},
     )
@@ -437,7 +437,7 @@ def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, spli
     base = sagemaker_tree(
         tmp_path / "ml",
         hyperparameters={
-            "smserve_estimator": "tests.training_helpers.SlowClassifier",
+            "smserve_estimator": "tests.support.training.SlowFitClassifier",
             "seconds": "120",
             "started_file": str(started),
         },

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.training_helpers import file_channel, sagemaker_tree, write_csv
+from tests.support.training import file_channel, sagemaker_tree, write_csv
 
 X = np.array([[1.0, 2.0], [2.0, 1.0], [3.0, 4.0], [4.0, 3.0], [5.0, 6.0], [6.0, 5.0]])
 Y = np.array([0, 1, 0, 1, 0, 1])

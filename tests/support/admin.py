@@ -19,8 +19,15 @@ from urllib.request import (
     build_opener,
 )
 
-from tests.conftest import PYTHON, ROOT, ServeProcess
-from tests.support.servers import ServerDatabase, invoke_many, wait_for, write_channel
+from tests.support import ROOT
+from tests.support.servers import (
+    PYTHON,
+    ServeProcess,
+    ServerDatabase,
+    invoke_many,
+    wait_for,
+)
+from tests.support.training import write_channel
 
 ADMIN_USER, ADMIN_PASSWORD = "admin", "a-long-test-password-9"
 WRONG_WIDTH = b"1\n"

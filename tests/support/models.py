@@ -1,10 +1,30 @@
-"""Estimators for tests that need a model to misbehave on purpose. They live in an
-importable module so that the real server can unpickle them."""
+"""Model directories for the serving side, and estimators for tests that need a model to
+misbehave on purpose. They live in an importable module so that the real server can
+unpickle them."""
 
+from __future__ import annotations
+
+import json
 import time
+from pathlib import Path
+from typing import Any
 
+import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+
+
+def write_model(
+    base: Path, model: Any, metadata: dict | None = None, name: str = "model.joblib"
+) -> Path:
+    """A SageMaker base dir whose model/ holds ``model`` (and ``metadata.json``)."""
+    model_dir = base / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / name
+    joblib.dump(model, path)
+    if metadata is not None:
+        (model_dir / "metadata.json").write_text(json.dumps(metadata))
+    return path
 
 
 class _ZeroClassifier(ClassifierMixin, BaseEstimator):
@@ -17,7 +37,7 @@ class _ZeroClassifier(ClassifierMixin, BaseEstimator):
         return self
 
 
-class SlowClassifier(_ZeroClassifier):
+class SlowPredictClassifier(_ZeroClassifier):
     """Predicts 0; a record whose first feature is 999 makes it sleep ``delay`` seconds."""
 
     def __init__(self, delay: float = 3.0):

@@ -1,5 +1,6 @@
-"""Helpers for the training tests: real /opt/ml trees, the real ``train`` executable, and
-two deliberately odd estimators (one slow, one broken) importable by dotted path."""
+"""Helpers for the training tests: real /opt/ml trees and channel files, the real
+``train`` executable, and two deliberately odd estimators (one slow to fit, one broken)
+importable by dotted path."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 TRAIN = ROOT / "train"
 
 
@@ -92,6 +94,20 @@ def write_csv(
     return path
 
 
+def write_channel(path: Path, rows: int = 60, seed: int = 0) -> Path:
+    """Label first, two numeric features: SageMaker's built-in CSV layout."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((rows, 2))
+    y = (X.sum(axis=1) > 1).astype(int)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join(
+            f"{label},{a:.4f},{b:.4f}\n" for label, (a, b) in zip(y, X, strict=True)
+        )
+    )
+    return path
+
+
 def frame(X: np.ndarray, y: np.ndarray, names: list[str]) -> pd.DataFrame:
     """A DataFrame with the target first, as the channel files hold it."""
     return pd.DataFrame({names[0]: y, **{n: X[:, i] for i, n in enumerate(names[1:])}})
@@ -132,14 +148,14 @@ def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class SlowClassifier(ClassifierMixin, BaseEstimator):
+class SlowFitClassifier(ClassifierMixin, BaseEstimator):
     """Touches ``started_file`` and then sleeps in one C call: a fit that only a kill ends."""
 
     def __init__(self, seconds: float = 60.0, started_file: str = "") -> None:
         self.seconds = seconds
         self.started_file = started_file
 
-    def fit(self, X: Any, y: Any) -> SlowClassifier:
+    def fit(self, X: Any, y: Any) -> SlowFitClassifier:
         if self.started_file:
             Path(self.started_file).touch()
         time.sleep(self.seconds)
