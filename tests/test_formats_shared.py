@@ -44,5 +44,10 @@ def test_csv_rows_malformed_is_a_format_error():
 
 
 def test_looks_like_header():
+    """A first line without numbers above a line with numbers is a header; a string
+    label in a data row is not."""
     assert formats.looks_like_header(b"label,a,b\n0,1,2\n")
+    assert formats.looks_like_header(b"label,a,b\n")
     assert not formats.looks_like_header(b"0,1,2\n1,2,3\n")
+    assert not formats.looks_like_header(b"setosa,5.1,3.5\nvirginica,6.1,2.5\n")
+    assert not formats.looks_like_header(b"")

@@ -103,3 +103,35 @@ def test_json_safe_one_rule_for_every_writer():
         "f": False,
     }
     assert dotted_path(DecisionTreeClassifier) == "sklearn.tree.DecisionTreeClassifier"
+
+
+def test_json_safe_handles_numpy_and_nan():
+    """numpy values become Python ones; NaN (which JSON cannot hold) becomes a string."""
+    assert json_safe({"a": np.float64(1.5), "b": np.arange(2), "c": float("nan")}) == {
+        "a": 1.5,
+        "b": [0, 1],
+        "c": "nan",
+    }
+
+
+def test_json_safe_metadata_values():
+    value = json_safe(
+        {
+            "a": np.int64(3),
+            "b": np.float32(0.5),
+            "c": (1, 2),
+            "d": float("nan"),
+            "e": DecisionTreeClassifier(),
+            "f": np.array([[1, 2]]),
+            "g": np.bool_(True),
+        }
+    )
+    assert value == {
+        "a": 3,
+        "b": 0.5,
+        "c": [1, 2],
+        "d": "nan",
+        "e": "sklearn.tree.DecisionTreeClassifier",
+        "f": [[1, 2]],
+        "g": True,
+    }
