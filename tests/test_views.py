@@ -1,4 +1,5 @@
-"""The views and negotiation in-process (Django's test client), including pluggability."""
+"""The views in-process (Django's test client), including pluggability; the negotiation
+rules themselves are tests/test_negotiation.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 from django.test import Client, RequestFactory, override_settings
 from rest_framework.renderers import BaseRenderer
 
-from modelapp.negotiation import parse_accept
 from modelapp.registry import registry
 from modelapp.views import InvocationsView, parse_custom_attributes
 from tests.support.formats import TSVParser, TSVRenderer
@@ -28,16 +28,6 @@ def serving(iris_base):
         registry.load(force=True)
         yield Client()
     registry.load(force=True)
-
-
-def test_parse_accept_orders_by_quality_then_specificity():
-    assert parse_accept("text/csv;q=0.5, application/json, */*;q=0.1, text/*") == [
-        "application/json",
-        "text/*",
-        "text/csv",
-        "*/*",
-    ]
-    assert parse_accept("text/csv;q=0") == []
 
 
 def test_custom_attributes_parsing():
