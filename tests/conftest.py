@@ -1,6 +1,8 @@
 """Shared fixtures: tiny real models, SageMaker base dirs, and the real server.
 
-Fixtures only; helpers live in ``tests/support/``.
+Fixtures only; helpers live in ``tests/support/``. Every test that uses a fixture which
+starts the real ``serve`` (``SERVER_FIXTURES``) is marked ``server`` here, so
+``pytest -m "not server"`` is a fast run that starts no nginx or gunicorn.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from sklearn.tree import DecisionTreeClassifier
 
 from tests.support.models import write_model
 from tests.support.servers import ServeProcess
+
+# Fixtures that start the real serve (nginx + gunicorn); a test using one, directly or
+# through another fixture, is a ``server`` test.
+SERVER_FIXTURES = frozenset(
+    {"server", "serve_factory", "serve_process", "admin_server"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +80,24 @@ def serve_factory(tmp_path) -> Iterator:
 
     yield start
     for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def serve_process(tmp_path) -> Iterator:
+    """Make, not start, a ``ServeProcess`` (its environment and free port) for a test that
+    runs ``docker/serve`` its own way: ``serve_process(base_dir, workers=...)``; any it
+    started through ``.start()`` is stopped at the end of the test."""
+    made: list[ServeProcess] = []
+
+    def make(base_dir: Path, **kwargs: Any) -> ServeProcess:
+        work = tmp_path / f"serve_process{len(made)}"
+        work.mkdir()
+        made.append(ServeProcess(base_dir, work, **kwargs))
+        return made[-1]
+
+    yield make
+    for server in made:
         server.stop()
 
 

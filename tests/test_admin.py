@@ -55,7 +55,6 @@ ADMIN_PAGES = [
 
 
 # --- access ------------------------------------------------------------------------------------
-@pytest.mark.server
 def test_admin_is_off_unless_enabled(server):
     """Without SMSERVE_ADMIN_ENABLED there is no /admin/: a JSON 404 like any unknown path."""
     status, headers, body = server.request("GET", "/admin/")
@@ -65,7 +64,6 @@ def test_admin_is_off_unless_enabled(server):
     assert status == HTTPStatus.NOT_FOUND
 
 
-@pytest.mark.server
 @pytest.mark.parametrize("path", ADMIN_PAGES)
 def test_every_page_needs_a_login(admin_server, path):
     """Anonymous requests are sent to the login page."""
@@ -74,7 +72,6 @@ def test_every_page_needs_a_login(admin_server, path):
     assert headers["Location"].startswith("/admin/login/")
 
 
-@pytest.mark.server
 def test_wrong_password_is_refused(admin_server):
     """A wrong password gets the login form again, not a session."""
     client = AdminClient(admin_server[0].port)
@@ -85,7 +82,6 @@ def test_wrong_password_is_refused(admin_server):
 
 
 # --- pages -------------------------------------------------------------------------------------
-@pytest.mark.server
 @pytest.mark.parametrize("path", ADMIN_PAGES)
 def test_pages_render_for_a_staff_login(client, path):
     """Every page renders once logged in."""
@@ -94,7 +90,6 @@ def test_pages_render_for_a_staff_login(client, path):
     assert "smserve" in page
 
 
-@pytest.mark.server
 def test_trained_model_list_and_page(client, admin_server):
     """The served model is listed (recorded from its metadata.json at start-up); its page
     shows metrics, hyperparameters, features, classes and the traffic chart."""
@@ -117,7 +112,6 @@ def test_trained_model_list_and_page(client, admin_server):
     assert 'class="errors"' in page
 
 
-@pytest.mark.server
 def test_stats_list_shows_requests_and_records(client):
     """The stats list has a requests and a records column with the flushed numbers, and
     the chart above it."""
@@ -131,7 +125,6 @@ def test_stats_list_shows_requests_and_records(client):
     assert "45 in all" in page
 
 
-@pytest.mark.server
 def test_training_run_list_and_page(client, admin_server):
     """The training run that produced the model is listed as succeeded, with its rows."""
     _, db, sha = admin_server
@@ -146,7 +139,6 @@ def test_training_run_list_and_page(client, admin_server):
     assert '<th scope="row">train.rows</th><td><code>120</code></td>' in page
 
 
-@pytest.mark.server
 def test_search_and_filters(client, admin_server):
     """Search by checksum finds the model; a filter that matches nothing lists nothing."""
     sha = admin_server[2]
@@ -161,7 +153,6 @@ def test_search_and_filters(client, admin_server):
 
 
 # --- no writes -------------------------------------------------------------------------------
-@pytest.mark.server
 def test_no_write_actions(client, admin_server):
     """No add link, no actions, no save or delete button; the add, change-by-POST and
     delete URLs are refused."""
@@ -191,7 +182,6 @@ def test_no_write_actions(client, admin_server):
     ]
 
 
-@pytest.mark.server
 def test_static_files_are_served_compressed(client):
     """The admin's CSS comes from whitenoise (hashed name, gzip when asked)."""
     _, _, page = client.get("/admin/")

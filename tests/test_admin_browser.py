@@ -34,7 +34,6 @@ def admin_server(tmp_path_factory) -> Iterator:
 
 
 @pytest.mark.browser
-@pytest.mark.server
 def test_admin_flow_in_chromium(admin_server):
     """Log in, open the trained model from the list, find its metrics, hyperparameters,
     features and the traffic chart with bars; every request stays on the server (nothing

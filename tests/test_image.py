@@ -163,6 +163,7 @@ def test_train_with_a_bad_hyperparameter_fails_with_the_failure_file(
     assert not (base / "model" / "model.joblib").exists()
 
 
+@pytest.mark.server  # the real serve (nginx + gunicorn), in the container
 def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
     image: str, trained: Path, container: Container
 ):

@@ -21,7 +21,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from tests.support import ROOT
 from tests.support.models import BuggyClassifier, SlowPredictClassifier, write_model
-from tests.support.servers import SERVE, ServeProcess, wait_for
+from tests.support.servers import SERVE, wait_for
 
 X4 = np.zeros((4, 4))
 Y4 = np.array([0, 1, 0, 1])
@@ -327,10 +327,10 @@ def test_log_lines_survive_a_plain_file_redirect(serve_factory, iris_base):
     assert lines[-1].endswith("serve: stopped")
 
 
-def test_stderr_socket_leaves_invocation_lines_to_the_app(tmp_path, iris_base):
+def test_stderr_socket_leaves_invocation_lines_to_the_app(serve_process, iris_base):
     """Under systemd stderr is a socket, which nginx cannot open as /dev/stderr: serve
     starts all the same and the app writes the invocation lines."""
-    server = ServeProcess(iris_base, tmp_path, workers=1)  # its environment and port
+    server = serve_process(iris_base, workers=1)  # its environment and port
     ours, theirs = socket.socketpair()
     output: list[bytes] = []
     reader = threading.Thread(

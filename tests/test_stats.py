@@ -146,7 +146,6 @@ def test_flush_bumps_last_seen_of_the_model():
 
 
 # --- through the real server ---------------------------------------------------------------
-@pytest.mark.server
 def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
     """N invocations spread over three workers add up to exactly N in the database, flushed
     in the background while the server runs; the model is recorded on start-up."""
@@ -192,7 +191,6 @@ def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
     assert len(workers) == 3
 
 
-@pytest.mark.server
 def test_worker_exit_flushes_what_is_left(serve_factory, iris_base, server_db):
     """With no periodic flush due, stopping the server (SIGTERM) still writes every count."""
     server = serve_factory(
@@ -251,7 +249,6 @@ def pg_dir() -> Any:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.server
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_database_outage_costs_invocations_nothing(
     backend, serve_factory, iris_base, tmp_path, pg_dir
