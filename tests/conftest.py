@@ -91,7 +91,7 @@ def serve_process(tmp_path) -> Iterator:
     made: list[ServeProcess] = []
 
     def make(base_dir: Path, **kwargs: Any) -> ServeProcess:
-        work = tmp_path / f"serve_process{len(made)}"
+        work = tmp_path / f"p{len(made)}"  # short: the gunicorn socket lives below it
         work.mkdir()
         made.append(ServeProcess(base_dir, work, **kwargs))
         return made[-1]
