@@ -229,6 +229,10 @@ class TrainedModelAdmin(ReadOnlyAdmin):
             {"fields": ["n_features", "features_list", "classes_list"]},
         ),
         (
+            "Prediction engines",
+            {"fields": ["engines_table"]},
+        ),
+        (
             "Environment",
             {"fields": ["versions_table", "raw_metadata"], "classes": ["collapse"]},
         ),
@@ -272,6 +276,10 @@ class TrainedModelAdmin(ReadOnlyAdmin):
     @admin.display(description="classes")
     def classes_list(self, obj: TrainedModel) -> SafeString:
         return item_list(obj.classes, "none (a regressor or transformer)")
+
+    @admin.display(description="engine per method, and its verification")
+    def engines_table(self, obj: TrainedModel) -> SafeString:
+        return key_value_table(obj.engines, "not recorded (scikit-learn)")
 
     @admin.display(description="library versions")
     def versions_table(self, obj: TrainedModel) -> SafeString:

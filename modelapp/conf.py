@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "STATE_DIR": None,
     "ADMIN_ENABLED": False,
     "STATS_FLUSH_SECONDS": 5.0,
+    # Serve the methods verified equal by ONNX Runtime (modelapp/engines.py).
+    "COMPILED_ENGINE": True,
+    # ONNX Runtime intra-op threads per worker; None: BLAS's share (OMP_NUM_THREADS).
+    "COMPILED_THREADS": None,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.

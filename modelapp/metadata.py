@@ -140,6 +140,8 @@ class ModelMetadata:
     training_job_name: str | None = None
     duration_seconds: float | None = None
     sha256: str | None = None
+    # What train compiled beside the model (model.onnx, verification.npy; engines.py).
+    compiled: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     # Keys of a newer (or foreign) writer, kept as they were.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -190,7 +192,14 @@ class ModelMetadata:
             features = None
         known = {f.name for f in fields(cls)} - {"extra", "features", "schema_version"}
         values = {key: data.pop(key) for key in list(data) if key in known}
-        for key in ("params", "hyperparameters", "metrics", "rows", "channels"):
+        for key in (
+            "params",
+            "hyperparameters",
+            "metrics",
+            "rows",
+            "channels",
+            "compiled",
+        ):
             if not isinstance(values.get(key), dict):
                 values.pop(key, None)
         if not isinstance(values.get("versions"), dict):

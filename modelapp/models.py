@@ -61,6 +61,8 @@ class TrainedModel(models.Model):
         "described by", max_length=16, choices=SOURCE_CHOICES, blank=True
     )
     metadata = models.JSONField("metadata.json", default=dict, blank=True)
+    # Which engine serves each method, and the verification behind it (engines.py).
+    engines = models.JSONField("prediction engines", default=dict, blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now)
 
@@ -104,7 +106,9 @@ class TrainedModel(models.Model):
         (metadata, path, last seen) on every later one."""
         estimator = getattr(loaded.predictor, "model", None)
         values = cls.describe(loaded.metadata, estimator)
+        report = getattr(loaded.predictor, "engine_report", None)
         values.update(
+            engines=report.to_dict() if report is not None else {},
             artifact_size=loaded.size,
             loaded_from=str(loaded.path),
             last_seen=timezone.now(),

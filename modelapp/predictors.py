@@ -240,6 +240,10 @@ class BasePredictor:
             )
         return result
 
+    def after_fork(self) -> None:
+        """Remake what one process may not share with another (gunicorn's
+        ``post_fork``); nothing by default."""
+
     def warm_up(self) -> None:
         """Predict once on a record of zeros of the right width: proves the model works."""
         if self.n_features is None:
@@ -273,7 +277,9 @@ class SklearnPredictor(BasePredictor):
                 f"{artifact.name} holds a {type(model).__name__}, which has no predict "
                 "method."
             )
-        return cls(model, metadata, artifact)
+        predictor = cls(model, metadata, artifact)
+        predictor.compile(model_dir)
+        return predictor
 
     def __init__(
         self,
@@ -282,6 +288,9 @@ class SklearnPredictor(BasePredictor):
         artifact: Path | None = None,
     ) -> None:
         super().__init__(model, metadata, artifact)
+        # Methods ONNX Runtime serves, set by compile(); none until then.
+        self._compiled: dict[str, Any] = {}
+        self.engine_report: Any = None
         self._frame = None
         if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
             # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
@@ -304,6 +313,55 @@ class SklearnPredictor(BasePredictor):
             and _takes_check_input(getattr(model, method))
         )
 
+    def compile(self, model_dir: Path | None) -> None:
+        """Let ONNX Runtime serve the methods it answers exactly as scikit-learn does
+        (``engines.py``); the others, and every method when it is off, stay here."""
+        from modelapp import conf, engines
+
+        if not conf.get("COMPILED_ENGINE"):
+            self.engine_report = engines.EngineReport(
+                methods={m: engines.SKLEARN for m in self.available_methods},
+                reason="off (SMSERVE_COMPILED_ENGINE)",
+            )
+            logger.info(
+                "Engines for %s: every method by scikit-learn (%s).",
+                type(self.model).__name__,
+                self.engine_report.reason,
+            )
+            return
+        kinds = (
+            [f.kind for f in self.metadata.features]
+            if self.metadata is not None and self.metadata.features
+            else None
+        )
+        self._compiled, self.engine_report = engines.compile_model(
+            self.model,
+            model_dir,
+            self.n_features,
+            self.available_methods,
+            self.allows_nan,
+            self.metadata,
+            kinds,
+            fallback=self._sklearn_call,
+        )
+
+    def warm_up(self) -> None:
+        """scikit-learn's own warm-up: the compiled engine was verified in a child
+        process, and ONNX Runtime must not load in gunicorn's master (``engines.py``)."""
+        compiled, self._compiled = self._compiled, {}
+        try:
+            super().warm_up()
+        finally:
+            self._compiled = compiled
+
+    def _sessions(self) -> set[Any]:
+        return {method.__self__.session for method in self._compiled.values()}
+
+    def after_fork(self) -> None:
+        """Each worker makes its own ONNX Runtime sessions (``engines.py``)."""
+        for session in self._sessions():
+            session.after_fork()
+
     def _allows_nan(self) -> bool:
         try:
             from sklearn.utils import get_tags
@@ -313,6 +371,12 @@ class SklearnPredictor(BasePredictor):
             return False
 
     def call(self, method: str, matrix: np.ndarray) -> np.ndarray:
+        compiled = self._compiled.get(method)
+        if compiled is not None:
+            return compiled(matrix)
+        return self._sklearn_call(method, matrix)
+
+    def _sklearn_call(self, method: str, matrix: np.ndarray) -> np.ndarray:
         if method in self._unchecked_methods:
             return np.asarray(
                 getattr(self.model, method)(_as_float32(matrix), check_input=False)

@@ -165,6 +165,13 @@ class ModelRegistry:
                 )
         return loaded.predictor
 
+    def after_fork(self) -> None:
+        """In a new gunicorn worker: each loaded predictor remakes its per-process
+        state (e.g. ONNX Runtime sessions) before the first request."""
+        for entry in list(self._entries.values()):
+            if entry.loaded is not None:
+                entry.loaded.predictor.after_fork()
+
     def loaded_model(self, name: str = DEFAULT_MODEL) -> LoadedModel | None:
         entry = self._entries.get(name)
         return entry.loaded if entry is not None else None

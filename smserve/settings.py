@@ -20,7 +20,7 @@ from modelapp.state import read_secret_key
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def env_bool(name: str, default: bool = False) -> bool:
+def env_bool(name: str, default: bool | None = False) -> bool | None:
     """``true``/``1``/``yes``/``on`` in any case is true; SageMaker sends ``"True"``."""
     value = os.environ.get(name)
     if value is None or value.strip() == "":
@@ -65,7 +65,7 @@ def _smserve_from_environment() -> dict[str, Any]:
         "BASE_DIR": env_str("SAGEMAKER_BASE_DIR"),
         "PORT": env_int("SAGEMAKER_BIND_TO_PORT"),
         "HOST": env_str("SMSERVE_BIND_HOST"),
-        "BATCH": env_bool("SAGEMAKER_BATCH") if env_str("SAGEMAKER_BATCH") else None,
+        "BATCH": env_bool("SAGEMAKER_BATCH", None),
         "MAX_PAYLOAD_MB": env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB"),
         "WORKERS": env_int("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
         "TIMEOUT": env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"),
@@ -73,12 +73,10 @@ def _smserve_from_environment() -> dict[str, Any]:
         "DEFAULT_ACCEPT": env_str("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
         "TRAINING_JOB_NAME": env_str("TRAINING_JOB_NAME"),
         "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
-        "ADMIN_ENABLED": (
-            env_bool("SMSERVE_ADMIN_ENABLED")
-            if env_str("SMSERVE_ADMIN_ENABLED")
-            else None
-        ),
+        "ADMIN_ENABLED": env_bool("SMSERVE_ADMIN_ENABLED", None),
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
+        "COMPILED_ENGINE": env_bool("SMSERVE_COMPILED_ENGINE", None),
+        "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
         "READY_FILE": env_str("SMSERVE_READY_FILE"),
         "INVOCATION_LOG": env_str("SMSERVE_INVOCATION_LOG"),
         "GUNICORN_BIND": env_str("SMSERVE_GUNICORN_BIND"),

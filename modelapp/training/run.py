@@ -171,6 +171,7 @@ class Trainer:
             fitted = fit_in_child(estimator, datasets[TRAIN], model_tmp)
             metrics = self.evaluate(fitted, task, datasets)
             metadata = self.build_metadata(fitted, task, datasets, metrics)
+            metadata.compiled = self.compile_for_serving(fitted, datasets[TRAIN])
             artifacts.write_metrics(self.paths, metrics)
             metadata = artifacts.commit(self.paths, model_tmp, metadata)
         finally:
@@ -178,6 +179,20 @@ class Trainer:
         self.result.metrics = metrics
         self.result.model_sha256 = metadata.sha256
         self.result.status, self.result.exit_code = COMPLETED, EXIT_OK
+
+    def compile_for_serving(self, estimator: Any, train: Dataset) -> dict[str, Any]:
+        """``model.onnx`` and the verification rows beside the model (``engines.py``);
+        a model that does not convert is still saved, and served by scikit-learn."""
+        from modelapp import engines
+
+        n_features = getattr(estimator, "n_features_in_", train.n_features)
+        try:
+            return engines.save_for_serving(
+                estimator, n_features, train.X, self.paths.model_dir
+            )
+        except (ValueError, TypeError) as exc:  # e.g. text columns: no float matrix
+            logger.info("Not compiled to ONNX: %s", exc)
+            return {"onnx_error": f"not a numeric table ({exc})"}
 
     def build_estimator(self) -> Any:
         estimator = estimators.build(self.hp.estimator)

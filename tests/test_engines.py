@@ -1,0 +1,267 @@
+"""Compiled predictions (``modelapp/engines.py``): ONNX Runtime serves a method only when
+verified to answer as scikit-learn does, for every family the short names offer."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from django.test import override_settings
+from sklearn.base import is_classifier
+from sklearn.pipeline import make_pipeline
+
+from modelapp import engines
+from modelapp.batch import Batch
+from modelapp.predictors import SklearnPredictor
+from modelapp.registry import load_model
+from modelapp.training.estimators import resolve
+from tests.conftest import write_model
+from tests.training_helpers import run_train, sagemaker_tree
+
+ONNX, SKLEARN = engines.ENGINE, engines.SKLEARN
+RNG = np.random.default_rng(0)
+X_TRAIN = RNG.standard_normal((300, 6))
+X_HELD_OUT = RNG.standard_normal((200, 6))
+LABELS = (X_TRAIN[:, 0] + X_TRAIN[:, 1] > 0).astype(int)
+VALUES = X_TRAIN[:, 0] * 2 + X_TRAIN[:, 2]
+
+# Short name (or pipeline) -> the engine that serves predict: what scikit-learn's own
+# families give with skl2onnx 1.20 / onnxruntime 1.32.
+FAMILIES = {
+    "decision_tree": ONNX,
+    "decision_tree_regressor": ONNX,
+    "random_forest": ONNX,
+    "random_forest_regressor": ONNX,
+    "extra_trees": ONNX,
+    "extra_trees_regressor": ONNX,
+    "gradient_boosting": ONNX,
+    "gradient_boosting_regressor": ONNX,
+    "hist_gradient_boosting": SKLEARN,  # skl2onnx cannot convert it
+    "hist_gradient_boosting_regressor": SKLEARN,
+    "logistic_regression": ONNX,
+    "linear_regression": ONNX,
+    "ridge": ONNX,
+    "lasso": ONNX,
+    "svc": ONNX,
+    "svr": SKLEARN,  # onnxruntime has no SVMRegressor kernel
+    "knn": ONNX,
+    "knn_regressor": ONNX,
+    "naive_bayes": ONNX,
+    "mlp": ONNX,
+    "mlp_regressor": ONNX,
+    "standard_scaler+logistic_regression": ONNX,
+    "min_max_scaler+pca+ridge": ONNX,
+}
+
+
+def fitted(name: str):
+    steps = [resolve(part) for part in name.split("+")]
+    model = steps[0] if len(steps) == 1 else make_pipeline(*steps)
+    params = model.get_params()
+    for key in params:
+        if key.endswith("random_state"):
+            model.set_params(**{key: 0})
+        if key.endswith("n_estimators"):
+            model.set_params(**{key: 20})
+        if key.endswith("max_iter") and "mlp" in name:
+            model.set_params(**{key: 300})
+        if key.endswith("probability"):
+            model.set_params(**{key: True})
+    return model.fit(X_TRAIN, LABELS if is_classifier(model) else VALUES)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(("name", "engine"), FAMILIES.items())
+def test_each_family_engine_and_identical_outputs(name, engine):
+    """Which engine serves it, and served outputs equal scikit-learn's on held-out
+    records for every method offered (labels exactly, numbers within the tolerance)."""
+    model = fitted(name)
+    predictor = SklearnPredictor(model)
+    predictor.compile(None)
+    report = predictor.engine_report
+    assert report.methods["predict"] == engine, report.reason
+    if engine == ONNX:
+        assert report.reason == "verified on every record"
+    for method in predictor.available_methods:
+        served = predictor.predict(Batch(values=X_HELD_OUT), method)
+        expected = getattr(model, method)(X_HELD_OUT)
+        if served.dtype.kind in "fc":
+            np.testing.assert_allclose(
+                served, expected, rtol=engines.RTOL, atol=engines.ATOL
+            )
+        else:
+            np.testing.assert_array_equal(served, expected)
+
+
+def test_missing_values_go_to_scikit_learn():
+    """A tree learns where NaN goes, the graph does not: records with NaN are
+    scikit-learn's, the rest the engine's, in order."""
+    X = X_TRAIN.copy()
+    X[::7, 2] = np.nan
+    model = resolve("random_forest").set_params(n_estimators=20, random_state=0)
+    model.fit(X, LABELS)
+    predictor = SklearnPredictor(model)
+    predictor.compile(None)
+    assert predictor.engine_report.methods["predict_proba"] == ONNX
+    batch = X_HELD_OUT.copy()
+    batch[::3, 1] = np.nan
+    np.testing.assert_array_equal(
+        predictor.predict(Batch(values=batch)), model.predict(batch)
+    )
+    np.testing.assert_allclose(
+        predictor.predict(Batch(values=batch), "predict_proba"),
+        model.predict_proba(batch),
+        rtol=engines.RTOL,
+        atol=engines.ATOL,
+    )
+
+
+def test_ties_are_labelled_by_scikit_learn():
+    """Records whose two best classes tie (here every leaf record of a 2-tree forest
+    that splits its votes) keep scikit-learn's label, not float32's."""
+    model = resolve("random_forest").set_params(n_estimators=2, random_state=1)
+    model.fit(X_TRAIN, LABELS)
+    predictor = SklearnPredictor(model)
+    predictor.compile(None)
+    records = engines.leaf_records(model.estimators_, 6)
+    proba = model.predict_proba(records)
+    assert (proba[:, 0] == proba[:, 1]).any()  # the ties are there
+    np.testing.assert_array_equal(
+        predictor.predict(Batch(values=records)), model.predict(records)
+    )
+
+
+def test_a_disagreeing_graph_is_caught(tmp_path):
+    """A model.onnx whose thresholds were moved answers differently on the leaf records:
+    verification catches it, scikit-learn serves, and the report says why."""
+    model = fitted("random_forest")
+    write_model(tmp_path, model, {"n_features": 6, "compiled": {"onnx": "model.onnx"}})
+    graph = onnx.load_from_string(engines.convert(model, 6))
+    for node in graph.graph.node:
+        for attr in node.attribute:
+            if attr.name == "nodes_values":
+                moved = [v + 0.25 for v in attr.floats]
+                del attr.floats[:]
+                attr.floats.extend(moved)
+    (tmp_path / "model" / "model.onnx").write_bytes(graph.SerializeToString())
+    predictor = load_model(tmp_path / "model").predictor
+    report = predictor.engine_report
+    assert report.source == "model.onnx written by train"
+    assert report.methods == {
+        "predict": SKLEARN,
+        "predict_proba": SKLEARN,
+        "predict_log_proba": SKLEARN,
+    }
+    assert re.search(
+        r"verification failed for predict: \d+ of \d+ labels", report.reason
+    )
+    served = predictor.predict(Batch(values=X_HELD_OUT))
+    np.testing.assert_array_equal(served, model.predict(X_HELD_OUT))
+
+
+def test_switched_off(iris_base):
+    from django.conf import settings
+
+    with override_settings(SMSERVE={**settings.SMSERVE, "COMPILED_ENGINE": False}):
+        predictor = load_model(iris_base / "model").predictor
+    assert set(predictor.engine_report.methods.values()) == {SKLEARN}
+    assert "off" in predictor.engine_report.reason
+
+
+def test_text_columns_are_not_compiled():
+    _, report = engines.compile_model(
+        fitted("logistic_regression"),
+        None,
+        6,
+        ("predict",),
+        False,
+        feature_kinds=["numeric"] * 5 + ["categorical"],
+    )
+    assert report.methods == {"predict": SKLEARN}
+    assert "text (categorical) columns" in report.reason
+
+
+@pytest.mark.server
+def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
+    """The real train writes model.onnx and the verification rows; the real server
+    (2 workers, each with its own session) answers held-out records as the saved model
+    does, for predict and predict_proba; with the engine off it answers the same."""
+    base = sagemaker_tree(
+        tmp_path / "ml",
+        hyperparameters={
+            "smserve_estimator": "random_forest",
+            "n_estimators": "30",
+            "smserve_random_seed": "3",
+        },
+    )
+    data = base / "input" / "data" / "train"
+    data.mkdir(parents=True)
+    rows = np.column_stack([LABELS, X_TRAIN])
+    (data / "train.csv").write_text(
+        "".join(",".join(f"{v:.6g}" for v in row) + "\n" for row in rows)
+    )
+    done = run_train(base)
+    assert done.returncode == 0, done.stderr
+    model_dir = base / "model"
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["compiled"] == {
+        "verification": "verification.npy",
+        "onnx": "model.onnx",
+        "dtype": "float32",
+    }
+    assert np.load(model_dir / "verification.npy").shape == (300, 6)
+    import joblib
+
+    model = joblib.load(model_dir / "model.joblib")
+    body = "".join(",".join(map(repr, row)) + "\n" for row in X_HELD_OUT.tolist())
+    compiled = serve_factory(base)
+    plain = serve_factory(base, env={"SMSERVE_COMPILED_ENGINE": "off"})
+    for server in (compiled, plain):
+        status, _, labels = server.invoke(body.encode(), Accept="application/json")
+        assert status == HTTPStatus.OK
+        assert json.loads(labels)["predictions"] == model.predict(X_HELD_OUT).tolist()
+        status, _, proba = server.invoke(
+            body.encode(),
+            Accept="application/json",
+            **{"X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba"},
+        )
+        assert status == HTTPStatus.OK
+        np.testing.assert_allclose(
+            json.loads(proba)["predictions"],
+            model.predict_proba(X_HELD_OUT),
+            rtol=engines.RTOL,
+            atol=engines.ATOL,
+        )
+    assert re.search(
+        r"Engines for RandomForestClassifier: predict by onnxruntime, predict_proba by "
+        r"onnxruntime, predict_log_proba by scikit-learn \(verified on every record; "
+        r"300 verification records, .*; model.onnx written by train;",
+        compiled.log,
+    )
+    assert (
+        "Engines for RandomForestClassifier: every method by scikit-learn "
+        "(off (SMSERVE_COMPILED_ENGINE))" in plain.log
+    )
+    # ONNX Runtime lives in the workers only: gunicorn's master never loads it (a
+    # child of a process that did aborts at exit), and the workers stop cleanly.
+    (master,) = [
+        pid
+        for pid in compiled.child_pids()
+        if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    workers = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) == 2
+    assert "onnxruntime" not in Path(f"/proc/{master}/maps").read_text()
+    for worker in workers:
+        assert "onnxruntime" in Path(f"/proc/{worker}/maps").read_text()
+    assert compiled.stop() == 0
+    assert "SIGABRT" not in compiled.log
+    assert "Worker exiting" in compiled.log
