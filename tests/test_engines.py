@@ -21,8 +21,8 @@ from modelapp.batch import Batch
 from modelapp.predictors import SklearnPredictor
 from modelapp.registry import load_model
 from modelapp.training.estimators import resolve
-from tests.conftest import write_model
-from tests.training_helpers import run_train, sagemaker_tree
+from tests.support.models import write_model
+from tests.support.training import run_train, sagemaker_tree
 
 ONNX, SKLEARN = engines.ENGINE, engines.SKLEARN
 RNG = np.random.default_rng(0)

@@ -15,13 +15,15 @@ feature name when the model knows its names, and refused when it does not.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from django.conf import settings
+from django.test import override_settings
 from sklearn.datasets import load_iris, make_regression
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -29,6 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from modelapp import engines
 from modelapp.batch import Batch
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
@@ -48,6 +51,7 @@ class Fitted:
     allows_nan: bool  # whether the model takes missing values
     metadata: dict[str, Any] | None = None  # metadata.json beside the model, if any
     frame_names: list[str] | None = None  # set when fitted on a DataFrame
+    compiled: bool = True  # whether the compiled engine (engines.py) may serve it
 
     @property
     def feature_names(self) -> list[str] | None:
@@ -91,6 +95,12 @@ def forest() -> Fitted:
     return Fitted(model, rows, PROBA, allows_nan=True)
 
 
+def forest_scikit_learn_only() -> Fitted:
+    """The same forest with the compiled engine off: scikit-learn answers every
+    method, so every answer is bit for bit the model's own."""
+    return replace(forest(), compiled=False)
+
+
 def scaled_pipeline() -> Fitted:
     """A scaler and a linear classifier, fitted on a DataFrame (names from the model)."""
     X, y, rows = _iris()
@@ -112,6 +122,7 @@ def regressor() -> Fitted:
 KINDS: list[tuple[type[BasePredictor], Callable[[], Fitted]]] = [
     (SklearnPredictor, tree),
     (SklearnPredictor, forest),
+    (SklearnPredictor, forest_scikit_learn_only),
     (SklearnPredictor, scaled_pipeline),
     (SklearnPredictor, regressor),
 ]
@@ -125,7 +136,9 @@ def build_predictor(
     write_model(base, fitted.model, fitted.metadata)
     model_dir = base / "model"
     assert kind.handles(model_dir)
-    return kind.from_model_dir(model_dir, ModelMetadata.read(model_dir))
+    smserve = {**settings.SMSERVE, "COMPILED_ENGINE": fitted.compiled}
+    with override_settings(SMSERVE=smserve):
+        return kind.from_model_dir(model_dir, ModelMetadata.read(model_dir))
 
 
 @dataclass
@@ -150,13 +163,38 @@ def codes(exc_info: pytest.ExceptionInfo) -> Any:
     return exc_info.value.get_codes()
 
 
+def assert_served(case: Case, method: str, got: Any, expected: Any) -> None:
+    """The model's own answer: to the bit from scikit-learn; within the tolerance the
+    compiled engine states where it serves a method that answers numbers (labels are
+    exact either way)."""
+    report = getattr(case.predictor, "engine_report", None)
+    compiled = report is not None and report.methods.get(method) == engines.ENGINE
+    if compiled and np.asarray(expected).dtype.kind in "fc":
+        np.testing.assert_allclose(
+            got, expected, rtol=engines.RTOL, atol=engines.ATOL, err_msg=method
+        )
+    else:
+        np.testing.assert_array_equal(got, expected, err_msg=method)
+
+
+def test_engine_per_method(case):
+    """Which engine serves each method is known, and scikit-learn's alone when off."""
+    report = case.predictor.engine_report
+    assert set(report.methods) == set(case.fitted.methods)
+    if not case.fitted.compiled:
+        assert set(report.methods.values()) == {engines.SKLEARN}
+
+
 # --- predictions ---------------------------------------------------------------------
 def test_predictions_are_the_models_own(case):
     """The default method answers exactly what the model's own predict does."""
     X = case.fitted.X
     assert case.predictor.default_method == "predict"
-    np.testing.assert_array_equal(
-        case.predictor.predict(Batch(values=X)), case.fitted.expected("predict", X)
+    assert_served(
+        case,
+        "predict",
+        case.predictor.predict(Batch(values=X)),
+        case.fitted.expected("predict", X),
     )
 
 
@@ -166,9 +204,7 @@ def test_every_offered_method_is_the_models_own(case):
     for method in case.predictor.available_methods:
         with np.errstate(divide="ignore"):
             got = case.predictor.predict(Batch(values=X), method)
-        np.testing.assert_array_equal(
-            got, case.fitted.expected(method, X), err_msg=method
-        )
+        assert_served(case, method, got, case.fitted.expected(method, X))
 
 
 def test_offers_exactly_the_methods_the_model_has(case):
@@ -182,20 +218,22 @@ def test_invoke_answers_like_predict(case):
     batch = Batch(values=X)
     result = case.predictor.invoke(batch, {}, "text/csv", "application/json")
     assert (result.method, result.records) == ("predict", len(X))
-    np.testing.assert_array_equal(
-        result.predictions, case.fitted.expected("predict", X)
+    assert_served(
+        case, "predict", result.predictions, case.fitted.expected("predict", X)
     )
     last = case.fitted.methods[-1]
     with np.errstate(divide="ignore"):
         result = case.predictor.invoke(batch, {"method": last}, "text/csv", "text/csv")
     assert result.method == last
-    np.testing.assert_array_equal(result.predictions, case.fitted.expected(last, X))
+    assert_served(case, last, result.predictions, case.fitted.expected(last, X))
 
 
 def test_one_record_as_a_flat_list(case):
     """A flat list as wide as the model is one record."""
     row = case.fitted.X[0]
-    np.testing.assert_array_equal(
+    assert_served(
+        case,
+        "predict",
         case.predictor.predict(Batch(values=row.copy())),
         case.fitted.expected("predict", row.reshape(1, -1)),
     )
@@ -237,8 +275,11 @@ def test_nan_only_where_the_model_takes_it(case):
     X[1, 0] = np.nan
     assert case.predictor.allows_nan is case.fitted.allows_nan
     if case.fitted.allows_nan:
-        np.testing.assert_array_equal(
-            case.predictor.predict(Batch(values=X)), case.fitted.expected("predict", X)
+        assert_served(
+            case,
+            "predict",
+            case.predictor.predict(Batch(values=X)),
+            case.fitted.expected("predict", X),
         )
     else:
         with pytest.raises(
@@ -279,7 +320,9 @@ def test_records_by_feature_name(case):
         return
     assert case.predictor.feature_names == names
     records = [dict(reversed(list(zip(names, row, strict=True)))) for row in X.tolist()]
-    np.testing.assert_array_equal(
+    assert_served(
+        case,
+        "predict",
         case.predictor.predict(Batch(records=records)),
         case.fitted.expected("predict", X),
     )
