@@ -134,6 +134,17 @@ def floor_ms(model: Any, body: bytes, fmt: str, budget: float) -> dict[str, floa
                 budget,
             ),
         )
+    # The compiled engine's floor (modelapp/engines.py), as a worker runs it.
+    from modelapp import engines
+
+    compiled, _ = engines.compile_model(
+        model, None, matrix.shape[1], ("predict",), False, fallback=None
+    )
+    predict_onnx = (
+        cpu_median(lambda: compiled["predict"](matrix), budget)
+        if "predict" in compiled
+        else float("nan")
+    )
     predictions = model.predict(matrix)
     render = {
         name: cpu_median(lambda fn=fn: fn(predictions), budget)
@@ -145,6 +156,8 @@ def floor_ms(model: Any, body: bytes, fmt: str, budget: float) -> dict[str, floa
         "predict": predict * 1e3,
         "render": min(render.values()) * 1e3,
         "total": (min(parse.values()) + predict + min(render.values())) * 1e3,
+        "predict_onnx": predict_onnx * 1e3,
+        "total_onnx": (min(parse.values()) + predict_onnx + min(render.values())) * 1e3,
     }
 
 
@@ -565,6 +578,8 @@ def main() -> int:
                             r["p50"] / 1e3 / floor["total"],
                             floor["parse"],
                             floor["parse_smserve"],
+                            floor["total_onnx"],
+                            r["cpu_ms"] / floor["total_onnx"],
                         ]
                     )
                     print("  ", rows[-1][:4], f"cpu {r['cpu_ms']:.3f} ms", flush=True)
@@ -625,6 +640,8 @@ def main() -> int:
                 "p50/floor",
                 "floor parse ms",
                 "our parse ms",
+                "ONNX floor ms",
+                "CPU/ONNX floor",
             ],
             rows,
         )
@@ -644,6 +661,8 @@ def main() -> int:
                 "floor ms",
                 "CPU/floor",
                 "overhead ms",
+                "ONNX floor ms",
+                "CPU/ONNX floor",
             ],
             [
                 [
@@ -652,6 +671,8 @@ def main() -> int:
                     group[0][11],
                     statistics.median(r[12] for r in group),
                     statistics.median(r[13] for r in group),
+                    group[0][17],
+                    statistics.median(r[18] for r in group),
                 ]
                 for key, group in med.items()
             ],
