@@ -289,12 +289,15 @@ def test_pipe_mode_without_fifo(job):
 def test_a_failed_run_keeps_the_previous_model(job):
     """A failed job never replaces a model that was there before (local re-runs)."""
     call_command("train", "--base-dir", str(job))
-    model = (job / "model/model.joblib").read_bytes()
+    before = {p.name: p.read_bytes() for p in (job / "model").iterdir()}
     set_hyperparameters(job, max_depth="0")
     with pytest.raises(CommandError):
         call_command("train", "--base-dir", str(job))
-    assert (job / "model/model.joblib").read_bytes() == model
-    assert sorted(p.name for p in (job / "model").iterdir()) == [
+    after = {p.name: p.read_bytes() for p in (job / "model").iterdir()}
+    assert sorted(after) == [
         "metadata.json",
         "model.joblib",
+        "model.onnx",
+        "verification.npy",
     ]
+    assert after == before
