@@ -52,6 +52,8 @@ VERIFICATION_FILE = "verification.npy"
 VERIFICATION_ROWS = 1000
 MAX_RECORDS = 4000
 RTOL, ATOL = 1e-5, 1e-6
+# The batch size the engine's cost per record is measured on (``_crossover``).
+CROSSOVER_BATCH = 1000
 # Probabilities this close are a tie that float32 may break either way (CompiledMethods).
 TIE_GAP = 1e-5
 # How much of a converter's or runtime's message a log line and the admin keep.
@@ -69,21 +71,27 @@ class EngineReport:
     """Which engine serves each method, and why: logged, kept in the admin."""
 
     methods: dict[str, str] = field(default_factory=dict)
+    # Which methods the graph answers as scikit-learn does (whether or not it serves them).
+    verified: dict[str, bool] = field(default_factory=dict)
     reason: str = ""
     source: str = ""
     dtype: str = ""
     records: int = 0
     max_abs_diff: dict[str, float] = field(default_factory=dict)
+    # Batches above this many records go to scikit-learn (None: none do).
+    max_records: int | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "methods": self.methods,
+            "verified": self.verified,
             "reason": self.reason,
             "source": self.source,
             "dtype": self.dtype,
             "verification_records": self.records,
             "max_abs_diff": self.max_abs_diff,
+            "max_records": self.max_records,
             "tolerance": {"rtol": RTOL, "atol": ATOL},
             "seconds": round(self.seconds, 3),
         }
@@ -182,6 +190,8 @@ class CompiledMethods:
         # Missing values: scikit-learn's trees learn where they go, the converted graph
         # does not; records holding NaN are scikit-learn's.
         self.nan_to_fallback = allows_nan and fallback is not None
+        # Larger batches are scikit-learn's, where it is the faster (``_crossover``).
+        self.max_records: int | None = None
         classes = getattr(model, "classes_", None)
         self._label_dtype = classes.dtype if classes is not None else None
         self._classifier = "probabilities" in session.outputs
@@ -209,11 +219,15 @@ class CompiledMethods:
         return out
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
+        if self.max_records is not None and len(matrix) > self.max_records:
+            return np.asarray(self.fallback("predict", matrix))
         if self.nan_to_fallback:
             return self._split_nan("predict", matrix, self._predict)
         return self._predict(matrix)
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        if self.max_records is not None and len(matrix) > self.max_records:
+            return np.asarray(self.fallback("predict_proba", matrix))
         if self.nan_to_fallback:
             return self._split_nan("predict_proba", matrix, self._predict_proba)
         return self._predict_proba(matrix)
@@ -265,13 +279,16 @@ def compile_model(
         records = verification_records(model, model_dir, n_features)
         report.records = len(records)
         wanted = [m for m in methods if m in compiled.available()]
-        verdicts = _verify_in_child(model, compiled, wanted, records)
+        verdicts, limit = _verify_in_child(model, compiled, wanted, records)
         compiled.nan_to_fallback = allows_nan and fallback is not None
+        compiled.max_records = limit if fallback is not None else None
+        report.max_records = compiled.max_records
         engines: dict[str, Any] = {}
         failures = []
         for method in wanted:
             ok, diff, why = verdicts[method]
             report.max_abs_diff[method] = diff
+            report.verified[method] = ok
             if ok:
                 engines[method] = getattr(compiled, method)
                 report.methods[method] = ENGINE
@@ -282,19 +299,28 @@ def compile_model(
             if failures
             else "verified on every record"
         )
+        if engines and compiled.max_records == 0:
+            engines = {}
+            report.methods = {m: SKLEARN for m in methods}
+            report.reason += (
+                "; not used: scikit-learn answers this model as fast or faster at any "
+                "batch size (measured at load)"
+            )
     except CompileError as exc:
         engines = {}
         report.reason = f"not compiled: {exc}"
     report.seconds = time.perf_counter() - started
     served = ", ".join(f"{m} by {e}" for m, e in report.methods.items())
     logger.info(
-        "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; %.2fs).",
+        "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; "
+        "batches over %s records to scikit-learn; %.2fs).",
         type(model).__name__,
         served,
         report.reason,
         report.records,
         {m: f"{d:.2g}" for m, d in report.max_abs_diff.items()},
         report.source or "no graph",
+        "no" if report.max_records is None else report.max_records,
         report.seconds,
     )
     return engines, report
@@ -312,9 +338,9 @@ def _onnx_bytes(
 
 def _verify_in_child(
     model: Any, compiled: CompiledMethods, methods: list[str], records: np.ndarray
-) -> dict[str, tuple[bool, float, str]]:
-    """``_verify`` for each method, run in a forked child that alone imports ONNX
-    Runtime (``OnnxSession``); the verdicts come back over a pipe."""
+) -> tuple[dict[str, tuple[bool, float, str]], int | None]:
+    """``_verify`` for each method, and ``_crossover``, run in a forked child that alone
+    imports ONNX Runtime (``OnnxSession``); the results come back over a pipe."""
     import pickle
 
     read_end, write_end = os.pipe()
@@ -324,7 +350,8 @@ def _verify_in_child(
         try:
             os.close(read_end)
             verdicts = {m: _verify(model, compiled, m, records) for m in methods}
-            payload = pickle.dumps(verdicts)
+            limit = _crossover(model, compiled, records) if methods else None
+            payload = pickle.dumps((verdicts, limit))
             with os.fdopen(write_end, "wb") as out:
                 out.write(payload)
         except BaseException:
@@ -341,6 +368,39 @@ def _verify_in_child(
             "could not load or run the graph"
         )
     return pickle.loads(payload)
+
+
+def _crossover(
+    model: Any, compiled: CompiledMethods, records: np.ndarray
+) -> int | None:
+    """Up to how many records the engine answers faster than scikit-learn; None when it
+    always does. Measured on ``predict`` (CPU time, medians of repeats) for one record and
+    for ``CROSSOVER_BATCH``; each engine's cost as a fixed part plus one per record.
+    A deep forest on a large batch can be slower in ONNX Runtime than in scikit-learn
+    (measured here: 1,000 records, 100 deep trees)."""
+    rows = np.resize(records, (CROSSOVER_BATCH, records.shape[1])).astype(np.float64)
+
+    def cost(fn: Any, X: np.ndarray) -> float:
+        runs = []
+        for _ in range(3):
+            started = time.process_time()
+            fn(X)
+            runs.append(time.process_time() - started)
+        return sorted(runs)[1]
+
+    sklearn_predict = (
+        (lambda X: compiled.fallback("predict", X))
+        if compiled.fallback is not None
+        else model.predict
+    )
+    ours = [cost(compiled._predict, X) for X in (rows[:1], rows)]
+    theirs = [cost(sklearn_predict, X) for X in (rows[:1], rows)]
+    per_ours = (ours[1] - ours[0]) / (CROSSOVER_BATCH - 1)
+    per_theirs = (theirs[1] - theirs[0]) / (CROSSOVER_BATCH - 1)
+    if per_ours <= per_theirs:
+        return None
+    fixed_gain = (theirs[0] - per_theirs) - (ours[0] - per_ours)
+    return max(0, int(fixed_gain / (per_ours - per_theirs)))
 
 
 def _verify(

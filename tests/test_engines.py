@@ -31,8 +31,10 @@ X_HELD_OUT = RNG.standard_normal((200, 6))
 LABELS = (X_TRAIN[:, 0] + X_TRAIN[:, 1] > 0).astype(int)
 VALUES = X_TRAIN[:, 0] * 2 + X_TRAIN[:, 2]
 
-# Short name (or pipeline) -> the engine that serves predict: what scikit-learn's own
-# families give with skl2onnx 1.20 / onnxruntime 1.32.
+# Short name (or pipeline) -> whether the compiled engine answers predict as
+# scikit-learn does (ONNX) or cannot (SKLEARN): what scikit-learn's own families give with
+# skl2onnx 1.20 / onnxruntime 1.32. (Whether it is then used depends on the speed
+# measured at load: see test_larger_batches_go_where_measured_faster.)
 FAMILIES = {
     "decision_tree": ONNX,
     "decision_tree_regressor": ONNX,
@@ -85,9 +87,9 @@ def test_each_family_engine_and_identical_outputs(name, engine):
     predictor = SklearnPredictor(model)
     predictor.compile(None)
     report = predictor.engine_report
-    assert report.methods["predict"] == engine, report.reason
+    assert report.verified.get("predict", False) is (engine == ONNX), report.reason
     if engine == ONNX:
-        assert report.reason == "verified on every record"
+        assert report.reason.startswith("verified on every record")
     for method in predictor.available_methods:
         served = predictor.predict(Batch(values=X_HELD_OUT), method)
         expected = getattr(model, method)(X_HELD_OUT)
@@ -97,6 +99,29 @@ def test_each_family_engine_and_identical_outputs(name, engine):
             )
         else:
             np.testing.assert_array_equal(served, expected)
+
+
+def test_larger_batches_go_where_measured_faster():
+    """A batch above the measured crossover is scikit-learn's, below it the engine's,
+    with the same answers either way."""
+    model = resolve("random_forest").set_params(n_estimators=20, random_state=0)
+    model.fit(X_TRAIN, LABELS)
+    predictor = SklearnPredictor(model)
+    predictor.compile(None)
+    compiled = predictor._compiled["predict"].__self__
+    served: list[int] = []
+    fallback = compiled.fallback
+    compiled.fallback = lambda method, X: served.append(len(X)) or fallback(method, X)
+    compiled.max_records = 10
+    small, large = X_HELD_OUT[:10], X_HELD_OUT[:11]
+    np.testing.assert_array_equal(
+        predictor.predict(Batch(values=small)), model.predict(small)
+    )
+    np.testing.assert_array_equal(
+        predictor.predict(Batch(values=large)), model.predict(large)
+    )
+    assert served[-1] == 11  # the large batch went to scikit-learn whole
+    assert 10 not in served
 
 
 def test_missing_values_go_to_scikit_learn():
@@ -123,18 +148,19 @@ def test_missing_values_go_to_scikit_learn():
 
 
 def test_ties_are_labelled_by_scikit_learn():
-    """Records whose two best classes tie (here every leaf record of a 2-tree forest
-    that splits its votes) keep scikit-learn's label, not float32's."""
+    """Records whose two best classes tie (here leaf records of a 2-tree forest that
+    splits its votes) keep scikit-learn's label, not float32's."""
     model = resolve("random_forest").set_params(n_estimators=2, random_state=1)
     model.fit(X_TRAIN, LABELS)
-    predictor = SklearnPredictor(model)
-    predictor.compile(None)
+    compiled = engines.CompiledMethods(
+        engines.OnnxSession(engines.convert(model, 6), np.float32),
+        model,
+        fallback=lambda method, X: getattr(model, method)(X),
+    )
     records = engines.leaf_records(model.estimators_, 6)
     proba = model.predict_proba(records)
     assert (proba[:, 0] == proba[:, 1]).any()  # the ties are there
-    np.testing.assert_array_equal(
-        predictor.predict(Batch(values=records)), model.predict(records)
-    )
+    np.testing.assert_array_equal(compiled.predict(records), model.predict(records))
 
 
 def test_a_disagreeing_graph_is_caught(tmp_path):
