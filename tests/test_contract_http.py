@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import uuid
 from http import HTTPStatus
 
 import numpy as np
@@ -54,7 +55,11 @@ def test_every_content_type_and_accept(
     server, iris_model, sample, content_type, accept
 ):
     """Every request format is answered in every response format, with the exact media
-    type and the same predictions as the model in-process."""
+    type and the same predictions as the model in-process.
+
+    README Formats: every request ``Content-Type`` row (CSV, JSON ``[[...]]``, JSON
+    Lines arrays, NPY 2-D) against every ``Accept`` row (CSV labels, JSON
+    ``{"predictions"}``, JSON Lines, NPY); "the exact media type, never a ``; charset=``"."""
     status, headers, body = server.invoke(
         encode(sample, content_type), content_type, Accept=accept
     )
@@ -69,7 +74,9 @@ def test_every_content_type_and_accept(
 )
 def test_content_type_variants_read_as_csv(server, content_type):
     """No Content-Type and application/octet-stream mean CSV; parameters and case are
-    accepted."""
+    accepted.
+
+    README Formats: ``text/csv`` "(also when absent, or ``application/octet-stream``)"."""
     status, _, body = server.invoke(
         b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n", content_type, Accept="text/csv"
     )
@@ -90,7 +97,9 @@ def test_content_type_variants_read_as_csv(server, content_type):
     ],
 )
 def test_accept_rules(server, sample, content_type, accept, expected):
-    """Absent Accept or */* answers in the request's own type; lists go by q-value."""
+    """Absent Accept or */* answers in the request's own type; lists go by q-value.
+
+    README Formats, ``Accept``: "absent or ``*/*``" (the request's own type), "a list"."""
     headers = {"Accept": accept} if accept else {}
     status, response_headers, body = server.invoke(
         encode(sample[:2], content_type), content_type, **headers
@@ -99,8 +108,20 @@ def test_accept_rules(server, sample, content_type, accept, expected):
     assert response_headers["content-type"] == expected
 
 
+def test_accept_falls_back_to_json(server):
+    """No Accept, and a request type no renderer has: the answer (here the 415) is JSON.
+
+    README Formats, ``Accept``: absent: "... else the request's own type, else JSON"."""
+    status, headers, body = server.invoke(b"1,2,3,4\n", "text/html")
+    assert status == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["code"] == "unsupported_media_type"
+
+
 def test_csv_header_present(server):
-    """``header=present`` skips the first line."""
+    """``header=present`` skips the first line.
+
+    README Formats: ``text/csv`` "``header=present`` skips ... a header line"."""
     body = b"sl,sw,pl,pw\n5.1,3.5,1.4,0.2\n"
     status, _, response = server.invoke(
         body, "text/csv; header=present", Accept="application/json"
@@ -118,21 +139,93 @@ def test_csv_header_present(server):
     ],
 )
 def test_json_shapes(server, body):
-    """The three JSON batch shapes give the same answer."""
+    """The three JSON batch shapes give the same answer.
+
+    README Formats: ``application/json`` "``[[...], ...]``, ``{"instances": [...]}``,
+    ``{"inputs": [...]}``"."""
     status, _, response = server.invoke(body, "application/json")
     assert status == HTTPStatus.OK, response
     assert json.loads(response) == {"predictions": [0, 2]}
 
 
 def test_single_flat_record(server):
-    """A flat JSON list is one record (the official container says "Expected 2D array")."""
+    """A flat JSON list is one record (the official container says "Expected 2D array").
+
+    README Formats: ``application/json`` "a flat ``[...]`` is one record"."""
     status, _, response = server.invoke(b"[6.7, 3.0, 5.2, 2.3]", "application/json")
     assert status == HTTPStatus.OK, response
     assert json.loads(response) == {"predictions": [2]}
 
 
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        # Blank fields are NaN, which the tree accepts: predicted as the model does.
+        (b"5.1,,1.4,0.2\n,3.0,5.2,2.3\n", "text/csv", "nan"),
+        # Quoted fields.
+        (b'"5.1","3.5",1.4,0.2\n6.7,3.0,"5.2",2.3\n', "text/csv", [0, 2]),
+        # A charset that is not ASCII-compatible is honoured (an ignored one is a 400).
+        (
+            "5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n".encode("utf-16"),
+            "text/csv; charset=utf-16",
+            [0, 2],
+        ),
+        # latin-1: the header line's name is not UTF-8; the header is skipped.
+        (
+            "s\xe9pale,b,c,d\n6.7,3.0,5.2,2.3\n".encode("latin-1"),
+            "text/csv; charset=latin-1; header=present",
+            [2],
+        ),
+        # JSON Lines: an array per line.
+        (b"[5.1,3.5,1.4,0.2]\n[6.7,3.0,5.2,2.3]\n", "application/jsonlines", [0, 2]),
+        # NPY: a 1-D array is one record.
+        (npy(np.array([6.7, 3.0, 5.2, 2.3])), "application/x-npy", [2]),
+    ],
+    ids=["csv-blank", "csv-quoted", "utf-16", "latin-1", "jsonl-arrays", "npy-1d"],
+)
+def test_format_rows(server, iris_model, body, content_type, expected):
+    """README Formats, request ``Content-Type``: ``text/csv`` "blank fields are missing
+    values (NaN); quoted fields allowed; ``charset`` honoured"; ``application/jsonlines``
+    "an array" per line; ``application/x-npy`` "a 1-D (one record)"."""
+    status, _, response = server.invoke(body, content_type, Accept="application/json")
+    assert status == HTTPStatus.OK, response
+    if expected == "nan":
+        rows = np.array([[5.1, np.nan, 1.4, 0.2], [np.nan, 3.0, 5.2, 2.3]])
+        expected = iris_model.predict(rows).tolist()
+    assert json.loads(response) == {"predictions": expected}
+
+
+def test_log_proba_infinity_is_null_in_json(server, iris_model, sample):
+    """``method=predict_log_proba``: log(0) is minus infinity, which JSON cannot hold.
+
+    README Formats: ``predict_log_proba`` "when the model has them"; ``Accept:
+    application/json`` "NaN and infinity become ``null``"."""
+    status, headers, body = server.invoke(
+        encode(sample, "text/csv"),
+        "text/csv",
+        Accept="application/json",
+        **{"X-Amzn-SageMaker-Custom-Attributes": "method=predict_log_proba"},
+    )
+    assert status == HTTPStatus.OK, body
+    assert headers["x-amzn-sagemaker-custom-attributes"] == "method=predict_log_proba"
+    expected = [
+        [None if np.isinf(v) else v for v in row]
+        for row in iris_model.predict_log_proba(sample).tolist()
+    ]
+    assert None in expected[0]  # the sample does hold an infinity
+    assert json.loads(body)["predictions"] == expected
+
+
 def test_predict_proba_by_custom_attributes(server, iris_model, sample):
-    """The method comes from X-Amzn-SageMaker-Custom-Attributes and is echoed back."""
+    """The method comes from X-Amzn-SageMaker-Custom-Attributes and is echoed back.
+
+    README Formats: "``method=predict_proba`` ... the response echoes the attributes"."""
     status, headers, body = server.invoke(
         encode(sample, "text/csv"),
         "text/csv",
@@ -145,7 +238,9 @@ def test_predict_proba_by_custom_attributes(server, iris_model, sample):
 
 
 def test_predict_proba_as_csv_rows(server):
-    """Scores render as one comma-joined row per record."""
+    """Scores render as one comma-joined row per record.
+
+    README Formats, ``Accept: text/csv``: "or a comma-joined row of scores"."""
     status, _, body = server.invoke(
         b"5.1,3.5,1.4,0.2\n",
         "text/csv",
@@ -157,7 +252,10 @@ def test_predict_proba_as_csv_rows(server):
 
 
 def test_ten_thousand_records_in_order(server, iris, iris_model):
-    """A 10,000-record CSV batch returns 10,000 lines, in input order."""
+    """A 10,000-record CSV batch returns 10,000 lines, in input order.
+
+    README Formats: ``text/csv`` "one record per line"; ``Accept: text/csv`` "one line
+    per record"."""
     X, _ = iris
     rng = np.random.default_rng(0)
     rows = X[rng.integers(0, len(X), 10_000)]
@@ -171,7 +269,9 @@ def test_ten_thousand_records_in_order(server, iris, iris_model):
 
 
 def test_execution_parameters(server):
-    """Batch transform asks how to call the container."""
+    """Batch transform asks how to call the container.
+
+    README Calling it: ``/execution-parameters``; Settings: ``MaxPayloadInMB``."""
     status, headers, body = server.request("GET", "/execution-parameters")
     assert status == HTTPStatus.OK
     assert headers["content-type"] == "application/json"
@@ -183,7 +283,9 @@ def test_execution_parameters(server):
 
 
 def test_ping_ready(server):
-    """/ping is 200 once the model is loaded and warmed up."""
+    """/ping is 200 once the model is loaded and warmed up.
+
+    README Calling it: "``/ping`` 200 once the model is loaded and warmed up"."""
     status, _, body = server.request("GET", "/ping")
     assert status == HTTPStatus.OK
     assert json.loads(body)["status"] == "ready"
@@ -246,6 +348,23 @@ ERRORS = [
         "Line 2",
     ),
     (b"not npy", "application/x-npy", None, 400, "invalid_input", "not an NPY array"),
+    (
+        npy(np.array([[1, 2, 3, 4]], dtype=object)),
+        "application/x-npy",
+        None,
+        400,
+        "invalid_input",
+        "",
+    ),
+    (b'1,2,"3,4\n', "text/csv", None, 400, "invalid_input", ""),
+    (
+        b"[[1,2,3,4],[1,2,3]]",
+        "application/json",
+        None,
+        400,
+        "invalid_input",
+        "record 1 has 4, record 2 has 3",
+    ),
     (b"1,2,inf,4\n", "text/csv", None, 400, "invalid_input", "not infinity"),
     (
         b"1,2,3,4\n",
@@ -270,7 +389,12 @@ ERRORS = [
     ("body", "content_type", "accept", "status", "code", "words"), ERRORS
 )
 def test_error_table(server, body, content_type, accept, status, code, words):
-    """Each bad request gets its status and a JSON body that says what was expected."""
+    """Each bad request gets its status and a JSON body that says what was expected.
+
+    README Errors: empty body; malformed CSV (an unclosed quote)/JSON/NPY (pickled object
+    arrays refused: README Formats, ``application/x-npy``), ragged records (CSV, JSON),
+    non-numeric value, blank line, unknown JSON shape, wrong feature count, objects
+    without feature names, infinity; 415; 406."""
     headers = {"Accept": accept or "application/json"}
     got, response_headers, response = server.invoke(body, content_type, **headers)
     assert got == status, response
@@ -280,16 +404,44 @@ def test_error_table(server, body, content_type, accept, status, code, words):
     assert words in error["detail"]
 
 
-def test_errors_render_as_csv_text(server):
-    """With Accept text/csv an error is one plain line."""
-    status, headers, body = server.invoke(b"1,2,3\n", "text/csv", Accept="text/csv")
+WIDTH_ERROR = {
+    "detail": "Expected 4 features per record, got 3.",
+    "code": "invalid_input",
+}
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type", "expected"),
+    [
+        ("text/csv", "text/csv", b"Expected 4 features per record, got 3.\n"),
+        ("application/json", "application/json", WIDTH_ERROR),
+        ("application/jsonlines", "application/jsonlines", WIDTH_ERROR),
+        ("application/x-npy", "application/json", WIDTH_ERROR),
+        (None, "text/csv", b"Expected 4 features per record, got 3.\n"),
+    ],
+)
+def test_error_body_in_the_negotiated_format(server, accept, media_type, expected):
+    """An error is rendered by the negotiated renderer: CSV the detail as one plain line;
+    JSON Lines one JSON line; NPY, which cannot carry text, JSON.
+
+    README Errors: "Every error body is ``{"detail": ..., "code": ...}`` in the negotiated
+    format (for CSV, the detail as one plain line; for NPY, JSON)"."""
+    headers = {"Accept": accept} if accept else {}
+    status, response_headers, body = server.invoke(b"1,2,3\n", "text/csv", **headers)
     assert status == HTTPStatus.BAD_REQUEST
-    assert headers["content-type"] == "text/csv"
-    assert body == b"Expected 4 features per record, got 3.\n"
+    assert response_headers["content-type"] == media_type
+    if isinstance(expected, bytes):
+        assert body == expected
+    else:
+        assert body.endswith(b"\n") == (media_type == "application/jsonlines")
+        assert len(body.splitlines()) == 1
+        assert json.loads(body) == expected
 
 
 def test_unknown_method(server):
-    """An unknown method is a 400 listing the methods the model has."""
+    """An unknown method is a 400 listing the methods the model has.
+
+    README Errors: "unknown method in the custom attributes" 400 ``unknown_method``."""
     status, _, body = server.invoke(
         b"1,2,3,4\n",
         "text/csv",
@@ -303,7 +455,9 @@ def test_unknown_method(server):
 
 
 def test_oversize_body_is_413_from_nginx(server):
-    """A body over 6 MB never reaches the app: nginx answers 413 in JSON."""
+    """A body over 6 MB never reaches the app: nginx answers 413 in JSON.
+
+    README Errors: "body over the payload limit (nginx ...)" 413 ``payload_too_large``."""
     body = b"1,2,3,4\n" * (6 * 1024 * 1024 // 8 + 10)
     status, headers, response = server.invoke(body, "text/csv")
     assert status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
@@ -317,22 +471,59 @@ def test_oversize_body_is_413_from_nginx(server):
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "status"),
+    "accept", [None, "application/json", "text/html,application/xhtml+xml,*/*;q=0.8"]
+)
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
     [
-        ("GET", "/nope", HTTPStatus.NOT_FOUND),
-        ("GET", "/invocations", HTTPStatus.METHOD_NOT_ALLOWED),
-        ("POST", "/ping/", HTTPStatus.NOT_FOUND),
-        ("GET", "/admin/", HTTPStatus.NOT_FOUND),
+        ("GET", "/nope", HTTPStatus.NOT_FOUND, "not_found"),
+        ("GET", "/invocations", HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ("POST", "/ping/", HTTPStatus.NOT_FOUND, "not_found"),
+        ("GET", "/admin/", HTTPStatus.NOT_FOUND, "not_found"),
     ],
 )
-def test_unknown_paths_and_methods_are_json(server, method, path, status):
-    """Never HTML, not even for a path or method that does not exist."""
-    got, headers, body = server.request(
-        method, path, headers={"Accept": "application/json"}
-    )
+def test_unknown_paths_and_methods_are_json(server, method, path, status, code, accept):
+    """Never HTML, not even for a path or method that does not exist, nor for a browser's
+    Accept: an unknown path is JSON; a wrong method on /invocations is in the format
+    negotiated there (CSV, the request's own type, unless JSON is asked for).
+
+    README Errors: "unknown path / method on a path" 404 / 405 ``not_found`` /
+    ``method_not_allowed``; "never HTML, not even for an unknown path"."""
+    headers = {"Accept": accept} if accept else {}
+    got, response_headers, body = server.request(method, path, headers=headers)
     assert got == status
-    assert headers["content-type"] == "application/json"
-    assert json.loads(body)["detail"]
+    negotiated = path == "/invocations" and accept != "application/json"
+    if negotiated:
+        assert response_headers["content-type"] == "text/csv"
+        assert body == b'Method "GET" not allowed.\n'
+        return
+    assert response_headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert error["code"] == code
+    assert error["detail"]
+
+
+def test_gunicorn_not_answering_is_503_from_nginx(server):
+    """While nginx cannot reach gunicorn (its socket gone, as while gunicorn starts or
+    restarts), an invocation is the JSON 503 that says so; once it is back, a 200.
+
+    README Errors: "gunicorn not answering (starting, restarting, stopping)" 503
+    ``model_server_unavailable``."""
+    (socket_path,) = server.log_path.parent.glob("smserve.*/gunicorn.sock")
+    away = socket_path.with_name("gunicorn.sock.away")
+    socket_path.rename(away)
+    try:
+        for accept in ("application/json", "text/csv"):
+            status, headers, body = server.invoke(
+                b"5.1,3.5,1.4,0.2\n", "text/csv", Accept=accept
+            )
+            assert status == HTTPStatus.SERVICE_UNAVAILABLE, body
+            # nginx's own answer: JSON whatever the Accept.
+            assert headers["content-type"] == "application/json"
+            assert json.loads(body)["code"] == "model_server_unavailable"
+    finally:
+        away.rename(socket_path)
+    assert server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")[0] == HTTPStatus.OK
 
 
 def invocation_lines(server, marker: str) -> list[str]:
@@ -343,39 +534,48 @@ def invocation_lines(server, marker: str) -> list[str]:
     ]
 
 
+def tagged(content_type: str) -> str:
+    """``content_type`` with a parameter no other request carries: both nginx's line and
+    the app's log the Content-Type as sent, so it finds this request's lines (the
+    request id), whatever other tests send to the shared server."""
+    return f"{content_type}; rid={uuid.uuid4().hex}"
+
+
 def test_invocation_is_logged_once_by_nginx(server):
     """One INFO line per invocation with status, records, types, size and duration,
     written by nginx; the app does not repeat it, and the client does not see the
-    header that carries the record count."""
-    body = b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.30001\n"
-    _, headers, _ = server.invoke(body, "text/csv", Accept="text/csv")
+    header that carries the record count.
+
+    README Serving: "Each invocation gets one INFO line, written by nginx"."""
+    content_type = tagged("text/csv")
+    body = b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
+    _, headers, _ = server.invoke(body, content_type, Accept="text/csv")
     assert "x-smserve-records" not in headers
-    lines = wait_for(
-        lambda: invocation_lines(server, f"bytes_in={len(body)} "), what="the line"
-    )
+    lines = wait_for(lambda: invocation_lines(server, content_type), what="the line")
     assert len(lines) == 1, lines
     assert re.search(
         r"INFO \[nginx\] modelapp.invocations: POST /invocations 200 records=2 "
-        r"in=text/csv out=text/csv bytes_in=\d+ \d+\.\d{3}s$",
+        rf"in={re.escape(content_type)} out=text/csv bytes_in={len(body)} "
+        r"\d+\.\d{3}s$",
         lines[0],
     ), lines
 
 
 def test_error_is_logged_with_its_detail(server):
-    """A rejected invocation: nginx's line, and the app's with what was wrong."""
-    body = b"1,2,3,4,5,6,7\n"
-    status, _, _ = server.invoke(body, "text/csv")
+    """A rejected invocation: nginx's line, and the app's with what was wrong.
+
+    README Serving: "An invocation the app rejects gets a second line from the app with
+    the detail"."""
+    content_type = tagged("text/csv")
+    status, _, _ = server.invoke(b"1,2,3,4,5,6,7\n", content_type)
     assert status == HTTPStatus.BAD_REQUEST
     lines = wait_for(
-        lambda: (
-            len(found := invocation_lines(server, f"bytes_in={len(body)} ")) == 2
-            and found
-        ),
+        lambda: len(found := invocation_lines(server, content_type)) == 2 and found,
         what="two lines",
     )
     assert any("[nginx]" in line and " 400 records=-" in line for line in lines)
     assert any(
-        "POST /invocations 400 records=0 in=text/csv out=text/csv" in line
+        f"POST /invocations 400 records=0 in={content_type} out=text/csv" in line
         and "detail='Expected 4 features per record, got 7.'" in line
         for line in lines
     ), lines
