@@ -5,6 +5,7 @@ unpickle them."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,37 @@ class _ZeroClassifier(ClassifierMixin, BaseEstimator):
 
 
 class SlowPredictClassifier(_ZeroClassifier):
-    """Predicts 0; a record whose first feature is 999 makes it sleep ``delay`` seconds."""
+    """Predicts 0; a record whose first feature is 999 makes it slow: it touches a file
+    named after its process in ``started_dir`` (when given), then waits until
+    ``release_file`` exists, or ``delay`` seconds when there is none. A test waits on the
+    started file and releases the request, instead of guessing with ``sleep``."""
 
-    def __init__(self, delay: float = 3.0):
+    def __init__(
+        self, delay: float = 3.0, started_dir: str = "", release_file: str = ""
+    ):
         self.delay = delay
+        self.started_dir = started_dir
+        self.release_file = release_file
 
     def predict(self, X):
         X = np.asarray(X)
         if (X[:, 0] == 999).any():
-            time.sleep(self.delay)
+            if self.started_dir:
+                (Path(self.started_dir) / str(os.getpid())).touch()
+            if self.release_file:
+                end = time.monotonic() + self.delay
+                while not Path(self.release_file).exists() and time.monotonic() < end:
+                    time.sleep(0.02)
+            else:
+                time.sleep(self.delay)
         return np.zeros(len(X), dtype=int)
+
+
+class WarmUpFailingClassifier(_ZeroClassifier):
+    """Loads, and fails every prediction (its warm-up included) with a data error."""
+
+    def predict(self, X):
+        raise ValueError("this model was saved broken")
 
 
 class BuggyClassifier(_ZeroClassifier):
