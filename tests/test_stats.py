@@ -4,7 +4,6 @@ background, exact across workers, and never on the request path (not even in an 
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -33,15 +32,11 @@ WRONG_WIDTH = b"1,2\n"  # a 400: the model takes four features
 POSTGRES_SH = ROOT / "scripts" / "postgres.sh"
 
 
-def timed_invocations(server: Any, count: int) -> list[float]:
-    """Latencies in seconds of ``count`` sequential invocations, each answered 200."""
-    latencies = []
+def invocations(server: Any, count: int) -> None:
+    """``count`` sequential invocations, each answered 200."""
     for _ in range(count):
-        started = time.perf_counter()
         status, _, body = server.invoke(IRIS_ROWS)
-        latencies.append(time.perf_counter() - started)
         assert status == HTTPStatus.OK, body
-    return latencies
 
 
 @pytest.fixture
@@ -70,14 +65,18 @@ def test_record_sums_per_model_and_minute():
     assert pending[("a", minute + 60)][E5XX] == 1
 
 
-def test_record_is_cheap():
-    """Counting an invocation costs microseconds: the request path does no I/O."""
+def test_record_stays_in_memory():
+    """Counting an invocation does no I/O: 20,000 calls reach neither the database (this
+    test has no database access: pytest-django would raise) nor a file, and they sum up
+    exactly. (What a call costs is measured by ``bench/run.py``.)"""
     collector = StatsCollector()
-    started = time.perf_counter()
+    minute = 1_800_000_000 // 60 * 60
     for i in range(20_000):
-        collector.record("a" * 64, 200, 10, 1.5, 1000, 200, now=1_800_000_000 + i % 120)
-    per_call = (time.perf_counter() - started) / 20_000
-    assert per_call < 50e-6
+        collector.record("a" * 64, 200, 10, 1.5, 1000, 200, now=minute + i % 120)
+    pending = collector.pending()
+    assert set(pending) == {("a" * 64, minute), ("a" * 64, minute + 60)}
+    assert sum(bucket[REQUESTS] for bucket in pending.values()) == 20_000
+    assert sum(bucket[RECORDS] for bucket in pending.values()) == 200_000
 
 
 def test_no_thread_runs_in_the_importing_process():
@@ -172,8 +171,6 @@ def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
     assert totals["records"] == 480
     assert totals["4xx"] == 30
     assert totals["5xx"] == 0
-    time.sleep(1)  # later flushes add nothing more
-    assert server_db.totals()["requests"] == 270
     # Bytes both ways: one more of each kind shows what each response weighs.
     _, _, ok_body = server.invoke(IRIS_ROWS)
     _, _, error_body = server.invoke(WRONG_WIDTH)
@@ -189,6 +186,9 @@ def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
         if "Booting worker" in line
     }
     assert len(workers) == 3
+    # Every periodic flush since, and each worker's last one at exit, added nothing more.
+    assert server.stop() == 0
+    assert server_db.totals()["requests"] == 272
 
 
 def test_worker_exit_flushes_what_is_left(serve_factory, iris_base, server_db):
@@ -200,8 +200,7 @@ def test_worker_exit_flushes_what_is_left(serve_factory, iris_base, server_db):
     )
     statuses = invoke_many(server, [IRIS_ROWS] * 50, threads=4)
     assert statuses == [HTTPStatus.OK] * 50
-    time.sleep(0.5)
-    assert server_db.totals()["requests"] == 0
+    assert server_db.totals()["requests"] == 0  # the hourly flush is not due
     assert server.stop() == 0
     assert server_db.totals()["requests"] == 50
 
@@ -253,8 +252,12 @@ def pg_dir() -> Any:
 def test_database_outage_costs_invocations_nothing(
     backend, serve_factory, iris_base, tmp_path, pg_dir
 ):
-    """With the database gone, invocations still succeed as fast as before; the failed
-    flushes are logged, and the counts arrive once the database is back."""
+    """With the database gone, every invocation still succeeds while the workers' flushes
+    fail (and are logged), and the counts arrive once the database is back. (That an
+    outage costs invocations no time is a latency figure: ``bench/run.py``, not here.)
+
+    README admin: "If the database is down, the flush is logged ... the counts wait in
+    memory; invocations do not slow down"."""
     server_db = ServerDatabase(tmp_path / "db")
     outage = _sqlite_outage if backend == "sqlite" else _postgres_outage
     env, take_away, bring_back = outage(pg_dir, server_db)
@@ -263,21 +266,19 @@ def test_database_outage_costs_invocations_nothing(
         workers=2,
         env={**env, "SMSERVE_STATS_FLUSH_SECONDS": "0.2"},
     )
-    timed_invocations(server, 20)  # warm up both workers
-    baseline = timed_invocations(server, 100)
+    invocations(server, 120)
     wait_for(lambda: server_db.totals()["requests"] == 120, what="first flush")
 
     take_away()
     try:
-        during = timed_invocations(server, 100)
+        invocations(server, 50)
         wait_for(
             lambda: server.log.count("Stats not flushed") >= 2,
             what="failed flushes logged",
         )
+        invocations(server, 50)  # still answered with flushes failing meanwhile
     finally:
         bring_back()
-    assert statistics.median(during) < 2 * statistics.median(baseline) + 0.005
-    assert max(during) < 0.5
     wait_for(
         lambda: server_db.totals()["requests"] == 220,
         what="counts after the outage",
