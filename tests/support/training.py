@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -125,25 +126,32 @@ def run_train(
     env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
-    """The real ``train`` executable, as SageMaker runs it (``--base-dir`` when given)."""
+    """The real ``train`` executable, as SageMaker runs it (``--base-dir`` when given),
+    recording its run in a database of its own (``train_env``) unless ``env`` names one."""
     command = [str(TRAIN), *(["--base-dir", str(base)] if base else []), *args]
-    return subprocess.run(
-        command,
-        env=train_env(env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    with tempfile.TemporaryDirectory(prefix="train-state-") as state:
+        return subprocess.run(
+            command,
+            env=train_env(env, Path(state)),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
-def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def train_env(extra: dict[str, str] | None, state_dir: Path) -> dict[str, str]:
+    """The test's environment for ``train``: a SQLite database in ``state_dir`` (never
+    the checkout's ``var/`` nor the suite's PostgreSQL database), no SageMaker variables
+    of the caller's; ``extra`` last, so a test can name another database."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"SAGEMAKER_BASE_DIR", "TRAINING_JOB_NAME"}
     }
     env["SMSERVE_PYTHON"] = sys.executable
+    env["SMSERVE_STATE_DIR"] = str(state_dir)
+    env["DATABASE_URL"] = ""  # empty: SQLite under the state dir
     env.update(extra or {})
     return env
 
