@@ -229,8 +229,9 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
     stop_seconds = time.monotonic() - stop_started
     assert stopped.returncode == 0, stopped.stderr
     state = container.state()
+    # 0, not 137: serve stopped by itself inside the grace period, or podman would have
+    # killed it. That is the behaviour; the seconds are only printed.
     assert state["ExitCode"] == 0, container.logs()
-    assert stop_seconds < GRACE_SECONDS - 2, container.logs()
     print(
         f"serve: /ping 200 after {ready_seconds:.2f} s, stopped in {stop_seconds:.2f} s"
     )
