@@ -13,12 +13,35 @@ else
   wrk.method = "GET"
 end
 
+-- Every response that is not 2xx is counted (wrk's own "status" error counts only
+-- >= 400): bench/run.py fails a run that has any.
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  non2xx = 0
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
+  local bad = 0
+  for _, thread in ipairs(threads) do
+    bad = bad + thread:get("non2xx")
+  end
   io.write(string.format(
     'BENCH {"requests":%d,"duration_us":%d,"bytes":%d,"p50":%d,"p90":%d,"p99":%d,' ..
-    '"max":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\n',
+    '"max":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,' ..
+    '"non2xx":%d}\n',
     summary.requests, summary.duration, summary.bytes,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
+    e.connect, e.read, e.write, e.status, e.timeout, bad))
 end
