@@ -415,7 +415,10 @@ def test_one_idle_worker_wakes_per_connection(serve_factory, iris_base):
 
 def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
     """SMSERVE_NGINX=off (or no nginx installed): gunicorn serves the port itself, says
-    so, and Django enforces the same payload limit with a 413."""
+    so, and Django enforces the same payload limit with a 413.
+
+    README Errors: "body over the payload limit (nginx, and Django with the same value)"
+    413 ``payload_too_large``."""
     server = serve_factory(
         iris_base, env={"SMSERVE_NGINX": "off", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}
     )
@@ -574,7 +577,11 @@ class TestBatchMode:
     def test_batch_server(self, batch_server, iris, iris_model):
         """Execution parameters report the real limit (0 = any size); a chunked 7 MB
         body is accepted; JSON Lines sent as application/json give one output line per
-        input line; SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT picks the response type."""
+        input line; SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT picks the response type.
+
+        README Formats: ``application/json`` "several documents one per line (batch
+        transform with ``SplitType=Line``) are read as JSON Lines"; ``Accept`` absent:
+        "``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` if set"."""
         status, _, body = batch_server.request("GET", "/execution-parameters")
         assert json.loads(body)["MaxPayloadInMB"] == 0
 
