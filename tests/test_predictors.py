@@ -44,9 +44,9 @@ def test_flat_batch_resolution(regressor_1f, iris_model):
 def test_records_and_header_use_feature_names():
     """Objects and a reordered CSV header map onto the fitted feature order."""
     frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [0.0, 0.0, 1.0, 1.0]})
-    model = HistGradientBoostingRegressor(max_iter=3, min_samples_leaf=1).fit(
-        frame, [0, 1, 2, 3]
-    )
+    model = HistGradientBoostingRegressor(
+        max_iter=3, min_samples_leaf=1, random_state=0
+    ).fit(frame, [0, 1, 2, 3])
     predictor = SklearnPredictor(model)
     expected = model.predict(pd.DataFrame({"a": [2.0], "b": [1.0]}))
     by_records = predictor.predict(Batch(records=[{"b": 1, "a": 2}]))
