@@ -201,40 +201,29 @@ def test_format_rows(server, iris_model, body, content_type, expected):
     assert json.loads(response) == {"predictions": expected}
 
 
-def test_log_proba_infinity_is_null_in_json(server, iris_model, sample):
-    """``method=predict_log_proba``: log(0) is minus infinity, which JSON cannot hold.
+@pytest.mark.parametrize("method", ["predict_proba", "predict_log_proba"])
+def test_method_by_custom_attributes(server, iris_model, sample, method):
+    """The method comes from X-Amzn-SageMaker-Custom-Attributes and is echoed back; the
+    log of a zero probability is minus infinity, which JSON cannot hold: ``null``.
 
-    README Formats: ``predict_log_proba`` "when the model has them"; ``Accept:
-    application/json`` "NaN and infinity become ``null``"."""
+    README Formats: "``method=predict_proba`` ... ``predict_log_proba`` ... the response
+    echoes the attributes"; ``Accept: application/json`` "NaN and infinity become
+    ``null``"."""
     status, headers, body = server.invoke(
         encode(sample, "text/csv"),
         "text/csv",
         Accept="application/json",
-        **{"X-Amzn-SageMaker-Custom-Attributes": "method=predict_log_proba"},
+        **{"X-Amzn-SageMaker-Custom-Attributes": f"method={method}"},
     )
     assert status == HTTPStatus.OK, body
-    assert headers["x-amzn-sagemaker-custom-attributes"] == "method=predict_log_proba"
+    assert headers["x-amzn-sagemaker-custom-attributes"] == f"method={method}"
     expected = [
         [None if np.isinf(v) else v for v in row]
-        for row in iris_model.predict_log_proba(sample).tolist()
+        for row in getattr(iris_model, method)(sample).tolist()
     ]
-    assert None in expected[0]  # the sample does hold an infinity
+    if method == "predict_log_proba":
+        assert None in expected[0]  # the sample does hold an infinity
     assert json.loads(body)["predictions"] == expected
-
-
-def test_predict_proba_by_custom_attributes(server, iris_model, sample):
-    """The method comes from X-Amzn-SageMaker-Custom-Attributes and is echoed back.
-
-    README Formats: "``method=predict_proba`` ... the response echoes the attributes"."""
-    status, headers, body = server.invoke(
-        encode(sample, "text/csv"),
-        "text/csv",
-        Accept="application/json",
-        **{"X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba"},
-    )
-    assert status == HTTPStatus.OK, body
-    assert headers["x-amzn-sagemaker-custom-attributes"] == "method=predict_proba"
-    assert json.loads(body)["predictions"] == iris_model.predict_proba(sample).tolist()
 
 
 def test_predict_proba_as_csv_rows(server):

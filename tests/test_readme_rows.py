@@ -56,7 +56,7 @@ ROWS: dict[tuple[str, str], list[str]] = {
     ],
     ("Accept", "`application/json`"): [
         f"{HTTP}::test_every_content_type_and_accept",
-        f"{HTTP}::test_log_proba_infinity_is_null_in_json",
+        f"{HTTP}::test_method_by_custom_attributes",
     ],
     ("Accept", "`application/jsonlines`"): [
         f"{HTTP}::test_every_content_type_and_accept",
