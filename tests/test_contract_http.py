@@ -343,9 +343,9 @@ ERRORS = [
         None,
         400,
         "invalid_input",
-        "",
+        "holds Python objects, which are refused",
     ),
-    (b'1,2,"3,4\n', "text/csv", None, 400, "invalid_input", ""),
+    (b'1,2,"3,4\n', "text/csv", None, 400, "invalid_input", "feature 3: '3,4"),
     (
         b"[[1,2,3,4],[1,2,3]]",
         "application/json",
