@@ -529,6 +529,14 @@ def main() -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip 1/2/4 workers")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the server (its environment is otherwise clean), e.g. "
+        "SMSERVE_COMPILED_ENGINE=off; repeatable",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep the work dir (models, bodies, serve logs); removed otherwise",
@@ -603,7 +611,12 @@ def main() -> int:
                 body_file = work / f"{name}-{records}.{fmt}"
                 body_file.write_bytes(make_body(pool, records, fmt))
                 bodies[fmt, records] = body_file
-        server = Server(paths[name], work / f"serve-{name}", cpus=server_cpus)
+        server = Server(
+            paths[name],
+            work / f"serve-{name}",
+            cpus=server_cpus,
+            env=dict(item.split("=", 1) for item in args.server_env),
+        )
         server.start(make_body(pool, 1, "csv"))
         summary[f"{name} cold start s"] = server.cold_start
         summary[f"{name} worker threads"] = server.worker_threads()
