@@ -1,0 +1,297 @@
+"""A user's code, as the SageMaker Python SDK ships it: fetch it, install its requirements.
+
+Shared by training (script mode: ``sagemaker_program`` / ``sagemaker_submit_directory``)
+and serving (``SAGEMAKER_PROGRAM`` / ``SAGEMAKER_SUBMIT_DIRECTORY``, or ``model/code/``).
+
+- ``fetch_source(uri, dest)``: ``s3://bucket/key`` (a ``.tar.gz``, downloaded with boto3 and
+  the standard credential chain; ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` are honoured
+  by botocore itself), ``file://`` or a plain path (a directory, a tarball, or one file).
+  Archives are extracted with the ``data`` filter: no member may land outside ``dest``, no
+  link may point outside it, no device files.
+- ``install_requirements(source_dir)``: ``pip install -r requirements.txt`` with the
+  running Python, as the official container does; a failure names the requirement.
+
+Every mistake of the user's is a ``UserCodeError`` (a training ``ClientError``): its message
+says which file or requirement to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from modelapp.training import ClientError
+
+logger = logging.getLogger(__name__)
+
+REQUIREMENTS = "requirements.txt"
+# How much of a child's output is kept to explain its failure.
+TAIL_BYTES = 64 * 1024
+
+
+class UserCodeError(ClientError):
+    """The user's code cannot be fetched, installed or run as given: the message says why."""
+
+
+# --- fetching ------------------------------------------------------------------------------
+def fetch_source(uri: str, dest: Path, *, region: str | None = None) -> Path:
+    """Put the source ``uri`` names into the directory ``dest`` (replaced) and return it.
+
+    ``region`` is used for S3 only when the credential chain names none (the toolkit's
+    order: the environment first, then ``sagemaker_region``).
+    """
+    dest = Path(dest)
+    scheme = urlsplit(uri).scheme
+    if scheme == "s3":
+        with tempfile.TemporaryDirectory(prefix="smserve-src-") as tmp:
+            archive = Path(tmp) / "sourcedir.tar.gz"
+            _s3_download(uri, archive, region)
+            _replace_dir(dest, lambda into: extract_archive(archive, into, uri))
+        return dest
+    path = local_path(uri)
+    if path.is_dir():
+        if path.resolve() == dest.resolve():
+            return dest  # the code is already where it runs (e.g. /opt/ml/code)
+        _replace_dir(dest, lambda into: shutil.copytree(path, into, symlinks=True))
+    elif path.is_file() and tarfile.is_tarfile(path):
+        _replace_dir(dest, lambda into: extract_archive(path, into, uri))
+    elif path.is_file():
+        _replace_dir(dest, lambda into: _copy_file(path, into))
+    else:
+        raise UserCodeError(
+            f"The source directory {uri} does not exist: give an s3:// URI of the SDK's "
+            "sourcedir.tar.gz, a file:// or plain path to a directory or a .tar.gz."
+        )
+    return dest
+
+
+def local_path(uri: str) -> Path:
+    """``file:///a/b`` or ``/a/b`` as a path; any other scheme is refused."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise UserCodeError(f"{uri}: a file:// URI must name a local path.")
+        return Path(unquote(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:  # "C:" is not a scheme, "https" is
+        raise UserCodeError(
+            f"{uri}: unsupported scheme {parts.scheme!r}; use s3://, file:// or a path."
+        )
+    return Path(uri)
+
+
+def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
+    """Extract a tarball (any compression) into ``dest``, refusing anything unsafe."""
+    name = uri or str(archive)
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:
+        member = getattr(exc, "tarinfo", None)
+        what = repr(member.name) if member is not None else "a member"
+        raise UserCodeError(
+            f"Refusing to extract {name}: {what} would escape the source directory "
+            f"({type(exc).__name__}: {exc}). Archives must hold relative paths and "
+            "links that stay inside."
+        ) from exc
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserCodeError(
+            f"Cannot extract {name}: {exc}. It must be a .tar.gz (the SDK's "
+            "sourcedir.tar.gz) or a directory."
+        ) from exc
+
+
+def _s3_download(uri: str, target: Path, region: str | None) -> None:
+    import boto3
+    from botocore.exceptions import BotoCoreError
+    from botocore.exceptions import ClientError as BotoClientError
+
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket or not key or key.endswith("/"):
+        raise UserCodeError(
+            f"{uri}: expected s3://bucket/key of a .tar.gz (the SDK's sourcedir.tar.gz)."
+        )
+    session = boto3.session.Session()
+    client = session.client("s3", region_name=session.region_name or region or None)
+    logger.info("Downloading %s", uri)
+    try:
+        client.download_file(bucket, key, str(target))
+    except BotoClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        hint = {
+            "404": "no such object",
+            "NoSuchKey": "no such object",
+            "NoSuchBucket": "no such bucket",
+            "403": "access denied: the job's role needs s3:GetObject on it",
+            "AccessDenied": "access denied: the job's role needs s3:GetObject on it",
+        }.get(code, error.get("Message") or str(exc))
+        raise UserCodeError(f"Cannot download {uri}: {hint} ({code}).") from exc
+    except BotoCoreError as exc:
+        raise UserCodeError(f"Cannot download {uri}: {exc}") from exc
+
+
+def _replace_dir(dest: Path, fill) -> None:
+    """Fill a new directory beside ``dest``, then swap it in: never half a tree."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        into = staging / "src"
+        fill(into)
+        into.mkdir(exist_ok=True)
+        if dest.exists() or dest.is_symlink():
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            else:
+                dest.unlink()
+        os.replace(into, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_file(path: Path, into: Path) -> None:
+    into.mkdir(parents=True)
+    shutil.copy2(path, into / path.name)
+
+
+# --- requirements ----------------------------------------------------------------------------
+def install_requirements(source_dir: Path, *, python: str | None = None) -> bool:
+    """``pip install -r requirements.txt`` in ``source_dir`` when there is one.
+
+    pip's output goes to stdout as it comes. Returns whether there was a file to install.
+    """
+    requirements = Path(source_dir) / REQUIREMENTS
+    if not requirements.is_file():
+        return False
+    command = [python or sys.executable, "-m", "pip", "install", "-r", REQUIREMENTS]
+    logger.info("Installing %s: %s", requirements, " ".join(command))
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    proc = subprocess.Popen(
+        command,
+        cwd=source_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    sys.stdout.flush()
+    tee = Tee(proc.stdout, binary_stream(sys.stdout))
+    try:
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        tee.join()
+    if code:
+        raise UserCodeError(requirements_failure(requirements, tee.text(), code))
+    return True
+
+
+def requirements_failure(requirements: Path, output: str, code: int) -> str:
+    """Which requirement failed, and pip's own words for why."""
+    errors = [
+        line.strip() for line in output.splitlines() if line.startswith("ERROR:")
+    ] or [line.strip() for line in output.splitlines() if line.strip()][-3:]
+    detail = " ".join(errors)[:600]
+    culprits = [req for req in _requirement_lines(requirements) if _named(req, detail)]
+    which = (
+        f"requirement {culprits[0]!r}"
+        if culprits
+        else f"one of the requirements in {requirements.name}"
+    )
+    return (
+        f"Could not install {which} from {requirements} (pip exited with {code}): "
+        f"{detail or 'pip printed no error'}"
+    )
+
+
+def _requirement_lines(requirements: Path) -> list[str]:
+    try:
+        text = requirements.read_text(errors="replace")
+    except OSError:
+        return []
+    lines = []
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            lines.append(line)
+    return lines
+
+
+def _named(requirement: str, detail: str) -> bool:
+    if requirement in detail:
+        return True
+    name = re.split(r"[\s<>=!~;\[@]", requirement, maxsplit=1)[0]
+    if not name:
+        return False
+    # pip may spell the name with other separators or case
+    canonical = re.sub(r"[-_.]+", "-", name).lower()
+    return canonical in re.sub(r"[-_.]+", "-", detail).lower()
+
+
+# --- child processes -------------------------------------------------------------------------
+def binary_stream(stream) -> BinaryIO:
+    """The byte stream under a text stream (``sys.stderr``), or an adapter when it has none
+    (a test's captured stream)."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        return buffer
+
+    class _Text:
+        def write(self, data: bytes) -> None:
+            stream.write(data.decode("utf-8", "replace"))
+
+        def flush(self) -> None:
+            stream.flush()
+
+    return _Text()  # type: ignore[return-value]
+
+
+class Tee:
+    """Copies a child's pipe to ``sink`` as the bytes come (unchanged, flushed at once) and
+    keeps the last ``TAIL_BYTES`` of it to explain a failure."""
+
+    def __init__(self, pipe: BinaryIO, sink: BinaryIO) -> None:
+        self._pipe = pipe
+        self._sink = sink
+        self._tail = bytearray()
+        self._thread = threading.Thread(
+            target=self._pump, name="smserve-tee", daemon=True
+        )
+        self._thread.start()
+
+    def _pump(self) -> None:
+        fd = self._pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            try:
+                self._sink.write(chunk)
+                self._sink.flush()
+            except (OSError, ValueError):
+                pass  # a closed log must not hang the child on a full pipe
+            self._tail += chunk
+            if len(self._tail) > TAIL_BYTES:
+                del self._tail[: len(self._tail) - TAIL_BYTES]
+        self._pipe.close()
+
+    def join(self, timeout: float | None = 10) -> None:
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        return self._tail.decode("utf-8", "replace")
