@@ -55,6 +55,11 @@ class SageMakerPaths:
         """Pipe mode: SageMaker streams a channel through the FIFO ``<channel>_<epoch>``."""
         return self.data_dir / f"{channel}_{epoch}"
 
+    # --- a user's script (script mode), where SageMaker's training toolkit puts it ---
+    @property
+    def code_dir(self) -> Path:
+        return self.base / "code"
+
     # --- model ---
     @property
     def model_dir(self) -> Path:
@@ -76,6 +81,10 @@ class SageMakerPaths:
     @property
     def output_data_dir(self) -> Path:
         return self.output_dir / "data"
+
+    @property
+    def output_intermediate_dir(self) -> Path:
+        return self.output_dir / "intermediate"
 
     @property
     def metrics_file(self) -> Path:

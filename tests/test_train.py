@@ -93,7 +93,7 @@ def test_csv_classification_end_to_end(tmp_path, splits):
             "max_depth": "3",
             "criterion": '"entropy"',  # JSON-encoded, as the SDK's framework estimators do
             "smserve_random_seed": "7",
-            "sagemaker_program": '"train.py"',
+            "sagemaker_container_log_level": "20",  # the SDK adds sagemaker_* keys
             "_tuning_objective_metric": "validation:accuracy",
         },
         channels={"train": file_channel("text/csv"), "validation": file_channel()},

@@ -88,15 +88,17 @@ def train(
             env = TrainingEnvironment.load(paths, hp_overrides, channel_overrides)
             result.job_name = env.job_name
             result.hyperparameters = env.hyperparameters.raw
-            Trainer(env, result, clock).run()
+            runner_for(env)(env, result, clock).run()
     except ClientError as exc:
-        result.status, result.exit_code = FAILED, EXIT_CLIENT_ERROR
+        # A user's script failing passes its own exit code on.
+        result.status = FAILED
+        result.exit_code = getattr(exc, "exit_code", EXIT_CLIENT_ERROR)
         result.failure_reason = str(exc)
         logger.error("Training failed: %s", exc)
-    except (TrainingStopped, KeyboardInterrupt):
+    except (TrainingStopped, KeyboardInterrupt) as exc:
         result.status, result.exit_code = STOPPED, EXIT_STOPPED
-        result.failure_reason = STOPPED_REASON
-        logger.error("%s", STOPPED_REASON)
+        result.failure_reason = str(exc) or STOPPED_REASON
+        logger.error("%s", result.failure_reason)
     except FitFailed as exc:
         result.status, result.exit_code = FAILED, EXIT_BUG
         result.failure_reason = f"{exc} The traceback follows."
@@ -115,6 +117,17 @@ def train(
     if on_finish is not None:
         on_finish(result)
     return result
+
+
+def runner_for(env: TrainingEnvironment) -> Callable[..., Any]:
+    """Training runners: the user's script when the hyperparameters name one (script
+    mode), else the built-in estimator trainer. All share this module's failure and
+    exit-code policy."""
+    from modelapp.training import script
+
+    if script.wants_script(env.hyperparameters.raw):
+        return script.ScriptRunner
+    return Trainer
 
 
 @contextmanager

@@ -1,0 +1,530 @@
+"""Script mode: run the user's training script as SageMaker's scikit-learn container does.
+
+The SageMaker Python SDK's ``SKLearn`` estimator writes ``sagemaker_program`` (the script's
+name) and ``sagemaker_submit_directory`` (its ``sourcedir.tar.gz``) into the hyperparameters,
+every value JSON-encoded. When ``sagemaker_program`` is there, ``train`` runs that script
+instead of the built-in estimator trainer, the way the training toolkit does:
+
+- the source is fetched into ``<base>/code`` and its ``requirements.txt`` installed
+  (``modelapp.usercode``);
+- the script runs as a child process in that directory (also on ``PYTHONPATH``): ``.py``
+  with this Python, anything else as a command (``.sh`` with ``/bin/sh`` unless it has a
+  ``#!`` line), with every ``SM_*`` variable of the toolkit's ``Environment.to_env_vars``
+  and the hyperparameters other than ``sagemaker_*`` as ``--name value`` arguments,
+  formatted exactly as the toolkit's ``mapping.to_cmd_args`` does;
+- its stdout is the job's stdout, its stderr is copied to the job's stderr as it comes
+  (``PYTHONUNBUFFERED=1``); its exit code is the job's; on failure ``output/failure`` starts
+  with its last exception line, then the end of its stderr;
+- SIGTERM (StopTrainingJob) is passed on to the script's process group; after
+  ``STOP_GRACE_SECONDS`` the group is killed;
+- every host runs it: distributing the work is the script's business.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from modelapp.paths import SageMakerPaths
+from modelapp.training import ClientError, TrainingStopped
+from modelapp.training.environment import TrainingEnvironment, read_json_object
+from modelapp.usercode import (
+    Tee,
+    UserCodeError,
+    binary_stream,
+    fetch_source,
+    install_requirements,
+)
+
+logger = logging.getLogger(__name__)
+
+# The SDK's hyperparameters, as the training toolkit names them (params.py).
+PROGRAM = "sagemaker_program"
+SUBMIT_DIRECTORY = "sagemaker_submit_directory"
+LOG_LEVEL = "sagemaker_container_log_level"
+JOB_NAME = "sagemaker_job_name"
+REGION = "sagemaker_region"
+SAGEMAKER_PREFIX = "sagemaker_"
+# Never passed to the script; the other sagemaker_* keys are its "framework parameters".
+TOOLKIT_KEYS = (
+    PROGRAM,
+    SUBMIT_DIRECTORY,
+    "sagemaker_enable_cloudwatch_metrics",
+    REGION,
+    LOG_LEVEL,
+    JOB_NAME,
+    "default_user_module_name",
+    "_tuning_objective_metric",
+    "sagemaker_s3_output",
+)
+DISTRIBUTION_FLAGS = (
+    "sagemaker_mpi_enabled",
+    "sagemaker_parameter_server_enabled",
+    "sagemaker_distributed_dataparallel_enabled",
+    "sagemaker_pytorch_ddp_enabled",
+    "sagemaker_pytorch_xla_multi_worker_enabled",
+    "sagemaker_multi_worker_mirrored_strategy_enabled",
+    "sagemaker_torch_distributed_enabled",
+)
+DEFAULT_GROUP = "homogeneousCluster"
+# SageMaker kills the container 120 s after SIGTERM; the script gets most of that.
+STOP_GRACE_SECONDS = 100.0
+TAIL_LINES = 40
+TAIL_CHARS = 3000
+
+
+def wants_script(raw_hyperparameters: dict[str, Any]) -> bool:
+    """Script mode starts when the hyperparameters name a program."""
+    return PROGRAM in raw_hyperparameters
+
+
+class ScriptFailed(ClientError):
+    """The user's script ended with a non-zero exit code (which becomes the job's)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- hyperparameters, as the toolkit reads and formats them ------------------------------------
+def decode_hyperparameters(raw: dict[str, Any]) -> dict[str, Any]:
+    """Each value JSON-decoded, else kept as given (the toolkit's ``read_hyperparameters``)."""
+    decoded = {}
+    for key, value in raw.items():
+        try:
+            decoded[key] = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            decoded[key] = value
+    return decoded
+
+
+def split_hyperparameters(
+    decoded: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the script's hyperparameters, the SDK's ``sagemaker_*`` ones)."""
+    sagemaker = {
+        k: v
+        for k, v in decoded.items()
+        if k in TOOLKIT_KEYS or k.startswith(SAGEMAKER_PREFIX)
+    }
+    user = {k: v for k, v in decoded.items() if k not in sagemaker}
+    return user, sagemaker
+
+
+def to_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
+    """``--name value`` pairs, sorted by name, exactly as the toolkit formats them: a
+    one-letter name gets one dash, values are ``str()`` of the decoded JSON (``True``,
+    ``[1, 2]``), a mapping becomes ``k=v,k=v`` and ``None`` an empty string."""
+    args = []
+    for key in sorted(hyperparameters):
+        name = str(key)
+        args.append(f"-{name}" if len(name) == 1 else f"--{name}")
+        value = hyperparameters[key]
+        if hasattr(value, "items"):
+            args.append(",".join(f"{k}={v}" for k, v in sorted(value.items())))
+        else:
+            args.append(_text(value))
+    return args
+
+
+def env_value(value: Any) -> str:
+    """An ``SM_*`` value: strings as they are, ``None`` empty, the rest compact JSON."""
+    if isinstance(value, bytes):
+        return value.decode("latin1")
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin1")
+    return str(value)
+
+
+# --- the environment the script sees -----------------------------------------------------------
+def training_environment(
+    env: TrainingEnvironment,
+    decoded: dict[str, Any],
+    *,
+    program: str,
+    module_dir: str,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+) -> dict[str, Any]:
+    """The toolkit's ``Environment`` as a dict (``SM_TRAINING_ENV``)."""
+    paths = env.paths
+    user, sagemaker = split_hyperparameters(decoded)
+    resource = read_json_object(paths.resourceconfig_file, default={})
+    resource.setdefault("current_host", env.current_host)
+    resource.setdefault("hosts", list(env.hosts))
+    input_data = read_json_object(paths.inputdataconfig_file, default={})
+    if not paths.inputdataconfig_file.exists():
+        input_data = {
+            name: {"TrainingInputMode": channel.input_mode}
+            for name, channel in env.channels.items()
+        }
+    channel_dirs = {
+        name: str(
+            env.channels[name].override
+            if name in env.channels and env.channels[name].override
+            else paths.channel_dir(name)
+        )
+        for name in sorted(set(input_data) | set(env.channels))
+    }
+    framework = {k: v for k, v in sagemaker.items() if k not in TOOLKIT_KEYS}
+    hosts = list(resource["hosts"])
+    current_host = str(resource["current_host"])
+    group = resource.get("current_group_name", DEFAULT_GROUP)
+    groups = resource.get("instance_groups") or []
+    distributed = [group] if any(framework.get(f) for f in DISTRIBUTION_FLAGS) else []
+    distribution_groups = framework.get(
+        "sagemaker_distribution_instance_groups", distributed
+    )
+    if groups:
+        distribution_hosts = [
+            h
+            for g in groups
+            if g.get("instance_group_name") in distribution_groups
+            for h in g.get("hosts", [])
+        ]
+    else:
+        distribution_hosts = list(hosts)
+    master = (distribution_hosts or hosts or [current_host])[0]
+    return {
+        "additional_framework_parameters": framework,
+        "channel_input_dirs": channel_dirs,
+        "current_host": current_host,
+        "current_instance_group": group,
+        "current_instance_group_hosts": next(
+            (
+                g.get("hosts", [])
+                for g in groups
+                if g.get("instance_group_name") == group
+            ),
+            [],
+        ),
+        "current_instance_type": resource.get("current_instance_type", "local"),
+        "distribution_hosts": distribution_hosts,
+        "distribution_instance_groups": distribution_groups,
+        "framework_module": None,
+        "hosts": hosts,
+        "hyperparameters": user,
+        "input_config_dir": str(paths.config_dir),
+        "input_data_config": input_data,
+        "input_dir": str(paths.input_dir),
+        "instance_groups": [g.get("instance_group_name") for g in groups],
+        "instance_groups_dict": {g.get("instance_group_name"): g for g in groups},
+        "is_hetero": len(groups) > 1,
+        "is_master": current_host == master,
+        "is_modelparallel_enabled": False,
+        "is_smddpmprun_installed": False,
+        "is_smddprun_installed": False,
+        "job_name": env.job_name,
+        "log_level": sagemaker.get(LOG_LEVEL, logging.INFO),
+        "master_hostname": master,
+        "model_dir": str(paths.model_dir),
+        "module_dir": module_dir,
+        "module_name": program[:-3] if program.endswith(".py") else program,
+        "network_interface_name": resource.get("network_interface_name", "eth0"),
+        "num_cpus": num_cpus if num_cpus is not None else (os.cpu_count() or 1),
+        "num_gpus": num_gpus if num_gpus is not None else count_gpus(),
+        "num_neurons": 0,
+        "output_data_dir": str(paths.output_data_dir),
+        "output_dir": str(paths.output_dir),
+        "output_intermediate_dir": str(paths.output_intermediate_dir),
+        "resource_config": resource,
+        "topology": resource.get("topology", []),
+        "user_entry_point": program,
+    }
+
+
+def sm_variables(training_env: dict[str, Any]) -> dict[str, str]:
+    """Every ``SM_*`` variable of the toolkit's ``Environment.to_env_vars``."""
+    t = training_env
+    values: dict[str, Any] = {
+        "hosts": t["hosts"],
+        "network_interface_name": t["network_interface_name"],
+        "hps": t["hyperparameters"],
+        "user_entry_point": t["user_entry_point"],
+        "framework_params": t["additional_framework_parameters"],
+        "resource_config": t["resource_config"],
+        "input_data_config": t["input_data_config"],
+        "output_data_dir": t["output_data_dir"],
+        "channels": sorted(t["channel_input_dirs"]),
+        "current_host": t["current_host"],
+        "current_instance_type": t["current_instance_type"],
+        "current_instance_group": t["current_instance_group"],
+        "current_instance_group_hosts": t["current_instance_group_hosts"],
+        "instance_groups": t["instance_groups"],
+        "instance_groups_dict": t["instance_groups_dict"],
+        "distribution_instance_groups": t["distribution_instance_groups"],
+        "is_hetero": t["is_hetero"],
+        "module_name": t["module_name"],
+        "log_level": t["log_level"],
+        "framework_module": t["framework_module"],
+        "input_dir": t["input_dir"],
+        "input_config_dir": t["input_config_dir"],
+        "output_dir": t["output_dir"],
+        "num_cpus": t["num_cpus"],
+        "num_gpus": t["num_gpus"],
+        "num_neurons": t["num_neurons"],
+        "model_dir": t["model_dir"],
+        "module_dir": t["module_dir"],
+        "training_env": t,
+        "user_args": to_cmd_args(t["hyperparameters"]),
+        "output_intermediate_dir": t["output_intermediate_dir"],
+    }
+    if t["topology"]:
+        values["topology"] = t["topology"]
+    for name, path in t["channel_input_dirs"].items():
+        values[f"channel_{name}"] = path
+    for key, value in t["hyperparameters"].items():
+        values[f"hp_{key}"] = value
+    return {f"SM_{str(k).upper()}": env_value(v) for k, v in values.items()}
+
+
+def count_gpus() -> int:
+    """GPUs ``nvidia-smi --list-gpus`` lists; 0 without it (the toolkit's rule)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        output = subprocess.run(
+            ["nvidia-smi", "--list-gpus"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in output.splitlines() if line.startswith("GPU "))
+
+
+# --- the run ------------------------------------------------------------------------------------
+class ScriptRunner:
+    """Fetch, install and run the user's script; one of ``train``'s runners."""
+
+    def __init__(self, env: TrainingEnvironment, result: Any, clock: float) -> None:
+        self.env = env
+        self.paths: SageMakerPaths = env.paths
+        self.result = result
+        self.clock = clock
+
+    def run(self) -> None:
+        decoded = decode_hyperparameters(self.env.hyperparameters.raw)
+        user, sagemaker = split_hyperparameters(decoded)
+        program = program_name(sagemaker.get(PROGRAM))
+        self.result.estimator = f"script:{program}"
+        submit = sagemaker.get(SUBMIT_DIRECTORY)
+        source_dir = self.fetch(submit, sagemaker.get(REGION))
+        script = source_dir / program
+        if not script.is_file():
+            raise UserCodeError(
+                f"{PROGRAM} names {program!r}, which is not in the source directory "
+                f"{submit or source_dir} (it holds: {_listing(source_dir)})."
+            )
+        install_requirements(source_dir)
+        training_env = training_environment(
+            self.env,
+            decoded,
+            program=program,
+            module_dir=str(submit) if submit else str(source_dir),
+        )
+        for directory in (self.paths.model_dir, self.paths.output_data_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        child_env = self.child_environment(training_env, sagemaker, source_dir)
+        command = command_for(script, to_cmd_args(user))
+        logger.info(
+            "Invoking the user's script: %s (in %s)", shlex.join(command), source_dir
+        )
+        try:
+            code, stderr = run_child(command, cwd=source_dir, env=child_env)
+        except (TrainingStopped, KeyboardInterrupt) as exc:
+            raise TrainingStopped(
+                f"Training was stopped (SIGTERM): {program} was sent SIGTERM and has "
+                f"ended; whatever it wrote to {self.paths.model_dir} is left as it is."
+            ) from exc
+        if code != 0:
+            raise ScriptFailed(self.failure_reason(program, code, stderr), _exit(code))
+        self.result.status, self.result.exit_code = "completed", 0
+
+    def fetch(self, submit: Any, region: Any) -> Path:
+        code_dir = self.paths.code_dir
+        if submit in (None, ""):
+            if not code_dir.is_dir():
+                raise UserCodeError(
+                    f"No {SUBMIT_DIRECTORY} hyperparameter and no code in {code_dir}: "
+                    "say where the script is (the SDK sets it from source_dir)."
+                )
+            return code_dir
+        if not isinstance(submit, str):
+            raise UserCodeError(
+                f"{SUBMIT_DIRECTORY} must be a string (an s3:// URI, file:// or a "
+                f"path), got {submit!r}."
+            )
+        return fetch_source(
+            submit, code_dir, region=region if isinstance(region, str) else None
+        )
+
+    def child_environment(
+        self, training_env: dict[str, Any], sagemaker: dict[str, Any], source_dir: Path
+    ) -> dict[str, str]:
+        child = dict(os.environ)
+        child.update(sm_variables(training_env))
+        # What the toolkit also exports before it starts the script.
+        child["SAGEMAKER_JOB_NAME"] = _text(sagemaker.get(JOB_NAME, ""))
+        child["CURRENT_HOST"] = training_env["current_host"]
+        child["SAGEMAKER_REGION"] = _text(sagemaker.get(REGION, ""))
+        child["PYTHONUNBUFFERED"] = "1"
+        pythonpath = [str(source_dir), *filter(None, [child.get("PYTHONPATH")])]
+        child["PYTHONPATH"] = os.pathsep.join(pythonpath)
+        return child
+
+    def failure_reason(self, program: str, code: int, stderr: str) -> str:
+        # The toolkit's rule: a failure file the script wrote itself is kept.
+        failure_file = self.paths.failure_file
+        if failure_file.is_file():
+            text = failure_file.read_text(errors="replace").strip()
+            if text:
+                return text
+        return failure_message(program, code, stderr)
+
+
+def program_name(value: Any) -> str:
+    """``sagemaker_program`` checked: a relative path that stays in the source dir."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserCodeError(
+            f'{PROGRAM} must name the script to run (e.g. "train.py"), got {value!r}.'
+        )
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise UserCodeError(
+            f"{PROGRAM} must be a path inside the source directory, got {value!r}."
+        )
+    return str(path)
+
+
+def command_for(script: Path, args: list[str]) -> list[str]:
+    """``.py`` with this Python; anything else as a command: by its ``#!`` line when it
+    has one, else with ``/bin/sh`` (what ``sh -c ./script`` does in the toolkit)."""
+    if script.suffix == ".py":
+        return [sys.executable, script.name, *args]
+    with open(script, "rb") as fh:
+        shebang = fh.read(2) == b"#!"
+    if shebang:
+        script.chmod(script.stat().st_mode | 0o111)
+        return [f"./{script.name}", *args]
+    return ["/bin/sh", script.name, *args]
+
+
+def run_child(command: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run the script in its own process group; returns (exit status, stderr's tail).
+
+    Leaving by an exception (``TrainingStopped`` from SIGTERM) stops the group first.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    proc = subprocess.Popen(
+        command,  # a relative "./script" is found in cwd
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    tee = Tee(proc.stderr, binary_stream(sys.stderr))
+    try:
+        code = proc.wait()
+    except BaseException:
+        stop_group(proc)
+        raise
+    finally:
+        tee.join()
+    return code, tee.text()
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the script's process group; SIGKILL after ``STOP_GRACE_SECONDS``."""
+    logger.warning("Passing SIGTERM on to the script (pid %d).", proc.pid)
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)  # the script, or what it left behind
+    proc.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _exit(code: int) -> int:
+    """A child's status as a shell reports it: killed by signal N is 128 + N."""
+    return 128 - code if code < 0 else code
+
+
+# --- explaining a failure -----------------------------------------------------------------------
+def failure_message(program: str, code: int, stderr: str) -> str:
+    """The script's last exception line first (what FailureReason shows), then how it
+    ended and the end of its stderr."""
+    lines = stderr.splitlines()
+    headline = last_exception_line(lines)
+    how = f"{program} exited with code {_exit(code)}"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"{program} was killed by {name}"
+        if -code == signal.SIGKILL:
+            how += " (out of memory?)"
+    tail = "\n".join(lines[-TAIL_LINES:])[-TAIL_CHARS:].strip("\n")
+    if not headline or not tail:
+        return f"{how}; it printed nothing to stderr."
+    parts = [headline, f"{how}; the end of its stderr:", tail]
+    return "\n".join(parts)
+
+
+def last_exception_line(lines: list[str]) -> str:
+    """The exception line of the last Python traceback (``ValueError: ...``); without a
+    traceback, the last line that says anything (an argparse error, a shell message)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (")]
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if line.strip() and not line[0].isspace():
+                return line.strip()
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _listing(directory: Path) -> str:
+    try:
+        names = sorted(p.name for p in directory.iterdir())
+    except OSError:
+        return "nothing readable"
+    if not names:
+        return "nothing"
+    shown = ", ".join(names[:20])
+    return shown + (f" and {len(names) - 20} more" if len(names) > 20 else "")
