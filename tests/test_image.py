@@ -258,8 +258,9 @@ def test_image_holds_no_secret_key_test_tools_or_compilers(
     image: str, container: Container
 ):
     """Nothing secret is baked in (the SECRET_KEY is made per container at start), and
-    neither test tools, pip nor a compiler are left in the image; the code is on PATH
-    outside /opt/ml."""
+    neither test tools, a pip command nor a compiler are left in the image (pip stays as
+    ``python -m pip`` for script mode's requirements.txt); the code is on PATH outside
+    /opt/ml."""
     script = (
         'ls -A "$SMSERVE_STATE_DIR";'
         "find / -xdev -name secret_key -print;"
