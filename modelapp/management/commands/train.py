@@ -2,7 +2,8 @@
 
 The pipeline is ``modelapp.training.run``; this command owns only the command line, the
 ``output/success`` / ``output/failure`` files and the exit status: 0 done, 1 the job's
-configuration or data needs fixing, 2 a bug in smserve, 143 stopped by SIGTERM.
+configuration or data needs fixing, 2 a bug in smserve, 143 stopped by SIGTERM; in script
+mode a failed script's own exit code.
 """
 
 from __future__ import annotations
