@@ -319,6 +319,19 @@ def test_an_archive_escaping_its_directory_is_refused(tmp_path, iris_csv):
     assert not (base / "code").exists()
 
 
+def test_a_script_whose_interpreter_is_missing_is_the_users_to_fix(tmp_path, iris_csv):
+    """A ``#!`` line naming an interpreter the image lacks: a ClientError, not a bug."""
+    src = source_dir(tmp_path / "src", {"train.sh": "#!/no/such/shell\necho hi\n"})
+    base = job(tmp_path, iris_csv, str(src), program="train.sh")
+    result = run.train(SageMakerPaths(base))
+
+    assert result.exit_code == 1
+    assert result.failure_reason.startswith(
+        f"Cannot start ./train.sh in {base / 'code'}: No such file or directory."
+    )
+    assert result.channels["train"] == {"mode": "File", "content_type": "text/csv"}
+
+
 def test_a_program_missing_from_the_source_says_what_is_there(tmp_path, iris_csv):
     """``sagemaker_program`` naming a file the source does not have: a ClientError
     listing what the source holds."""

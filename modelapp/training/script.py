@@ -329,6 +329,10 @@ class ScriptRunner:
         user, sagemaker = split_hyperparameters(decoded)
         program = program_name(sagemaker.get(PROGRAM))
         self.result.estimator = f"script:{program}"
+        self.result.channels = {
+            name: {"mode": channel.input_mode, "content_type": channel.content_type}
+            for name, channel in self.env.channels.items()
+        }
         submit = sagemaker.get(SUBMIT_DIRECTORY)
         source_dir = self.fetch(submit, sagemaker.get(REGION))
         script = source_dir / program
@@ -438,14 +442,20 @@ def run_child(command: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[in
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    proc = subprocess.Popen(
-        command,  # a relative "./script" is found in cwd
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            command,  # a relative "./script" is found in cwd
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:  # e.g. a #! line naming an interpreter the image lacks
+        raise UserCodeError(
+            f"Cannot start {command[0]} in {cwd}: {exc.strerror or exc}. Check its "
+            "#! line, or name a .py script."
+        ) from exc
     tee = Tee(proc.stderr, binary_stream(sys.stderr))
     try:
         code = proc.wait()
