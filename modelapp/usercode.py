@@ -10,6 +10,11 @@ and serving (``SAGEMAKER_PROGRAM`` / ``SAGEMAKER_SUBMIT_DIRECTORY``, or ``model/
   link may point outside it, no device files.
 - ``install_requirements(source_dir)``: ``pip install -r requirements.txt`` with the
   running Python, as the official container does; a failure names the requirement.
+- ``load_user_module(source_dir, program)``: import the script (serving); a script that
+  does not import says which file and line.
+- ``find_hooks(module)``: the inference hooks it defines (``model_fn``, ``input_fn``,
+  ``predict_fn``, ``output_fn``, ``transform_fn``), each knowing whether it takes the
+  inference toolkit's trailing ``context`` argument.
 
 Every mistake of the user's is a ``UserCodeError`` (a training ``ClientError``): its message
 says which file or requirement to fix.
@@ -17,6 +22,8 @@ says which file or requirement to fix.
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -26,8 +33,12 @@ import sys
 import tarfile
 import tempfile
 import threading
-from pathlib import Path
-from typing import BinaryIO
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from modelapp.training import ClientError
@@ -295,3 +306,157 @@ class Tee:
 
     def text(self) -> str:
         return self._tail.decode("utf-8", "replace")
+
+
+# --- importing a script and finding its hooks (serving) ------------------------------------
+# Each hook's arguments without the optional trailing ``context`` (the inference toolkit).
+HOOK_ARGUMENTS = {
+    "model_fn": ("model_dir",),
+    "input_fn": ("request_body", "request_content_type"),
+    "predict_fn": ("input_data", "model"),
+    "output_fn": ("prediction", "accept"),
+    "transform_fn": ("model", "request_body", "content_type", "accept"),
+}
+
+
+def load_user_module(source_dir: Path, program: str) -> ModuleType:
+    """Import ``program`` (``inference.py``) from ``source_dir`` as the module
+    ``inference``, with ``source_dir`` first on ``sys.path`` so that its siblings import.
+
+    A script that does not import is a ``UserCodeError`` naming the file and line.
+    """
+    source_dir = Path(source_dir).resolve()
+    relative = PurePosixPath(program)
+    if relative.is_absolute() or ".." in relative.parts or not program.strip():
+        raise UserCodeError(
+            f"The program must be a path inside {source_dir}, got {program!r}."
+        )
+    path = source_dir / relative
+    if not path.is_file():
+        raise UserCodeError(
+            f"{program} is not in {source_dir} (it holds: {listing(source_dir)})."
+        )
+    name = ".".join(relative.with_suffix("").parts)
+    if str(source_dir) not in sys.path:
+        sys.path.insert(0, str(source_dir))
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UserCodeError(f"{path} cannot be imported as a Python module.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt, SystemExit from the platform: not the script's
+        raise UserCodeError(
+            f"{program} could not be imported: {type(exc).__name__}: {exc} "
+            f"({where(exc, source_dir) or path})"
+        ) from exc
+    return module
+
+
+def where(exc: BaseException, source_dir: Path) -> str | None:
+    """``file:line`` of the innermost frame of ``exc`` in the user's code, for messages."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    root = str(Path(source_dir).resolve())
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.abspath(frame.filename).startswith(root + os.sep):
+            found = f"{frame.filename}:{frame.lineno}"
+    return found
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One of the script's functions; called with or without the trailing ``context``."""
+
+    name: str
+    func: Callable[..., Any]
+    takes_context: bool
+
+    def __call__(self, *args: Any, context: Any = None) -> Any:
+        if self.takes_context:
+            return self.func(*args, context)
+        return self.func(*args)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The inference hooks a script defines; None where smserve's own step applies."""
+
+    model_fn: Hook | None = None
+    input_fn: Hook | None = None
+    predict_fn: Hook | None = None
+    output_fn: Hook | None = None
+    transform_fn: Hook | None = None
+
+    def defined(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+
+def find_hooks(module: ModuleType) -> Hooks:
+    """The hooks ``module`` defines, checked once at load rather than per request: each
+    must be callable and take its arguments, or those plus ``context``; ``transform_fn``
+    excludes ``input_fn``, ``predict_fn`` and ``output_fn`` (as in the toolkit)."""
+    found = {}
+    for name, arguments in HOOK_ARGUMENTS.items():
+        func = getattr(module, name, None)
+        if func is None:
+            continue
+        found[name] = Hook(name, func, _takes_context(module, name, func, arguments))
+    if "transform_fn" in found:
+        others = [n for n in ("input_fn", "predict_fn", "output_fn") if n in found]
+        if others:
+            raise UserCodeError(
+                f"{_module_file(module)} defines transform_fn and {', '.join(others)}: "
+                "use transform_fn alone, or input_fn/predict_fn/output_fn without it."
+            )
+    return Hooks(**found)
+
+
+def _takes_context(
+    module: ModuleType, name: str, func: Any, arguments: tuple[str, ...]
+) -> bool:
+    if not callable(func):
+        raise UserCodeError(
+            f"{_module_file(module)}: {name} must be a function, got "
+            f"{type(func).__name__}."
+        )
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return False  # a builtin without a signature: called with the plain arguments
+    positional = [
+        p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    variadic = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    # The toolkit's rule: as many parameters as arguments, or one more for context.
+    if len(positional) == len(arguments) + 1:
+        return True
+    if len(positional) == len(arguments) or (
+        variadic and len(positional) <= len(arguments)
+    ):
+        return False
+    line = getattr(getattr(func, "__code__", None), "co_firstlineno", "?")
+    raise UserCodeError(
+        f"{_module_file(module)}:{line}: {name} takes {len(positional)} arguments; "
+        f"expected {name}({', '.join(arguments)}) or "
+        f"{name}({', '.join(arguments)}, context)."
+    )
+
+
+def _module_file(module: ModuleType) -> str:
+    return getattr(module, "__file__", None) or module.__name__
+
+
+def listing(directory: Path) -> str:
+    """What ``directory`` holds, for messages (the first 20 names)."""
+    try:
+        names = sorted(p.name for p in directory.iterdir())
+    except OSError:
+        return "nothing readable"
+    shown = ", ".join(names[:20]) or "nothing"
+    return shown + (f" and {len(names) - 20} more" if len(names) > 20 else "")

@@ -43,6 +43,7 @@ from modelapp.usercode import (
     binary_stream,
     fetch_source,
     install_requirements,
+    listing,
 )
 
 logger = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ class ScriptRunner:
         if not script.is_file():
             raise UserCodeError(
                 f"{PROGRAM} names {program!r}, which is not in the source directory "
-                f"{submit or source_dir} (it holds: {_listing(source_dir)})."
+                f"{submit or source_dir} (it holds: {listing(source_dir)})."
             )
         install_requirements(source_dir)
         training_env = training_environment(
@@ -527,14 +528,3 @@ def last_exception_line(lines: list[str]) -> str:
         if line.strip():
             return line.strip()
     return ""
-
-
-def _listing(directory: Path) -> str:
-    try:
-        names = sorted(p.name for p in directory.iterdir())
-    except OSError:
-        return "nothing readable"
-    if not names:
-        return "nothing"
-    shown = ", ".join(names[:20])
-    return shown + (f" and {len(names) - 20} more" if len(names) > 20 else "")
