@@ -237,14 +237,15 @@ def test_a_broken_script_fails_the_job_with_its_exception_first(tmp_path, iris_c
 
 
 def test_a_shell_script_runs_with_the_shell_and_its_exit_code(tmp_path, iris_csv):
-    """A ``.sh`` entry point runs with /bin/sh, arguments quoted as the toolkit passes
-    them; its exit code (3) is the job's."""
-    src = source_dir(tmp_path / "src", {"train.sh": TRAIN_SH})
+    """A ``.sh`` entry point (here in a subdirectory of the source) runs with /bin/sh
+    from the source directory, arguments quoted as the toolkit passes them; its exit code
+    (3) is the job's."""
+    src = source_dir(tmp_path / "src", {"scripts/train.sh": TRAIN_SH})
     base = job(
         tmp_path,
         iris_csv,
         f"file://{src}",
-        program="train.sh",
+        program="scripts/train.sh",
         hps={"a": "two words", "flag": True},
     )
     done = run_train(base)

@@ -37,6 +37,7 @@ from typing import Any
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError, TrainingStopped
 from modelapp.training.environment import TrainingEnvironment, read_json_object
+from modelapp.training.run import COMPLETED, EXIT_OK
 from modelapp.usercode import (
     Tee,
     UserCodeError,
@@ -352,7 +353,7 @@ class ScriptRunner:
         for directory in (self.paths.model_dir, self.paths.output_data_dir):
             directory.mkdir(parents=True, exist_ok=True)
         child_env = self.child_environment(training_env, sagemaker, source_dir)
-        command = command_for(script, to_cmd_args(user))
+        command = command_for(source_dir, program, to_cmd_args(user))
         logger.info(
             "Invoking the user's script: %s (in %s)", shlex.join(command), source_dir
         )
@@ -365,7 +366,7 @@ class ScriptRunner:
             ) from exc
         if code != 0:
             raise ScriptFailed(self.failure_reason(program, code, stderr), _exit(code))
-        self.result.status, self.result.exit_code = "completed", 0
+        self.result.status, self.result.exit_code = COMPLETED, EXIT_OK
 
     def fetch(self, submit: Any, region: Any) -> Path:
         code_dir = self.paths.code_dir
@@ -423,17 +424,19 @@ def program_name(value: Any) -> str:
     return str(path)
 
 
-def command_for(script: Path, args: list[str]) -> list[str]:
-    """``.py`` with this Python; anything else as a command: by its ``#!`` line when it
-    has one, else with ``/bin/sh`` (what ``sh -c ./script`` does in the toolkit)."""
+def command_for(source_dir: Path, program: str, args: list[str]) -> list[str]:
+    """The command line, run in ``source_dir``: ``.py`` with this Python; anything else
+    as a command, by its ``#!`` line when it has one, else with ``/bin/sh`` (what the
+    toolkit's ``sh -c ./script`` comes to)."""
+    script = source_dir / program
     if script.suffix == ".py":
-        return [sys.executable, script.name, *args]
+        return [sys.executable, program, *args]
     with open(script, "rb") as fh:
         shebang = fh.read(2) == b"#!"
     if shebang:
         script.chmod(script.stat().st_mode | 0o111)
-        return [f"./{script.name}", *args]
-    return ["/bin/sh", script.name, *args]
+        return [f"./{program}", *args]
+    return ["/bin/sh", program, *args]
 
 
 def run_child(command: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
