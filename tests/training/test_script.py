@@ -43,7 +43,7 @@ from tests.support.script_mode import (
     tarball,
 )
 from tests.support.servers import ServerDatabase, wait_for
-from tests.training_helpers import (
+from tests.support.training import (
     TRAIN,
     file_channel,
     run_train,
