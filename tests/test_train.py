@@ -10,8 +10,6 @@ import gzip
 import json
 import os
 import re
-import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -25,15 +23,13 @@ from modelapp.metadata import sha256_of
 from modelapp.parsers import Batch
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
-from tests.support.servers import wait_for
-from tests.support.training import TRAIN as TRAIN_EXECUTABLE
 from tests.support.training import (
     file_channel,
     frame,
     parquet_bytes,
     run_train,
     sagemaker_tree,
-    train_env,
+    sigterm_train,
     write_csv,
 )
 
@@ -585,21 +581,7 @@ def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, spli
         channels={"train": file_channel()},
     )
     write_csv(base / "input/data/train/iris.csv", X, y)
-    proc = subprocess.Popen(
-        [str(TRAIN_EXECUTABLE), "--base-dir", str(base)],
-        env=train_env(None, tmp_path / "state"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(started.exists, deadline=30, what=f"{started} to appear")
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=90)  # a hang guard, not a figure
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, stderr = sigterm_train(base, started, deadline=30)
 
     assert proc.returncode == 143, stderr
     assert (base / "output/failure").read_text() == (

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from tests.support import ROOT
+from tests.support.servers import wait_for
 
 TRAIN = ROOT / "train"
 
@@ -138,6 +140,30 @@ def run_train(
             text=True,
             timeout=timeout,
         )
+
+
+def sigterm_train(
+    base: Path, ready: Path, deadline: float = 60
+) -> tuple[subprocess.Popen, str]:
+    """Start the real ``train`` on ``base``, wait for ``ready`` to appear, send SIGTERM
+    (SageMaker's StopTrainingJob); returns the ended process and its stderr (``deadline``
+    guards against a hang; it is not a figure). The process never outlives the call."""
+    proc = subprocess.Popen(
+        [str(TRAIN), "--base-dir", str(base)],
+        env=train_env(None, base.parent / f"{base.name}-state"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(ready.exists, deadline=deadline, what=f"{ready} to appear")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=deadline)
+        return proc, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def train_env(extra: dict[str, str] | None, state_dir: Path) -> dict[str, str]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import joblib
@@ -38,13 +36,12 @@ from tests.support.script_mode import (
     source_dir,
     tarball,
 )
-from tests.support.servers import ServerDatabase, wait_for
+from tests.support.servers import ServerDatabase
 from tests.support.training import (
-    TRAIN,
     file_channel,
     run_train,
     sagemaker_tree,
-    train_env,
+    sigterm_train,
     write_csv,
 )
 
@@ -258,21 +255,7 @@ def test_sigterm_reaches_the_script_and_ends_the_job(tmp_path, iris_csv):
     the job ends as stopped (143) with a failure file saying so."""
     src = source_dir(tmp_path / "src", {"train.py": SLOW_PY})
     base = job(tmp_path, iris_csv, str(src))
-    proc = subprocess.Popen(
-        [str(TRAIN), "--base-dir", str(base)],
-        env=train_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for((base / "model/started").exists, deadline=60, what="the script")
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, stderr = sigterm_train(base, base / "model/started")
 
     assert proc.returncode == 143, stderr
     assert (base / "model/checkpoint.txt").read_text() == "saved on SIGTERM"
