@@ -46,18 +46,25 @@ def post_fork(server, worker):
     # Threads do not survive fork: each worker starts its own stats flusher (which also
     # records the loaded model in the database), off the request path, and its own
     # compiled-engine sessions (modelapp/engines.py).
+    from modelapp import multimodel
     from modelapp.registry import registry
     from modelapp.stats import collector
 
     registry.after_fork()
     collector.start()
+    if multimodel.enabled():
+        # Drops the copies of unloaded models, says which memory this worker holds.
+        multimodel.worker_models().start()
 
 
 def worker_exit(server, worker):
     # Write this worker's last counts before it goes.
+    from modelapp import multimodel
     from modelapp.stats import collector
 
     collector.stop()
+    if multimodel.enabled():
+        multimodel.worker_models().stop()
 
 
 def when_ready(server):

@@ -73,6 +73,16 @@ DEFAULTS: dict[str, Any] = {
     ],
     # Predictor kinds, asked in order which one serves a model directory.
     "PREDICTORS": ["modelapp.predictors.SklearnPredictor"],
+    # --- multi-model endpoints (modelapp/multimodel.py) ---
+    # SageMaker's multi-model mode: the /models API, many models, /ping = server alive.
+    "MULTI_MODEL": False,
+    # Memory for loaded models, MB, the whole container (each worker keeps its share,
+    # MME_MEMORY_MB / WORKERS); None: 3/4 of the container's memory limit, else of the
+    # memory available at start-up.
+    "MME_MEMORY_MB": None,
+    # The directory every worker reads the loaded models from; None: STATE_DIR/mme
+    # (``serve`` sets one in its run dir, new at every start).
+    "MME_REGISTRY_DIR": None,
     # --- internal: set by ``serve`` for the processes it starts (smserve/fastpaths.py) ---
     # The file nginx answers /ping from, written once the model is ready.
     "READY_FILE": "",
@@ -86,7 +96,36 @@ DEFAULTS: dict[str, Any] = {
 COMPUTED: dict[str, Callable[[dict[str, Any]], Any]] = {
     "WORKERS": lambda values: os.cpu_count() or 1,
     "TIMEOUT": lambda values: 3600 if values["BATCH"] else 60,
+    "MME_MEMORY_MB": lambda values: _default_model_memory_mb(),
+    "MME_REGISTRY_DIR": lambda values: Path(values["STATE_DIR"] or ".") / "mme",
 }
+
+
+def _default_model_memory_mb() -> int:
+    """3/4 of the container's memory limit (cgroup v2, then v1), else of the memory
+    available now: the rest is the servers' own (each worker holds Django, numpy and
+    scikit-learn, ~100 MB) and the request buffers."""
+    limit = None
+    for path in (
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or ~2^63: no limit
+            limit = int(text)
+            break
+    if limit is None:
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    limit = int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            pass
+    return max(64, (limit or 2 << 30) * 3 // 4 // (1 << 20))
 
 
 def get(name: str) -> Any:

@@ -65,6 +65,40 @@ class ModelNotReady(exceptions.APIException):
     default_code = "model_not_ready"
 
 
+class ModelNotFound(exceptions.APIException):
+    """Multi-model mode: no model is loaded under this name (404)."""
+
+    status_code = HTTPStatus.NOT_FOUND
+    default_detail = "No model is loaded under this name."
+    default_code = "model_not_found"
+
+
+class ModelAlreadyLoaded(exceptions.APIException):
+    """Multi-model mode: a model is loaded under this name already (409)."""
+
+    status_code = HTTPStatus.CONFLICT
+    default_detail = "A model is loaded under this name already."
+    default_code = "model_already_loaded"
+
+
+class ModelLoadFailed(exceptions.APIException):
+    """Multi-model mode: the artifact at the url is missing, corrupt or cannot
+    predict (400); the detail says which."""
+
+    status_code = HTTPStatus.BAD_REQUEST
+    default_detail = "The model could not be loaded."
+    default_code = "model_load_failed"
+
+
+class InsufficientMemory(exceptions.APIException):
+    """Multi-model mode: the model does not fit in the memory budget (507); SageMaker
+    then unloads idle models and retries."""
+
+    status_code = HTTPStatus.INSUFFICIENT_STORAGE
+    default_detail = "Not enough memory to load the model."
+    default_code = "insufficient_memory"
+
+
 def error_body(detail: Any, code: str) -> dict[str, str]:
     """The one error shape: fields may be added over time, never removed or retyped."""
     if isinstance(detail, (list, dict)):

@@ -101,9 +101,8 @@ class TrainedModel(models.Model):
         }
 
     @classmethod
-    def record(cls, loaded: Any) -> TrainedModel:
-        """Upsert the row for a ``registry.LoadedModel``: created on first sight, refreshed
-        (metadata, path, last seen) on every later one."""
+    def values_of(cls, loaded: Any) -> dict[str, Any]:
+        """The row's fields for a ``registry.LoadedModel`` (no database access)."""
         estimator = getattr(loaded.predictor, "model", None)
         values = cls.describe(loaded.metadata, estimator)
         report = getattr(loaded.predictor, "engine_report", None)
@@ -111,10 +110,20 @@ class TrainedModel(models.Model):
             engines=report.to_dict() if report is not None else {},
             artifact_size=loaded.size,
             loaded_from=str(loaded.path),
-            last_seen=timezone.now(),
         )
+        return values
+
+    @classmethod
+    def record(cls, loaded: Any) -> TrainedModel:
+        """Upsert the row for a ``registry.LoadedModel``: created on first sight, refreshed
+        (metadata, path, last seen) on every later one."""
+        return cls.record_values(loaded.sha256, cls.values_of(loaded))
+
+    @classmethod
+    def record_values(cls, sha256: str, values: dict[str, Any]) -> TrainedModel:
+        """``record`` with the fields taken earlier (``values_of``)."""
         obj, created = cls.objects.update_or_create(
-            sha256=loaded.sha256, defaults=values
+            sha256=sha256, defaults={**values, "last_seen": timezone.now()}
         )
         logger.info(
             "%s trained model %s in the database.",
@@ -125,6 +134,40 @@ class TrainedModel(models.Model):
 
     def pretty(self, field: str) -> str:
         return json.dumps(getattr(self, field), indent=2, sort_keys=True)
+
+
+class ModelEvent(models.Model):
+    """Multi-model mode: a model loaded or unloaded through SageMaker's model API."""
+
+    LOAD = "load"
+    UNLOAD = "unload"
+    KIND_CHOICES = [(LOAD, "load"), (UNLOAD, "unload")]
+
+    model = models.ForeignKey(
+        TrainedModel,
+        to_field="sha256",
+        db_column="model_sha256",
+        db_constraint=False,
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="events",
+    )
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES)
+    # SageMaker's opaque model_name and the directory the model came from.
+    name = models.CharField("model name", max_length=1024)
+    url = models.CharField(max_length=1024, blank=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    seconds = models.FloatField("took (s)", null=True, blank=True)
+    memory_bytes = models.BigIntegerField("memory (bytes)", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "model load/unload"
+        verbose_name_plural = "model loads/unloads"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
 
 
 class TrainingRun(models.Model):

@@ -58,7 +58,11 @@ class StatsCollector:
         self._buckets: dict[Key, list[float]] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._model_recorded: str | None = None
+        # Checksums recorded as TrainedModel rows by this process, and the models
+        # loaded through the multi-model API still to record.
+        self._models_recorded: set[str] = set()
+        self._models_to_record: list[tuple[str, dict[str, Any]]] = []
+        self._events: list[dict[str, Any]] = []
 
     # --- the request path ---------------------------------------------------------------
     def record(
@@ -130,29 +134,53 @@ class StatsCollector:
             logger.debug("Flushed stats for %d minute(s).", len(taken))
             return True
 
-    def record_model(self) -> None:
-        """Record the loaded model once per process (upsert by checksum); retried at each
-        flush until the database answers."""
-        from modelapp.registry import registry
-
-        loaded = registry.loaded
-        if loaded is None or self._model_recorded == loaded.sha256:
-            return
+    def note_model(self, loaded: Any, event: dict[str, Any] | None = None) -> None:
+        """Record ``loaded`` (a ``registry.LoadedModel``) and a ``ModelEvent`` with the
+        fields ``event`` at the next flush, off the request path. The row's fields are
+        taken now: the model itself may be unloaded by then."""
         from modelapp.models import TrainedModel
 
+        values = TrainedModel.values_of(loaded) if loaded is not None else None
+        with self._lock:
+            if values is not None:
+                self._models_to_record.append((loaded.sha256, values))
+            if event is not None:
+                self._events.append(event)
+
+    def record_model(self) -> None:
+        """Record the loaded model(s) once per process (upsert by checksum), and the
+        multi-model loads and unloads; retried at each flush until the database
+        answers."""
+        from modelapp.models import ModelEvent, TrainedModel
+        from modelapp.registry import registry
+
+        with self._lock:
+            pending, self._models_to_record = self._models_to_record, []
+            events, self._events = self._events, []
+        loaded = registry.loaded
+        if loaded is not None and loaded.sha256 not in self._models_recorded:
+            pending.insert(0, (loaded.sha256, TrainedModel.values_of(loaded)))
+        done = 0
         try:
             close_old_connections()
-            TrainedModel.record(loaded)
+            for sha256, values in pending:
+                if sha256 not in self._models_recorded:
+                    TrainedModel.record_values(sha256, values)
+                    self._models_recorded.add(sha256)
+                done += 1
+            if events:
+                ModelEvent.objects.bulk_create(ModelEvent(**e) for e in events)
+                events = []
         except DatabaseError as exc:
             logger.warning(
-                "Model %s not recorded yet (%s: %s); retrying at the next flush.",
-                loaded.sha256[:12],
+                "Models not recorded yet (%s: %s); retrying at the next flush.",
                 type(exc).__name__,
                 exc,
             )
             _discard_connection()
-            return
-        self._model_recorded = loaded.sha256
+            with self._lock:
+                self._models_to_record[:0] = pending[done:]
+                self._events[:0] = events
 
     def _merge_back(self, taken: dict[Key, list[float]]) -> None:
         with self._lock:

@@ -8,7 +8,9 @@ with another ``get_predictor``. The work itself is ``predictor.invoke()``, plain
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import time
 from http import HTTPStatus
 from typing import Any
@@ -19,8 +21,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelapp import conf
-from modelapp.exceptions import InvalidInput, PayloadTooLarge, error_body
+from modelapp import conf, multimodel
+from modelapp.exceptions import (
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    error_body,
+)
 from modelapp.invocation_log import RECORDS_HEADER, log_invocation
 from modelapp.negotiation import (
     FirstRendererNegotiation,
@@ -57,6 +64,9 @@ class PingView(StatusView):
     """``GET /ping``: 200 once the model is loaded and warmed up, else 503 with the reason."""
 
     def get(self, request: Request) -> Response:
+        if multimodel.enabled():
+            # A model that fails to load fails only its own load (SageMaker's MME contract).
+            return Response({"status": "alive"})
         registry.get()
         return Response({"status": "ready"})
 
@@ -184,10 +194,142 @@ class InvocationsView(APIView):
         response = super().finalize_response(request, response, *args, **kwargs)
         if getattr(response, "exception", False):
             response.content_type = response.accepted_renderer.error_media_type
-        loaded = registry.loaded_model(self.model_name)
-        request.model_sha256 = loaded.sha256 if loaded is not None else None
+        request.model_sha256 = self.model_sha256()
         log_invocation(request, response)
         return response
+
+    def model_sha256(self) -> str | None:
+        """The checksum of the model that answered, for the stats."""
+        loaded = registry.loaded_model(self.model_name)
+        return loaded.sha256 if loaded is not None else None
+
+
+# --- multi-model endpoints: SageMaker's model API (modelapp/multimodel.py) ---------------
+MODELS_PAGE_SIZE = 100
+
+
+def require_multi_model() -> None:
+    if not multimodel.enabled():
+        raise ModelNotFound(
+            "This container serves one model (POST /invocations); the /models API "
+            "needs SAGEMAKER_MULTI_MODEL=true.",
+            code="not_multi_model",
+        )
+
+
+def describe_model(registration: multimodel.Registration) -> dict[str, Any]:
+    return {"modelName": registration.name, "modelUrl": registration.url}
+
+
+class ModelsView(StatusView):
+    """``GET /models``: the loaded models, a page at a time (``next_page_token``);
+    ``POST /models`` ``{"model_name", "url"}``: load one for every worker."""
+
+    def get(self, request: Request) -> Response:
+        require_multi_model()
+        models = multimodel.worker_models().shared.all()
+        after = _page_token(request.query_params.get("next_page_token"))
+        limit = _page_size(request.query_params.get("limit"))
+        if after is not None:
+            models = [m for m in models if m.name > after]
+        page = models[:limit]
+        body: dict[str, Any] = {"models": [describe_model(m) for m in page]}
+        if len(models) > limit:
+            body["nextPageToken"] = _encode_token(page[-1].name)
+        return Response(body)
+
+    def post(self, request: Request) -> Response:
+        require_multi_model()
+        name, url = _load_request(request.body)
+        registration = multimodel.worker_models().load(name, url)
+        return Response({**describe_model(registration), "status": "loaded"})
+
+
+class ModelView(StatusView):
+    """``GET /models/<name>``: one loaded model; ``DELETE``: unload it, answered once
+    every worker has given its memory back."""
+
+    def get(self, request: Request, name: str) -> Response:
+        require_multi_model()
+        registration = multimodel.worker_models().shared.get(name)
+        if registration is None:
+            raise ModelNotFound(f"No model is loaded under the name {name!r}.")
+        return Response(describe_model(registration))
+
+    def delete(self, request: Request, name: str) -> Response:
+        require_multi_model()
+        registration = multimodel.worker_models().unload(name)
+        return Response({**describe_model(registration), "status": "unloaded"})
+
+
+class ModelInvokeView(InvocationsView):
+    """``POST /models/<name>/invoke``: ``/invocations`` for one of the loaded models."""
+
+    loaded_model: Any = None
+
+    def get_predictor(self, request: Request, **kwargs: Any) -> Any:
+        """The worker's copy of the named model (404 when it is not loaded)."""
+        require_multi_model()
+        self.loaded_model = multimodel.worker_models().get(kwargs["name"])
+        return self.loaded_model.predictor
+
+    def model_sha256(self) -> str | None:
+        return self.loaded_model.sha256 if self.loaded_model is not None else None
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # The response keeps the view (renderer context): let go of the model, so an
+        # unload frees its memory without waiting for the garbage collector.
+        self.predictor = self.loaded_model = None
+        return response
+
+
+def _load_request(body: bytes) -> tuple[str, str]:
+    try:
+        data = json.loads(body or b"null")
+    except ValueError as exc:
+        raise InvalidInput(
+            f"The load request is not JSON ({exc}).", code="invalid_load_request"
+        ) from exc
+    fields = [data.get(k) if isinstance(data, dict) else None for k in _LOAD_FIELDS]
+    if not all(isinstance(f, str) and f for f in fields):
+        raise InvalidInput(
+            'Send {"model_name": "<name>", "url": "<model directory>"}.',
+            code="invalid_load_request",
+        )
+    return fields[0], fields[1]
+
+
+_LOAD_FIELDS = ("model_name", "url")
+
+
+def _encode_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _page_token(token: str | None) -> str | None:
+    if not token:
+        return None
+    try:
+        return base64.b64decode(token, altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError) as exc:
+        raise InvalidInput(
+            f"next_page_token {token!r} is not one this container gave.",
+            code="invalid_page_token",
+        ) from exc
+
+
+def _page_size(limit: str | None) -> int:
+    if not limit:
+        return MODELS_PAGE_SIZE
+    if not limit.isdigit() or int(limit) < 1:
+        raise InvalidInput(
+            f"limit must be a positive whole number, got {limit!r}.",
+            code="invalid_limit",
+        )
+    return int(limit)
 
 
 @functools.cache

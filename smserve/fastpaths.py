@@ -26,7 +26,8 @@ The nginx <-> app protocol (``docker/serve`` sets it up; these are its only site
   without it nginx proxies ``/ping`` to the app, which answers 503 with the reason.
   gunicorn's master writes it (``write_ready_file``, from ``when_ready`` in
   ``docker/gunicorn.conf.py``) once its socket is bound and the model is loaded: a 200
-  promises that an invocation reaches the app. ``docker/nginx.conf`` names the same path.
+  promises that an invocation reaches the app. In multi-model mode it is written once
+  the socket is bound: /ping then means "server alive". ``docker/nginx.conf`` names the same path.
 - **gunicorn's socket** (``SMSERVE_GUNICORN_BIND`` = ``unix:RUN_DIR/gunicorn.sock``):
   nginx proxies to it; ``serve`` starts nginx once it exists.
 - **Invocation log** (``SMSERVE_INVOCATION_LOG`` = ``nginx`` when ``serve`` runs nginx and
@@ -80,11 +81,18 @@ def write_ready_file(registry: Any) -> None:
     from modelapp import conf
 
     target = conf.get("READY_FILE")
-    loaded = registry.loaded
-    if not target or loaded is None:
+    if not target:
         return
+    if conf.get("MULTI_MODEL"):
+        # /ping says the server is alive; each model's load answers for itself.
+        body = json.dumps({"status": "alive"}).encode()
+    elif registry.loaded is None:
+        return
+    else:
+        body = json.dumps(
+            {"status": "ready", "sha256": registry.loaded.sha256}
+        ).encode()
     target = Path(target)
-    body = json.dumps({"status": "ready", "sha256": loaded.sha256}).encode()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ready")
     with os.fdopen(fd, "wb") as fh:
         fh.write(body)

@@ -80,8 +80,15 @@ def _smserve_from_environment() -> dict[str, Any]:
         "READY_FILE": env_str("SMSERVE_READY_FILE"),
         "INVOCATION_LOG": env_str("SMSERVE_INVOCATION_LOG"),
         "GUNICORN_BIND": env_str("SMSERVE_GUNICORN_BIND"),
+        "MULTI_MODEL": (
+            env_bool("SAGEMAKER_MULTI_MODEL")
+            if env_str("SAGEMAKER_MULTI_MODEL")
+            else None
+        ),
+        "MME_MEMORY_MB": env_int("SMSERVE_MME_MEMORY_MB"),
+        "MME_REGISTRY_DIR": env_str("SMSERVE_MME_REGISTRY_DIR"),
     }
-    for key in ("BASE_DIR", "STATE_DIR"):
+    for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR"):
         if found[key] is not None:
             found[key] = Path(found[key])
     off = env_str("SMSERVE_FAST_PATHS_OFF")

@@ -1,4 +1,6 @@
-"""/ping, /invocations and /execution-parameters; /admin/ only when SMSERVE_ADMIN_ENABLED."""
+"""/ping, /invocations and /execution-parameters; SageMaker's multi-model API under
+/models (answering 404 unless SAGEMAKER_MULTI_MODEL); /admin/ only when
+SMSERVE_ADMIN_ENABLED."""
 
 from django.contrib import admin
 from django.urls import path
@@ -12,6 +14,13 @@ urlpatterns = [
         "execution-parameters",
         views.ExecutionParametersView.as_view(),
         name="execution-parameters",
+    ),
+    path("models", views.ModelsView.as_view(), name="models"),
+    path("models/<str:name>", views.ModelView.as_view(), name="model"),
+    path(
+        "models/<str:name>/invoke",
+        views.ModelInvokeView.as_view(),
+        name="model-invoke",
     ),
 ]
 

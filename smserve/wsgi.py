@@ -1,5 +1,6 @@
 """gunicorn's target. With ``preload_app`` the model loads here, in the master, before the
-workers fork, so they share one copy of its memory."""
+workers fork, so they share one copy of its memory (in multi-model mode each worker loads
+the models it serves, ``modelapp/multimodel.py``)."""
 
 import os
 
@@ -13,9 +14,11 @@ from smserve import fastpaths  # noqa: E402
 
 fastpaths.install()  # only serving processes import this module
 
-from modelapp.registry import registry  # noqa: E402  (needs the app registry set up)
+from modelapp import multimodel  # noqa: E402  (needs the app registry set up)
+from modelapp.registry import registry  # noqa: E402
 
-registry.load()
+if not multimodel.enabled():  # multi-model mode: models come through POST /models
+    registry.load()
 
 # The URLconf, the views and DRF are imported here too, not on each worker's first request.
 from django.urls import get_resolver  # noqa: E402
