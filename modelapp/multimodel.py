@@ -35,6 +35,7 @@ import fcntl
 import functools
 import gc
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -396,16 +397,21 @@ class WorkerModels:
             self._drop(name)
         if stale:
             logger.info("Dropped this worker's copies of %s (unloaded).", stale)
-        with self._lock:
-            released = bool(self._released)
-        if released:
-            gc.collect()  # a finished request's view and predictor form cycles
-            with self._lock:
-                self._released = {
-                    t: ref for t, ref in self._released.items() if ref() is not None
-                }
-            trim_heap()
+        if self._released and not self._forget_released():
+            gc.collect()  # still alive: a reference cycle, e.g. a request's traceback
+            self._forget_released()
         self.publish()
+
+    def _forget_released(self) -> bool:
+        """Forget the dropped copies that are gone (giving their pages back); whether
+        none is left."""
+        with self._lock:
+            alive = {t: ref for t, ref in self._released.items() if ref() is not None}
+            freed = len(alive) < len(self._released)
+            self._released = alive
+        if freed:
+            trim_heap()
+        return not alive
 
     def publish(self) -> None:
         with self._lock:
@@ -443,6 +449,24 @@ class WorkerModels:
 
 
 # --- memory ----------------------------------------------------------------------------
+# Imported by gunicorn's master before it forks (``smserve/wsgi.py``): the workers share
+# these pages instead of importing ~150 MB each on their first load.
+PRELOADED_MODULES = (
+    "joblib",
+    "pandas",
+    "sklearn.ensemble",
+    "sklearn.linear_model",
+    "sklearn.pipeline",
+    "sklearn.tree",
+)
+
+
+def preload_libraries() -> None:
+    """Import what loading a scikit-learn model needs, once, in the master."""
+    for module in PRELOADED_MODULES:
+        importlib.import_module(module)
+
+
 def budget_bytes() -> int:
     """The memory for models of the whole container (``MME_MEMORY_MB``)."""
     return int(conf.get("MME_MEMORY_MB")) * MB

@@ -17,7 +17,9 @@ fastpaths.install()  # only serving processes import this module
 from modelapp import multimodel  # noqa: E402  (needs the app registry set up)
 from modelapp.registry import registry  # noqa: E402
 
-if not multimodel.enabled():  # multi-model mode: models come through POST /models
+if multimodel.enabled():  # models come through POST /models, one copy per worker
+    multimodel.preload_libraries()
+else:
     registry.load()
 
 # The URLconf, the views and DRF are imported here too, not on each worker's first request.

@@ -1,0 +1,328 @@
+"""Multi-model endpoints through the real server (nginx + 2 gunicorn workers): every call
+and error of SageMaker's model API, invocations spread over the workers, loads and
+unloads racing invocations, and memory given back after an unload."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import ExtraTreesClassifier
+
+from tests.conftest import ServeProcess, write_model
+from tests.support.servers import wait_for
+
+pytestmark = pytest.mark.server
+
+IRIS_ROW = b"5.1,3.5,1.4,0.2\n"
+
+
+def constant_model_dir(base: Path, constant: int) -> Path:
+    model = DummyClassifier(strategy="constant", constant=constant)
+    model.fit(np.zeros((2, 4)), [constant, constant + 1])
+    write_model(base, model)
+    return base / "model"
+
+
+class MMEClient:
+    """SageMaker's calls to a multi-model container."""
+
+    def __init__(self, server: ServeProcess) -> None:
+        self.server = server
+
+    def load(self, name: str, url: Path | str) -> tuple[int, dict]:
+        body = json.dumps({"model_name": name, "url": str(url)}).encode()
+        status, _, data = self.server.request(
+            "POST", "/models", body, {"Content-Type": "application/json"}
+        )
+        return status, json.loads(data)
+
+    def unload(self, name: str) -> int:
+        return self.server.request("DELETE", f"/models/{name}")[0]
+
+    def get(self, path: str) -> tuple[int, dict]:
+        status, _, data = self.server.request("GET", path)
+        return status, json.loads(data)
+
+    def invoke(self, name: str, body: bytes = IRIS_ROW, **headers: str):
+        return self.server.request(
+            "POST",
+            f"/models/{name}/invoke",
+            body,
+            {"Content-Type": "text/csv", **headers},
+        )
+
+    @property
+    def registry_dir(self) -> Path:
+        (run_dir,) = self.server.log_path.parent.glob("smserve.*")
+        return run_dir / "mme"
+
+    def holders(self, name: str) -> set[int]:
+        """The worker PIDs whose copy of ``name``'s current load is in memory."""
+        status, _ = self.get(f"/models/{name}")
+        entries = {
+            json.loads(p.read_text())["name"]: json.loads(p.read_text())["token"]
+            for p in (self.registry_dir / "entries").iterdir()
+        }
+        token = entries.get(name)
+        return {
+            int(p.name)
+            for p in (self.registry_dir / "workers").iterdir()
+            if p.name.isdigit() and token in json.loads(p.read_text())
+        }
+
+
+@pytest.fixture(scope="module")
+def mme(tmp_path_factory):
+    """A multi-model server with no /opt/ml/model, as SageMaker starts one."""
+    base = tmp_path_factory.mktemp("mme_base")  # empty: no model dir at all
+    server = ServeProcess(
+        base,
+        tmp_path_factory.mktemp("mme_server"),
+        env={"SAGEMAKER_MULTI_MODEL": "TRUE", "SMSERVE_MME_MEMORY_MB": "2048"},
+    )
+    server.start()
+    yield MMEClient(server)
+    server.stop()
+
+
+def test_ping_and_list_answer_from_the_first_moment(mme):
+    status, _, body = mme.server.request("GET", "/ping")
+    assert status == HTTPStatus.OK
+    assert json.loads(body) == {"status": "alive"}
+    assert mme.get("/models") == (HTTPStatus.OK, {"models": []})
+
+
+def test_every_call_and_error(mme, iris_base):
+    url = str(iris_base / "model")
+    assert mme.load("iris", url) == (
+        HTTPStatus.OK,
+        {"modelName": "iris", "modelUrl": url, "status": "loaded"},
+    )
+    status, body = mme.load("iris", url)
+    assert (status, body["code"]) == (HTTPStatus.CONFLICT, "model_already_loaded")
+    assert mme.get("/models/iris") == (
+        HTTPStatus.OK,
+        {"modelName": "iris", "modelUrl": url},
+    )
+    assert {"modelName": "iris", "modelUrl": url} in mme.get("/models")[1]["models"]
+    status, headers, body = mme.invoke(
+        "iris",
+        b"[[5.1,3.5,1.4,0.2]]",
+        **{
+            "Content-Type": "application/json",
+            "Accept": "text/csv",
+            "X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba",
+            "X-Amzn-SageMaker-Target-Model": "customers/iris.tar.gz",
+        },
+    )
+    assert (status, headers["content-type"], body) == (
+        200,
+        "text/csv",
+        b"1.0,0.0,0.0\n",
+    )
+    assert headers["x-amzn-sagemaker-custom-attributes"] == "method=predict_proba"
+    status, headers, body = mme.invoke("nope")
+    assert status == HTTPStatus.NOT_FOUND
+    assert b"No model is loaded under the name 'nope'" in body
+    status, body = mme.load("bad", "/nowhere/at/all")
+    assert (status, body["code"]) == (HTTPStatus.BAD_REQUEST, "model_load_failed")
+    status, _, body = mme.server.request("POST", "/models", b"{", {})
+    assert status == HTTPStatus.BAD_REQUEST
+    assert mme.unload("iris") == HTTPStatus.OK
+    assert mme.invoke("iris")[0] == HTTPStatus.NOT_FOUND
+    assert mme.get("/models/iris")[0] == HTTPStatus.NOT_FOUND
+    assert mme.unload("iris") == HTTPStatus.NOT_FOUND
+
+
+def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "model.joblib", "wb") as fh:
+        fh.truncate(3 << 30)  # sparse: 3 GB on paper, over each worker's 1 GB
+    status, body = mme.load("big", big)
+    assert status == HTTPStatus.INSUFFICIENT_STORAGE
+    assert body["code"] == "insufficient_memory"
+
+
+def test_corrupt_artifact_fails_only_its_own_load(mme, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.joblib").write_bytes(b"\x80\x05 truncated pickle")
+    status, body = mme.load("corrupt", corrupt)
+    assert status == HTTPStatus.BAD_REQUEST
+    assert "Could not load model.joblib" in body["detail"]
+    assert mme.server.request("GET", "/ping")[0] == HTTPStatus.OK
+    assert mme.get("/models/corrupt")[0] == HTTPStatus.NOT_FOUND
+
+
+def test_forty_invocations_spread_over_the_workers(mme, iris_base):
+    """Every worker answers a model loaded through another one."""
+    assert mme.load("spread", iris_base / "model")[0] == HTTPStatus.OK
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: mme.invoke("spread"), range(40)))
+    assert {(status, body) for status, _, body in answers} == {(200, b"0\n")}
+
+    def both_hold():
+        if len(mme.holders("spread")) < 2:
+            with ThreadPoolExecutor(4) as pool:  # until the second worker takes one
+                list(pool.map(lambda _: mme.invoke("spread"), range(4)))
+            return False
+        return True
+
+    wait_for(both_hold, deadline=30, what="both workers holding the model")
+    assert mme.unload("spread") == HTTPStatus.OK
+    assert mme.holders("spread") == set()
+
+
+def test_list_is_paginated(mme, iris_base):
+    """SageMaker calls again with nextPageToken until there is none."""
+    names = [f"page{i:03d}" for i in range(105)]
+    for name in names:
+        assert mme.load(name, iris_base / "model")[0] == HTTPStatus.OK
+    status, first = mme.get("/models")
+    assert len(first["models"]) == 100
+    status, second = mme.get(f"/models?next_page_token={first['nextPageToken']}")
+    assert "nextPageToken" not in second
+    listed = [m["modelName"] for m in first["models"] + second["models"]]
+    assert [n for n in listed if n.startswith("page")] == names
+    for name in names:
+        assert mme.unload(name) == HTTPStatus.OK
+
+
+def test_loads_and_unloads_racing_invocations(mme, tmp_path):
+    """One name loaded with model 1, unloaded, loaded with model 2, ... while three
+    threads invoke it: every answer is a 200 from the model loaded at that time, or a
+    404 — never the other model, never a 5xx."""
+    dirs = {1: constant_model_dir(tmp_path / "one", 1)}
+    dirs[2] = constant_model_dir(tmp_path / "two", 2)
+    loaded_spans: list[
+        tuple[float, float, bytes]
+    ] = []  # (loaded, unload starts, model)
+    done = threading.Event()
+    calls: list[tuple[float, float, int, bytes]] = []
+
+    def churn():
+        try:
+            for round_ in range(12):
+                constant = 1 + round_ % 2
+                assert mme.load("race", dirs[constant])[0] == HTTPStatus.OK
+                loaded = time.monotonic()
+                for _ in range(3):
+                    mme.invoke("race")  # let the invokers in
+                unloading = time.monotonic()
+                assert mme.unload("race") == HTTPStatus.OK
+                loaded_spans.append((loaded, unloading, b"%d\n" % constant))
+        finally:
+            done.set()
+
+    def invoke_until_done():
+        while not done.is_set():
+            started = time.monotonic()
+            status, _, body = mme.invoke("race")
+            calls.append((started, time.monotonic(), status, body))
+
+    invokers = [threading.Thread(target=invoke_until_done) for _ in range(3)]
+    for thread in invokers:
+        thread.start()
+    churn()
+    for thread in invokers:
+        thread.join()
+    assert {status for _, _, status, _ in calls} <= {200, 404}
+    assert {body for _, _, status, body in calls if status == 200} <= {b"1\n", b"2\n"}
+    checked = 0
+    for started, ended, status, body in calls:
+        for loaded, unloading, expected in loaded_spans:
+            if loaded <= started and ended <= unloading:
+                assert (status, body) == (200, expected)
+                checked += 1
+    assert checked > 0
+    assert mme.get("/models/race")[0] == HTTPStatus.NOT_FOUND
+
+
+# --- memory ---------------------------------------------------------------------------
+def tree_pss_kb(root: int) -> int:
+    """PSS of ``root`` and every process below it, kB."""
+    rows = subprocess.run(
+        ["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True
+    ).stdout.split("\n")
+    children: dict[int, list[int]] = {}
+    for row in rows:
+        if row.strip():
+            pid, ppid = (int(v) for v in row.split())
+            children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += sum(
+            int(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("Pss:")
+        )
+    return total
+
+
+@pytest.fixture(scope="module")
+def big_forest_dir(tmp_path_factory) -> Path:
+    """~60 MB of trees: one fully grown tree on noise, copied (each copy pickled and
+    loaded on its own)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((20000, 4))
+    forest = ExtraTreesClassifier(n_estimators=1, random_state=0)
+    forest.fit(X, rng.integers(0, 2, 20000))
+    forest.estimators_ = [copy.deepcopy(forest.estimators_[0]) for _ in range(40)]
+    forest.n_estimators = 40
+    base = tmp_path_factory.mktemp("forest")
+    joblib.dump(forest, base / "model.joblib")
+    return base
+
+
+def load_in_both_workers(mme: MMEClient, name: str, url: Path) -> None:
+    assert mme.load(name, url)[0] == HTTPStatus.OK
+
+    def both_hold():
+        # Concurrent calls: one at a time, the same warm worker would take them all.
+        with ThreadPoolExecutor(4) as pool:
+            statuses = set(pool.map(lambda _: mme.invoke(name)[0], range(4)))
+        assert statuses == {HTTPStatus.OK}
+        return len(mme.holders(name)) == 2
+
+    wait_for(both_hold, deadline=60, what=f"both workers holding {name}")
+
+
+def test_unloading_gives_the_memory_back(
+    serve_factory, tmp_path, big_forest_dir, iris_base
+):
+    """A large forest held by both workers; after DELETE answers, the server's PSS is
+    back near where it was before the load."""
+    size_kb = (big_forest_dir / "model.joblib").stat().st_size // 1024
+    assert size_kb > 40_000
+    base = tmp_path / "empty"
+    base.mkdir()
+    mme = MMEClient(serve_factory(base, env={"SAGEMAKER_MULTI_MODEL": "true"}))
+    root = mme.server.proc.pid
+    # A small model first: what any first load imports is not the forest's memory.
+    load_in_both_workers(mme, "iris", iris_base / "model")
+    assert mme.unload("iris") == HTTPStatus.OK
+    before = tree_pss_kb(root)
+    load_in_both_workers(mme, "forest", big_forest_dir)
+    loaded = tree_pss_kb(root)
+    assert loaded - before > 1.5 * size_kb, (before, loaded)  # a copy per worker
+    assert mme.unload("forest") == HTTPStatus.OK
+    after = tree_pss_kb(root)
+    assert loaded - after > 0.9 * (loaded - before), (before, loaded, after)
