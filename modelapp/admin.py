@@ -18,7 +18,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from modelapp.models import InvocationStat, TrainedModel, TrainingRun
+from modelapp.models import InvocationStat, ModelEvent, TrainedModel, TrainingRun
 
 admin.site.site_header = "smserve"
 admin.site.site_title = "smserve admin"
@@ -26,6 +26,8 @@ admin.site.index_title = "Model, training and traffic"
 admin.site.site_url = None  # "/" is not a page here: no "View site" link
 
 CHART_HOURS = 3
+# Loads and unloads shown on a model's page (the full history is its own list).
+EVENTS_SHOWN = 20
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -213,6 +215,10 @@ class TrainedModelAdmin(ReadOnlyAdmin):
             {"fields": ["traffic"]},
         ),
         (
+            "Multi-model loads and unloads",
+            {"fields": ["events_table"]},
+        ),
+        (
             "Training",
             {
                 "fields": [
@@ -264,6 +270,31 @@ class TrainedModelAdmin(ReadOnlyAdmin):
     @admin.display(description="metrics")
     def metrics_table(self, obj: TrainedModel) -> SafeString:
         return key_value_table(obj.metrics, "no metrics recorded")
+
+    @admin.display(description=f"latest {EVENTS_SHOWN}")
+    def events_table(self, obj: TrainedModel) -> SafeString:
+        events = obj.events.all()[:EVENTS_SHOWN]
+        if not events:
+            return format_html("{}", "none (not loaded through the /models API)")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    f"{e.at:%Y-%m-%d %H:%M:%S} UTC",
+                    e.kind,
+                    e.name,
+                    _seconds(e.seconds),
+                    _megabytes(e.memory_bytes),
+                )
+                for e in events
+            ),
+        )
+        return format_html(
+            '<table class="smserve-events"><tr><th>when</th><th>what</th>'
+            "<th>model name</th><th>took</th><th>memory</th></tr>{}</table>",
+            rows,
+        )
 
     @admin.display(description="hyperparameters")
     def hyperparameters_table(self, obj: TrainedModel) -> SafeString:
@@ -384,3 +415,29 @@ class InvocationStatAdmin(ReadOnlyAdmin):
             stats = response.context_data["cl"].queryset
             response.context_data["traffic_chart"] = traffic_chart(stats)
         return response
+
+
+@admin.register(ModelEvent)
+class ModelEventAdmin(ReadOnlyAdmin):
+    list_display = ["at", "kind", "name", "model", "took", "memory"]
+    list_filter = ["kind", "at"]
+    list_select_related = ["model"]
+    search_fields = ["name", "url", "model__sha256"]
+    date_hierarchy = "at"
+    fields = ["at", "kind", "name", "url", "model", "seconds", "memory_bytes"]
+
+    @admin.display(description="took", ordering="seconds")
+    def took(self, obj: ModelEvent) -> str:
+        return _seconds(obj.seconds)
+
+    @admin.display(description="memory", ordering="memory_bytes")
+    def memory(self, obj: ModelEvent) -> str:
+        return _megabytes(obj.memory_bytes)
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f} s"
+
+
+def _megabytes(value: int | None) -> str:
+    return "—" if value is None else f"{value / (1 << 20):.1f} MB"
