@@ -95,6 +95,8 @@ class SharedRegistry:
         self.names = self.root / "names"
         self.entries = self.root / "entries"
         self.workers = self.root / "workers"
+        # token() runs on every invocation: a str join is a third of a Path join.
+        self._names_prefix = f"{self.names}{os.sep}"
 
     def make(self) -> SharedRegistry:
         for path in (self.names, self.entries, self.workers):
@@ -119,7 +121,7 @@ class SharedRegistry:
     def token(self, name: str) -> str | None:
         """The token of the current load of ``name``; None when it is not loaded."""
         try:
-            return os.readlink(self.names / self.key(name))
+            return os.readlink(self._names_prefix + self.key(name))
         except FileNotFoundError:
             return None
 
