@@ -219,6 +219,8 @@ class WorkerModels:
         self._held: OrderedDict[str, _Held] = OrderedDict()
         # Dropped copies whose memory a request in flight may still hold, by token.
         self._released: dict[str, weakref.ref] = {}
+        # Tokens this worker is loading (lazily, for an invocation).
+        self._loading: set[str] = set()
         self._published: set[str] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -239,6 +241,10 @@ class WorkerModels:
         registration = self.shared.entry(token)
         if registration is None:
             raise ModelNotFound(f"No model is loaded under the name {name!r}.")
+        # Listed as held while it loads: an unload meanwhile waits for this worker.
+        with self._lock:
+            self._loading.add(token)
+        self.publish()
         try:
             loaded = load_model(Path(registration.url))
         except ModelLoadError as exc:
@@ -246,6 +252,12 @@ class WorkerModels:
                 f"Model {name!r} is loaded but this worker cannot load it from "
                 f"{registration.url}: {exc}"
             ) from exc
+        finally:
+            with self._lock:
+                self._loading.discard(token)
+        if self.shared.token(name) != token:  # unloaded while this worker loaded it
+            self.publish()
+            raise ModelNotFound(f"No model is loaded under the name {name!r}.")
         self._keep(registration, loaded)
         logger.info(
             "Loaded model %r in this worker in %.3fs (first invocation here).",
@@ -418,7 +430,7 @@ class WorkerModels:
     def publish(self) -> None:
         with self._lock:
             tokens = {h.registration.token for h in self._held.values()}
-            tokens |= set(self._released)
+            tokens |= set(self._released) | self._loading
         if tokens != self._published:
             self.shared.publish_held(os.getpid(), tokens)
             self._published = tokens

@@ -4,6 +4,7 @@ and the shared registry seen by several ``WorkerModels`` (as gunicorn's workers 
 from __future__ import annotations
 
 import json
+import os
 from http import HTTPStatus
 
 import joblib
@@ -14,7 +15,7 @@ from django.test import Client, override_settings
 from sklearn.dummy import DummyClassifier
 
 from modelapp import multimodel
-from modelapp.exceptions import InsufficientMemory, ModelNotFound
+from modelapp.exceptions import InsufficientMemory, ModelNotFound, ModelNotReady
 from modelapp.multimodel import SharedRegistry, WorkerModels
 from modelapp.stats import collector
 from tests.conftest import write_model
@@ -260,9 +261,7 @@ def test_sweep_drops_unloaded_copies_and_publishes_what_is_held(tmp_path, iris_b
     a.shared.remove("iris")  # as another worker's unload would
     b.sweep()
     assert b.held_names() == []
-    assert token not in json.loads(
-        (a.shared.workers / str(__import__("os").getpid())).read_text()
-    )
+    assert token not in json.loads((a.shared.workers / str(os.getpid())).read_text())
 
 
 def test_a_worker_keeps_its_share_least_recently_used_dropped(tmp_path, iris_base):
@@ -287,3 +286,38 @@ def test_the_budget_counts_every_loaded_model(tmp_path, iris_base):
     a.share_bytes = a.shared.get("one").size + 1
     with pytest.raises(InsufficientMemory, match="unload one first"):
         a.load("two", str(iris_base / "model"))
+
+
+def test_a_worker_that_cannot_load_a_registered_model_answers_503(tmp_path):
+    """The files went away after the load: the other worker says why, no 500."""
+    a, b = workers(tmp_path)
+    url = constant_model_dir(tmp_path, "gone", 1)
+    a.load("gone", str(url))
+    (url / "model.joblib").unlink()
+    with pytest.raises(ModelNotReady, match="this worker cannot load it"):
+        b.get("gone")
+    assert b.held_names() == []
+    assert a.get("gone").predictor.model.constant == 1  # the loading worker's copy
+
+
+def test_an_unload_during_a_lazy_load_is_not_answered_by_it(tmp_path, monkeypatch):
+    """Worker b is loading when a unloads: a waits for b, b answers 404, keeps nothing."""
+    a, b = workers(tmp_path)
+    url = constant_model_dir(tmp_path, "m", 1)
+    a.load("m", str(url))
+    a.shared.publish_held(os.getpid(), set())  # in-process, a and b share one pid file
+    real_load = multimodel.load_model
+    seen = {}
+
+    def load_while_unloaded(model_dir):
+        loaded = real_load(model_dir)
+        token = a.shared.get("m").token
+        seen["held while loading"] = a.shared.holders(token)
+        a.shared.remove("m")  # the unload's first step, in the middle of b's load
+        return loaded
+
+    monkeypatch.setattr(multimodel, "load_model", load_while_unloaded)
+    with pytest.raises(ModelNotFound):
+        b.get("m")
+    assert seen["held while loading"] == [os.getpid()]
+    assert b.held_names() == []
