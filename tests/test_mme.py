@@ -18,7 +18,7 @@ from modelapp import multimodel
 from modelapp.exceptions import InsufficientMemory, ModelNotFound, ModelNotReady
 from modelapp.multimodel import SharedRegistry, WorkerModels
 from modelapp.stats import collector
-from tests.conftest import write_model
+from tests.support.models import write_model
 
 IRIS_ROW = b"5.1,3.5,1.4,0.2\n"
 

@@ -19,8 +19,8 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import ExtraTreesClassifier
 
-from tests.conftest import ServeProcess, write_model
-from tests.support.servers import wait_for
+from tests.support.models import write_model
+from tests.support.servers import ServeProcess, wait_for
 
 pytestmark = pytest.mark.server
 
