@@ -136,14 +136,10 @@ class TrainedModel(models.Model):
         return json.dumps(getattr(self, field), indent=2, sort_keys=True)
 
 
-class ModelEvent(models.Model):
-    """Multi-model mode: a model loaded or unloaded through SageMaker's model API."""
-
-    LOAD = "load"
-    UNLOAD = "unload"
-    KIND_CHOICES = [(LOAD, "load"), (UNLOAD, "unload")]
-
-    model = models.ForeignKey(
+def model_by_checksum(related_name: str) -> models.ForeignKey:
+    """A link to ``TrainedModel`` by sha256 that the database does not enforce: rows are
+    kept even while the model's own row cannot be written yet."""
+    return models.ForeignKey(
         TrainedModel,
         to_field="sha256",
         db_column="model_sha256",
@@ -151,8 +147,18 @@ class ModelEvent(models.Model):
         on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
-        related_name="events",
+        related_name=related_name,
     )
+
+
+class ModelEvent(models.Model):
+    """Multi-model mode: a model loaded or unloaded through SageMaker's model API."""
+
+    LOAD = "load"
+    UNLOAD = "unload"
+    KIND_CHOICES = [(LOAD, "load"), (UNLOAD, "unload")]
+
+    model = model_by_checksum(related_name="events")
     kind = models.CharField(max_length=16, choices=KIND_CHOICES)
     # SageMaker's opaque model_name and the directory the model came from.
     name = models.CharField("model name", max_length=1024)
@@ -217,16 +223,7 @@ class InvocationStat(models.Model):
     written yet.
     """
 
-    model = models.ForeignKey(
-        TrainedModel,
-        to_field="sha256",
-        db_column="model_sha256",
-        db_constraint=False,
-        on_delete=models.DO_NOTHING,
-        null=True,
-        blank=True,
-        related_name="stats",
-    )
+    model = model_by_checksum(related_name="stats")
     minute = models.DateTimeField(db_index=True)
     requests = models.PositiveBigIntegerField(default=0)
     records = models.PositiveBigIntegerField(default=0)
