@@ -237,14 +237,78 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
     )
 
 
+def test_serve_in_multi_model_mode(image: str, trained: Path, container: Container):
+    """`docker run IMAGE serve` as a multi-model endpoint: no /opt/ml/model, /ping 200
+    at once, the model loaded from /opt/ml/models/<name>/model through POST /models,
+    invoked and unloaded."""
+    port = free_port()
+    result = container.run(
+        "--detach",
+        "--network=host",
+        "--env",
+        f"SAGEMAKER_BIND_TO_PORT={port}",
+        "--env",
+        "SMSERVE_BIND_HOST=127.0.0.1",
+        "--env",
+        "SAGEMAKER_MULTI_MODEL=true",
+        "--env",
+        "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+        "-v",
+        f"{trained / 'model'}:/opt/ml/models/a1b2/model:ro",
+        image,
+        "serve",
+    )
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 60
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status, _, _ = http(port, "/ping")
+        except OSError:
+            status = None
+        if status == HTTPStatus.OK:
+            break
+        assert container.state()["Running"], container.logs()
+        time.sleep(0.1)
+    assert status == HTTPStatus.OK, container.logs()
+    assert json.loads(http(port, "/models")[2]) == {"models": []}
+    load = json.dumps({"model_name": "a1b2", "url": "/opt/ml/models/a1b2/model"})
+    status, _, body = http(
+        port, "/models", load.encode(), {"Content-Type": "application/json"}
+    )
+    assert status == HTTPStatus.OK, body
+    status, content_type, body = http(
+        port,
+        "/models/a1b2/invoke",
+        b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n",
+        {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "iris.tar.gz"},
+    )
+    assert (status, content_type, body.decode().split()) == (
+        200,
+        "text/csv",
+        ["0", "2"],
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/models/a1b2", method="DELETE"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == HTTPStatus.OK
+    assert http(port, "/models/a1b2/invoke", b"1,2,3,4\n")[0] == HTTPStatus.NOT_FOUND
+    stopped = podman("stop", "--time", str(GRACE_SECONDS), container.name, timeout=90)
+    assert stopped.returncode == 0, stopped.stderr
+    assert container.state()["ExitCode"] == 0, container.logs()
+
+
 def test_image_metadata_is_what_sagemaker_expects(image: str):
-    """The image accepts SageMaker's bind-to-port, exposes 8080, has no ENTRYPOINT (so
+    """The image accepts SageMaker's bind-to-port and multi-model endpoints, exposes 8080,
+    has no ENTRYPOINT (so
     `train` and `serve` are commands on PATH) and runs as root."""
     result = podman("image", "inspect", image)
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)[0]["Config"]
     labels = config["Labels"]
     assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
     assert "8080/tcp" in config["ExposedPorts"]
     assert not config.get("Entrypoint")
     assert config.get("User", "") in ("", "root", "0")
