@@ -301,17 +301,7 @@ class WorkerModels:
             self._check_fits(name, size)
             self.shared.add(registration)
         self._keep(registration, loaded)
-        collector.note_model(
-            loaded,
-            {
-                "kind": "load",
-                "name": name,
-                "url": url,
-                "model_id": loaded.sha256,
-                "seconds": loaded.load_seconds,
-                "memory_bytes": size,
-            },
-        )
+        _record("load", registration, loaded.load_seconds, loaded)
         logger.info(
             "Loaded model %r from %s (sha256 %s, ~%.1f MB) in %.3fs.",
             name,
@@ -344,17 +334,7 @@ class WorkerModels:
                 break
             time.sleep(SWEEP_SECONDS / 2)
         seconds = time.perf_counter() - started
-        collector.note_model(
-            None,
-            {
-                "kind": "unload",
-                "name": name,
-                "url": registration.url,
-                "model_id": registration.sha256,
-                "seconds": seconds,
-                "memory_bytes": registration.size,
-            },
-        )
+        _record("unload", registration, seconds)
         logger.info("Unloaded model %r in %.3fs.", name, seconds)
         return registration
 
@@ -460,6 +440,28 @@ class WorkerModels:
                 self.sweep()
             except Exception:  # a bug here must not stop the sweeper for good
                 logger.exception("Sweeping the worker's models failed.")
+
+
+def _record(
+    kind: str,
+    registration: Registration,
+    seconds: float,
+    loaded: LoadedModel | None = None,
+) -> None:
+    """A ``ModelEvent`` (and the ``TrainedModel`` of a load), written by the stats
+    flusher off the request path."""
+    collector.note_model(
+        loaded,
+        {
+            "kind": kind,
+            # The columns' lengths: a longer value would fail every flush.
+            "name": registration.name[:1024],
+            "url": registration.url[:1024],
+            "model_id": registration.sha256,
+            "seconds": seconds,
+            "memory_bytes": registration.size,
+        },
+    )
 
 
 # --- memory ----------------------------------------------------------------------------
