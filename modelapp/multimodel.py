@@ -267,10 +267,11 @@ class WorkerModels:
         return loaded
 
     # --- the /models API --------------------------------------------------------------
-    def load(self, name: str, url: str) -> Registration:
+    def load(self, name: str, url: str, target_model: str = "") -> Registration:
         """Load ``name`` from the directory ``url`` here and register it for every
         worker: 409 if it is loaded already, 507 if it does not fit, 400 if the
-        artifact cannot be loaded."""
+        artifact cannot be loaded. ``target_model`` (SageMaker's ``TargetModel``, the
+        artifact's path) is only logged."""
         model_dir = Path(url)
         with self.shared.locked():
             if self.shared.token(name) is not None:
@@ -303,8 +304,9 @@ class WorkerModels:
         self._keep(registration, loaded)
         _record("load", registration, loaded.load_seconds, loaded)
         logger.info(
-            "Loaded model %r from %s (sha256 %s, ~%.1f MB) in %.3fs.",
+            "Loaded model %r (TargetModel %s) from %s (sha256 %s, ~%.1f MB) in %.3fs.",
             name,
+            target_model or "-",
             url,
             loaded.sha256[:12],
             size / MB,

@@ -241,7 +241,9 @@ class ModelsView(StatusView):
     def post(self, request: Request) -> Response:
         require_multi_model()
         name, url = _load_request(request.body)
-        registration = multimodel.worker_models().load(name, url)
+        registration = multimodel.worker_models().load(
+            name, url, request.META.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL", "")
+        )
         return Response({**describe_model(registration), "status": "loaded"})
 
 

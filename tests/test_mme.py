@@ -122,6 +122,16 @@ def test_invoking_an_unknown_model_is_a_404_in_the_negotiated_format(mme):
     assert b"No model is loaded under the name 'nope'" in response.content
 
 
+def test_the_target_model_is_logged_with_the_load(mme, iris_base, caplog):
+    mme.post(
+        "/models",
+        json.dumps({"model_name": "a1b2", "url": str(iris_base / "model")}),
+        "application/json",
+        headers={"X-Amzn-SageMaker-Target-Model": "customers/7/model.tar.gz"},
+    )
+    assert "Loaded model 'a1b2' (TargetModel customers/7/model.tar.gz)" in caplog.text
+
+
 def test_second_load_of_a_name_is_a_409(mme, iris_base):
     assert load(mme, "iris", iris_base / "model").status_code == HTTPStatus.OK
     response = load(mme, "iris", iris_base / "model")
