@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
 import subprocess
 import threading
 import time
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import psycopg
 import pytest
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import ExtraTreesClassifier
 
 from tests.support.models import write_model
-from tests.support.servers import ServeProcess, wait_for
+from tests.support.servers import ServeProcess, ServerDatabase, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -84,16 +86,24 @@ class MMEClient:
 
 @pytest.fixture(scope="module")
 def mme(tmp_path_factory):
-    """A multi-model server with no /opt/ml/model, as SageMaker starts one."""
+    """A multi-model server with no /opt/ml/model, as SageMaker starts one, with a
+    database of its own."""
     base = tmp_path_factory.mktemp("mme_base")  # empty: no model dir at all
-    server = ServeProcess(
-        base,
-        tmp_path_factory.mktemp("mme_server"),
-        env={"SAGEMAKER_MULTI_MODEL": "TRUE", "SMSERVE_MME_MEMORY_MB": "2048"},
-    )
+    work = tmp_path_factory.mktemp("mme_server")
+    db = ServerDatabase.create(work)
+    env = {
+        **db.env,
+        "SAGEMAKER_MULTI_MODEL": "TRUE",
+        "SMSERVE_MME_MEMORY_MB": "2048",
+        "SMSERVE_STATS_FLUSH_SECONDS": "0.3",
+    }
+    server = ServeProcess(base, work, env=env)
     server.start()
-    yield MMEClient(server)
+    client = MMEClient(server)
+    client.db = db
+    yield client
     server.stop()
+    db.drop()
 
 
 def test_ping_and_list_answer_from_the_first_moment(mme):
@@ -143,6 +153,36 @@ def test_every_call_and_error(mme, iris_base):
     assert mme.invoke("iris")[0] == HTTPStatus.NOT_FOUND
     assert mme.get("/models/iris")[0] == HTTPStatus.NOT_FOUND
     assert mme.unload("iris") == HTTPStatus.NOT_FOUND
+
+
+def test_loads_unloads_and_invocations_are_recorded(mme, iris_base):
+    """The admin's rows: the model, its load and unload, its invocations."""
+    assert mme.load("recorded", iris_base / "model")[0] == HTTPStatus.OK
+    for _ in range(3):
+        assert mme.invoke("recorded")[0] == HTTPStatus.OK
+    assert mme.unload("recorded") == HTTPStatus.OK
+
+    def recorded():
+        try:
+            events = mme.db.query(
+                "SELECT kind, model_sha256 FROM modelapp_modelevent "
+                "WHERE name = 'recorded' ORDER BY at"
+            )
+        except (sqlite3.Error, psycopg.Error):  # not migrated yet
+            return None
+        if [kind for kind, _ in events] != ["load", "unload"]:
+            return None
+        sha = events[0][1]
+        requests = mme.db.query(
+            "SELECT COALESCE(SUM(requests), 0) FROM modelapp_invocationstat "
+            f"WHERE model_sha256 = '{sha}'"
+        )[0][0]
+        models = mme.db.query(
+            f"SELECT COUNT(*) FROM modelapp_trainedmodel WHERE sha256 = '{sha}'"
+        )[0][0]
+        return requests >= 3 and models == 1
+
+    wait_for(recorded, deadline=30, what="the load, unload and invocations recorded")
 
 
 def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
