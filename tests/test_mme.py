@@ -215,7 +215,7 @@ def test_invocations_counted_per_model(mme, iris_base, tmp_path):
     assert requests("seven") == 2
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the flusher closes a connection in atomic
 def test_loads_and_unloads_are_recorded(mme, iris_base):
     from modelapp.models import ModelEvent, TrainedModel
 
