@@ -99,6 +99,9 @@ def _smserve_from_environment() -> dict[str, Any]:
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:
         raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {mb}")
+    memory = found["MME_MEMORY_MB"]
+    if memory is not None and memory < 1:
+        raise ValueError(f"SMSERVE_MME_MEMORY_MB must be at least 1, got {memory}")
     log = found["INVOCATION_LOG"]
     if log is not None and log not in ("app", "nginx"):
         raise ValueError(

@@ -19,6 +19,7 @@ from modelapp.exceptions import InsufficientMemory, ModelNotFound, ModelNotReady
 from modelapp.multimodel import SharedRegistry, WorkerModels
 from modelapp.stats import collector
 from tests.support.models import write_model
+from tests.test_settings import load_settings, settings_with
 
 IRIS_ROW = b"5.1,3.5,1.4,0.2\n"
 
@@ -54,6 +55,23 @@ def load(client, name, url):
 
 def invoke(client, name, body=IRIS_ROW):
     return client.post(f"/models/{name}/invoke", body, "text/csv")
+
+
+def test_settings_from_the_environment(tmp_path):
+    """SAGEMAKER_MULTI_MODEL in any case; the budget from SMSERVE_MME_MEMORY_MB, else
+    computed from the machine; a budget under 1 MB stops start-up."""
+    state = {"SMSERVE_STATE_DIR": str(tmp_path)}
+    default = settings_with(state)["smserve"]
+    assert default["MULTI_MODEL"] == "False"
+    assert int(default["MME_MEMORY_MB"]) >= 64
+    assert default["MME_REGISTRY_DIR"] == str(tmp_path / "mme")
+    mme = settings_with(
+        {**state, "SAGEMAKER_MULTI_MODEL": "True", "SMSERVE_MME_MEMORY_MB": "512"}
+    )["smserve"]
+    assert (mme["MULTI_MODEL"], mme["MME_MEMORY_MB"]) == ("True", "512")
+    result = load_settings({**state, "SMSERVE_MME_MEMORY_MB": "0"})
+    assert result.returncode != 0
+    assert "SMSERVE_MME_MEMORY_MB must be at least 1, got 0" in result.stderr
 
 
 def test_models_api_answers_404_in_single_model_mode(client):
