@@ -96,6 +96,22 @@ class Container:
         podman("rm", "--force", "--time", "0", self.name)
 
 
+def wait_for_ping(container: Container, port: int, deadline: float) -> None:
+    """Poll /ping until it answers 200, while the container runs, until ``deadline``
+    (``time.monotonic()``)."""
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status, _, _ = http(port, "/ping")
+        except OSError:
+            status = None
+        if status == HTTPStatus.OK:
+            return
+        assert container.state()["Running"], container.logs()
+        time.sleep(0.1)
+    assert status == HTTPStatus.OK, container.logs()
+
+
 @pytest.fixture
 def container() -> Iterator[Container]:
     created = Container()
@@ -190,18 +206,7 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
     )
     assert result.returncode == 0, result.stderr
 
-    deadline = started + 60
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status, _, _ = http(port, "/ping")
-        except OSError:
-            status = None
-        if status == HTTPStatus.OK:
-            break
-        assert container.state()["Running"], container.logs()
-        time.sleep(0.1)
-    assert status == HTTPStatus.OK, container.logs()
+    wait_for_ping(container, port, deadline=started + 60)
     ready_seconds = time.monotonic() - started
 
     status, content_type, body = http(
@@ -259,18 +264,7 @@ def test_serve_in_multi_model_mode(image: str, trained: Path, container: Contain
         "serve",
     )
     assert result.returncode == 0, result.stderr
-    deadline = time.monotonic() + 60
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status, _, _ = http(port, "/ping")
-        except OSError:
-            status = None
-        if status == HTTPStatus.OK:
-            break
-        assert container.state()["Running"], container.logs()
-        time.sleep(0.1)
-    assert status == HTTPStatus.OK, container.logs()
+    wait_for_ping(container, port, deadline=time.monotonic() + 60)
     assert json.loads(http(port, "/models")[2]) == {"models": []}
     load = json.dumps({"model_name": "a1b2", "url": "/opt/ml/models/a1b2/model"})
     status, _, body = http(
