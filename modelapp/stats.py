@@ -160,6 +160,8 @@ class StatsCollector:
         loaded = registry.loaded
         if loaded is not None and loaded.sha256 not in self._models_recorded:
             pending.insert(0, (loaded.sha256, TrainedModel.values_of(loaded)))
+        if not pending and not events:
+            return  # no database access at all
         done = 0
         try:
             close_old_connections()
