@@ -225,6 +225,16 @@ def test_forty_invocations_spread_over_the_workers(mme, iris_base):
     assert mme.holders("spread") == set()
 
 
+def test_concurrent_loads_of_one_name_load_it_once(mme, iris_base):
+    """Several loads of one name at once, over both workers: one 200, the rest 409."""
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(
+            pool.map(lambda _: mme.load("twice", iris_base / "model")[0], range(4))
+        )
+    assert statuses == [HTTPStatus.OK] + [HTTPStatus.CONFLICT] * 3
+    assert mme.unload("twice") == HTTPStatus.OK
+
+
 def test_list_is_paginated(mme, iris_base):
     """SageMaker calls again with nextPageToken until there is none."""
     names = [f"page{i:03d}" for i in range(105)]
