@@ -479,9 +479,16 @@ PRELOADED_MODULES = (
 )
 
 
+# What compiling a model for ONNX Runtime imports (``modelapp/engines.py``), when on.
+COMPILED_ENGINE_MODULES = ("onnx", "onnxruntime", "skl2onnx")
+
+
 def preload_libraries() -> None:
     """Import what loading a scikit-learn model needs, once, in the master."""
-    for module in PRELOADED_MODULES:
+    modules = PRELOADED_MODULES
+    if conf.get("COMPILED_ENGINE"):
+        modules += COMPILED_ENGINE_MODULES
+    for module in modules:
         importlib.import_module(module)
 
 
