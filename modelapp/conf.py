@@ -44,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_ACCEPT": "",
     # Set by SageMaker in training containers; recorded in metadata.json.
     "TRAINING_JOB_NAME": None,
+    # Training across hosts: the Dask scheduler's port on the leader (documented, fixed).
+    "DASK_SCHEDULER_PORT": 8786,
+    # Test-only: host name -> IP address, instead of resolving SageMaker's host names
+    # (several "hosts" on loopback addresses of one machine). Empty in real jobs.
+    "HOST_ADDRESSES": {},
     # --- smserve ---
     # The SQLite database and the kept secret key; None: var/ beside manage.py (set by
     # smserve/settings.py, which knows where that is).

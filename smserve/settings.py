@@ -58,6 +58,18 @@ def env_str(name: str) -> str | None:
     return value or None
 
 
+def _host_addresses(value: str | None) -> dict[str, str] | None:
+    """``algo-1=127.0.16.1,algo-2=127.0.16.2`` (test-only) -> a dict."""
+    if value is None:
+        return None
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(
+            f"SMSERVE_HOST_ADDRESSES must be host=address,host=address; got {value!r}"
+        )
+    return {host.strip(): address.strip() for host, address in pairs}
+
+
 def _smserve_from_environment() -> dict[str, Any]:
     """The ``SMSERVE`` entries the environment sets; everything else keeps its default
     (``modelapp.conf.DEFAULTS``)."""
@@ -72,6 +84,8 @@ def _smserve_from_environment() -> dict[str, Any]:
         "DEFAULT_CONTENT_TYPE": env_str("SMSERVE_DEFAULT_CONTENT_TYPE"),
         "DEFAULT_ACCEPT": env_str("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
         "TRAINING_JOB_NAME": env_str("TRAINING_JOB_NAME"),
+        "DASK_SCHEDULER_PORT": env_int("SMSERVE_DASK_SCHEDULER_PORT"),
+        "HOST_ADDRESSES": _host_addresses(env_str("SMSERVE_HOST_ADDRESSES")),
         "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
         "ADMIN_ENABLED": env_bool("SMSERVE_ADMIN_ENABLED", None),
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),

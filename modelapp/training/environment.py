@@ -93,11 +93,14 @@ class Hyperparameters:
     header: str = RESERVED[HEADER]
     random_seed: int | None = RESERVED[RANDOM_SEED]
     params: dict[str, Any] = field(default_factory=dict)
+    # Reserved keys other modules own and check (the search, the cluster), converted.
+    owned: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Hyperparameters:
-        hp = cls(raw=dict(raw))
+        owned_keys = _owned_keys()
+        hp = cls(raw=dict(raw), owned=dict(owned_keys))
         for key in sorted(raw):
             if key.startswith(IGNORED_PREFIX) or key in IGNORED_KEYS:
                 hp.ignored.append(key)
@@ -111,11 +114,13 @@ class Hyperparameters:
                 hp.header = _header(value)
             elif key == RANDOM_SEED:
                 hp.random_seed = _random_seed(value)
+            elif key in owned_keys:
+                hp.owned[key] = value
             elif key.startswith(RESERVED_PREFIX):
                 raise ClientError(
                     f"Unknown hyperparameter {key!r}: the keys starting with "
                     f"{RESERVED_PREFIX!r} are smserve's own, and they are "
-                    f"{', '.join(sorted(RESERVED))}."
+                    f"{', '.join(sorted({*RESERVED, *owned_keys}))}."
                 )
             else:
                 hp.params[key] = value
@@ -125,6 +130,13 @@ class Hyperparameters:
                 ", ".join(hp.ignored),
             )
         return hp
+
+
+def _owned_keys() -> dict[str, Any]:
+    """The search's and the cluster's reserved keys, with their defaults."""
+    from modelapp.training import cluster, search
+
+    return {**search.KEYS, **cluster.KEYS}
 
 
 def _target_column(value: Any) -> int | str:

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,14 @@ import numpy as np
 import modelapp
 from modelapp.metadata import Feature, ModelMetadata, dotted_path, json_safe
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError, TrainingStopped, artifacts, estimators
+from modelapp.training import (
+    ClientError,
+    TrainingStopped,
+    artifacts,
+    cluster,
+    estimators,
+    search,
+)
 from modelapp.training.channels import Dataset, load_channel
 from modelapp.training.environment import (
     EVALUATION_CHANNELS,
@@ -63,6 +70,7 @@ class TrainingResult:
     failure_reason: str = ""
     traceback: str = ""
     model_sha256: str | None = None
+    search: dict[str, Any] = field(default_factory=dict)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
     duration_seconds: float | None = None
@@ -166,25 +174,57 @@ class Trainer:
 
     def run(self) -> None:
         env = self.env
-        if not env.is_leader:
-            logger.info(
-                "This is %s; %s, the first of the hosts %s, writes the model: nothing "
-                "to do here.",
-                env.current_host,
-                env.hosts[0],
-                ", ".join(env.hosts),
-            )
+        # Every host checks the same hyperparameters, so a mistake fails them all alike.
+        estimator = self.build_estimator()
+        spec = search.SearchSpec.from_hyperparameters(self.hp.owned)
+        plan = cluster.Plan.of(env, estimator, searching=spec is not None)
+        if not plan.hosts.is_leader:
+            if plan.spread:
+                plan.serve_as_worker()
+            else:
+                logger.info(
+                    "This is %s; %s, the first of the hosts %s, writes the model: "
+                    "nothing to do here.",
+                    env.current_host,
+                    plan.hosts.leader,
+                    ", ".join(plan.hosts.names),
+                )
             self.result.status, self.result.exit_code = SKIPPED, EXIT_OK
             return
-        estimator = self.build_estimator()
+        with plan.leading() as context:
+            self.fit_and_save(estimator, spec, context, len(plan.hosts.names))
+
+    def fit_and_save(
+        self,
+        estimator: Any,
+        spec: search.SearchSpec | None,
+        context: Callable[..., Any] | None,
+        hosts: int,
+    ) -> None:
+        """Fit (the search over ``estimator`` when ``spec``), evaluate, write the model."""
         task = estimators.task_of(estimator)
+        to_fit = spec.build(estimator, task, self.hp.random_seed) if spec else estimator
         datasets = self.load_data(task)
         model_tmp = artifacts.temporary_model_path(self.paths)
         try:
-            fitted = fit_in_child(estimator, datasets[TRAIN], model_tmp)
+            started = time.monotonic()
+            fitted = fit_in_child(to_fit, datasets[TRAIN], model_tmp, context)
+            summary = None
+            if spec is not None:
+                summary = search.summary(
+                    spec, fitted, time.monotonic() - started, hosts
+                )
+                cv_metric = {search.metric_name(fitted): summary["best_score"]}
+                fitted = fitted.best_estimator_
+                artifacts.dump_model(fitted, model_tmp)  # the model is the best one
+                self.result.search = summary
             metrics = self.evaluate(fitted, task, datasets)
+            if spec is not None:
+                metrics.update(cv_metric)
             metadata = self.build_metadata(fitted, task, datasets, metrics)
             metadata.compiled = self.compile_for_serving(fitted, datasets[TRAIN])
+            if summary is not None:
+                metadata.extra[search.METADATA_KEY] = summary
             artifacts.write_metrics(self.paths, metrics)
             metadata = artifacts.commit(self.paths, model_tmp, metadata)
         finally:
@@ -358,21 +398,30 @@ class FitFailed(Exception):
         self.child_traceback = child_traceback
 
 
-def fit_in_child(estimator: Any, data: Dataset, model_tmp: Path) -> Any:
+def fit_in_child(
+    estimator: Any,
+    data: Dataset,
+    model_tmp: Path,
+    context: Callable[..., Any] | None = None,
+) -> Any:
     """Fit in a forked child that dumps the model to ``model_tmp``; load and return it.
 
     The parent only waits, so SIGTERM reaches it at once; leaving this function by an
-    exception kills the child.
+    exception kills the child. ``context(X, y, fail)``, when given, is a context manager
+    the child fits inside (the Dask cluster's client); ``fail(message)`` ends the job
+    with that message as the user's to fix.
     """
     import joblib
 
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(
+    fork = multiprocessing.get_context("fork")
+    receiver, sender = fork.Pipe(duplex=False)
+    child = fork.Process(
         target=_fit_child,
-        args=(estimator, data.X, data.y, model_tmp, sender),
+        args=(estimator, data.X, data.y, model_tmp, sender, context),
         name="smserve-fit",
-        daemon=True,
+        # Not a daemon: joblib refuses its process pool inside a daemon process (a search
+        # on one host would run on one core). The finally below always ends the child.
+        daemon=False,
     )
     started = time.monotonic()
     logger.info("Fitting %s on %d rows.", type(estimator).__name__, data.rows)
@@ -411,13 +460,26 @@ def fit_in_child(estimator: Any, data: Dataset, model_tmp: Path) -> Any:
     return joblib.load(model_tmp)
 
 
-def _fit_child(estimator: Any, X: Any, y: Any, model_tmp: Path, sender: Any) -> None:
-    """In the child: fit, dump, and tell the parent how it went."""
+def _fit_child(
+    estimator: Any,
+    X: Any,
+    y: Any,
+    model_tmp: Path,
+    sender: Any,
+    context: Callable[..., Any] | None = None,
+) -> None:
+    """In the child: fit, dump, and tell the parent how it went (the first message
+    counts: the parent stops the child once it has one)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent stops us by killing us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:
-            estimator.fit(X, y)
+            fail = lambda message: sender.send(("client", message))  # noqa: E731
+            with context(X, y, fail) if context else nullcontext():
+                estimator.fit(X, y)
+        except ClientError as exc:
+            sender.send(("client", str(exc)))
+            return
         except ValueError as exc:
             # scikit-learn validates parameters in fit (InvalidParameterError, a
             # ValueError) and rejects unusable data with ValueError: both the user's to fix.

@@ -1,0 +1,266 @@
+"""A hyperparameter search inside one training job: its hyperparameters, the scikit-learn
+search they build, and what the job keeps of it.
+
+``smserve_search`` picks the kind (``grid``, ``random``, ``halving_grid``,
+``halving_random``); ``smserve_search_space`` is the space as JSON, parameter names as
+``set_params`` takes them (``max_depth``, ``randomforestclassifier__max_depth``); values
+are lists, or for the random kinds also ``{"uniform": [low, high]}``,
+``{"loguniform": [low, high]}``, ``{"randint": [low, high]}`` (high excluded).
+``smserve_search_candidates`` is the random kinds' number of candidates,
+``smserve_search_folds`` the cross-validation folds, ``smserve_search_scoring`` a
+scikit-learn scorer name (default: ``accuracy`` for a classifier, ``r2`` for a regressor).
+
+The search is a plain ``GridSearchCV`` (or its siblings) with ``n_jobs=-1``: on one host
+joblib runs it on every core; on several, ``cluster`` puts joblib's calls on the Dask
+cluster. The best estimator, refitted on all of ``train``, is the model; ``summary()`` is
+what ``metadata.json`` keeps under ``search``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from modelapp.metadata import json_safe
+from modelapp.training import ClientError
+from modelapp.training.estimators import valid_parameters
+
+logger = logging.getLogger(__name__)
+
+KIND = "smserve_search"
+SPACE = "smserve_search_space"
+CANDIDATES = "smserve_search_candidates"
+FOLDS = "smserve_search_folds"
+SCORING = "smserve_search_scoring"
+KEYS: dict[str, Any] = {
+    KIND: None,
+    SPACE: None,
+    CANDIDATES: 10,
+    FOLDS: 5,
+    SCORING: None,
+}
+KINDS = ("grid", "random", "halving_grid", "halving_random")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+DEFAULT_SCORING = {"classification": "accuracy", "regression": "r2"}
+# The key of metadata.json (and of the admin's training run) that holds summary().
+METADATA_KEY = "search"
+# metadata.json keeps the best candidates, not all of a wide search.
+KEPT_RESULTS = 50
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A search as the hyperparameters describe it, checked."""
+
+    kind: str
+    space: list[dict[str, Any]]
+    candidates: int = KEYS[CANDIDATES]
+    folds: int = KEYS[FOLDS]
+    scoring: str | None = None
+
+    @property
+    def random(self) -> bool:
+        return self.kind.endswith("random")
+
+    @classmethod
+    def from_hyperparameters(cls, values: dict[str, Any]) -> SearchSpec | None:
+        """None when the job has no search; a ``ClientError`` saying what to fix when the
+        values are wrong."""
+        given = {key: value for key, value in values.items() if value is not None}
+        kind = given.get(KIND)
+        if kind is None:
+            others = sorted(set(given) & (set(KEYS) - {KIND}))
+            if others:
+                raise ClientError(
+                    f"Hyperparameter(s) {', '.join(others)} describe a search, but "
+                    f"{KIND} is not set: set it to one of {', '.join(KINDS)}."
+                )
+            return None
+        if kind not in KINDS:
+            raise ClientError(
+                f"Hyperparameter {KIND} must be one of {', '.join(KINDS)}, got {kind!r}."
+            )
+        spec = cls(
+            kind=kind,
+            space=_space(given.get(SPACE), random=kind.endswith("random")),
+            candidates=_whole(given, CANDIDATES, minimum=1),
+            folds=_whole(given, FOLDS, minimum=2),
+            scoring=given.get(SCORING),
+        )
+        if spec.scoring is not None and not isinstance(spec.scoring, str):
+            raise ClientError(
+                f"Hyperparameter {SCORING} must be a scikit-learn scorer name such as "
+                f"accuracy, f1_macro, r2, neg_root_mean_squared_error; got "
+                f"{spec.scoring!r}."
+            )
+        return spec
+
+    def build(self, estimator: Any, task: str | None, random_seed: int | None) -> Any:
+        """The scikit-learn search over ``estimator``; parameter names and the scorer are
+        checked here, so a typo fails before any fit."""
+        from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+        from sklearn.model_selection import (
+            GridSearchCV,
+            HalvingGridSearchCV,
+            HalvingRandomSearchCV,
+            RandomizedSearchCV,
+        )
+
+        known = set(estimator.get_params(deep=True))
+        for grid in self.space:
+            unknown = sorted(set(grid) - known)
+            if unknown:
+                raise ClientError(
+                    f"{SPACE} names {', '.join(map(repr, unknown))}, which "
+                    f"{type(estimator).__name__} does not have. "
+                    f"{valid_parameters(estimator)}"
+                )
+        scoring = self.scoring or DEFAULT_SCORING.get(task or "")
+        if scoring is not None:
+            _check_scorer(scoring)
+        space: Any = self.space if len(self.space) > 1 else self.space[0]
+        common = {"scoring": scoring, "cv": self.folds, "n_jobs": -1, "refit": True}
+        if self.kind == "grid":
+            return GridSearchCV(estimator, space, **common)
+        if self.kind == "random":
+            return RandomizedSearchCV(
+                estimator,
+                space,
+                n_iter=self.candidates,
+                random_state=random_seed,
+                **common,
+            )
+        if self.kind == "halving_grid":
+            return HalvingGridSearchCV(
+                estimator, space, random_state=random_seed, **common
+            )
+        return HalvingRandomSearchCV(
+            estimator,
+            space,
+            n_candidates=self.candidates,
+            random_state=random_seed,
+            **common,
+        )
+
+
+def _space(value: Any, random: bool) -> list[dict[str, Any]]:
+    example = '{"max_depth": [2, 4, 8], "min_samples_leaf": [1, 5]}'
+    if value is None:
+        raise ClientError(
+            f"Hyperparameter {SPACE} is missing: give the parameters to search as a "
+            f"JSON object, e.g. {example}."
+        )
+    if isinstance(value, str):
+        # Not JSON, else the hyperparameter's conversion would have decoded it.
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            raise ClientError(
+                f"Hyperparameter {SPACE} is not valid JSON: {exc}. Give a JSON object "
+                f"such as {example}."
+            ) from exc
+    grids = value if isinstance(value, list) and value else [value]
+    if not all(isinstance(grid, dict) and grid for grid in grids):
+        raise ClientError(
+            f"Hyperparameter {SPACE} must be a JSON object of parameter -> values (or a "
+            f"list of such objects), e.g. {example}; got {value!r}."
+        )
+    return [
+        {name: _values(name, values, random) for name, values in grid.items()}
+        for grid in grids
+    ]
+
+
+def _values(name: str, values: Any, random: bool) -> Any:
+    if isinstance(values, list) and values:
+        return values
+    if random and isinstance(values, dict) and len(values) == 1:
+        ((kind, bounds),) = values.items()
+        if (
+            kind in DISTRIBUTIONS
+            and isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(isinstance(b, int | float) and math.isfinite(b) for b in bounds)
+            and bounds[0] < bounds[1]
+            and (kind != "loguniform" or bounds[0] > 0)
+        ):
+            from scipy import stats
+
+            low, high = bounds
+            if kind == "uniform":
+                return stats.uniform(low, high - low)
+            if kind == "loguniform":
+                return stats.loguniform(low, high)
+            return stats.randint(int(low), int(high))
+    shapes = "a non-empty list of values"
+    if random:
+        shapes += (
+            ', or {"uniform": [low, high]}, {"loguniform": [low, high]} (low > 0), '
+            '{"randint": [low, high]} with low < high'
+        )
+    raise ClientError(f"In {SPACE}, {name!r} must be {shapes}; got {values!r}.")
+
+
+def _whole(values: dict[str, Any], key: str, minimum: int) -> int:
+    value = values.get(key, KEYS[key])
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ClientError(
+            f"Hyperparameter {key} must be a whole number >= {minimum}, got {value!r}."
+        )
+    return value
+
+
+def _check_scorer(name: str) -> None:
+    from sklearn.metrics import get_scorer, get_scorer_names
+
+    try:
+        get_scorer(name)
+    except ValueError as exc:
+        raise ClientError(
+            f"Hyperparameter {SCORING}: {name!r} is not a scikit-learn scorer. Valid "
+            f"names: {', '.join(get_scorer_names())}."
+        ) from exc
+
+
+def metric_name(search: Any) -> str:
+    """The ``#metric`` name of the best cross-validation score: ``cv:accuracy``."""
+    scoring = search.scoring if isinstance(search.scoring, str) else "score"
+    return f"cv:{scoring}"
+
+
+def summary(
+    spec: SearchSpec, search: Any, seconds: float, hosts: int
+) -> dict[str, Any]:
+    """What ``metadata.json`` keeps of a fitted search (JSON-safe): the kind, scoring and
+    folds, every candidate's mean and std score (the best ``KEPT_RESULTS`` of them, by
+    rank), the best parameters and score, the time it took and on how many hosts."""
+    results = search.cv_results_
+    order = sorted(
+        range(len(results["params"])), key=lambda i: results["rank_test_score"][i]
+    )
+    kept = [
+        {
+            "params": results["params"][i],
+            "mean": results["mean_test_score"][i],
+            "std": results["std_test_score"][i],
+            "rank": results["rank_test_score"][i],
+            **({"iteration": results["iter"][i]} if "iter" in results else {}),
+        }
+        for i in order[:KEPT_RESULTS]
+    ]
+    return json_safe(
+        {
+            "kind": spec.kind,
+            "scoring": search.scoring if isinstance(search.scoring, str) else None,
+            "folds": spec.folds,
+            "candidates": len(results["params"]),
+            "best_params": search.best_params_,
+            "best_score": search.best_score_,
+            "seconds": round(seconds, 3),
+            "hosts": hosts,
+            "results": kept,
+        }
+    )
