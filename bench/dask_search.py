@@ -41,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
 
 HOSTS = ("127.0.16.1", "127.0.16.2")
 WAYS = (

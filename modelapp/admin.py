@@ -7,6 +7,7 @@ SVG built here, so nothing is fetched from the internet.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,6 +98,34 @@ def headline_metric(metrics: Any) -> str:
             flat[key] = value
     name = sorted(flat, key=lambda k: (not k.startswith("validation"), k))[0]
     return f"{name} = {_scalar(flat[name])}"
+
+
+def search_table(search: Any) -> SafeString:
+    """A search's summary: its settings, then one row per candidate (rank, mean, std,
+    parameters), best first."""
+    if not isinstance(search, dict) or not search:
+        return format_html("{}", "no search")
+    settings = {k: v for k, v in search.items() if k != "results"}
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+        (
+            (
+                _scalar(r.get("rank")),
+                _scalar(r.get("mean")),
+                _scalar(r.get("std")),
+                json.dumps(r.get("params"), sort_keys=True),
+            )
+            for r in search.get("results") or []
+            if isinstance(r, dict)
+        ),
+    )
+    return format_html(
+        '{}<table class="smserve-search"><tr><th>rank</th><th>mean</th><th>std</th>'
+        "<th>parameters</th></tr>{}</table>",
+        key_value_table(settings),
+        rows,
+    )
 
 
 # --- the traffic chart ----------------------------------------------------------------------
@@ -348,6 +377,7 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         "base_dir",
         "failure",
         "metrics_table",
+        "search_table",
         "hyperparameters_table",
         "channels_table",
     ]
@@ -370,6 +400,10 @@ class TrainingRunAdmin(ReadOnlyAdmin):
     @admin.display(description="metrics")
     def metrics_table(self, obj: TrainingRun) -> SafeString:
         return key_value_table(obj.metrics, "no metrics recorded")
+
+    @admin.display(description="hyperparameter search")
+    def search_table(self, obj: TrainingRun) -> SafeString:
+        return search_table(obj.search)
 
     @admin.display(description="hyperparameters (as given)")
     def hyperparameters_table(self, obj: TrainingRun) -> SafeString:

@@ -200,6 +200,12 @@ class TrainingRun(models.Model):
         default=dict, blank=True, help_text="Per channel: content type, mode, rows."
     )
     metrics = models.JSONField(default=dict, blank=True)
+    search = models.JSONField(
+        "hyperparameter search",
+        default=dict,
+        blank=True,
+        help_text="The search's candidates, scores, best parameters and time.",
+    )
     failure_reason = models.TextField(blank=True)
     model_sha256 = models.CharField("model sha256", max_length=64, blank=True)
     base_dir = models.CharField(max_length=1024, blank=True)

@@ -324,22 +324,47 @@ def report_failure(scheduler: str, host: str, reason: str) -> None:
 
 
 # --- the fit's side: a Dask client in the fit's process ------------------------------------
-def _register_backend() -> None:
-    """joblib's ``dask`` backend, but nested parallel calls run sequentially.
+class _Sequential:
+    """A task of the search, whose own joblib calls (a forest's trees) run in the task."""
 
-    A task of a search (fit one candidate on one fold) that fits a forest calls joblib
-    again; the stock backend sends those inner calls back to the cluster as one task per
-    batch of trees, whatever the forest's ``n_jobs`` (its ``effective_n_jobs`` counts the
-    cluster's cores): ~600 tiny tasks for 24 fits, and the cluster spends its time
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import joblib
+
+        with joblib.parallel_config(backend="sequential"):
+            return self.func(*args, **kwargs)
+
+
+def _register_backend() -> None:
+    """joblib's ``dask`` backend, but the joblib calls inside a task run in the task,
+    and only X and y are sent ahead (to every worker).
+
+    The stock backend runs every task inside ``parallel_config(backend="dask")`` on the
+    worker, so a task of a search (one candidate on one fold) that fits a forest sends
+    the forest's trees back to the cluster, one task per batch of trees, whatever the
+    forest's ``n_jobs``: ~600 extra tasks for 24 fits, and the cluster spends its time
     shipping trees (bench/RESULTS.md). Only the outer level belongs on the cluster.
     """
     import joblib
     from joblib._dask import DaskDistributedBackend  # no public name for the class
-    from joblib.parallel import SequentialBackend
 
     class FlatDaskBackend(DaskDistributedBackend):
-        def get_nested_backend(self) -> tuple[Any, int | None]:
-            return SequentialBackend(nesting_level=1), None
+        def start_call(self) -> None:
+            super().start_call()
+            # No automatic scatter of the other arguments (a fold's indices): it puts
+            # each on one worker, and a task whose data died with its worker is
+            # cancelled instead of run again. X and y are broadcast (``scatter``).
+            self.call_data_futures = None
+
+        def stop_call(self) -> None:
+            self.call_data_futures = {}
+            super().stop_call()
+
+        async def _to_func_args(self, func: Any) -> tuple[Any, list[Any]]:
+            batch, tasks = await super()._to_func_args(func)
+            return batch, [(_Sequential(f), a, k) for f, a, k in tasks]
 
         def __reduce__(self) -> tuple[Any, tuple[()]]:
             return (FlatDaskBackend, ())

@@ -73,6 +73,7 @@ class RunRecorder:
             "hyperparameters": json_safe(result.hyperparameters),
             "channels": json_safe(result.channels),
             "metrics": json_safe(result.metrics),
+            "search": json_safe(result.search),
             "failure_reason": result.failure_reason or "",
             "model_sha256": result.model_sha256 or "",
             "base_dir": str(self.paths.base),

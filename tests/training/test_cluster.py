@@ -1,0 +1,194 @@
+"""A training job over several hosts on one machine: one real ``train`` per host, each
+with its own base dir and ``resourceconfig.json``, on its own loopback address
+(``tests/support/cluster.py``), forming a real Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+from modelapp.training.cluster import workers_by_host
+from tests.support.cluster import Job, metadata
+from tests.support.servers import wait_for
+from tests.training_helpers import file_channel, run_train, sagemaker_tree, write_csv
+
+pytestmark = pytest.mark.slow
+
+SEARCH = {
+    "smserve_estimator": "random_forest",
+    "n_estimators": "8",
+    "smserve_random_seed": "0",
+    "smserve_search": "grid",
+    "smserve_search_space": json.dumps(
+        {"max_depth": [1, 3], "min_samples_leaf": [1, 10]}
+    ),
+    "smserve_search_folds": "3",
+    "smserve_cluster_timeout": "60",
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    X, y = load_iris(return_X_y=True)
+    order = np.random.default_rng(2).permutation(len(y))
+    return write_csv(tmp_path_factory.mktemp("data") / "iris.csv", X[order], y[order])
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    """``jobs(count, hyperparameters)``; every process still running at the end is
+    killed, by PID."""
+    made: list[Job] = []
+
+    def make(count: int, hyperparameters: dict[str, str], data, **kwargs) -> Job:
+        job = Job(tmp_path / f"job{len(made)}", count, hyperparameters, data, **kwargs)
+        made.append(job)
+        return job
+
+    yield make
+    for job in made:
+        job.stop()
+
+
+def slow_search(started: str) -> dict[str, str]:
+    """A search whose fits take a second each (and say when the first one started)."""
+    return {
+        "smserve_estimator": "tests.training_helpers.SlowClassifier",
+        "seconds": "1.0",
+        "started_file": json.dumps(started),
+        "smserve_search": "grid",
+        "smserve_search_space": json.dumps({"seconds": [1.0, 1.1, 1.2, 1.3]}),
+        "smserve_search_folds": "2",
+        "smserve_cluster_timeout": "60",
+    }
+
+
+def test_three_hosts_search_as_one_host_does(tmp_path, jobs, data):
+    """Three hosts: all exit 0, only the leader writes the model and output, and the
+    search finds the best parameters the same search finds on one host."""
+    single = sagemaker_tree(
+        tmp_path / "single", hyperparameters=SEARCH, channels={"train": file_channel()}
+    )
+    write_csv(single / "input/data/train/iris.csv", *_read(data))
+    assert run_train(single).returncode == 0
+
+    job = jobs(3, SEARCH, data).start()
+    codes = job.wait()
+
+    assert codes == {"algo-1": 0, "algo-2": 0, "algo-3": 0}, job.logs()
+    leader, *others = job.hosts
+    search = metadata(leader.base)["search"]
+    assert search["hosts"] == 3
+    assert search["best_params"] == metadata(single)["search"]["best_params"]
+    assert search["best_score"] == metadata(single)["search"]["best_score"]
+    assert (leader.base / "output/success").exists()
+    assert "algo-1 (1 workers), algo-2 (1 workers), algo-3 (1 workers)" in leader.log
+    for host in others:
+        assert not (host.base / "model").exists()
+        assert not (host.base / "output").exists()
+        assert "The leader closed the cluster" in host.log
+
+
+def test_a_leader_that_never_comes(jobs, data):
+    """A host whose leader never starts fails after smserve_cluster_timeout, saying so
+    in its failure file."""
+    job = jobs(2, {**SEARCH, "smserve_cluster_timeout": "3"}, data).start("algo-2")
+
+    assert job.wait()["algo-2"] == 1
+    failure = job.host("algo-2").failure
+    assert "could not reach the leader algo-1" in failure
+    assert "smserve_cluster_timeout" in failure
+
+
+def test_hosts_that_never_join(jobs, data):
+    """A leader whose other hosts never join fails, naming them."""
+    job = jobs(3, {**SEARCH, "smserve_cluster_timeout": "3"}, data).start("algo-1")
+
+    assert job.wait()["algo-1"] == 1
+    failure = job.host("algo-1").failure
+    assert "Host(s) algo-2, algo-3 did not join the Dask cluster within 3 s" in failure
+    assert not (job.host("algo-1").base / "model/model.joblib").exists()
+
+
+def test_a_host_killed_mid_search(tmp_path, jobs, data):
+    """A host that dies mid-search (every process killed): Dask runs its tasks again on
+    the other hosts, and the job completes."""
+    started = tmp_path / "started"
+    job = jobs(3, slow_search(str(started)), data).start()
+    wait_for(started.exists, deadline=90, what="the search's first fit")
+
+    job.host("algo-3").kill()
+    codes = job.wait()
+
+    assert codes["algo-1"] == 0, job.logs()
+    assert codes["algo-2"] == 0, job.logs()
+    assert metadata(job.host("algo-1").base)["search"]["candidates"] == 4
+
+
+def test_sigterm_on_the_leader_ends_every_host(tmp_path, jobs, data):
+    """SIGTERM on the leader mid-search: it stops (143) with no model, and closing the
+    cluster ends the other hosts (exit 0, nothing written)."""
+    started = tmp_path / "started"
+    job = jobs(3, slow_search(str(started)), data).start()
+    wait_for(started.exists, deadline=90, what="the search's first fit")
+
+    job.host("algo-1").signal(signal.SIGTERM)
+    codes = job.wait(timeout=30)
+
+    assert codes == {"algo-1": 143, "algo-2": 0, "algo-3": 0}, job.logs()
+    assert not (job.host("algo-1").base / "model/model.joblib").exists()
+    assert "stopped (SIGTERM)" in job.host("algo-1").failure
+
+
+def test_sigterm_on_another_host_fails_the_leader(tmp_path, jobs, data):
+    """SIGTERM on a non-leader mid-search: it stops, the leader's job fails with that
+    host's reason in its failure file, no model, and the third host exits 0."""
+    started = tmp_path / "started"
+    job = jobs(3, slow_search(str(started)), data).start()
+    wait_for(started.exists, deadline=90, what="the search's first fit")
+
+    job.host("algo-2").signal(signal.SIGTERM)
+    codes = job.wait(timeout=30)
+
+    assert codes == {"algo-1": 1, "algo-2": 143, "algo-3": 0}, job.logs()
+    assert "Host algo-2 failed: it was stopped (SIGTERM)" in job.host("algo-1").failure
+    assert not (job.host("algo-1").base / "model/model.joblib").exists()
+
+
+def test_sharded_data_is_refused_on_several_hosts(jobs, data):
+    """ShardedByS3Key gives each host a slice: the leader refuses it before starting."""
+    job = jobs(
+        2,
+        SEARCH,
+        data,
+        channel=file_channel(S3DistributionType="ShardedByS3Key"),
+    ).start("algo-1")
+
+    assert job.wait()["algo-1"] == 1
+    assert "is ShardedByS3Key" in job.host("algo-1").failure
+
+
+def test_workers_by_host_reads_dask_worker_names():
+    """``dask worker --name algo-1`` names several processes algo-1-0, algo-1-1."""
+    info = {
+        "workers": {
+            "a": {"name": "algo-1-0"},
+            "b": {"name": "algo-1-1"},
+            "c": {"name": "algo-10"},
+            "d": {"name": "algo-2"},
+        }
+    }
+    assert workers_by_host(info, ("algo-1", "algo-2", "algo-3")) == {
+        "algo-1": 2,
+        "algo-2": 1,
+        "algo-3": 0,
+    }
+
+
+def _read(path):
+    rows = np.loadtxt(path, delimiter=",")
+    return rows[:, 1:], rows[:, 0].astype(int)

@@ -1,0 +1,238 @@
+"""A hyperparameter search inside one training job, on one host: the real ``train`` on
+real SageMaker trees, and the search hyperparameters' checks."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import GridSearchCV
+
+from modelapp.paths import SageMakerPaths
+from modelapp.registry import load_model
+from modelapp.training import ClientError
+from modelapp.training.search import SearchSpec
+from tests.training_helpers import file_channel, run_train, sagemaker_tree, write_csv
+
+METRIC = re.compile(r"^#metric (\w+):(\w+)=([-+0-9.eE]+|nan)$", re.M)
+GRID = {"max_depth": [1, 3], "min_samples_leaf": [1, 10]}
+FOREST = {
+    "smserve_estimator": "random_forest",
+    "n_estimators": "8",
+    "smserve_random_seed": "0",
+}
+
+
+@pytest.fixture(scope="module")
+def iris_split():
+    X, y = load_iris(return_X_y=True)
+    order = np.random.default_rng(1).permutation(len(y))
+    X, y = X[order], y[order]
+    return (X[:120], y[:120]), (X[120:], y[120:])
+
+
+def job(tmp_path, data, validation=None, estimator=FOREST, **hyperparameters):
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={**estimator, **hyperparameters},
+        channels={
+            "train": file_channel(),
+            **({"validation": file_channel()} if validation else {}),
+        },
+    )
+    write_csv(base / "input/data/train/d.csv", *data)
+    if validation:
+        write_csv(base / "input/data/validation/d.csv", *validation)
+    return base
+
+
+def test_grid_search_saves_the_best_estimator_and_the_search(tmp_path, iris_split):
+    """The best candidate, refitted on all of train, is the model; metadata.json holds
+    every candidate's scores; #metric gains the best cross-validation score; validation
+    metrics are computed as without a search."""
+    train, validation = iris_split
+    base = job(
+        tmp_path,
+        train,
+        validation,
+        smserve_search="grid",
+        smserve_search_space=json.dumps(GRID),
+        smserve_search_folds="3",
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    expected = GridSearchCV(
+        RandomForestClassifier(n_estimators=8, random_state=0),
+        GRID,
+        cv=3,
+        scoring="accuracy",
+    ).fit(*train)
+    metadata = json.loads(SageMakerPaths(base).metadata_file.read_text())
+    search = metadata["search"]
+    assert search["kind"] == "grid"
+    assert search["scoring"] == "accuracy"
+    assert search["folds"] == 3
+    assert search["candidates"] == 4
+    assert search["hosts"] == 1
+    assert search["best_params"] == expected.best_params_
+    assert search["best_score"] == pytest.approx(expected.best_score_)
+    assert search["seconds"] > 0
+    assert [r["rank"] for r in search["results"]] == sorted(
+        expected.cv_results_["rank_test_score"]
+    )
+    assert {"params", "mean", "std", "rank"} <= set(search["results"][0])
+    assert metadata["estimator"] == "sklearn.ensemble.RandomForestClassifier"
+    for name, value in expected.best_params_.items():
+        assert metadata["params"][name] == value
+    model = load_model(SageMakerPaths(base).model_dir)
+    assert type(model.predictor.model).__name__ == "RandomForestClassifier"
+    printed = {f"{c}:{m}": float(v) for c, m, v in METRIC.findall(proc.stdout)}
+    assert printed["cv:accuracy"] == pytest.approx(expected.best_score_, abs=1e-6)
+    assert printed["validation:accuracy"] == pytest.approx(
+        expected.best_estimator_.score(*validation), abs=1e-6
+    )
+
+
+def test_random_search_with_distributions_in_a_pipeline(tmp_path, iris_split):
+    """A random search samples the given number of candidates from distributions, with
+    pipeline steps' parameters named as set_params takes them, and a chosen scorer."""
+    base = job(
+        tmp_path,
+        iris_split[0],
+        estimator={"smserve_estimator": '["standard_scaler", "logistic_regression"]'},
+        smserve_search="random",
+        smserve_search_space=json.dumps(
+            {"logisticregression__C": {"loguniform": [0.01, 10]}}
+        ),
+        smserve_search_candidates="3",
+        smserve_search_folds="2",
+        smserve_search_scoring="f1_macro",
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    search = json.loads(SageMakerPaths(base).metadata_file.read_text())["search"]
+    assert search["candidates"] == 3
+    assert search["scoring"] == "f1_macro"
+    assert 0.01 <= search["best_params"]["logisticregression__C"] <= 10
+    assert "#metric cv:f1_macro=" in proc.stdout
+
+
+def test_successive_halving(tmp_path, iris_split):
+    """A halving search runs round by round; each kept result says its round."""
+    base = job(
+        tmp_path,
+        iris_split[0],
+        smserve_search="halving_grid",
+        smserve_search_space=json.dumps(GRID),
+        smserve_search_folds="2",
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    search = json.loads(SageMakerPaths(base).metadata_file.read_text())["search"]
+    assert search["kind"] == "halving_grid"
+    assert {r["iteration"] for r in search["results"]} >= {0}
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "message"),
+    [
+        (
+            {"smserve_search": "grid", "smserve_search_space": '{"max_depth": [1, 3}'},
+            "smserve_search_space is not valid JSON",
+        ),
+        (
+            {"smserve_search": "grid", "smserve_search_space": '{"max_dept": [1, 3]}'},
+            "smserve_search_space names 'max_dept', which RandomForestClassifier does "
+            "not have",
+        ),
+        (
+            {"smserve_search": "grid", "smserve_search_space": '{"max_depth": []}'},
+            "'max_depth' must be a non-empty list of values",
+        ),
+        (
+            {
+                "smserve_search": "grid",
+                "smserve_search_space": json.dumps(GRID),
+                "smserve_search_scoring": "acuracy",
+            },
+            "'acuracy' is not a scikit-learn scorer",
+        ),
+        ({"smserve_search_space": json.dumps(GRID)}, "smserve_search is not set"),
+    ],
+)
+def test_bad_search_hyperparameters_fail_with_exit_1(
+    tmp_path, iris_split, hyperparameters, message
+):
+    """A mistake in the search's hyperparameters is the user's to fix: exit 1, the
+    message in output/failure, no model."""
+    base = job(tmp_path, iris_split[0], **hyperparameters)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 1, proc.stderr
+    failure = (base / "output/failure").read_text()
+    assert message in failure
+    assert "Traceback" not in failure
+    assert not (base / "model/model.joblib").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"smserve_search": "bayes"}, "must be one of grid, random, halving_grid"),
+        ({"smserve_search": "grid"}, "smserve_search_space is missing"),
+        (
+            {"smserve_search": "grid", "smserve_search_space": [1, 2]},
+            "must be a JSON object of parameter -> values",
+        ),
+        (
+            {
+                "smserve_search": "random",
+                "smserve_search_space": {"C": {"loguniform": [0, 1]}},
+            },
+            "'C' must be a non-empty list of values, or",
+        ),
+        (
+            {
+                "smserve_search": "grid",
+                "smserve_search_space": {"C": [1]},
+                "smserve_search_folds": 1,
+            },
+            "smserve_search_folds must be a whole number >= 2",
+        ),
+        (
+            {
+                "smserve_search": "random",
+                "smserve_search_space": {"C": [1]},
+                "smserve_search_candidates": "many",
+            },
+            "smserve_search_candidates must be a whole number >= 1",
+        ),
+    ],
+)
+def test_search_spec_checks(values, message):
+    """Every search hyperparameter is checked before any data is read."""
+    with pytest.raises(ClientError, match=re.escape(message)):
+        SearchSpec.from_hyperparameters(values)
+
+
+def test_no_search_without_its_hyperparameters():
+    assert SearchSpec.from_hyperparameters({"smserve_search_folds": None}) is None
+
+
+def test_grid_of_several_spaces():
+    """A list of objects is several grids, as GridSearchCV takes them."""
+    spec = SearchSpec.from_hyperparameters(
+        {"smserve_search": "grid", "smserve_search_space": [{"C": [1]}, {"C": [2]}]}
+    )
+    assert spec.space == [{"C": [1]}, {"C": [2]}]
