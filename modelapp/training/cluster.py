@@ -149,7 +149,7 @@ class Plan:
     @classmethod
     def of(cls, env: TrainingEnvironment, estimator: Any, searching: bool) -> Plan:
         hosts = Hosts.of(env)
-        timeout = timeout_of(env.hyperparameters.owned[TIMEOUT])
+        timeout = timeout_of(env.hyperparameters.owned.get(TIMEOUT, KEYS[TIMEOUT]))
         spread = hosts.distributed and (searching or spreads(estimator))
         return cls(env=env, hosts=hosts, spread=spread, timeout=timeout)
 

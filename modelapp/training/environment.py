@@ -93,14 +93,15 @@ class Hyperparameters:
     header: str = RESERVED[HEADER]
     random_seed: int | None = RESERVED[RANDOM_SEED]
     params: dict[str, Any] = field(default_factory=dict)
-    # Reserved keys other modules own and check (the search, the cluster), converted.
+    # Reserved keys other modules own and check (the search, the cluster), as given
+    # (converted); their defaults are the owners'.
     owned: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Hyperparameters:
         owned_keys = _owned_keys()
-        hp = cls(raw=dict(raw), owned=dict(owned_keys))
+        hp = cls(raw=dict(raw))
         for key in sorted(raw):
             if key.startswith(IGNORED_PREFIX) or key in IGNORED_KEYS:
                 hp.ignored.append(key)

@@ -227,7 +227,7 @@ def test_search_spec_checks(values, message):
 
 
 def test_no_search_without_its_hyperparameters():
-    assert SearchSpec.from_hyperparameters({"smserve_search_folds": None}) is None
+    assert SearchSpec.from_hyperparameters({}) is None
 
 
 def test_grid_of_several_spaces():
