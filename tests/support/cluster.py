@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from tests.training_helpers import TRAIN, file_channel, sagemaker_tree, train_env
+from tests.support.training import TRAIN, file_channel, sagemaker_tree, train_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBNET = "127.0.16"

@@ -14,7 +14,7 @@ from sklearn.datasets import load_iris
 from modelapp.training.cluster import workers_by_host
 from tests.support.cluster import Job, metadata
 from tests.support.servers import wait_for
-from tests.training_helpers import file_channel, run_train, sagemaker_tree, write_csv
+from tests.support.training import file_channel, run_train, sagemaker_tree, write_csv
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def jobs(tmp_path):
 def slow_search(started: str) -> dict[str, str]:
     """A search whose fits take a second each (and say when the first one started)."""
     return {
-        "smserve_estimator": "tests.training_helpers.SlowClassifier",
+        "smserve_estimator": "tests.support.training.SlowFitClassifier",
         "seconds": "1.0",
         "started_file": json.dumps(started),
         "smserve_search": "grid",
@@ -65,6 +65,14 @@ def slow_search(started: str) -> dict[str, str]:
         "smserve_search_folds": "2",
         "smserve_cluster_timeout": "60",
     }
+
+
+def searching(jobs, data, tmp_path) -> Job:
+    """Three hosts started on a slow search, returned once its first fit has begun."""
+    started = tmp_path / "started"
+    job = jobs(3, slow_search(str(started)), data).start()
+    wait_for(started.exists, deadline=90, what="the search's first fit")
+    return job
 
 
 def test_three_hosts_search_as_one_host_does(tmp_path, jobs, data):
@@ -117,9 +125,7 @@ def test_hosts_that_never_join(jobs, data):
 def test_a_host_killed_mid_search(tmp_path, jobs, data):
     """A host that dies mid-search (every process killed): Dask runs its tasks again on
     the other hosts, and the job completes."""
-    started = tmp_path / "started"
-    job = jobs(3, slow_search(str(started)), data).start()
-    wait_for(started.exists, deadline=90, what="the search's first fit")
+    job = searching(jobs, data, tmp_path)
 
     job.host("algo-3").kill()
     codes = job.wait()
@@ -132,9 +138,7 @@ def test_a_host_killed_mid_search(tmp_path, jobs, data):
 def test_sigterm_on_the_leader_ends_every_host(tmp_path, jobs, data):
     """SIGTERM on the leader mid-search: it stops (143) with no model, and closing the
     cluster ends the other hosts (exit 0, nothing written)."""
-    started = tmp_path / "started"
-    job = jobs(3, slow_search(str(started)), data).start()
-    wait_for(started.exists, deadline=90, what="the search's first fit")
+    job = searching(jobs, data, tmp_path)
 
     job.host("algo-1").signal(signal.SIGTERM)
     codes = job.wait(timeout=30)
@@ -147,9 +151,7 @@ def test_sigterm_on_the_leader_ends_every_host(tmp_path, jobs, data):
 def test_sigterm_on_another_host_fails_the_leader(tmp_path, jobs, data):
     """SIGTERM on a non-leader mid-search: it stops, the leader's job fails with that
     host's reason in its failure file, no model, and the third host exits 0."""
-    started = tmp_path / "started"
-    job = jobs(3, slow_search(str(started)), data).start()
-    wait_for(started.exists, deadline=90, what="the search's first fit")
+    job = searching(jobs, data, tmp_path)
 
     job.host("algo-2").signal(signal.SIGTERM)
     codes = job.wait(timeout=30)

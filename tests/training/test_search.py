@@ -16,7 +16,7 @@ from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
 from modelapp.training import ClientError
 from modelapp.training.search import SearchSpec
-from tests.training_helpers import file_channel, run_train, sagemaker_tree, write_csv
+from tests.support.training import file_channel, run_train, sagemaker_tree, write_csv
 
 METRIC = re.compile(r"^#metric (\w+):(\w+)=([-+0-9.eE]+|nan)$", re.M)
 GRID = {"max_depth": [1, 3], "min_samples_leaf": [1, 10]}
@@ -236,3 +236,24 @@ def test_grid_of_several_spaces():
         {"smserve_search": "grid", "smserve_search_space": [{"C": [1]}, {"C": [2]}]}
     )
     assert spec.space == [{"C": [1]}, {"C": [2]}]
+
+
+def test_the_admin_shows_a_search():
+    """The training run's page renders the search: settings, then a row per candidate."""
+    from modelapp.admin import search_table
+
+    html = search_table(
+        {
+            "kind": "grid",
+            "best_params": {"max_depth": 3},
+            "results": [
+                {"params": {"max_depth": 3}, "mean": 0.96, "std": 0.01, "rank": 1},
+                {"params": {"max_depth": 1}, "mean": 0.66, "std": 0.02, "rank": 2},
+            ],
+        }
+    )
+
+    assert "best_params.max_depth" in html
+    assert html.count("<tr><td>") == 2
+    assert "{&quot;max_depth&quot;: 3}" in html
+    assert search_table({}) == "no search"
