@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 
+import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
@@ -99,6 +100,33 @@ def test_three_hosts_search_as_one_host_does(tmp_path, jobs, data):
         assert not (host.base / "model").exists()
         assert not (host.base / "output").exists()
         assert "The leader closed the cluster" in host.log
+
+
+def test_a_forest_alone_is_fitted_over_two_hosts(tmp_path, jobs, data):
+    """No search: a forest's trees are fitted on the cluster, and the model is the one a
+    single host fits with the same seed."""
+    forest = {
+        "smserve_estimator": "random_forest",
+        "n_estimators": "16",
+        "smserve_random_seed": "0",
+        "smserve_cluster_timeout": "60",
+    }
+    single = sagemaker_tree(
+        tmp_path / "single", hyperparameters=forest, channels={"train": file_channel()}
+    )
+    write_csv(single / "input/data/train/iris.csv", *_read(data))
+    assert run_train(single).returncode == 0
+
+    job = jobs(2, forest, data).start()
+
+    assert job.wait() == {"algo-1": 0, "algo-2": 0}, job.logs()
+    leader = job.host("algo-1")
+    assert "Every host joined" in leader.log
+    X, _ = _read(data)
+    assert (
+        joblib.load(leader.base / "model/model.joblib").predict_proba(X).tolist()
+        == joblib.load(single / "model/model.joblib").predict_proba(X).tolist()
+    )
 
 
 def test_a_leader_that_never_comes(jobs, data):
