@@ -290,8 +290,9 @@ def serve_as_worker(env: TrainingEnvironment, hosts: Hosts, timeout: float) -> N
         while (code := worker.poll()) is None:
             time.sleep(0.2)
     except BaseException as exc:
-        worker.stop()
+        # The leader hears why before this host's tasks start failing.
         report_failure(scheduler, hosts.current, _why(exc))
+        worker.stop()
         raise
     if code != 0:
         raise ClientError(
@@ -417,19 +418,56 @@ def fit_context(
             wait_for_hosts(client, hosts, timeout)
 
             def on_failure(event: tuple[float, dict[str, str]]) -> None:
-                _, detail = event
-                fail(
-                    f"Host {detail.get('host')} failed: {detail.get('reason')}. The "
-                    "job ends on every host; no model was written."
-                )
+                fail(_host_failed(event[1]))
 
             client.subscribe_topic(FAILURE_TOPIC, on_failure)
-            with joblib.parallel_config(
-                backend=BACKEND, client=client, scatter=[X, y], n_jobs=-1
-            ):
-                yield
+            try:
+                with joblib.parallel_config(
+                    backend=BACKEND, client=client, scatter=[X, y], n_jobs=-1
+                ):
+                    yield
+            except Exception as exc:
+                # A host that stops makes its tasks fail too, maybe before its message
+                # arrives: the host's reason is the one the user needs.
+                reason = reported_failure(client, wait=5)
+                if reason:
+                    raise ClientError(reason) from exc
+                if _lost_work(exc):
+                    raise ClientError(
+                        "A host's Dask worker was lost mid-search and Dask could not "
+                        f"run its tasks again ({type(exc).__name__}: {exc}). No model "
+                        "was written; run the job again."
+                    ) from exc
+                raise
 
     return context
+
+
+def _host_failed(detail: dict[str, str]) -> str:
+    return (
+        f"Host {detail.get('host')} failed: {detail.get('reason')}. The job ends on "
+        "every host; no model was written."
+    )
+
+
+def reported_failure(client: Any, wait: float) -> str | None:
+    """The first failure a host reported to the scheduler, waiting up to ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        events = client.get_events(FAILURE_TOPIC)
+        if events:
+            return _host_failed(events[0][1])
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _lost_work(exc: BaseException) -> bool:
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    return isinstance(exc, FutureCancelledError | KilledWorker | CommClosedError)
 
 
 def wait_for_hosts(client: Any, hosts: tuple[str, ...], timeout: float) -> None:
