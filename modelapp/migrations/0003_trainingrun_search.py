@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('modelapp', '0001_initial'),
+        ('modelapp', '0002_trainedmodel_engines'),
     ]
 
     operations = [
