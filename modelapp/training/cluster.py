@@ -28,8 +28,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import modelapp
 from modelapp import conf
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError
@@ -221,7 +223,16 @@ class DaskProcess:
     def __init__(self, name: str, command: list[str]) -> None:
         self.name = name
         logger.info("Starting the Dask %s: %s", name, " ".join(command))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        # The workers unpickle smserve's own task wrapper: smserve must be importable
+        # there whatever the working directory.
+        root = str(Path(modelapp.__file__).resolve().parent.parent)
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = {
+            **os.environ,
+            "PYTHONPATH": path,
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+        }
         # Its own process group: a terminal's Ctrl-C reaches us, and we stop it.
         self.proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, env=env, start_new_session=True
