@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('modelapp', '0002_trainedmodel_engines'),
+        ('modelapp', '0003_modelevent'),
     ]
 
     operations = [
