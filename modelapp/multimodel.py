@@ -479,8 +479,10 @@ PRELOADED_MODULES = (
 )
 
 
-# What compiling a model for ONNX Runtime imports (``modelapp/engines.py``), when on.
-COMPILED_ENGINE_MODULES = ("onnx", "onnxruntime", "skl2onnx")
+# What compiling a model imports (``modelapp/engines.py``), when on. Not onnxruntime:
+# a child of a process that imported it hangs or aborts when it exits, so gunicorn's
+# master must never import it (``engines.OnnxSession``).
+COMPILED_ENGINE_MODULES = ("onnx", "skl2onnx")
 
 
 def preload_libraries() -> None:
