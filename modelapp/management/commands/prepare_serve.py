@@ -39,7 +39,7 @@ def access_log_directives(access_log: str) -> str:
     return "\n    ".join(directives) or "access_log off;"
 
 
-def render_nginx_conf(run_dir: Path, access_log: str) -> str:
+def render_nginx_conf(run_dir: Path, access_log: str, client_timeout: int = 60) -> str:
     """The template with every placeholder filled; an unknown one is an error."""
     max_bytes = conf.max_payload_bytes()
     host, port = conf.get("HOST"), conf.get("PORT")
@@ -50,6 +50,7 @@ def render_nginx_conf(run_dir: Path, access_log: str) -> str:
         "MAX_BODY": str(max_bytes or 0),
         "MAX_MB": str(conf.get("MAX_PAYLOAD_MB")),
         "TIMEOUT": str(conf.get("TIMEOUT")),
+        "CLIENT_TIMEOUT": str(client_timeout),
         "ACCESS_LOG": access_log_directives(access_log),
         # As root, nginx's workers would otherwise run as nobody, who may not read the run
         # dir; the container runs as root by SageMaker's contract.
@@ -108,9 +109,21 @@ class Command(BaseCommand):
             help="nginx access_log path for requests other than /invocations, e.g. "
             "'/dev/stdout' (default: off; every invocation is logged regardless).",
         )
+        parser.add_argument(
+            "--client-timeout",
+            type=int,
+            default=60,
+            help="Seconds nginx waits for a stalled client's headers or body before "
+            "dropping it (default: 60).",
+        )
 
     def handle(
-        self, *args: Any, run_dir: Path, access_log: str, **options: Any
+        self,
+        *args: Any,
+        run_dir: Path,
+        access_log: str,
+        client_timeout: int,
+        **options: Any,
     ) -> None:
         call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
         make_state_dir(conf.get("STATE_DIR"))
@@ -126,4 +139,6 @@ class Command(BaseCommand):
         if conf.get("ADMIN_ENABLED"):
             collect_static_once()
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "nginx.conf").write_text(render_nginx_conf(run_dir, access_log))
+        (run_dir / "nginx.conf").write_text(
+            render_nginx_conf(run_dir, access_log, client_timeout)
+        )
