@@ -8,6 +8,7 @@ model (feature count, names, NaN support) happen in the predictor.
 from __future__ import annotations
 
 import io
+import tokenize
 from typing import IO, Any
 
 import numpy as np
@@ -77,7 +78,7 @@ class CSVParser(BaseBatchParser):
                 "quotes where they hold commas or line breaks."
             ) from exc
         columns = None
-        if params.get("header", "").lower() == "present":
+        if params.get("header", "").lower() == "present" and rows:
             columns = [name.strip() for name in rows.pop(0)]
         if not rows:
             raise InvalidInput("The CSV body has no records: send one record per line.")
@@ -255,7 +256,9 @@ class NPYParser(BaseBatchParser):
                     "off): send a numeric array."
                 ) from exc
             raise InvalidInput(f"The body is not a valid NPY array: {exc}.") from exc
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
+            # numpy reads a version 1 header with tokenize and ast: a broken one raises
+            # their errors, not ValueError.
             raise InvalidInput(f"The body is not a valid NPY array: {exc}.") from exc
         if array.ndim not in (1, 2) or array.size == 0:
             raise InvalidInput(
