@@ -20,7 +20,7 @@ workers = conf.get("WORKERS")
 worker_class = (
     "smserve.workers.ExclusiveAcceptWorker"
     if fastpaths.enabled("exclusive_accept")
-    else "sync"
+    else "smserve.workers.SyncWorker"
 )
 # nginx times an invocation out first (proxy_read_timeout = TIMEOUT) with a clear 504; a
 # worker still stuck a few seconds later is killed and replaced.

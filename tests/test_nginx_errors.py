@@ -233,3 +233,21 @@ def test_every_nginx_error_has_a_json_page():
         assert set(body) == {"detail", "code"}
         assert body["detail"]
         assert body["code"]
+
+
+@pytest.mark.parametrize("value", [b"method=predict\x7f", b"a\x01b"])
+def test_header_gunicorn_refuses_is_json(nginx_server, value):
+    """A header value with a control character passes nginx, and gunicorn refuses it:
+    in JSON too (``smserve.workers.JSONErrorsMixin``), not gunicorn's HTML page."""
+    response = raw_request(
+        nginx_server.port,
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+        b"X-Amzn-SageMaker-Custom-Attributes: " + value + b"\r\n"
+        b"Content-Length: 16\r\n\r\n5.1,3.5,1.4,0.2\n",
+    )
+    assert_json_error(
+        response,
+        HTTPStatus.BAD_REQUEST,
+        "bad_request",
+        "Invalid HTTP Header: 'X-AMZN-SAGEMAKER-CUSTOM-ATTRIBUTES'",
+    )
