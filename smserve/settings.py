@@ -278,3 +278,40 @@ LOGGING = {
     },
 }
 APPEND_SLASH = False  # unknown paths are a JSON 404, never a redirect
+
+# --- the admin's login and pages (README "Securing the admin") ----------------------------
+# django-axes: after AXES_FAILURE_LIMIT failed logins the username, and separately the
+# client's IP, are locked out for AXES_COOLOFF_TIME (a 429); a success resets the count.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = 0.25  # hours
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# The client's IP as our nginx saw it, never a header the client could set itself.
+AXES_CLIENT_IP_CALLABLE = "modelapp.auth.client_ip"
+# Applied to the superuser serve creates from DJANGO_SUPERUSER_PASSWORD too.
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation."
+        "UserAttributeSimilarityValidator"
+    },
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# Cookies scripts cannot read and other sites' requests do not carry.
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Strict"
+CSRF_COOKIE_SAMESITE = "Strict"
+SESSION_COOKIE_AGE = 8 * 3600
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
@@ -71,7 +73,8 @@ def render_nginx_conf(run_dir: Path, access_log: str, client_timeout: int = 60) 
 
 def create_superuser() -> None:
     """The admin's login from Django's own ``DJANGO_SUPERUSER_*`` variables (the ones
-    ``createsuperuser --noinput`` reads), when set; an existing user is left as it is."""
+    ``createsuperuser --noinput`` reads), when set; an existing user is left as it is.
+    A password Django's validators refuse stops start-up with their reasons."""
     from django.contrib.auth import get_user_model
 
     username = os.environ.get("DJANGO_SUPERUSER_USERNAME")
@@ -80,6 +83,20 @@ def create_superuser() -> None:
     User = get_user_model()
     if User._default_manager.filter(**{User.USERNAME_FIELD: username}).exists():
         return
+    # createsuperuser --noinput skips Django's password validators: apply them here.
+    candidate = User(
+        **{
+            User.USERNAME_FIELD: username,
+            User.get_email_field_name(): os.environ.get("DJANGO_SUPERUSER_EMAIL", ""),
+        }
+    )
+    try:
+        validate_password(os.environ["DJANGO_SUPERUSER_PASSWORD"], candidate)
+    except ValidationError as exc:
+        raise CommandError(
+            f"DJANGO_SUPERUSER_PASSWORD is refused for the admin login {username!r}: "
+            f"{' '.join(exc.messages)} Choose a stronger one: serve does not start with this one."
+        ) from None
     call_command("createsuperuser", interactive=False, verbosity=0)
     logger.info("Created the superuser %s.", username)
 

@@ -1,0 +1,172 @@
+"""The admin locked down: login throttling (django-axes) on the client's real address,
+Django's password validators on the superuser ``serve`` creates, security headers and
+cookie flags, and ``check --deploy`` clean with the admin on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from http import HTTPStatus
+
+import pytest
+from django.core.management.base import CommandError
+
+from modelapp.management.commands.prepare_serve import create_superuser
+from tests.conftest import PYTHON, ROOT, ServeProcess
+from tests.support.admin import AdminClient
+from tests.support.servers import ServerDatabase
+
+USER, PASSWORD = "operator", "a-long-operator-passphrase-7"
+FAILURE_LIMIT = 5  # settings.AXES_FAILURE_LIMIT
+
+
+@pytest.fixture(scope="module")
+def locked_server(iris_base, tmp_path_factory):
+    """The iris tree served with the admin on and a superuser, on its own database."""
+    work = tmp_path_factory.mktemp("admin_security")
+    db = ServerDatabase.create(work / "db")
+    server = ServeProcess(
+        iris_base,
+        work,
+        env={
+            **db.env,
+            "SMSERVE_ADMIN_ENABLED": "1",
+            "DJANGO_SUPERUSER_USERNAME": USER,
+            "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
+            "DJANGO_SUPERUSER_EMAIL": "operator@example.com",
+            "SMSERVE_STATIC_ROOT": str(work / "static"),
+        },
+    )
+    server.start()
+    yield server
+    server.stop()
+    db.drop()
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.server
+def test_admin_pages_carry_security_headers_and_strict_cookies(locked_server):
+    """The login page forbids framing, sniffing, foreign scripts and caching; its CSRF
+    cookie is HttpOnly and SameSite=Strict, and so is the session cookie after login."""
+    client = AdminClient(locked_server.port)
+    status, headers, _ = client.get("/admin/login/")
+    assert status == HTTPStatus.OK
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert "no-store" in headers["Cache-Control"]
+    csrf = [c for c in headers.get_all("Set-Cookie") if c.startswith("csrftoken=")]
+    assert csrf
+    assert "HttpOnly" in csrf[0]
+    assert "SameSite=Strict" in csrf[0]
+    status, headers, _ = client.login(USER, PASSWORD)
+    assert status == HTTPStatus.FOUND
+    session = [c for c in headers.get_all("Set-Cookie") if c.startswith("sessionid=")]
+    assert session
+    assert "HttpOnly" in session[0]
+    assert "SameSite=Strict" in session[0]
+
+
+@pytest.mark.server
+def test_repeated_failures_lock_the_client_out_whatever_it_claims(locked_server):
+    """Failed logins under ever new usernames, each claiming another address in
+    X-Real-IP and X-Forwarded-For, still count against the one real address: after the
+    limit even the right password is refused with 429, and /invocations is untouched."""
+    client = AdminClient(locked_server.port)
+    for attempt in range(FAILURE_LIMIT):
+        spoofed = f"203.0.113.{attempt + 1}"
+        token = client.csrf_token("/admin/login/")
+        status, _, page = client.request(
+            "POST",
+            "/admin/login/",
+            {
+                "csrfmiddlewaretoken": token,
+                "username": f"guess{attempt}",
+                "password": "wrong",
+            },
+            headers={"X-Real-IP": spoofed, "X-Forwarded-For": spoofed},
+        )
+        if attempt < FAILURE_LIMIT - 1:
+            assert status == HTTPStatus.OK, page
+            assert "Please enter the correct username and password" in page
+    assert status == HTTPStatus.TOO_MANY_REQUESTS
+    status, _, page = client.login(USER, PASSWORD)
+    assert status == HTTPStatus.TOO_MANY_REQUESTS
+    assert "locked" in page.lower()
+    status, _, _ = locked_server.invoke(b"5.1,3.5,1.4,0.2\n")
+    assert status == HTTPStatus.OK
+
+
+def test_check_deploy_is_clean_with_the_admin_on(tmp_path):
+    """``manage.py check --deploy`` reports nothing, warnings included, with the admin
+    on (the HTTPS-only checks silenced in settings are the README's list)."""
+    done = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        SMSERVE_ADMIN_ENABLED="1",
+        SMSERVE_STATE_DIR=str(tmp_path),
+        SECRET_KEY="k" * 20 + "-a-random-enough-secret-key-for-the-check-0123456789",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "System check identified no issues" in done.stdout
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [
+        ("short-1", "too short"),
+        ("password1234", "too common"),
+        ("123456789012345", "entirely numeric"),
+        ("operator-example", "too similar to the"),
+    ],
+)
+def test_weak_superuser_password_is_refused(monkeypatch, password, reason):
+    """Django's validators judge DJANGO_SUPERUSER_PASSWORD (createsuperuser --noinput
+    would not): a weak one is refused with their reasons, and no user is made."""
+    from django.contrib.auth import get_user_model
+
+    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", USER)
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", password)
+    monkeypatch.setenv("DJANGO_SUPERUSER_EMAIL", "operator@example.com")
+    with pytest.raises(
+        CommandError, match=f"DJANGO_SUPERUSER_PASSWORD is refused.*{reason}"
+    ):
+        create_superuser()
+    assert not get_user_model().objects.exists()
+
+
+def test_weak_superuser_password_stops_serve_start_up(tmp_path):
+    """Through ``prepare_serve`` (what ``serve`` runs first): exit 1 and the reason on
+    stderr, before any server starts."""
+    done = manage(
+        "prepare_serve",
+        str(tmp_path / "run"),
+        DATABASE_URL="",
+        SMSERVE_STATE_DIR=str(tmp_path / "state"),
+        SMSERVE_ADMIN_ENABLED="1",
+        DJANGO_SUPERUSER_USERNAME="admin",
+        DJANGO_SUPERUSER_PASSWORD="admin",
+        DJANGO_SUPERUSER_EMAIL="admin@example.com",
+    )
+    assert done.returncode == 1
+    assert "DJANGO_SUPERUSER_PASSWORD is refused for the admin login 'admin'" in (
+        done.stderr
+    )
+    assert "This password is too short" in done.stderr
+    assert not (tmp_path / "run" / "nginx.conf").exists()
