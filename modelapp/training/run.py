@@ -12,6 +12,7 @@ written.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import multiprocessing
@@ -227,6 +228,10 @@ class Trainer:
                 metadata.extra[search.METADATA_KEY] = summary
             artifacts.write_metrics(self.paths, metrics)
             metadata = artifacts.commit(self.paths, model_tmp, metadata)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            raise ClientError(disk_full_reason(exc, self.paths.model_dir)) from exc
         finally:
             model_tmp.unlink(missing_ok=True)
         self.result.metrics = metrics
@@ -398,6 +403,18 @@ class FitFailed(Exception):
         self.child_traceback = child_traceback
 
 
+# A full disk (or quota) is the job's to fix, with a bigger volume: not a bug.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_reason(exc: OSError, where: Path) -> str:
+    return (
+        f"No space left on device while writing the model to {where} "
+        f"({exc.strerror}): give the job a larger volume (VolumeSizeInGB) or make the "
+        "model smaller. No model was written."
+    )
+
+
 def fit_in_child(
     estimator: Any,
     data: Dataset,
@@ -492,7 +509,13 @@ def _fit_child(
                 message = f"{type(estimator).__name__} could not be fitted: {exc}"
             sender.send(("client", message))
             return
-        artifacts.dump_model(estimator, model_tmp)
+        try:
+            artifacts.dump_model(estimator, model_tmp)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            sender.send(("client", disk_full_reason(exc, model_tmp.parent)))
+            return
         sender.send(("ok", None))
     except BaseException as exc:
         summary = f"{type(exc).__name__}: {exc}"
