@@ -315,3 +315,5 @@ CSRF_COOKIE_SAMESITE = "Strict"
 SESSION_COOKIE_AGE = 8 * 3600
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Its start-up banner in every process (train, manage.py, each worker) says nothing new.
+LOGGING["loggers"]["axes.apps"] = {"level": "WARNING"}

@@ -18,6 +18,8 @@ from http import HTTPStatus
 import numpy as np
 import pytest
 
+from tests.conftest import ServeProcess
+
 pytestmark = pytest.mark.server
 
 SEED = 20261128
@@ -205,7 +207,17 @@ def problem(case: dict, status: int, content_type: str, body: bytes) -> str | No
     return None
 
 
-def test_fuzzed_invocations_never_fail_the_server(server, iris):
+@pytest.fixture(scope="module")
+def server(iris_base, tmp_path_factory):
+    """A server of its own: the fuzz's log lines stay out of the shared server's log,
+    which other tests read."""
+    server = ServeProcess(iris_base, tmp_path_factory.mktemp("fuzz"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_fuzzed_invocations_never_fail_the_server(server):
     """Some 960 malformed requests: no 5xx, no HTML, every error says what was wrong,
     and the server is alive and right afterwards."""
     cases = make_cases(random.Random(SEED))
