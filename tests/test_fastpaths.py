@@ -43,8 +43,9 @@ def test_unknown_fast_path_name_fails_the_checks():
 
 @pytest.mark.server
 def test_every_trick_off_answers_the_same(serve_factory, server, iris_base):
-    """SMSERVE_FAST_PATHS_OFF=all: stock gunicorn workers, the app writes the invocation
-    lines, and every answer is byte for byte what the tuned server says."""
+    """SMSERVE_FAST_PATHS_OFF=all: gunicorn's sync workers (with only their own errors
+    in JSON, which is no speed trick), the app writes the invocation lines, and every
+    answer is byte for byte what the tuned server says."""
     plain = serve_factory(iris_base, env={"SMSERVE_FAST_PATHS_OFF": "all"})
     for content_type, accept in (
         ("text/csv", "text/csv"),
@@ -61,7 +62,7 @@ def test_every_trick_off_answers_the_same(serve_factory, server, iris_base):
     assert status == HTTPStatus.BAD_REQUEST
     assert json.loads(error)["code"] == "invalid_input"
     log = plain.log
-    assert "Using worker: sync" in log
+    assert "Using worker: smserve.workers.SyncWorker" in log
     assert re.search(
         r"INFO \[\d+\] modelapp.invocations: POST /invocations 200 records=2 ", log
     )
