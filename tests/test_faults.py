@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 from http import HTTPStatus
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,8 +33,13 @@ FAST = b"1,2,3,4\n"
 
 
 def gunicorn_workers(server: ServeProcess) -> set[int]:
-    """The PIDs of gunicorn's workers (children of its master, serve's first child)."""
-    master = min(server.child_pids())
+    """The PIDs of gunicorn's workers: the children of its master, the child of serve's
+    whose command line names gunicorn (PIDs wrap, so their order says nothing)."""
+    (master,) = [
+        pid
+        for pid in server.child_pids()
+        if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
     out = subprocess.run(
         ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
     ).stdout
