@@ -12,9 +12,9 @@ import pytest
 from django.core.management.base import CommandError
 
 from modelapp.management.commands.prepare_serve import create_superuser
-from tests.conftest import PYTHON, ROOT, ServeProcess
+from tests.support import ROOT
 from tests.support.admin import AdminClient
-from tests.support.servers import ServerDatabase
+from tests.support.servers import PYTHON, ServeProcess, ServerDatabase
 
 USER, PASSWORD = "operator", "a-long-operator-passphrase-7"
 FAILURE_LIMIT = 5  # settings.AXES_FAILURE_LIMIT

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ServeProcess, free_port, write_model
 from tests.support.faults import (
     AnnouncingSlowClassifier,
     SlowLoadingClassifier,
     UnwaitedServe,
     busy_pids,
 )
-from tests.support.servers import wait_for, write_channel
-from tests.training_helpers import run_train
+from tests.support.models import write_model
+from tests.support.servers import ServeProcess, free_port, wait_for
+from tests.support.training import run_train, write_channel
 
 X4 = np.zeros((4, 4))
 Y4 = np.array([0, 1, 0, 1])

@@ -18,7 +18,7 @@ from http import HTTPStatus
 import numpy as np
 import pytest
 
-from tests.conftest import ServeProcess
+from tests.support.servers import ServeProcess
 
 pytestmark = pytest.mark.server
 

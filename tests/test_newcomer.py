@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from http import HTTPStatus
 
 import pytest
 
-from tests.conftest import ROOT, ServeProcess
+from tests.support import ROOT
 from tests.support.rawhttp import RawResponse, raw_request, read_response
+from tests.support.servers import ServeProcess
 
 pytestmark = pytest.mark.server
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from tests.conftest import ServeProcess
+from tests.support.servers import ServeProcess
 
 
 class AnnouncingSlowClassifier(ClassifierMixin, BaseEstimator):
