@@ -31,7 +31,8 @@ fi
 
 as_owner() {  # run a PostgreSQL binary as the cluster's owner
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    # From /: the caller's directory may be one postgres cannot enter.
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi

@@ -53,6 +53,7 @@ def test_postgres_sh_from_a_private_path_with_a_space(private_checkout):
     pointer = private_checkout / "var" / "postgres" / "cluster-dir"
     try:
         assert started.returncode == 0, started.stderr
+        assert "Permission denied" not in started.stderr
         url = started.stdout.strip()
         cluster = Path(pointer.read_text().strip())
         assert cluster.parent == Path("/var/tmp")
