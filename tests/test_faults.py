@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 from http import HTTPStatus
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,20 +29,6 @@ X4 = np.zeros((4, 4))
 Y4 = np.array([0, 1, 0, 1])
 SLOW = b"999,0,0,0\n"
 FAST = b"1,2,3,4\n"
-
-
-def gunicorn_workers(server: ServeProcess) -> set[int]:
-    """The PIDs of gunicorn's workers: the children of its master, the child of serve's
-    whose command line names gunicorn (PIDs wrap, so their order says nothing)."""
-    (master,) = [
-        pid
-        for pid in server.child_pids()
-        if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
-    ).stdout
-    return {int(p) for p in out.split()}
 
 
 def invoke_in_thread(
@@ -66,7 +51,7 @@ def test_sigkilled_worker_costs_only_its_inflight_request(serve_factory, tmp_pat
     base = tmp_path / "ml"
     write_model(base, AnnouncingSlowClassifier(str(markers), delay=3).fit(X4, Y4))
     server = serve_factory(base, workers=2)
-    before = gunicorn_workers(server)
+    before = server.gunicorn_workers()
     slow: list = []
     queued: list = []
     threads = [invoke_in_thread(server, SLOW, slow) for _ in range(2)]
@@ -85,11 +70,11 @@ def test_sigkilled_worker_costs_only_its_inflight_request(serve_factory, tmp_pat
     assert failed[1]["content-type"] == "application/json"
     assert json.loads(failed[2])["code"] == "model_server_unavailable"
     replaced = wait_for(
-        lambda: len(gunicorn_workers(server) - before) == 1,
+        lambda: len(server.gunicorn_workers() - before) == 1,
         what="a new worker in place of the killed one",
     )
     assert replaced
-    assert victim not in gunicorn_workers(server)
+    assert victim not in server.gunicorn_workers()
     assert server.invoke(FAST, "text/csv")[0] == HTTPStatus.OK
 
 
@@ -116,7 +101,7 @@ def test_prediction_over_the_timeout_is_504_and_the_worker_is_replaced(
         what="gunicorn's timeout kill",
     )
     wait_for(
-        lambda: (workers := gunicorn_workers(server)) and stuck not in workers,
+        lambda: (workers := server.gunicorn_workers()) and stuck not in workers,
         what="a replacement worker",
     )
     assert server.invoke(FAST, "text/csv")[0] == HTTPStatus.OK

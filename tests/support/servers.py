@@ -147,6 +147,25 @@ class ServeProcess:
         ).stdout
         return [int(p) for p in out.split()]
 
+    def gunicorn_master(self) -> int:
+        """gunicorn's master: the child of serve whose command line names gunicorn
+        (PIDs wrap, so their order says nothing)."""
+        (master,) = [
+            pid
+            for pid in self.child_pids()
+            if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        return master
+
+    def gunicorn_workers(self) -> set[int]:
+        """The PIDs of gunicorn's workers (its master's children)."""
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.gunicorn_master())],
+            capture_output=True,
+            text=True,
+        ).stdout
+        return {int(p) for p in out.split()}
+
     def stop(self, timeout: float = 35) -> int:
         """SIGTERM to serve, as SageMaker does; SIGKILL to its process group if it hangs."""
         if self.proc is None or self.proc.poll() is not None:
