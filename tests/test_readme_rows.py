@@ -19,6 +19,7 @@ from tests.support import ROOT
 HTTP = "tests/test_contract_http.py"
 PROCESS = "tests/test_serve_process.py"
 TRAIN = "tests/test_train.py"
+NGINX = "tests/test_nginx_errors.py"
 
 # (table, the row's key) -> the tests that prove the row. The tables: Formats' two
 # ("Content-Type", "Accept"; a row's key is its first cell), "Errors" (a row's key is its
@@ -85,6 +86,27 @@ ROWS: dict[tuple[str, str], list[str]] = {
     ("Errors", "`not_found` / `method_not_allowed`"): [
         f"{HTTP}::test_unknown_paths_and_methods_are_json",
     ],
+    ("Errors", "`bad_request`"): [
+        f"{NGINX}::test_nginx_errors_are_json",
+        f"{NGINX}::test_header_gunicorn_refuses_is_json",
+    ],
+    ("Errors", "`method_not_allowed` (names the method)"): [
+        f"{NGINX}::test_nginx_errors_are_json",
+    ],
+    ("Errors", "`uri_too_long` / `headers_too_large`"): [
+        f"{NGINX}::test_nginx_errors_are_json",
+    ],
+    (
+        "Errors",
+        "`length_required` / `not_implemented` / `http_version_not_supported`",
+    ): [
+        f"{NGINX}::test_nginx_errors_are_json",
+        f"{NGINX}::test_every_nginx_error_has_a_json_page",
+    ],
+    ("Errors", "none: nginx closes the connection without an answer (it logs a 408)"): [
+        f"{NGINX}::test_slow_client_is_dropped",
+        f"{NGINX}::test_slow_headers_are_dropped",
+    ],
     ("Errors", "`payload_too_large`"): [
         f"{HTTP}::test_oversize_body_is_413_from_nginx",
         f"{PROCESS}::test_without_nginx_gunicorn_takes_the_port",
@@ -133,6 +155,7 @@ def tables(section: str) -> list[list[list[str]]]:
     """The body rows (as cells) of each table under ``### section``, in order."""
     text = (ROOT / "README.md").read_text()
     body = text.split(f"\n### {section}\n", 1)[1].split("\n### ", 1)[0]
+    body = body.split("\n## ", 1)[0]  # nor past the end of its chapter
     found: list[list[list[str]]] = []
     in_table = False
     for line in body.splitlines():
