@@ -138,7 +138,8 @@ class Job:
                     f"{name}={address}" for name, address in self.addresses.items()
                 ),
                 "SMSERVE_DASK_SCHEDULER_PORT": str(free_port(self.addresses["algo-1"])),
-            }
+            },
+            work / "state",
         )
 
     def host(self, name: str) -> Host:
