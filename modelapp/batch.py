@@ -19,28 +19,51 @@ from modelapp.exceptions import InvalidInput
 class Batch:
     """Records from one request, in order.
 
-    Exactly one of ``values`` and ``records`` is set. ``values`` is a float array, 2-D
-    (records x features) or 1-D when the body was a flat list (``flat``): one record, or one
-    value per record for a single-feature model, which only the model can tell apart.
-    ``records`` holds ``{feature: value}`` objects. ``columns`` are a CSV header's names.
+    Exactly one of ``values``, ``rows`` and ``records`` is set. ``values`` is a float
+    array, 2-D (records x features) or 1-D when the body was a flat list (``flat``): one
+    record, or one value per record for a single-feature model, which only the model can
+    tell apart. ``rows`` holds the fields as sent (CSV text, JSON scalars) when they are
+    not all numbers: text is for the model's schema to accept or refuse (the predictor's
+    job), so a parser never converts it; a flat list of them is ``rows=[items]`` with
+    ``flat``. ``records`` holds ``{feature: value}`` objects. ``columns`` are a CSV
+    header's names.
     """
 
     values: np.ndarray | None = None
     records: list[dict[str, Any]] | None = None
     columns: list[str] | None = None
+    rows: list[list[Any]] | None = None
+    flat: bool = False
 
-    @property
-    def flat(self) -> bool:
-        return self.values is not None and self.values.ndim == 1
+    def __post_init__(self) -> None:
+        if self.values is not None and self.values.ndim == 1:
+            self.flat = True
 
     def __len__(self) -> int:
         if self.records is not None:
             return len(self.records)
-        return 1 if self.flat else len(self.values)
+        if self.flat:
+            return 1
+        return len(self.rows) if self.rows is not None else len(self.values)
 
 
-def to_float_rows(rows: list[list[Any]], what: str) -> np.ndarray:
-    """Rows of equal width -> float array; blank CSV fields are missing values (NaN)."""
+def batch_of_rows(
+    rows: list[list[Any]], columns: list[str] | None = None, flat: bool = False
+) -> Batch:
+    """Rows of fields -> a float batch when every field is a number (blank: NaN), else
+    the fields as sent, for the predictor to read by the model's schema."""
+    check_widths(rows)
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except (ValueError, TypeError):
+        try:
+            values = to_float_rows(rows, "a record")
+        except NotANumber:
+            return Batch(rows=rows, columns=columns, flat=flat)
+    return Batch(values=values[0] if flat else values, columns=columns)
+
+
+def check_widths(rows: list[list[Any]]) -> None:
     widths = {len(row) for row in rows}
     if len(widths) > 1:
         first = len(rows[0])
@@ -50,26 +73,41 @@ def to_float_rows(rows: list[list[Any]], what: str) -> np.ndarray:
                     f"Every record must have the same number of features: record 1 has "
                     f"{first}, record {number} has {len(row)}."
                 )
+
+
+class NotANumber(InvalidInput):
+    """A field where the model takes a number; a model whose schema allows text there
+    reads the batch as a table instead."""
+
+
+def to_float_rows(
+    rows: list[list[Any]], what: str, names: list[str] | None = None
+) -> np.ndarray:
+    """Rows of equal width -> float array; blank CSV fields and JSON nulls are missing
+    values (NaN). ``names`` label the features in an error (else their position)."""
+    check_widths(rows)
     try:
         return np.array(rows, dtype=np.float64)
     except (ValueError, TypeError):
         pass
     for number, row in enumerate(rows, 1):
         for column, value in enumerate(row, 1):
-            if isinstance(value, str) and value.strip() == "":
+            if value is None or (isinstance(value, str) and value.strip() == ""):
                 continue
             try:
                 float(value)
             except (ValueError, TypeError):
-                raise InvalidInput(
-                    f"Record {number}, feature {column}: {value!r} is not a number; {what} "
-                    f"must hold numbers only."
+                feature = repr(names[column - 1]) if names else column
+                raise NotANumber(
+                    f"Record {number}, feature {feature}: {value!r} is not a number; "
+                    f"{what} must hold numbers only."
                 ) from None
     # Only blank fields were in the way: they are missing values.
     return np.array(
-        [
-            [np.nan if isinstance(v, str) and not v.strip() else v for v in row]
-            for row in rows
-        ],
+        [[np.nan if _blank(v) else v for v in row] for row in rows],
         dtype=np.float64,
     )
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())

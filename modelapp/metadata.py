@@ -14,7 +14,14 @@ Schema versions:
   order: ``name`` (``null`` when the training data had no header), ``kind``
   (``numeric`` or ``categorical``), and for categorical columns the ``categories`` seen
   (capped) with their ``n_categories``. ``n_features`` and ``feature_names`` are still
-  written, so a reader of version 1 reads version 2 files too.
+  written, so a reader of version 1 reads version 2 files too. Optional, per feature:
+  ``missing``, the share of missing values in the training data, and ``typical``, a
+  typical number (the training median) that serving's warm-up record uses.
+
+A model trained elsewhere (a bare joblib) has no file: ``ModelMetadata.from_estimator``
+derives its schema from the model (``schema_of``). A third kind, ``any``, is for columns
+the model says nothing about: a field that parses as a number is a number, anything
+else is text.
 
 Keys this module does not know are kept (``extra``) and written back unchanged, so a newer
 writer's fields survive an older reader.
@@ -36,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 METADATA_FILE = "metadata.json"
-NUMERIC, CATEGORICAL = "numeric", "categorical"
+NUMERIC, CATEGORICAL, ANY = "numeric", "categorical", "any"
+# Categories kept per feature in metadata.json (n_categories counts them all).
+MAX_CATEGORIES_KEPT = 100
 
 
 def json_safe(value: Any) -> Any:
@@ -99,12 +108,29 @@ class Feature:
     kind: str = NUMERIC
     categories: list[Any] | None = None
     n_categories: int | None = None
+    # Share of missing values in the training data (0..1); None: not known.
+    missing: float | None = None
+    # A typical value of a numeric feature (its training median); None: not known.
+    typical: float | None = None
+
+    @property
+    def numeric_categories(self) -> bool:
+        """Categories that are numbers (an encoder fitted on a numeric column): the
+        column's fields are read as numbers, not as text."""
+        return bool(self.categories) and all(
+            isinstance(c, int | float) and not isinstance(c, bool)
+            for c in self.categories
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.categories is not None:
             out["categories"] = json_safe(self.categories)
             out["n_categories"] = self.n_categories
+        if self.missing is not None:
+            out["missing"] = round(float(self.missing), 6)
+        if self.typical is not None:
+            out["typical"] = json_safe(self.typical)
         return out
 
     @classmethod
@@ -117,7 +143,35 @@ class Feature:
             kind=str(data.get("kind") or NUMERIC),
             categories=data.get("categories"),
             n_categories=data.get("n_categories"),
+            missing=_number(data.get("missing")),
+            typical=_number(data.get("typical")),
         )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def category_value(value: Any) -> Any:
+    """A categorical field as the text training saw: ``"pro"``, ``3`` and ``3.0`` as
+    ``"3"``, ``True`` as ``"True"`` (pandas' spelling); a missing one (None, NaN, blank)
+    as NaN. Training and serving both go through here, so a category is spelt one way."""
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return math.nan
+    if isinstance(value, str):
+        return value if value.strip() else math.nan
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return math.nan
+        if float(value).is_integer():
+            return str(int(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return str(value)
 
 
 @dataclass
@@ -215,20 +269,12 @@ class ModelMetadata:
     @classmethod
     def from_estimator(cls, estimator: Any) -> ModelMetadata:
         """What a model trained elsewhere (a bare joblib) says about itself."""
-        names = getattr(estimator, "feature_names_in_", None)
-        n_features = getattr(estimator, "n_features_in_", None)
-        if names is not None:
-            features = [Feature(name=str(name)) for name in names]
-        elif n_features:
-            features = [Feature() for _ in range(int(n_features))]
-        else:
-            features = None
         get_params = getattr(estimator, "get_params", None)
         classes = getattr(estimator, "classes_", None)
         return cls(
             estimator=dotted_path(estimator),
             params=json_safe(get_params(deep=False)) if callable(get_params) else {},
-            features=features,
+            features=schema_of(estimator),
             classes=json_safe(classes) if classes is not None else None,
         )
 
@@ -249,3 +295,100 @@ class ModelMetadata:
             logger.error("Ignoring %s: it is not a JSON object.", path)
             return None
         return cls.from_dict(data)
+
+
+# --- the schema of a model trained elsewhere -------------------------------------------------
+def schema_of(estimator: Any) -> list[Feature] | None:
+    """The input columns of a fitted model, as far as the model tells.
+
+    Names from ``feature_names_in_``, the width from ``n_features_in_``. The kinds from the
+    model's first step: a ``ColumnTransformer`` tells per column (an encoder's columns are
+    categorical with its ``categories_``; a column an imputer fitted as numbers is numeric;
+    a passed-through or dropped column, or one a transformer of its own takes, is ``any``);
+    an encoder first makes every column categorical; any other estimator (a tree, a
+    scaler) takes numbers only.
+    """
+    names = getattr(estimator, "feature_names_in_", None)
+    width = getattr(estimator, "n_features_in_", None)
+    if names is not None:
+        features = [Feature(name=str(name)) for name in names]
+    elif width:
+        features = [Feature() for _ in range(int(width))]
+    else:
+        return None
+    first = _first_step(estimator)
+    if hasattr(first, "transformers_"):
+        indices = getattr(first, "_transformer_to_input_indices", None) or {}
+        for name, transformer, _ in first.transformers_:
+            columns = [int(i) for i in indices.get(name, [])]
+            _describe_columns(transformer, [features[i] for i in columns])
+    else:
+        _describe_columns(first, features)
+    return features
+
+
+def _first_step(estimator: Any) -> Any:
+    while hasattr(estimator, "steps") and estimator.steps:
+        estimator = estimator.steps[0][1]
+    return estimator
+
+
+def _describe_columns(transformer: Any, features: list[Feature]) -> None:
+    """Set the kind of ``features``, the columns ``transformer`` was fitted on, in order."""
+    if isinstance(transformer, str):  # "drop" or "passthrough": no word on the type
+        kind = ANY
+        for feature in features:
+            feature.kind = kind
+        return
+    steps = [s for _, s in getattr(transformer, "steps", [])] or [transformer]
+    for step in steps:
+        categories = getattr(step, "categories_", None)
+        if categories is not None and len(categories) == len(features):
+            for feature, values in zip(features, categories, strict=True):
+                known = [v for v in np.asarray(values).tolist() if v == v]  # not NaN
+                feature.kind = CATEGORICAL
+                feature.categories = json_safe(known[:MAX_CATEGORIES_KEPT])
+                feature.n_categories = len(known)
+            return
+        fit_dtype = getattr(step, "_fit_dtype", None)  # SimpleImputer keeps it
+        if fit_dtype is not None:
+            if np.dtype(fit_dtype).kind in "OUSb":
+                kind = CATEGORICAL
+            else:
+                kind = NUMERIC
+                typical = getattr(step, "statistics_", None)
+            for i, feature in enumerate(features):
+                feature.kind = kind
+                if (
+                    kind == NUMERIC
+                    and typical is not None
+                    and len(typical) == len(features)
+                ):
+                    feature.typical = _number(float(typical[i]))
+            if kind == CATEGORICAL:
+                continue  # an encoder may follow with the categories
+            return
+        if step.__module__.startswith("sklearn.") and not _takes_text(step):
+            for feature in features:
+                feature.kind = NUMERIC
+            return
+        break
+    for feature in features:
+        if feature.kind == NUMERIC and feature.categories is None:
+            feature.kind = ANY
+
+
+def _takes_text(step: Any) -> bool:
+    """Whether a scikit-learn estimator may be fitted on text (its tags, else its
+    module: feature extraction and function transformers take anything)."""
+    try:
+        from sklearn.utils import get_tags
+
+        tags = get_tags(step).input_tags
+        if tags.string or tags.categorical:
+            return True
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return True
+    return step.__module__.startswith(
+        ("sklearn.feature_extraction", "sklearn.preprocessing._function_transformer")
+    )

@@ -17,7 +17,9 @@ from django.utils.http import parse_header_parameters
 from rest_framework.parsers import BaseParser
 
 from modelapp import conf, formats
-from modelapp.batch import Batch, to_float_rows
+
+# to_float_rows is re-exported for parsers of other formats (a plug-in's TSV, say).
+from modelapp.batch import Batch, batch_of_rows, to_float_rows  # noqa: F401
 from modelapp.exceptions import InvalidInput
 
 JSON_SHAPES = '[[...], ...], {"instances": [...]} or {"inputs": [...]}'
@@ -53,7 +55,8 @@ class BaseBatchParser(BaseParser):
 
 
 class CSVParser(BaseBatchParser):
-    """``text/csv``: one record per line, numbers only; no header unless ``header=present``."""
+    """``text/csv``: one record per line; no header unless ``header=present``. Fields
+    that are not all numbers stay text for the model's schema (``Batch.rows``)."""
 
     media_type = formats.CSV
     format = "csv"
@@ -91,7 +94,7 @@ class CSVParser(BaseBatchParser):
             raise InvalidInput(
                 f"The CSV header names {len(columns)} columns but record 1 has {len(rows[0])}."
             )
-        return Batch(values=to_float_rows(rows, "a CSV record"), columns=columns)
+        return batch_of_rows(rows, columns)
 
 
 ASCII_CHARSETS = {"utf-8", "utf8", "ascii", "us-ascii", "iso-8859-1", "latin-1"}
@@ -173,11 +176,11 @@ def batch_from_items(items: list[Any], where: str) -> Batch:
         raise InvalidInput(f"{where} holds no records: send at least one.")
     kinds = {type(item) for item in items}
     if kinds == {list}:
-        return Batch(values=to_float_rows(items, "a JSON record"))
+        return batch_of_rows(items)
     if kinds == {dict}:
         return Batch(records=items)
     if not kinds & {list, dict}:
-        return Batch(values=to_float_rows([items], "a JSON record")[0])
+        return batch_of_rows([items], flat=True)
     raise InvalidInput(
         f"{where} mixes records of different kinds: send all arrays or all objects."
     )

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from modelapp.batch import Batch, to_float_rows
+from modelapp.batch import Batch, NotANumber, to_float_rows
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
+from modelapp.tables import Table
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,11 @@ class BasePredictor:
             list(names) if names is not None else None
         )
         self.allows_nan: bool = self._allows_nan()
+        # The input schema: the record to frame conversion, the warm-up record, and the
+        # error messages that name a feature.
+        self.table = Table.for_model(
+            model, metadata, self.n_features, self.feature_names
+        )
         self.available_methods: tuple[str, ...] = tuple(
             m for m in self.methods if callable(getattr(model, m, None))
         )
@@ -116,10 +122,24 @@ class BasePredictor:
         return False
 
     # --- the batch, checked against the model ---
+    def to_input(self, batch: Batch) -> Any:
+        """What the model's method takes: a float matrix, or for a model with text
+        columns a DataFrame with the training-time columns and types (``tables.py``)."""
+        if self.table.is_frame:
+            return self.table.to_frame(self._rows(batch))
+        try:
+            return self.to_matrix(batch)
+        except NotANumber:
+            if not self.table.takes_text:
+                raise
+            return self.table.to_frame(self._rows(batch))
+
     def to_matrix(self, batch: Batch) -> np.ndarray:
         """The batch as a 2-D float array in the model's feature order, or ``InvalidInput``."""
-        if batch.records is not None:
-            matrix = self._records_to_matrix(batch.records)
+        if batch.values is None:
+            matrix = to_float_rows(
+                self._rows(batch), "a record for this model", self.feature_names
+            )
         elif batch.flat:
             matrix = self._flat_to_matrix(batch.values)
         else:
@@ -134,6 +154,37 @@ class BasePredictor:
         self._check_finite(matrix)
         return matrix
 
+    def _rows(self, batch: Batch) -> Any:
+        """The batch's fields in the model's feature order: lists of cells, or a 2-D
+        array for a float batch."""
+        if batch.records is not None:
+            return self._records_to_rows(batch.records)
+        if batch.values is not None:
+            if batch.flat:
+                return self._flat_to_matrix(batch.values)
+            if batch.columns is not None and self.feature_names is not None:
+                return self._reorder(batch.values, batch.columns)
+            return batch.values
+        rows = batch.rows
+        if batch.flat:
+            items = rows[0]
+            if self.n_features == 1 and len(items) != 1:
+                rows = [[item] for item in items]
+            elif self.n_features not in (None, len(items)):
+                raise InvalidInput(
+                    f"Expected {self.n_features} features per record, got a flat list "
+                    f"of {len(items)} values; send a list of records ([[...], ...]) or "
+                    "one record."
+                )
+        if batch.columns is not None and self.feature_names is not None:
+            order = self._order(batch.columns)
+            rows = [[row[i] for i in order] for row in rows]
+        if self.n_features is not None and len(rows[0]) != self.n_features:
+            raise InvalidInput(
+                f"Expected {self.n_features} features per record, got {len(rows[0])}."
+            )
+        return rows
+
     def _flat_to_matrix(self, values: np.ndarray) -> np.ndarray:
         if self.n_features in (None, len(values)):
             return values.reshape(1, -1)
@@ -144,7 +195,7 @@ class BasePredictor:
             f"{len(values)} values; send a list of records ([[...], ...]) or one record."
         )
 
-    def _records_to_matrix(self, records: list[dict[str, Any]]) -> np.ndarray:
+    def _records_to_rows(self, records: list[dict[str, Any]]) -> list[list[Any]]:
         names = self.feature_names
         if names is None:
             raise InvalidInput(
@@ -165,19 +216,21 @@ class BasePredictor:
                     f"Record {number} {' and '.join(parts)}; expected the features "
                     f"{', '.join(names)}."
                 )
-        rows = [[record[name] for name in names] for record in records]
-        return to_float_rows(rows, "a JSON record")
+        return [[record[name] for name in names] for record in records]
 
-    def _reorder(self, matrix: np.ndarray, columns: list[str]) -> np.ndarray:
+    def _order(self, columns: list[str]) -> list[int]:
         names = self.feature_names
-        if columns == names:
-            return matrix
         if sorted(columns) != sorted(names):
             raise InvalidInput(
                 f"The CSV header names {', '.join(columns)}; expected the features "
                 f"{', '.join(names)}."
             )
-        return matrix[:, [columns.index(name) for name in names]]
+        return [columns.index(name) for name in names]
+
+    def _reorder(self, matrix: np.ndarray, columns: list[str]) -> np.ndarray:
+        if columns == self.feature_names:
+            return matrix
+        return matrix[:, self._order(columns)]
 
     def _check_finite(self, matrix: np.ndarray) -> None:
         if matrix.dtype.kind != "f":
@@ -208,8 +261,9 @@ class BasePredictor:
             )
         return method
 
-    def call(self, method: str, matrix: np.ndarray) -> np.ndarray:
-        """Run ``method`` on a checked matrix; override to adapt other model libraries."""
+    def call(self, method: str, matrix: Any) -> np.ndarray:
+        """Run ``method`` on a checked matrix (or frame); override to adapt other model
+        libraries."""
         return np.asarray(getattr(self.model, method)(matrix))
 
     def invoke(
@@ -227,12 +281,18 @@ class BasePredictor:
     def predict(self, batch: Batch, method: str | None = None) -> np.ndarray:
         """One prediction per record of ``batch``, in order."""
         method = self.check_method(method or self.default_method)
-        matrix = self.to_matrix(batch)
+        matrix = self.to_input(batch)
         try:
             result = self.call(method, matrix)
         except ValueError as exc:
-            # The model's own input validation (e.g. an unknown category): the request's fault.
-            raise InvalidInput(f"The model rejected the input: {exc}") from exc
+            # The model's own input validation (e.g. an unknown category): the request's
+            # fault. Which record, and which of its fields, is what the caller needs.
+            record = self._first_rejected(method, matrix)
+            raise InvalidInput(
+                self.table.rejection(matrix, record, exc)
+                if record is not None
+                else f"The model rejected the input: {exc}"
+            ) from exc
         if len(result) != len(matrix):
             raise RuntimeError(
                 f"{type(self.model).__name__}.{method} returned {len(result)} results for "
@@ -244,17 +304,37 @@ class BasePredictor:
         """Remake what one process may not share with another (gunicorn's
         ``post_fork``); nothing by default."""
 
+    def _first_rejected(self, method: str, matrix: Any) -> int | None:
+        """The first record the model rejects on its own, found by halving the batch
+        (a few calls, on the error path only); None when no single record fails."""
+        take = matrix.iloc if hasattr(matrix, "iloc") else matrix
+        lo, hi = 0, len(matrix)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                self.call(method, take[lo:mid])
+            except ValueError:
+                hi = mid
+            else:
+                lo = mid
+        if hi - lo != 1:
+            return None
+        try:
+            self.call(method, take[lo:hi])
+        except ValueError:
+            return lo
+        return None
+
     def warm_up(self) -> None:
-        """Predict once on a record of zeros of the right width: proves the model works."""
-        if self.n_features is None:
+        """Predict once on a record built from the schema (known categories, typical
+        numbers): proves the model works on what a request will bring."""
+        record = self.table.typical_record()
+        if record is None:
             logger.warning(
                 "The model does not say how many features it takes: no warm-up."
             )
             return
-        self.call(
-            self.default_method,
-            self.to_matrix(Batch(values=np.zeros((1, self.n_features)))),
-        )
+        self.call(self.default_method, self.to_input(Batch(rows=[record])))
 
 
 class SklearnPredictor(BasePredictor):
@@ -363,12 +443,7 @@ class SklearnPredictor(BasePredictor):
             session.after_fork()
 
     def _allows_nan(self) -> bool:
-        try:
-            from sklearn.utils import get_tags
-
-            return bool(get_tags(self.model).input_tags.allow_nan)
-        except (ImportError, AttributeError, TypeError, ValueError):
-            return False
+        return allows_nan(self.model)
 
     def call(self, method: str, matrix: np.ndarray) -> np.ndarray:
         compiled = self._compiled.get(method)
@@ -381,7 +456,7 @@ class SklearnPredictor(BasePredictor):
             return np.asarray(
                 getattr(self.model, method)(_as_float32(matrix), check_input=False)
             )
-        if self._frame is not None:
+        if self._frame is not None and isinstance(matrix, np.ndarray):
             matrix = self._frame(matrix, columns=self.feature_names, copy=False)
         # to_matrix has checked NaN/infinity against the model's tags already:
         # scikit-learn need not scan the batch again. (Imported here: scikit-learn
@@ -443,6 +518,28 @@ def load_pickle(artifact: Path) -> Any:
             warning.message,
         )
     return model
+
+
+def allows_nan(estimator: Any) -> bool:
+    """Whether ``estimator`` takes missing values (NaN). A pipeline does when an imputer
+    comes before any step that cannot (scikit-learn tags every pipeline as refusing
+    them)."""
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        for _, step in steps:
+            if step is None or step == "passthrough":
+                continue
+            if type(step).__module__.startswith("sklearn.impute"):
+                return True
+            if not allows_nan(step):
+                return False
+        return True
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
 
 
 def _is_tree(model: Any) -> bool:

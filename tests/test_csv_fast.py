@@ -26,6 +26,8 @@ def answer(data: bytes, params: dict[str, str]) -> tuple:
         batch = CSVParser().parse_bytes(data, params)
     except InvalidInput as exc:
         return ("error", str(exc.detail))
+    if batch.rows is not None:  # text: kept as sent, for the model's schema
+        return ("text", batch.rows, batch.columns)
     # repr: NaN equals NaN as text, and -0.0 stays apart from 0.0.
     return ("ok", repr(batch.values.tolist()), batch.columns)
 
