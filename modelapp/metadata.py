@@ -185,6 +185,8 @@ class ModelMetadata:
     target: str | int | None = None
     classes: list[Any] | None = None
     task: str | None = None
+    # What training put before the estimator for a table: encoding, imputation.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     rows: dict[str, Any] = field(default_factory=dict)
     channels: dict[str, Any] = field(default_factory=dict)
@@ -249,6 +251,7 @@ class ModelMetadata:
         for key in (
             "params",
             "hyperparameters",
+            "preprocessing",
             "metrics",
             "rows",
             "channels",

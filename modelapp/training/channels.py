@@ -23,9 +23,21 @@ import orjson
 import pandas as pd
 
 from modelapp import formats
+from modelapp.metadata import (
+    CATEGORICAL,
+    MAX_CATEGORIES_KEPT,
+    NUMERIC,
+    Feature,
+    category_value,
+)
 from modelapp.paths import SageMakerPaths
 from modelapp.training import ClientError
-from modelapp.training.environment import HEADER, TARGET_COLUMN, ChannelConfig
+from modelapp.training.environment import (
+    CATEGORICAL_COLUMNS,
+    HEADER,
+    TARGET_COLUMN,
+    ChannelConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +72,12 @@ class Dataset:
     feature_names: list[str] | None
     target_name: str | int
     sources: list[str] = field(default_factory=list)
+    # One per feature column, in order: kind, categories, share missing, typical value.
+    features: list[Feature] = field(default_factory=list)
+
+    @property
+    def has_missing(self) -> bool:
+        return any(f.missing for f in self.features)
 
     @property
     def rows(self) -> int:
@@ -77,8 +95,16 @@ def load_channel(
     target_column: int | str = 0,
     header: str = "auto",
     numeric_target: bool = False,
+    categorical_columns: list[int | str] | None = None,
+    schema: list[Feature] | None = None,
 ) -> Dataset:
-    """Read every record of a channel; ``ClientError`` says what is wrong with the data."""
+    """Read every record of a channel; ``ClientError`` says what is wrong with the data.
+
+    A feature column is numeric when its values are numbers (blank: missing), else
+    categorical: text, Parquet ``category`` and boolean columns, and the columns of
+    ``categorical_columns``. ``schema`` (the train channel's features) imposes the kinds
+    on a validation or test channel.
+    """
     if config.record_wrapper and config.record_wrapper.lower() not in {"none", ""}:
         raise ClientError(
             f"Channel {config.name!r} uses RecordWrapperType {config.record_wrapper}; "
@@ -103,7 +129,16 @@ def load_channel(
             f"Channel {config.name!r} has no records: {source} holds no data rows."
         )
     frame, named = _combine(config.name, parts)
-    dataset = _split(config.name, frame, named, parts, target_column, numeric_target)
+    dataset = _split(
+        config.name,
+        frame,
+        named,
+        parts,
+        target_column,
+        numeric_target,
+        categorical_columns or [],
+        schema,
+    )
     logger.info(
         "Channel %s: %d rows, %d features%s, from %d source(s): %s",
         config.name,
@@ -306,9 +341,47 @@ def _combine(channel: str, parts: list[Part]) -> tuple[pd.DataFrame, bool]:
                     f"{', '.join(first.frame.columns)}."
                 )
             part.frame = part.frame[list(first.frame.columns)]
+    _same_types(channel, parts)
     if len(parts) == 1:
         return first.frame.reset_index(drop=True), first.named
     return pd.concat([p.frame for p in parts], ignore_index=True), first.named
+
+
+def _same_types(channel: str, parts: list[Part]) -> None:
+    """A column holding numbers in one file and text in another is a mistake in one of
+    them: name both files."""
+    numbers: dict[Any, str] = {}
+    text: dict[Any, tuple[str, Any]] = {}
+    for part in parts:
+        for position, column in enumerate(part.frame.columns):
+            values = part.frame[column]
+            key = column if part.named else position
+            if _is_number_dtype(values):
+                if values.notna().any():
+                    numbers.setdefault(key, part.source)
+            else:
+                odd = _not_numbers(values)
+                if odd.any():
+                    text.setdefault(key, (part.source, values[odd].iloc[0]))
+    for key in numbers.keys() & text.keys():
+        source, value = text[key]
+        raise ClientError(
+            f"Channel {channel!r}: {_describe(key, parts[0].named)} holds numbers in "
+            f"{numbers[key]} but text in {source} ({value!r}); every file must give a "
+            "column one type."
+        )
+
+
+def _is_number_dtype(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(
+        values
+    )
+
+
+def _not_numbers(values: pd.Series) -> pd.Series:
+    """Where a non-numeric column holds a present value that is not a number."""
+    converted = pd.to_numeric(values.astype(object), errors="coerce")
+    return values.notna() & converted.isna()
 
 
 def _split(
@@ -318,6 +391,8 @@ def _split(
     parts: list[Part],
     target_column: int | str,
     numeric_target: bool,
+    categorical_columns: list[int | str],
+    schema: list[Feature] | None,
 ) -> Dataset:
     columns = list(frame.columns)
     if len(columns) < 2:
@@ -346,17 +421,39 @@ def _split(
     else:
         target = target_column
     features = frame.drop(columns=[target])
-    numeric = {}
-    for column in features.columns:
-        numeric[column] = _numeric(channel, features[column], column, named, parts)
-    X = pd.DataFrame(numeric, index=features.index)
+    declared = set(categorical_columns)
+    unknown = sorted(map(str, declared - set(columns)))
+    if unknown:
+        raise ClientError(
+            f"Hyperparameter {CATEGORICAL_COLUMNS} names {', '.join(unknown)}, which "
+            f"channel {channel!r} does not have; its columns are "
+            f"{', '.join(map(str, columns))}."
+        )
+    converted, described = {}, []
+    for position, column in enumerate(features.columns):
+        values = features[column]
+        if schema is not None and position < len(schema):
+            kind = schema[position].kind
+        else:
+            kind = _kind(channel, values, column, named, parts, column in declared)
+        if kind == CATEGORICAL:
+            converted[column] = _categorical(values)
+        else:
+            converted[column] = _numeric(channel, values, column, named, parts)
+        described.append(_feature(column if named else None, kind, converted[column]))
+    X = pd.DataFrame(converted, index=features.index)
     y = _target(channel, frame[target], target, numeric_target, parts)
     sources = [p.source for p in parts]
     if named:
         names = [str(c) for c in X.columns]
         X.columns = names
-        return Dataset(channel, X, y, names, target, sources)
-    return Dataset(channel, X.to_numpy(dtype=np.float64), y, None, target, sources)
+        return Dataset(channel, X, y, names, target, sources, described)
+    if any(f.kind == CATEGORICAL for f in described):
+        # Text columns: a table whose columns are the features' positions.
+        X.columns = range(X.shape[1])
+        return Dataset(channel, X, y, None, target, sources, described)
+    X = X.to_numpy(dtype=np.float64)
+    return Dataset(channel, X, y, None, target, sources, described)
 
 
 def _locate(row: int, parts: list[Part]) -> str:
@@ -371,6 +468,71 @@ def _describe(column: Any, named: bool) -> str:
     return f"column {column!r}" if named else f"column {int(column)} (0 is the first)"
 
 
+def _kind(
+    channel: str,
+    values: pd.Series,
+    column: Any,
+    named: bool,
+    parts: list[Part],
+    declared: bool,
+) -> str:
+    """Numeric or categorical, by the values (``load_channel`` states the rule)."""
+    if declared or isinstance(values.dtype, pd.CategoricalDtype):
+        return CATEGORICAL
+    if pd.api.types.is_bool_dtype(values):
+        return CATEGORICAL
+    if pd.api.types.is_datetime64_any_dtype(
+        values
+    ) or pd.api.types.is_timedelta64_dtype(values):
+        raise ClientError(
+            f"Channel {channel!r}: {_describe(column, named)} holds dates or times "
+            f"({values.dtype}); give them as numbers (e.g. days since an epoch) or text."
+        )
+    if _is_number_dtype(values):
+        return NUMERIC
+    odd = _not_numbers(values)
+    present = int(values.notna().sum())
+    if not odd.any():
+        return NUMERIC
+    if present and odd.sum() * 2 < present:
+        # Mostly numbers: the text is more likely a mistake than a category.
+        row = int(np.flatnonzero(odd.to_numpy())[0])
+        raise ClientError(
+            f"Channel {channel!r} has non-numeric data: {_describe(column, named)} holds "
+            f"{values.iloc[row]!r} ({_locate(row, parts)}). Most of its values are "
+            "numbers: fix the value, or list the column in "
+            f"{CATEGORICAL_COLUMNS} if it holds categories; and check that "
+            f"{TARGET_COLUMN} names the label column."
+        )
+    return CATEGORICAL
+
+
+def _categorical(values: pd.Series) -> pd.Series:
+    """Each category as the text serving will see (``metadata.category_value``)."""
+    return pd.Series(
+        [category_value(v) for v in values.astype(object)],
+        index=values.index,
+        dtype=object,
+    )
+
+
+def _feature(name: Any, kind: str, values: pd.Series) -> Feature:
+    missing = values.isna()
+    feature = Feature(
+        name=None if name is None else str(name),
+        kind=kind,
+        missing=float(missing.mean()) if len(values) else 0.0,
+    )
+    if kind == CATEGORICAL:
+        counts = values[~missing].value_counts(sort=False)
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        feature.categories = [value for value, _ in ordered[:MAX_CATEGORIES_KEPT]]
+        feature.n_categories = len(ordered)
+    elif not missing.all():
+        feature.typical = float(values.median())
+    return feature
+
+
 def _numeric(
     channel: str, values: pd.Series, column: Any, named: bool, parts: list[Part]
 ) -> pd.Series:
@@ -380,9 +542,8 @@ def _numeric(
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise ClientError(
             f"Channel {channel!r} has non-numeric data: {_describe(column, named)} holds "
-            f"{values.iloc[row]!r} ({_locate(row, parts)}). smserve trains on numeric "
-            "features only: encode categories as numbers before training, and check "
-            f"that {TARGET_COLUMN} names the label column."
+            f"{values.iloc[row]!r} ({_locate(row, parts)}), but it is numeric in the "
+            "train channel."
         )
     return converted.astype(np.float64)
 

@@ -27,12 +27,21 @@ ESTIMATOR = "smserve_estimator"
 TARGET_COLUMN = "smserve_target_column"
 HEADER = "smserve_header"
 RANDOM_SEED = "smserve_random_seed"
+# Tables with text columns and gaps (training/encoding.py says what each choice does).
+CATEGORICAL_ENCODING = "smserve_categorical_encoding"
+IMPUTE = "smserve_impute"
+CATEGORICAL_COLUMNS = "smserve_categorical_columns"
 RESERVED = {
     ESTIMATOR: "sklearn.tree.DecisionTreeClassifier",
     TARGET_COLUMN: 0,
     HEADER: "auto",
     RANDOM_SEED: None,
+    CATEGORICAL_ENCODING: "auto",
+    IMPUTE: "auto",
+    CATEGORICAL_COLUMNS: [],
 }
+ENCODING_CHOICES = ("auto", "onehot", "ordinal", "native", "none")
+IMPUTE_CHOICES = ("auto", "median", "mean", "most_frequent", "none")
 RESERVED_PREFIX = "smserve_"
 HEADER_CHOICES = ("auto", "present", "absent")
 # Added by the SageMaker SDK and by tuning jobs; they are not estimator parameters.
@@ -92,6 +101,9 @@ class Hyperparameters:
     target_column: int | str = RESERVED[TARGET_COLUMN]
     header: str = RESERVED[HEADER]
     random_seed: int | None = RESERVED[RANDOM_SEED]
+    categorical_encoding: str = RESERVED[CATEGORICAL_ENCODING]
+    impute: str = RESERVED[IMPUTE]
+    categorical_columns: list[int | str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     # Reserved keys other modules own and check (the search, the cluster), as given
     # (converted); their defaults are the owners'.
@@ -115,6 +127,12 @@ class Hyperparameters:
                 hp.header = _header(value)
             elif key == RANDOM_SEED:
                 hp.random_seed = _random_seed(value)
+            elif key == CATEGORICAL_ENCODING:
+                hp.categorical_encoding = _choice(key, value, ENCODING_CHOICES)
+            elif key == IMPUTE:
+                hp.impute = _choice(key, value, IMPUTE_CHOICES)
+            elif key == CATEGORICAL_COLUMNS:
+                hp.categorical_columns = _columns(value)
             elif key in owned_keys:
                 hp.owned[key] = value
             elif key.startswith(RESERVED_PREFIX):
@@ -157,6 +175,28 @@ def _header(value: Any) -> str:
             f"got {value!r}."
         )
     return text
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).lower() if value is not None else "none"
+    if text not in choices:
+        raise ClientError(
+            f"Hyperparameter {key} must be one of {', '.join(choices)}, got {value!r}."
+        )
+    return text
+
+
+def _columns(value: Any) -> list[int | str]:
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in value
+    ):
+        raise ClientError(
+            f"Hyperparameter {CATEGORICAL_COLUMNS} must be a JSON list of column names "
+            f'or indices (0 is the first column), e.g. ["zip", "store"], got {value!r}.'
+        )
+    return value
 
 
 def _random_seed(value: Any) -> int | None:

@@ -38,6 +38,7 @@ from modelapp.training import (
     TrainingStopped,
     artifacts,
     cluster,
+    encoding,
     estimators,
     search,
 )
@@ -172,6 +173,8 @@ class Trainer:
         self.hp = env.hyperparameters
         self.result = result
         self.clock = clock
+        # What encoding.prepare chose for the table (empty: the bare estimator).
+        self.preprocessing: dict[str, Any] = {}
 
     def run(self) -> None:
         env = self.env
@@ -206,6 +209,7 @@ class Trainer:
         task = estimators.task_of(estimator)
         to_fit = spec.build(estimator, task, self.hp.random_seed) if spec else estimator
         datasets = self.load_data(task)
+        estimator = self.for_table(estimator, datasets[TRAIN])
         model_tmp = artifacts.temporary_model_path(self.paths)
         try:
             started = time.monotonic()
@@ -265,6 +269,18 @@ class Trainer:
         )
         return estimator
 
+    def for_table(self, estimator: Any, train: Dataset) -> Any:
+        """The estimator behind the encoding and imputation the table needs."""
+        estimator, self.preprocessing = encoding.prepare(
+            estimator,
+            train.features,
+            named=train.feature_names is not None,
+            has_missing=train.has_missing,
+            encoding=self.hp.categorical_encoding,
+            impute=self.hp.impute,
+        )
+        return estimator
+
     def load_data(self, task: str | None) -> dict[str, Dataset]:
         channels = self.env.channels
         if TRAIN not in channels:
@@ -277,7 +293,7 @@ class Trainer:
             logger.info(
                 "Ignoring channel %s: smserve reads train, validation, test.", name
             )
-        datasets = {}
+        datasets: dict[str, Dataset] = {}
         for name in (TRAIN, *EVALUATION_CHANNELS):
             if name not in channels:
                 continue
@@ -287,6 +303,9 @@ class Trainer:
                 target_column=self.hp.target_column,
                 header=self.hp.header,
                 numeric_target=task == "regression",
+                categorical_columns=self.hp.categorical_columns,
+                # validation and test read their columns as train's
+                schema=datasets[TRAIN].features if name != TRAIN else None,
             )
             config = channels[name]
             self.result.channels[name] = {
@@ -337,12 +356,13 @@ class Trainer:
         classes = getattr(estimator, "classes_", None)
         validation = datasets.get("validation")
         n_features = getattr(estimator, "n_features_in_", train.n_features)
-        names = train.feature_names or [None] * n_features
+        features = train.features or [Feature() for _ in range(n_features)]
         return ModelMetadata(
             estimator=self.result.estimator or "",
             params=json_safe(estimator.get_params(deep=True)),
             hyperparameters=self.hp.raw,
-            features=[Feature(name=name) for name in names],
+            features=features,
+            preprocessing=self.preprocessing,
             target=train.target_name,
             classes=list(classes) if classes is not None else None,
             task=task,
