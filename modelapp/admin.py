@@ -85,6 +85,44 @@ def item_list(items: Any, empty: str = "—") -> SafeString:
     return format_html('<ol class="smserve-list" start="0">{}</ol>', body)
 
 
+def schema_table(features: Any, shown: int = 8) -> SafeString:
+    """``metadata.json``'s input schema as a table: a row per feature, in column order."""
+    rows = []
+    for position, feature in enumerate(features):
+        if not isinstance(feature, dict):
+            continue
+        categories = feature.get("categories")
+        if isinstance(categories, list):
+            listed = ", ".join(_scalar(c) for c in categories[:shown])
+            total = feature.get("n_categories") or len(categories)
+            values = f"{listed}{', …' if total > shown else ''} ({total} in all)"
+        elif feature.get("typical") is not None:
+            values = f"typical {_scalar(feature['typical'])}"
+        else:
+            values = "—"
+        missing = feature.get("missing")
+        rows.append(
+            (
+                position,
+                feature.get("name") or f"column {position}",
+                feature.get("kind") or "numeric",
+                values,
+                f"{missing:.1%}" if isinstance(missing, int | float) else "—",
+            )
+        )
+    body = format_html_join(
+        "",
+        "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        rows,
+    )
+    return format_html(
+        '<table class="smserve-schema"><thead><tr><th>#</th><th>feature</th>'
+        "<th>kind</th><th>categories or typical value</th><th>missing in training</th>"
+        "</tr></thead><tbody>{}</tbody></table>",
+        body,
+    )
+
+
 def headline_metric(metrics: Any) -> str:
     """The first metric by name, validation before the rest (``validation:accuracy``)."""
     if not isinstance(metrics, dict) or not metrics:
@@ -329,8 +367,11 @@ class TrainedModelAdmin(ReadOnlyAdmin):
     def hyperparameters_table(self, obj: TrainedModel) -> SafeString:
         return key_value_table(obj.params)
 
-    @admin.display(description="feature names")
+    @admin.display(description="input schema")
     def features_list(self, obj: TrainedModel) -> SafeString:
+        features = (obj.metadata or {}).get("features")
+        if isinstance(features, list) and features:
+            return schema_table(features)
         return item_list(obj.feature_names, "unnamed (columns by position)")
 
     @admin.display(description="classes")
