@@ -65,7 +65,13 @@ def load_model(model_dir: Path) -> LoadedModel:
             expected,
         )
     try:
-        predictor.warm_up()
+        # One thread: the warm-up runs in gunicorn's master before the workers fork, and
+        # an OpenMP pool started there (HistGradientBoosting predicts in parallel) hangs
+        # every forked worker's first parallel prediction (GNU libgomp is not fork-safe).
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="openmp"):
+            predictor.warm_up()
     except Exception as exc:  # the model cannot predict: not ready, whatever the cause
         logger.exception("Warm-up prediction failed.")
         raise ModelLoadError(

@@ -1,0 +1,164 @@
+"""A churn table end to end: the real ``train`` on a header CSV with text columns, gaps
+and text labels, then the real ``serve``; every request format answers what the saved
+model's own ``predict`` / ``predict_proba`` answers on the same rows as a DataFrame. And a
+ColumnTransformer pipeline trained elsewhere serves from a bare model.joblib."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections.abc import Iterator
+from http import HTTPStatus
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import PYTHON, ROOT, ServeProcess, write_model
+from tests.support.tables import FEATURES, TARGET, churn_frame
+from tests.test_tables import elsewhere
+
+pytestmark = pytest.mark.server
+
+ESTIMATORS = {
+    "random_forest": ["n_estimators=20"],
+    "hist_gradient_boosting": ["max_iter=30"],
+    "logistic_regression": ["max_iter=1000"],
+    "user_pipeline": [
+        'smserve_estimator=["standard_scaler", "logistic_regression"]',
+        "logisticregression__C=0.5",
+    ],
+}
+PROBA = {"X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba"}
+
+
+def requests_rows() -> pd.DataFrame:
+    """Held-out rows with gaps, plus an unseen country and a record with no plan."""
+    rows = churn_frame(24, seed=9)[FEATURES]
+    rows.loc[rows.index[0], "country"] = "NZ"
+    rows.loc[rows.index[1], ["plan", "tenure"]] = np.nan
+    return rows
+
+
+def cells(rows: pd.DataFrame) -> list[list]:
+    """JSON-ready rows: NaN as null."""
+    return [
+        [None if isinstance(v, float) and math.isnan(v) else v for v in row]
+        for row in rows.astype(object).itertuples(index=False)
+    ]
+
+
+def bodies(rows: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
+    """One request body per format, all holding ``rows``."""
+    as_lists = cells(rows)
+    objects = [dict(zip(FEATURES, row, strict=True)) for row in as_lists]
+    reordered = rows[FEATURES[::-1]]
+    return {
+        "csv": (rows.to_csv(index=False, header=False).encode(), "text/csv"),
+        "csv with header": (
+            reordered.to_csv(index=False).encode(),
+            "text/csv; header=present",
+        ),
+        "json arrays": (
+            json.dumps({"instances": as_lists}).encode(),
+            "application/json",
+        ),
+        "json objects": (json.dumps(objects).encode(), "application/json"),
+        "json lines": (
+            "".join(json.dumps(o) + "\n" for o in objects).encode(),
+            "application/jsonlines",
+        ),
+    }
+
+
+def predictions(server: ServeProcess, body: bytes, content_type: str, **headers):
+    status, _, answer = server.invoke(
+        body, content_type, Accept="application/json", **headers
+    )
+    assert status == HTTPStatus.OK, answer
+    return json.loads(answer)["predictions"]
+
+
+@pytest.fixture(scope="module")
+def channels(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("churn")
+    churn_frame(300, seed=0).to_csv(work / "train.csv", index=False)
+    churn_frame(80, seed=1).to_csv(work / "validation.csv", index=False)
+    return work
+
+
+@pytest.fixture(scope="module", params=sorted(ESTIMATORS))
+def trained(request, channels, tmp_path_factory) -> Iterator:
+    """The real ``train`` (a subprocess) then the real ``serve`` on its model."""
+    name = request.param
+    work = tmp_path_factory.mktemp(name)
+    base = work / "ml"
+    hp = [f"smserve_estimator={name}", *ESTIMATORS[name]]
+    if name == "user_pipeline":
+        hp = ESTIMATORS[name]
+    done = subprocess.run(
+        [str(ROOT / "train"), "--base-dir", str(base)]
+        + ["--channel", f"train={channels / 'train.csv'}"]
+        + ["--channel", f"validation={channels / 'validation.csv'}"]
+        + ["--hp", f"smserve_target_column={TARGET}", "--hp", "smserve_random_seed=3"]
+        + [arg for item in hp for arg in ("--hp", item)],
+        cwd=ROOT,
+        env={**os.environ, "SMSERVE_PYTHON": PYTHON},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "#metric validation:accuracy=" in done.stdout + done.stderr
+    server = ServeProcess(base, work, workers=1).start()
+    try:
+        yield server, joblib.load(base / "model" / "model.joblib")
+    finally:
+        server.stop()
+
+
+def test_every_format_answers_what_the_model_answers(trained):
+    """CSV (positional and with a header in another order), JSON arrays and objects,
+    JSON Lines: labels and probabilities equal the model's own on the DataFrame."""
+    server, model = trained
+    rows = requests_rows()
+    labels = model.predict(rows).tolist()
+    proba = model.predict_proba(rows)
+    for fmt, (body, content_type) in bodies(rows).items():
+        got = predictions(server, body, content_type)
+        assert got == labels, fmt
+        got = predictions(server, body, content_type, **PROBA)
+        assert np.allclose(got, proba, rtol=0, atol=1e-9), fmt
+
+
+def test_text_in_a_number_column_is_a_400(trained):
+    server, _ = trained
+    status, _, body = server.invoke(
+        b"12,pro,30,DE,1,card\nold,pro,30,DE,1,card\n", "text/csv"
+    )
+    assert status == HTTPStatus.BAD_REQUEST
+    assert "Record 2, feature 'tenure': 'old' is not a number" in body.decode()
+
+
+def test_bare_column_transformer_pipeline_serves(tmp_path, serve_factory):
+    """The issue's pipeline, joblib.dump'ed elsewhere with no metadata.json: /ping turns
+    200, records by position or by name get its predictions, bad fields are 400s."""
+    model = elsewhere()
+    write_model(tmp_path, model)
+    server = serve_factory(tmp_path, workers=1)
+    rows = requests_rows()
+    for fmt in ("csv", "json objects"):
+        body, content_type = bodies(rows)[fmt]
+        assert predictions(server, body, content_type) == model.predict(rows).tolist()
+    status, _, body = server.invoke(
+        b'[{"tenure": 3, "plan": "pro"}]', "application/json"
+    )
+    assert status == HTTPStatus.BAD_REQUEST
+    assert "Record 1 lacks 'spend'" in body.decode()
+    status, _, body = server.invoke(b"3,pro,x,DE,1,card\n", "text/csv")
+    assert status == HTTPStatus.BAD_REQUEST
+    assert "Record 1, feature 'spend': 'x' is not a number" in body.decode()
