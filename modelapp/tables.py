@@ -83,7 +83,7 @@ class Table:
         for j, feature in enumerate(self.features):
             cells = rows[:, j] if array else [row[j] for row in rows]
             if feature.kind == CATEGORICAL and not feature.numeric_categories:
-                column = np.array([category_value(v) for v in cells], dtype=object)
+                column = _categories(cells)
             elif feature.kind == ANY:
                 column = self._numbers_or_text(cells)
             else:
@@ -171,6 +171,17 @@ class Table:
                         f"does not accept that: {exc}"
                     )
         return f"{where}: the model rejected it: {exc}"
+
+
+def _categories(cells: Any) -> np.ndarray:
+    """A column of category text; text fields (CSV, JSON strings) are spelt once per
+    distinct value, not once per record."""
+    if not isinstance(cells, np.ndarray) and set(map(type, cells)) == {str}:
+        spelt = {value: category_value(value) for value in set(cells)}
+        if all(spelt[value] is value for value in spelt):
+            return np.array(cells, dtype=object)  # no blank among them
+        return np.array([spelt[value] for value in cells], dtype=object)
+    return np.array([category_value(value) for value in cells], dtype=object)
 
 
 def _present(value: Any) -> bool:
