@@ -36,7 +36,7 @@ def admin_server(tmp_path_factory) -> Iterator:
 @pytest.mark.browser
 def test_admin_flow_in_chromium(admin_server):
     """Log in, open the trained model from the list, find its metrics, hyperparameters,
-    features and the traffic chart with bars; every request stays on the server (nothing
+    input schema (a row per feature with its kind) and the traffic chart with bars; every request stays on the server (nothing
     is fetched from the internet); a screenshot is saved under test-artifacts/."""
     server, db, sha = admin_server
     requests = db.totals()["requests"]  # what the page must show, whoever sent them
@@ -63,6 +63,10 @@ def test_admin_flow_in_chromium(admin_server):
             expect(page.locator("h2", has_text=sha[:12])).to_be_visible()
             expect(page.get_by_text("validation:accuracy").first).to_be_visible()
             expect(page.locator("th", has_text="max_depth")).to_be_visible()
+            schema = page.locator("table.smserve-schema")
+            expect(schema.locator("th", has_text="kind")).to_be_visible()
+            expect(schema.locator("tbody tr")).to_have_count(2)
+            expect(schema.locator("tbody tr").first).to_contain_text("numeric")
             chart = page.locator("figure.smserve-chart svg")
             expect(chart).to_be_visible()
             assert chart.locator("rect.requests").count() >= 1
