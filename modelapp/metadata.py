@@ -319,14 +319,20 @@ def schema_of(estimator: Any) -> list[Feature] | None:
         features = [Feature() for _ in range(int(width))]
     else:
         return None
-    first = _first_step(estimator)
-    if hasattr(first, "transformers_"):
-        indices = getattr(first, "_transformer_to_input_indices", None) or {}
-        for name, transformer, _ in first.transformers_:
-            columns = [int(i) for i in indices.get(name, [])]
-            _describe_columns(transformer, [features[i] for i in columns])
-    else:
-        _describe_columns(first, features)
+    try:
+        first = _first_step(estimator)
+        if hasattr(first, "transformers_"):
+            indices = getattr(first, "_transformer_to_input_indices", None) or {}
+            for name, transformer, _ in first.transformers_:
+                columns = [int(i) for i in indices.get(name, [])]
+                _describe_columns(transformer, [features[i] for i in columns])
+        else:
+            _describe_columns(first, features)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        # A model built in a way this does not foresee is still served, by the rule
+        # for columns nothing is known about.
+        logger.warning("Could not derive the model's column types.", exc_info=True)
+        features = [Feature(name=f.name, kind=ANY) for f in features]
     return features
 
 
