@@ -10,12 +10,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder
 
 from modelapp.admin import schema_table
 from modelapp.batch import Batch
@@ -24,28 +22,13 @@ from modelapp.metadata import ModelMetadata, category_value
 from modelapp.parsers import CSVParser, JSONParser
 from modelapp.predictors import SklearnPredictor, allows_nan
 from modelapp.registry import load_model
-from tests.conftest import write_model
-from tests.support.tables import CATEGORICAL, FEATURES, TARGET, churn_frame
-
-
-def elsewhere(handle_unknown: str = "ignore") -> object:
-    """The issue's pipeline, fitted on a DataFrame and saved by someone else."""
-    frame = churn_frame(300)
-    model = make_pipeline(
-        ColumnTransformer(
-            [
-                ("cat", OneHotEncoder(handle_unknown=handle_unknown), CATEGORICAL),
-                ("num", SimpleImputer(), ["tenure", "spend", "calls"]),
-            ]
-        ),
-        LogisticRegression(max_iter=1000),
-    )
-    return model.fit(frame[FEATURES], frame[TARGET])
+from tests.support.models import write_model
+from tests.support.tables import FEATURES, churn_frame, fitted_elsewhere
 
 
 @pytest.fixture(scope="module")
 def foreign():
-    return elsewhere()
+    return fitted_elsewhere()
 
 
 def csv(body: bytes, header: bool = False) -> Batch:
@@ -138,7 +121,7 @@ def test_infinity_in_a_number_column(foreign):
 def test_unknown_category_refused_by_the_model_names_the_record():
     """An encoder that refuses unknown categories: the 400 names the record (found by
     halving the batch), the feature, the value and the known categories."""
-    predictor = SklearnPredictor(elsewhere(handle_unknown="error"))
+    predictor = SklearnPredictor(fitted_elsewhere(handle_unknown="error"))
     rows = [[1, "pro", 2, "DE", 1, "card"]] * 5
     rows[3] = [1, "pro", 2, "NZ", 1, "card"]
     with pytest.raises(

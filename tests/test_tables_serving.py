@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import PYTHON, ROOT, ServeProcess, write_model
-from tests.support.tables import FEATURES, TARGET, churn_frame
-from tests.test_tables import elsewhere
+from tests.support import ROOT
+from tests.support.models import write_model
+from tests.support.servers import PYTHON, ServeProcess
+from tests.support.tables import FEATURES, TARGET, churn_frame, fitted_elsewhere
 
 pytestmark = pytest.mark.server
 
@@ -147,7 +148,7 @@ def test_text_in_a_number_column_is_a_400(trained):
 def test_bare_column_transformer_pipeline_serves(tmp_path, serve_factory):
     """The issue's pipeline, joblib.dump'ed elsewhere with no metadata.json: /ping turns
     200, records by position or by name get its predictions, bad fields are 400s."""
-    model = elsewhere()
+    model = fitted_elsewhere()
     write_model(tmp_path, model)
     server = serve_factory(tmp_path, workers=1)
     rows = requests_rows()

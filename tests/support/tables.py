@@ -3,6 +3,8 @@ scientist's real table would have them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -50,3 +52,25 @@ def churn_frame(rows: int = 400, seed: int = 0, gaps: float = 0.08) -> pd.DataFr
     for column in ("tenure", "spend", "plan"):
         frame.loc[rng.random(rows) < gaps, column] = np.nan
     return frame
+
+
+def fitted_elsewhere(handle_unknown: str = "ignore") -> Any:
+    """The issue's pipeline, fitted on a DataFrame and saved by someone else: one-hot
+    for the text columns, a mean imputer for the numbers, then a logistic regression."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = churn_frame(300)
+    model = make_pipeline(
+        ColumnTransformer(
+            [
+                ("cat", OneHotEncoder(handle_unknown=handle_unknown), CATEGORICAL),
+                ("num", SimpleImputer(), ["tenure", "spend", "calls"]),
+            ]
+        ),
+        LogisticRegression(max_iter=1000),
+    )
+    return model.fit(frame[FEATURES], frame[TARGET])
