@@ -32,6 +32,12 @@ def run(tmp_path: Path, channel: Path, **hp: str):
     return result, model, ModelMetadata.read(paths.model_dir)
 
 
+def csv_channel(tmp_path: Path, table: pd.DataFrame, header: bool = True) -> Path:
+    path = tmp_path / "train.csv"
+    table.to_csv(path, index=False, header=header)
+    return path
+
+
 def steps(model) -> list[str]:
     return [type(step).__name__ for _, step in getattr(model, "steps", [])]
 
@@ -61,8 +67,7 @@ def test_parquet_with_category_string_and_boolean_dtypes(tmp_path, frame):
 
 
 def test_metadata_records_kinds_categories_and_missing(tmp_path, frame):
-    path = tmp_path / "train.csv"
-    frame.to_csv(path, index=False)
+    path = csv_channel(tmp_path, frame)
     result, model, metadata = run(tmp_path, path, smserve_estimator="random_forest")
     assert result.succeeded, result.failure_reason
     plan = metadata.features[FEATURES.index("plan")]
@@ -104,11 +109,9 @@ def test_encoding_suits_the_estimator(tmp_path, frame, estimator, encoder, imput
 
 def test_overrides(tmp_path, frame):
     """smserve_categorical_encoding and smserve_impute override the choice."""
-    path = tmp_path / "train.csv"
-    frame.to_csv(path, index=False)
     result, model, metadata = run(
         tmp_path,
-        path,
+        csv_channel(tmp_path, frame),
         smserve_estimator="random_forest",
         smserve_categorical_encoding="onehot",
         smserve_impute="mean",
@@ -121,10 +124,11 @@ def test_overrides(tmp_path, frame):
 
 def test_headerless_text_columns_by_position(tmp_path, frame):
     """A headerless CSV: text columns are categorical too, the columns by position."""
-    path = tmp_path / "train.csv"
-    frame.to_csv(path, index=False, header=False)
     result, model, metadata = run(
-        tmp_path, path, smserve_target_column="0", smserve_estimator="decision_tree"
+        tmp_path,
+        csv_channel(tmp_path, frame, header=False),
+        smserve_target_column="0",
+        smserve_estimator="decision_tree",
     )
     assert result.succeeded, result.failure_reason
     assert metadata.feature_names is None
@@ -134,11 +138,9 @@ def test_headerless_text_columns_by_position(tmp_path, frame):
 
 def test_declared_categorical_columns(tmp_path, frame):
     """smserve_categorical_columns makes a numeric column categorical."""
-    path = tmp_path / "train.csv"
-    frame.to_csv(path, index=False)
     _, _, metadata = run(
         tmp_path,
-        path,
+        csv_channel(tmp_path, frame),
         smserve_estimator="decision_tree",
         smserve_categorical_columns='["calls"]',
     )
@@ -151,9 +153,7 @@ def test_mostly_numbers_with_a_typo_fails(tmp_path, frame):
     """A number column with one text value is a mistake, not a category."""
     table = frame.astype({"tenure": object})
     table.loc[5, "tenure"] = "ten"
-    path = tmp_path / "train.csv"
-    table.to_csv(path, index=False)
-    result, _, _ = run(tmp_path, path)
+    result, _, _ = run(tmp_path, csv_channel(tmp_path, table))
     assert result.failure_reason.startswith(
         "Channel 'train' has non-numeric data: column 'tenure' holds 'ten' "
         "(train.csv, record 6). Most of its values are numbers"
