@@ -161,10 +161,17 @@ class BasePredictor:
             return self._records_to_rows(batch.records)
         if batch.values is not None:
             if batch.flat:
-                return self._flat_to_matrix(batch.values)
-            if batch.columns is not None and self.feature_names is not None:
-                return self._reorder(batch.values, batch.columns)
-            return batch.values
+                matrix = self._flat_to_matrix(batch.values)
+            elif batch.columns is not None and self.feature_names is not None:
+                matrix = self._reorder(batch.values, batch.columns)
+            else:
+                matrix = batch.values
+            if self.n_features is not None and matrix.shape[1] != self.n_features:
+                raise InvalidInput(
+                    f"Expected {self.n_features} features per record, got "
+                    f"{matrix.shape[1]}."
+                )
+            return matrix
         rows = batch.rows
         if batch.flat:
             items = rows[0]

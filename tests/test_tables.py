@@ -113,6 +113,13 @@ def test_text_in_a_number_column_names_record_feature_and_value(foreign):
         )
 
 
+def test_wrong_width_is_a_400_whatever_the_fields(foreign):
+    """Too few fields, all numbers (the float batch) or with text: a 400, never a 500."""
+    for body in (b"1,2,3\n", b"1,pro,3\n"):
+        with pytest.raises(InvalidInput, match="Expected 6 features per record, got 3"):
+            SklearnPredictor(foreign).predict(csv(body))
+
+
 def test_infinity_in_a_number_column(foreign):
     with pytest.raises(InvalidInput, match=r"Record 1, feature 'spend' is inf"):
         SklearnPredictor(foreign).predict(csv(b"1,pro,inf,DE,1,card\n"))
