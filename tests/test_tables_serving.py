@@ -21,7 +21,13 @@ import pytest
 from tests.support import ROOT
 from tests.support.models import write_model
 from tests.support.servers import PYTHON, ServeProcess
-from tests.support.tables import FEATURES, TARGET, churn_frame, fitted_elsewhere
+from tests.support.tables import (
+    FEATURES,
+    TARGET,
+    churn_frame,
+    fitted_elsewhere,
+    own_answer,
+)
 
 pytestmark = pytest.mark.server
 
@@ -127,8 +133,8 @@ def test_every_format_answers_what_the_model_answers(trained):
     JSON Lines: labels and probabilities equal the model's own on the DataFrame."""
     server, model = trained
     rows = requests_rows()
-    labels = model.predict(rows).tolist()
-    proba = model.predict_proba(rows)
+    labels = own_answer(model, "predict", rows).tolist()
+    proba = own_answer(model, "predict_proba", rows)
     for fmt, (body, content_type) in bodies(rows).items():
         got = predictions(server, body, content_type)
         assert got == labels, fmt
@@ -154,7 +160,8 @@ def test_bare_column_transformer_pipeline_serves(tmp_path, serve_factory):
     rows = requests_rows()
     for fmt in ("csv", "json objects"):
         body, content_type = bodies(rows)[fmt]
-        assert predictions(server, body, content_type) == model.predict(rows).tolist()
+        expected = own_answer(model, "predict", rows).tolist()
+        assert predictions(server, body, content_type) == expected
     status, _, body = server.invoke(
         b'[{"tenure": 3, "plan": "pro"}]', "application/json"
     )

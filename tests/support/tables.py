@@ -54,6 +54,17 @@ def churn_frame(rows: int = 400, seed: int = 0, gaps: float = 0.08) -> pd.DataFr
     return frame
 
 
+def own_answer(model: Any, method: str, rows: pd.DataFrame) -> Any:
+    """``model.method(rows)`` in the test process on one OpenMP thread. A GNU OpenMP pool
+    started here would hang the first parallel fit of a later in-process ``train`` (it
+    fits in a forked child, and libgomp is not fork-safe): HistGradientBoosting and kNN
+    predict with OpenMP."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return getattr(model, method)(rows)
+
+
 def fitted_elsewhere(handle_unknown: str = "ignore") -> Any:
     """The issue's pipeline, fitted on a DataFrame and saved by someone else: one-hot
     for the text columns, a mean imputer for the numbers, then a logistic regression."""
