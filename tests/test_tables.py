@@ -10,16 +10,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 from modelapp.admin import schema_table
 from modelapp.batch import Batch
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata, category_value
-from modelapp.parsers import CSVParser, JSONParser
+from modelapp.parsers import CSVParser, JSONParser, NPYParser
 from modelapp.predictors import SklearnPredictor, allows_nan
 from modelapp.registry import load_model
 from tests.support.models import write_model
@@ -104,6 +106,27 @@ def test_json_objects_with_nulls_and_quoted_commas(foreign):
     frame = predictor.to_input(quoted)
     assert frame["plan"].tolist() == ["pro, legacy"]
     assert predictor.predict(quoted).shape == (1,)  # an unknown category, ignored
+
+
+def test_npy_numbers_to_a_model_with_text_columns():
+    """A numeric NPY array reaches a model with a categorical column of numbers: 3.0 is
+    the category "3", as training spelt it."""
+    frame = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0], "code": ["3", "3", "7", "7"]})
+    model = make_pipeline(
+        ColumnTransformer([("c", OneHotEncoder(), ["code"])], remainder="passthrough"),
+        LogisticRegression(),
+    ).fit(frame, [0, 0, 1, 1])
+    body = io.BytesIO()
+    np.save(body, np.array([[1.0, 3.0], [4.0, 7.0]]))
+    batch = NPYParser().parse(io.BytesIO(body.getvalue()), "application/x-npy")
+    predictor = SklearnPredictor(model)
+    assert predictor.to_input(batch)["code"].tolist() == ["3", "7"]
+    assert (
+        predictor.predict(batch).tolist()
+        == model.predict(
+            pd.DataFrame({"size": [1.0, 4.0], "code": ["3", "7"]})
+        ).tolist()
+    )
 
 
 def test_text_in_a_number_column_names_record_feature_and_value(foreign):

@@ -4,6 +4,7 @@ that must still fail with a message naming them."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pandas as pd
 import pytest
 
 from modelapp.metadata import ModelMetadata
+from modelapp.parsers import CSVParser
 from modelapp.paths import SageMakerPaths
 from modelapp.predictors import load_pickle
+from modelapp.registry import load_model
 from modelapp.training.run import train
 from tests.support.tables import FEATURES, TARGET, churn_frame, own_answer
 
@@ -134,6 +137,14 @@ def test_headerless_text_columns_by_position(tmp_path, frame):
     assert metadata.feature_names is None
     assert [f.kind for f in metadata.features][:2] == ["numeric", "categorical"]
     assert not hasattr(model, "feature_names_in_")
+    # Served by position: the same answers as the model on a positional DataFrame.
+    rows = frame[FEATURES].head(5)
+    body = rows.to_csv(index=False, header=False).encode()
+    served = load_model(tmp_path / "ml" / "model").predictor.predict(
+        CSVParser().parse(io.BytesIO(body), "text/csv")
+    )
+    expected = model.predict(rows.set_axis(range(len(FEATURES)), axis=1))
+    assert served.tolist() == expected.tolist()
 
 
 def test_declared_categorical_columns(tmp_path, frame):
