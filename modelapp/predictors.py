@@ -137,8 +137,12 @@ class BasePredictor:
     def to_matrix(self, batch: Batch) -> np.ndarray:
         """The batch as a 2-D float array in the model's feature order, or ``InvalidInput``."""
         if batch.values is None:
+            # Fields before width, as a float batch is read: a stray quote that merged
+            # two fields is named as the text it made, not as a missing feature.
             matrix = to_float_rows(
-                self._rows(batch), "a record for this model", self.feature_names
+                self._rows(batch, check_width=False),
+                "a record for this model",
+                self.feature_names,
             )
         elif batch.flat:
             matrix = self._flat_to_matrix(batch.values)
@@ -154,7 +158,7 @@ class BasePredictor:
         self._check_finite(matrix)
         return matrix
 
-    def _rows(self, batch: Batch) -> Any:
+    def _rows(self, batch: Batch, check_width: bool = True) -> Any:
         """The batch's fields in the model's feature order: lists of cells, or a 2-D
         array for a float batch."""
         if batch.records is not None:
@@ -186,7 +190,11 @@ class BasePredictor:
         if batch.columns is not None and self.feature_names is not None:
             order = self._order(batch.columns)
             rows = [[row[i] for i in order] for row in rows]
-        if self.n_features is not None and len(rows[0]) != self.n_features:
+        if (
+            check_width
+            and self.n_features is not None
+            and len(rows[0]) != self.n_features
+        ):
             raise InvalidInput(
                 f"Expected {self.n_features} features per record, got {len(rows[0])}."
             )
