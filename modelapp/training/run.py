@@ -207,9 +207,10 @@ class Trainer:
     ) -> None:
         """Fit (the search over ``estimator`` when ``spec``), evaluate, write the model."""
         task = estimators.task_of(estimator)
-        to_fit = spec.build(estimator, task, self.hp.random_seed) if spec else estimator
         datasets = self.load_data(task)
+        # A table's encoding goes in front of the estimator before a search wraps it.
         estimator = self.for_table(estimator, datasets[TRAIN])
+        to_fit = spec.build(estimator, task, self.hp.random_seed) if spec else estimator
         model_tmp = artifacts.temporary_model_path(self.paths)
         try:
             started = time.monotonic()
