@@ -69,8 +69,10 @@ def test_sigkilled_worker_costs_only_its_inflight_request(serve_factory, tmp_pat
     failed = next(r for r in slow if r[0] != HTTPStatus.OK)
     assert failed[1]["content-type"] == "application/json"
     assert json.loads(failed[2])["code"] == "model_server_unavailable"
+    # A hang guard, not a figure: on a loaded machine the new worker takes a while.
     replaced = wait_for(
-        lambda: len(server.gunicorn_workers() - before) == 1,
+        lambda: len(server.gunicorn_workers() - before) >= 1,
+        deadline=90,
         what="a new worker in place of the killed one",
     )
     assert replaced
