@@ -49,6 +49,10 @@ DEFAULTS: dict[str, Any] = {
     # Test-only: host name -> IP address, instead of resolving SageMaker's host names
     # (several "hosts" on loopback addresses of one machine). Empty in real jobs.
     "HOST_ADDRESSES": {},
+    # Script mode (the official scikit-learn container's inference.py): the script, and
+    # where its source is (s3://, file:// or a path; empty: <model dir>/code).
+    "PROGRAM": "",
+    "SUBMIT_DIRECTORY": "",
     # --- smserve ---
     # The SQLite database and the kept secret key; None: var/ beside manage.py (set by
     # smserve/settings.py, which knows where that is).
@@ -77,7 +81,10 @@ DEFAULTS: dict[str, Any] = {
         "modelapp.renderers.NPYRenderer",
     ],
     # Predictor kinds, asked in order which one serves a model directory.
-    "PREDICTORS": ["modelapp.predictors.SklearnPredictor"],
+    "PREDICTORS": [
+        "modelapp.script_predictor.ScriptPredictor",
+        "modelapp.predictors.SklearnPredictor",
+    ],
     # --- multi-model endpoints (modelapp/multimodel.py) ---
     # SageMaker's multi-model mode: the /models API, many models, /ping = server alive.
     "MULTI_MODEL": False,

@@ -105,6 +105,9 @@ class TrainedModel(models.Model):
         """The row's fields for a ``registry.LoadedModel`` (no database access)."""
         estimator = getattr(loaded.predictor, "model", None)
         values = cls.describe(loaded.metadata, estimator)
+        describe = getattr(loaded.predictor, "describe_estimator", None)
+        if describe is not None:  # e.g. a script's name (script mode)
+            values["estimator"] = describe(values["estimator"])[:255]
         report = getattr(loaded.predictor, "engine_report", None)
         values.update(
             engines=report.to_dict() if report is not None else {},

@@ -49,6 +49,9 @@ class OwnedOutputRenderer(BaseBatchRenderer):
 
     media_type = ANY
     format = "owned"
+    # Accept absent or */*: the request's own type first (False: JSON, as the official
+    # scikit-learn container answers a script's default output).
+    follows_content_type = True
 
 
 def request_media_type(request: Request) -> str:
@@ -104,10 +107,14 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
                 return parser
         raise UnsupportedMediaType(media_type, [p.media_type for p in parsers])
 
-    def default_accept(self, request: Request) -> list[str]:
+    def default_accept(
+        self, request: Request, follow_content_type: bool = True
+    ) -> list[str]:
         default = conf.get("DEFAULT_ACCEPT")
         if default:
             return [base_type(default)]
+        if not follow_content_type:
+            return ["application/json"]
         return [request_media_type(request), "application/json"]
 
     def select_renderer(
@@ -120,7 +127,8 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
         ranges = parse_accept(header) if header else ["*/*"]
         if len(renderers) == 1 and renderers[0].media_type == ANY:
             concrete = [r for r in ranges if not r.endswith("/*")]
-            return renderers[0], (concrete or self.default_accept(request))[0]
+            follow = getattr(renderers[0], "follows_content_type", True)
+            return renderers[0], (concrete or self.default_accept(request, follow))[0]
         for media_range in ranges:
             # A bare wildcard means "whatever you would send by default".
             wanted = (

@@ -46,6 +46,10 @@ class InvocationResult:
     predictions: Any = None
     body: bytes | None = None
     content_type: str | None = None
+    # Response headers the predictor sets (a script's custom attributes), and the status
+    # of an owned body.
+    headers: dict[str, str] | None = None
+    status: int = 200
 
 
 class BasePredictor:
@@ -63,6 +67,10 @@ class BasePredictor:
     owns_input: bool = False
     # invoke() returns the response body itself (no renderer, no 406).
     owns_output: bool = False
+    # invoke() is also given the request's headers (``headers=``).
+    wants_headers: bool = False
+    # An owned output with Accept absent or */*: the request's own type (else JSON).
+    accept_follows_content_type: bool = True
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
@@ -105,6 +113,10 @@ class BasePredictor:
     @property
     def default_method(self) -> str:
         return self.methods[0]
+
+    def describe_estimator(self, estimator: str) -> str:
+        """What the admin and the stats call the model whose estimator is ``estimator``."""
+        return estimator
 
     def _n_features(self) -> int | None:
         value = getattr(self.model, "n_features_in_", None)

@@ -121,7 +121,9 @@ class InvocationsView(APIView):
 
     def get_renderers(self) -> list[Any]:
         if self.predictor is not None and self.predictor.owns_output:
-            return [OwnedOutputRenderer()]
+            renderer = OwnedOutputRenderer()
+            renderer.follows_content_type = self.predictor.accept_follows_content_type
+            return [renderer]
         return list(_instances(tuple(self.renderer_classes)))
 
     @property
@@ -154,19 +156,27 @@ class InvocationsView(APIView):
         attributes = parse_custom_attributes(
             request.META.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES", "")
         )
+        extra = {"headers": request.headers} if predictor.wants_headers else {}
         result = predictor.invoke(
             request.data,
             attributes,
             request.content_type or "",
             request.accepted_media_type,
+            **extra,
         )
         request.records = result.records
-        headers = {CUSTOM_ATTRIBUTES: f"method={result.method}"}
+        headers = {
+            CUSTOM_ATTRIBUTES: f"method={result.method}",
+            **(result.headers or {}),
+        }
         if conf.get("INVOCATION_LOG") == "nginx":
             headers[RECORDS_HEADER] = str(result.records)
         if result.body is not None:
             return HttpResponse(
-                result.body, content_type=result.content_type, headers=headers
+                result.body,
+                content_type=result.content_type,
+                status=result.status,
+                headers=headers,
             )
         return self.render_response(request, result.predictions, headers)
 

@@ -86,6 +86,8 @@ def _smserve_from_environment() -> dict[str, Any]:
         "TRAINING_JOB_NAME": env_str("TRAINING_JOB_NAME"),
         "DASK_SCHEDULER_PORT": env_int("SMSERVE_DASK_SCHEDULER_PORT"),
         "HOST_ADDRESSES": _host_addresses(env_str("SMSERVE_HOST_ADDRESSES")),
+        "PROGRAM": env_str("SAGEMAKER_PROGRAM"),
+        "SUBMIT_DIRECTORY": env_str("SAGEMAKER_SUBMIT_DIRECTORY"),
         "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
         "ADMIN_ENABLED": env_bool("SMSERVE_ADMIN_ENABLED", None),
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
