@@ -71,8 +71,12 @@ class TrainedModel(models.Model):
         verbose_name = "trained model"
 
     def __str__(self) -> str:
-        name = self.estimator.rsplit(".", 1)[-1] or "model"
-        return f"{name} {self.sha256[:12]}"
+        name = self.estimator.split(" (", 1)[0]
+        if name.startswith("script:"):  # script mode: the script's name
+            name = name.removeprefix("script:")
+        else:
+            name = name.rsplit(".", 1)[-1]
+        return f"{name or 'model'} {self.sha256[:12]}"
 
     @staticmethod
     def describe(

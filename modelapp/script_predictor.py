@@ -51,6 +51,7 @@ from modelapp.predictors import (
     BasePredictor,
     InvocationResult,
     ModelLoadError,
+    SklearnPredictor,
     find_artifact,
     load_pickle,
 )
@@ -189,6 +190,8 @@ def encode_prediction(prediction: Any, accept: str) -> bytes:
 class ScriptPredictor(BasePredictor):
     """A user's ``inference.py`` (see the module doc)."""
 
+    # The methods the ``method=`` custom attribute may name for the default predict_fn.
+    methods = SklearnPredictor.methods
     owns_output = True
     # The request headers reach the hooks' context (custom attributes, inference id).
     wants_headers = True

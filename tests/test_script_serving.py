@@ -1,0 +1,236 @@
+"""Script mode on the real server (nginx + gunicorn): a user's ``inference.py`` from the
+official scikit-learn container, unchanged, answering what that container answers.
+
+What the SageMaker SDK's ``Predictor`` sends and how it reads the answer is reproduced
+from the SDK's own source (``sagemaker/base_serializers.py`` and
+``base_deserializers.py``, v2.257): ``NumpySerializer`` sends ``numpy.save`` bytes as
+``application/x-npy``; ``NumpyDeserializer`` asks ``Accept: application/x-npy`` and
+branches on the response's exact Content-Type; ``JSONSerializer`` sends
+``json.dumps(array.tolist())``; ``JSONDeserializer`` is ``json.load``. The expected bodies
+are the official container's default encoders (``json.dumps``, ``numpy.savetxt(fmt="%s")``,
+``numpy.save``), so a byte-for-byte match is the official answer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.inference_scripts import (
+    BROKEN_PY,
+    DEFAULTS_PY,
+    FOUR_HOOKS_PY,
+    TRANSFORM_PY,
+)
+from tests.support.models import write_model
+from tests.support.script_mode import source_dir, tarball
+
+pytestmark = pytest.mark.server
+
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+# --- the SDK's serializers and deserializers, as their source defines them ----------------
+def npy_serialize(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npy_deserialize(body: bytes, content_type: str) -> np.ndarray | None:
+    """NumpyDeserializer: exact Content-Type match, else nothing (it returns None)."""
+    if content_type == "text/csv":
+        return np.genfromtxt(io.StringIO(body.decode()), delimiter=",")
+    if content_type == "application/json":
+        return np.array(json.loads(body))
+    if content_type == "application/x-npy":
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    return None
+
+
+# --- what the official container's default output_fn writes --------------------------------
+def official_json(prediction: np.ndarray) -> bytes:
+    return json.dumps(prediction.tolist()).encode()
+
+
+def official_csv(prediction: np.ndarray) -> bytes:
+    out = io.StringIO()
+    np.savetxt(out, prediction, delimiter=",", fmt="%s")
+    return out.getvalue().encode()
+
+
+def script_base(root: Path, model, script: str, in_model: bool = True) -> Path:
+    """A base dir with the model; the script in model/code/ (the SDK's repacked
+    model.tar.gz) unless ``in_model`` is False."""
+    write_model(root, model)
+    if in_model:
+        source_dir(root / "model" / "code", {"inference.py": script})
+    return root
+
+
+@pytest.fixture
+def defaults_server(tmp_path, iris_model, serve_factory):
+    """model_fn only, in model/code/: every other step is the container's default."""
+    base = script_base(tmp_path / "base", iris_model, DEFAULTS_PY)
+    return serve_factory(base, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=1)
+
+
+def test_defaults_answer_the_official_bytes(defaults_server, iris_model):
+    """JSON (a bare list), CSV and NPY bodies are the official encoders' bytes, and the
+    SDK's NumpyDeserializer and JSONDeserializer read them back as the predictions."""
+    X = np.array(ROWS)
+    labels = iris_model.predict(X)
+    proba = iris_model.predict_proba(X)
+
+    # SKLearnPredictor's defaults: NumpySerializer / NumpyDeserializer.
+    status, headers, body = defaults_server.invoke(
+        npy_serialize(X), "application/x-npy", Accept="application/x-npy"
+    )
+    assert status == HTTPStatus.OK, body
+    assert headers["content-type"] == "application/x-npy"
+    assert body == npy_serialize(labels)
+    np.testing.assert_array_equal(
+        npy_deserialize(body, headers["content-type"]), labels
+    )
+
+    # JSONSerializer / JSONDeserializer.
+    status, headers, body = defaults_server.invoke(
+        json.dumps(X.tolist()).encode(), "application/json", Accept="application/json"
+    )
+    assert (status, headers["content-type"]) == (HTTPStatus.OK, "application/json")
+    assert body == official_json(labels) == b"[0, 2, 1]"
+    assert json.loads(body) == labels.tolist()
+
+    # CSV, two-dimensional output through the method custom attribute.
+    csv_body = "".join(",".join(map(str, row)) + "\n" for row in ROWS).encode()
+    status, headers, body = defaults_server.invoke(
+        csv_body,
+        "text/csv",
+        Accept="text/csv",
+        **{"X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba"},
+    )
+    assert (status, headers["content-type"]) == (HTTPStatus.OK, "text/csv")
+    assert body == official_csv(proba)
+    np.testing.assert_array_equal(npy_deserialize(body, headers["content-type"]), proba)
+
+
+def test_defaults_fix_what_the_official_container_gets_wrong(defaults_server):
+    """One CSV row is one record (the official container squeezes it to 1-D and fails);
+    Accept */* is JSON; an unsupported type is a JSON 415/406, never an HTML 500."""
+    status, _, body = defaults_server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")
+    assert (status, body) == (HTTPStatus.OK, b"[0]")
+    status, headers, body = defaults_server.invoke(
+        b"5.1,3.5,1.4,0.2\n", "text/csv", Accept="*/*"
+    )
+    assert (status, headers["content-type"], body) == (
+        HTTPStatus.OK,
+        "application/json",
+        b"[0]",
+    )
+    status, headers, body = defaults_server.invoke(b"<x/>", "application/xml")
+    assert status == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    assert json.loads(body)["code"] == "unsupported_media_type"
+    status, headers, body = defaults_server.invoke(
+        b"5.1,3.5,1.4,0.2\n", "text/csv", Accept="application/xml"
+    )
+    assert status == HTTPStatus.NOT_ACCEPTABLE
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["code"] == "not_acceptable"
+
+
+def test_four_hooks_from_a_file_uri(tmp_path, iris_model, serve_factory):
+    """input_fn gets any Content-Type (no 415), predict_fn and output_fn run, context
+    carries the custom attributes both ways; a hook's HTTPError answers its status and
+    any other exception a JSON 500 whose body holds the message but no traceback."""
+    base = script_base(tmp_path / "base", iris_model, "", in_model=False)
+    code = source_dir(tmp_path / "src", {"inference.py": FOUR_HOOKS_PY})
+    server = serve_factory(
+        base,
+        env={
+            "SAGEMAKER_PROGRAM": "inference.py",
+            "SAGEMAKER_SUBMIT_DIRECTORY": code.as_uri(),
+        },
+        workers=1,
+    )
+    status, headers, body = server.invoke(
+        json.dumps({"instances": ROWS[:2]}).encode(),
+        "application/vnd.iris+json",
+        Accept="application/json",
+        **{"X-Amzn-SageMaker-Custom-Attributes": "trace=42"},
+    )
+    assert status == HTTPStatus.OK, body
+    assert headers["content-type"] == "application/vnd.iris+json"
+    assert headers["x-amzn-sagemaker-custom-attributes"] == "echo=trace=42"
+    assert json.loads(body) == {
+        "labels": [0, 2],
+        "top": [1.0, 1.0],
+        "accept": "application/json",
+    }
+
+    status, headers, body = server.invoke(b"a,b\n", "text/csv")
+    assert status == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "detail": "iris takes JSON, not text/csv",
+        "code": "script_error",
+    }
+    status, _, body = server.invoke(b"{}", "application/json")
+    assert status == HTTPStatus.UNPROCESSABLE_ENTITY
+    assert json.loads(body)["code"] == "no_instances"
+
+    status, headers, body = server.invoke(
+        b'{"instances": [], "explode": true}', "application/json"
+    )
+    assert status == HTTPStatus.INTERNAL_SERVER_ERROR
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "detail": "inference.py: input_fn raised RuntimeError: input_fn exploded on "
+        "purpose",
+        "code": "script_error",
+    }
+    assert b"Traceback" not in body
+    assert "Traceback" in server.log
+    assert 'inference.py", line' in server.log
+
+
+def test_transform_fn_from_a_file_tarball(tmp_path, iris_model, serve_factory):
+    """transform_fn alone, from a file:// sourcedir.tar.gz, answers its own format."""
+    base = script_base(tmp_path / "base", iris_model, "", in_model=False)
+    code = source_dir(tmp_path / "src", {"inference.py": TRANSFORM_PY})
+    archive = tarball(code, tmp_path / "sourcedir.tar.gz")
+    server = serve_factory(
+        base,
+        env={
+            "SAGEMAKER_PROGRAM": "inference.py",
+            "SAGEMAKER_SUBMIT_DIRECTORY": archive.as_uri(),
+        },
+        workers=1,
+    )
+    body = "\n".join("|".join(map(str, row)) for row in ROWS).encode()
+    status, headers, answer = server.invoke(body, "text/csv", Accept="text/plain")
+    assert (status, headers["content-type"], answer) == (
+        HTTPStatus.OK,
+        "text/plain",
+        b"0|2|1\n",
+    )
+
+
+def test_a_broken_script_keeps_ping_503_naming_file_and_line(
+    tmp_path, iris_model, serve_factory
+):
+    base = script_base(tmp_path / "base", iris_model, BROKEN_PY)
+    server = serve_factory(
+        base, expect_status=503, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=1
+    )
+    status, _, body = server.request("GET", "/ping")
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    detail = json.loads(body)["detail"]
+    assert "inference.py could not be imported: NameError" in detail
+    assert "code/inference.py:6" in detail
+    status, _, body = server.invoke(b"1,2,3,4\n", "text/csv")
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
