@@ -182,3 +182,30 @@ def test_admin_names_the_script(model_dir):
     row = TrainedModel.record(loaded)
     assert row.estimator == "script:inference.py (sklearn.tree.DecisionTreeClassifier)"
     assert str(row) == f"inference.py {loaded.sha256[:12]}"
+
+
+class FlaskLikeResponse:
+    """What the official container's workaround returns from output_fn: a Flask
+    ``Response`` (duck-typed: Flask is not installed here)."""
+
+    def __init__(self, body: bytes, status_code: int, content_type: str) -> None:
+        self.status_code = status_code
+        self.content_type = content_type
+        self._body = body
+
+    def get_data(self) -> bytes:
+        return self._body
+
+
+def test_a_returned_flask_response_keeps_its_status(model_dir):
+    """Users of the official container answered 4xx by returning a Flask Response from
+    output_fn; its status and body are honoured."""
+    with_code(model_dir, DEFAULTS_PY)
+    with script_mode():
+        predictor = load_model(model_dir).predictor
+    ok = FlaskLikeResponse(b"fine", 200, "text/plain")
+    assert predictor._response(ok, "application/json") == (b"fine", "text/plain")
+    refused = FlaskLikeResponse(b"bad row\n", 400, "text/plain")
+    with pytest.raises(ScriptError, match="bad row") as raised:
+        predictor._response(refused, "application/json")
+    assert raised.value.status_code == HTTPStatus.BAD_REQUEST

@@ -28,7 +28,7 @@ from tests.support.inference_scripts import (
     TRANSFORM_PY,
 )
 from tests.support.models import write_model
-from tests.support.script_mode import source_dir, tarball
+from tests.support.script_mode import BUCKET, s3_client, s3_server, source_dir, tarball
 
 pytestmark = pytest.mark.server
 
@@ -198,19 +198,28 @@ def test_four_hooks_from_a_file_uri(tmp_path, iris_model, serve_factory):
     assert 'inference.py", line' in server.log
 
 
-def test_transform_fn_from_a_file_tarball(tmp_path, iris_model, serve_factory):
-    """transform_fn alone, from a file:// sourcedir.tar.gz, answers its own format."""
+def test_transform_fn_from_s3_with_requirements(tmp_path, iris_model, serve_factory):
+    """transform_fn alone, from an s3:// sourcedir.tar.gz on a local S3 server; its
+    requirements.txt (already satisfied: no network) is installed before /ping is 200."""
     base = script_base(tmp_path / "base", iris_model, "", in_model=False)
-    code = source_dir(tmp_path / "src", {"inference.py": TRANSFORM_PY})
-    archive = tarball(code, tmp_path / "sourcedir.tar.gz")
-    server = serve_factory(
-        base,
-        env={
-            "SAGEMAKER_PROGRAM": "inference.py",
-            "SAGEMAKER_SUBMIT_DIRECTORY": archive.as_uri(),
-        },
-        workers=1,
+    code = source_dir(
+        tmp_path / "src", {"inference.py": TRANSFORM_PY, "requirements.txt": "numpy\n"}
     )
+    archive = tarball(code, tmp_path / "sourcedir.tar.gz")
+    with s3_server() as s3_env:
+        client = s3_client(s3_env)
+        client.create_bucket(Bucket=BUCKET)
+        client.upload_file(str(archive), BUCKET, "job/source/sourcedir.tar.gz")
+        server = serve_factory(
+            base,
+            env={
+                **s3_env,
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": f"s3://{BUCKET}/job/source/sourcedir.tar.gz",
+            },
+            workers=1,
+        )
+    assert "Requirement already satisfied: numpy" in server.log
     body = "\n".join("|".join(map(str, row)) for row in ROWS).encode()
     status, headers, answer = server.invoke(body, "text/csv", Accept="text/plain")
     assert (status, headers["content-type"], answer) == (
