@@ -129,6 +129,24 @@ def test_sagemaker_names_win_over_plain_ones(tmp_path):
     assert settings["smserve"]["WORKERS"] == "5"
 
 
+def test_script_mode_from_the_sdk_variables(tmp_path):
+    """SAGEMAKER_PROGRAM and SAGEMAKER_SUBMIT_DIRECTORY, as the SDK sets them, name the
+    script to serve; unset, there is none."""
+    settings = settings_with(
+        {
+            "SMSERVE_STATE_DIR": str(tmp_path),
+            "SAGEMAKER_PROGRAM": "inference.py",
+            "SAGEMAKER_SUBMIT_DIRECTORY": "s3://bucket/source/sourcedir.tar.gz",
+        }
+    )
+    assert settings["smserve"]["PROGRAM"] == "inference.py"
+    assert settings["smserve"]["SUBMIT_DIRECTORY"] == (
+        "s3://bucket/source/sourcedir.tar.gz"
+    )
+    plain = settings_with({"SMSERVE_STATE_DIR": str(tmp_path)})
+    assert plain["smserve"]["PROGRAM"] == ""
+
+
 def test_unwritable_state_dir_still_starts(tmp_path):
     """A state dir that cannot be written gives no kept key and a warning, not a crash
     (training needs no persistent key); the settings still start with a per-process
