@@ -23,6 +23,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from tests.support import ROOT
+from tests.support.inference_scripts import FOUR_HOOKS_PY
 from tests.support.servers import free_port
 from tests.support.training import file_channel, sagemaker_tree
 
@@ -291,6 +292,52 @@ def test_serve_in_multi_model_mode(image: str, trained: Path, container: Contain
     stopped = podman("stop", "--time", str(GRACE_SECONDS), container.name, timeout=90)
     assert stopped.returncode == 0, stopped.stderr
     assert container.state()["ExitCode"] == 0, container.logs()
+
+
+def test_serve_runs_an_inference_script_from_model_code(
+    image: str, trained: Path, container: Container, tmp_path: Path
+):
+    """Script mode in the image: the trained model with the SDK's repacked layout
+    (``code/inference.py`` beside it, mounted read-only) and ``SAGEMAKER_PROGRAM``: the
+    script's hooks answer, including a 4xx raised with ``smserve.errors.HTTPError``."""
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model)
+    (model / "code").mkdir()
+    (model / "code" / "inference.py").write_text(FOUR_HOOKS_PY)
+    port = free_port()
+    result = container.run(
+        "--detach",
+        "--network=host",
+        "--env",
+        f"SAGEMAKER_BIND_TO_PORT={port}",
+        "--env",
+        "SMSERVE_BIND_HOST=127.0.0.1",
+        "--env",
+        "SAGEMAKER_PROGRAM=inference.py",
+        "-v",
+        f"{model}:/opt/ml/model:ro",
+        image,
+        "serve",
+    )
+    assert result.returncode == 0, result.stderr
+    wait_for_ping(container, port, deadline=time.monotonic() + 60)
+
+    status, content_type, body = http(
+        port,
+        "/invocations",
+        json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode(),
+        {"Content-Type": "application/vnd.iris+json", "Accept": "application/json"},
+    )
+    assert status == HTTPStatus.OK, body
+    assert content_type == "application/vnd.iris+json"
+    assert json.loads(body)["labels"] == [0]
+
+    status, content_type, body = http(
+        port, "/invocations", b"{}", {"Content-Type": "application/json"}
+    )
+    assert status == HTTPStatus.UNPROCESSABLE_ENTITY, body
+    assert content_type == "application/json"
+    assert json.loads(body)["code"] == "no_instances"
 
 
 def test_image_metadata_is_what_sagemaker_expects(image: str):
