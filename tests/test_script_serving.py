@@ -29,6 +29,7 @@ from tests.support.inference_scripts import (
 )
 from tests.support.models import write_model
 from tests.support.script_mode import BUCKET, s3_client, s3_server, source_dir, tarball
+from tests.support.servers import ServeProcess
 
 pytestmark = pytest.mark.server
 
@@ -73,11 +74,19 @@ def script_base(root: Path, model, script: str, in_model: bool = True) -> Path:
     return root
 
 
-@pytest.fixture
-def defaults_server(tmp_path, iris_model, serve_factory):
+@pytest.fixture(scope="module")
+def defaults_server(tmp_path_factory, iris_model):
     """model_fn only, in model/code/: every other step is the container's default."""
-    base = script_base(tmp_path / "base", iris_model, DEFAULTS_PY)
-    return serve_factory(base, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=1)
+    base = script_base(tmp_path_factory.mktemp("base"), iris_model, DEFAULTS_PY)
+    server = ServeProcess(
+        base,
+        tmp_path_factory.mktemp("srv"),
+        env={"SAGEMAKER_PROGRAM": "inference.py"},
+        workers=1,
+    )
+    server.start()
+    yield server
+    server.stop()
 
 
 def test_defaults_answer_the_official_bytes(defaults_server, iris_model):
