@@ -128,6 +128,9 @@ ROWS: dict[tuple[str, str], list[str]] = {
         f"{PROCESS}::test_slow_invocation_times_out_with_504",
     ],
     ("Errors", "`server_error`"): [f"{PROCESS}::test_bug_is_500_with_traceback_in_log"],
+    ("Errors", "`script_error`"): [
+        "tests/test_script_serving.py::test_four_hooks_from_a_file_uri",
+    ],
     # --- Failure semantics (exit: meaning) ------------------------------------------------
     ("Failure semantics", "0: trained"): [
         f"{TRAIN}::test_csv_classification_end_to_end",

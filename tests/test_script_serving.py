@@ -155,7 +155,8 @@ def test_defaults_fix_what_the_official_container_gets_wrong(defaults_server):
 def test_four_hooks_from_a_file_uri(tmp_path, iris_model, serve_factory):
     """input_fn gets any Content-Type (no 415), predict_fn and output_fn run, context
     carries the custom attributes both ways; a hook's HTTPError answers its status and
-    any other exception a JSON 500 whose body holds the message but no traceback."""
+    any other exception a JSON 500 whose body holds the message but no traceback
+    (README Errors: `script_error`)."""
     base = script_base(tmp_path / "base", iris_model, "", in_model=False)
     code = source_dir(tmp_path / "src", {"inference.py": FOUR_HOOKS_PY})
     server = serve_factory(
