@@ -87,9 +87,16 @@ def to_float_rows(
     values (NaN). ``names`` label the features in an error (else their position)."""
     check_widths(rows)
     try:
-        return np.array(rows, dtype=np.float64)
+        values = np.array(rows, dtype=np.float64)
     except (ValueError, TypeError):
         pass
+    else:
+        if values.ndim == 2:
+            return values
+        # Records of equal-width arrays, e.g. [[[1, 2]]]: numpy reads them as 3-D.
+        raise InvalidInput(
+            f"Record 1 holds nested arrays; {what} must be a flat list of numbers."
+        )
     for number, row in enumerate(rows, 1):
         for column, value in enumerate(row, 1):
             if value is None or (isinstance(value, str) and value.strip() == ""):
