@@ -71,7 +71,9 @@ class CSVParser(BaseBatchParser):
                 return batch
         try:
             text = data.decode(charset)
-        except (LookupError, UnicodeDecodeError) as exc:
+        except (LookupError, UnicodeError) as exc:
+            # UnicodeError, not only its UnicodeDecodeError: punycode, idna and
+            # undefined raise the base class on bytes they cannot read.
             raise InvalidInput(f"The CSV body is not valid {charset}: {exc}.") from exc
         try:
             rows = formats.csv_rows(text)

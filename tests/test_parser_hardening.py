@@ -65,3 +65,11 @@ def test_nested_arrays_in_a_record_are_invalid_input(parser_class, body):
     would read them as one 3-D array, which is no batch; a 400 that names the nesting."""
     with pytest.raises(InvalidInput, match="nested arrays"):
         parser_class().parse(io.BytesIO(body), parser_class.media_type)
+
+
+@pytest.mark.parametrize("charset", ["punycode", "undefined"])
+def test_a_codec_that_raises_unicode_error_is_invalid_input(charset):
+    """Codecs whose decoder raises ``UnicodeError`` itself, not ``UnicodeDecodeError``
+    (found by ``test_properties.py``): the charset is named in a 400, not a 500."""
+    with pytest.raises(InvalidInput, match=f"The CSV body is not valid {charset}"):
+        parse_csv(b"\x00", f"text/csv; charset={charset}")
