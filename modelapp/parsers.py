@@ -8,6 +8,7 @@ model (feature count, names, NaN support) happen in the predictor.
 from __future__ import annotations
 
 import io
+import math
 import tokenize
 from typing import IO, Any
 
@@ -253,6 +254,7 @@ class NPYParser(BaseBatchParser):
                 "The body is not an NPY array: it does not start with numpy.save's header."
             )
         try:
+            check_npy_size(data)
             array = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as exc:
             if "allow_pickle" in str(exc):
@@ -276,3 +278,26 @@ class NPYParser(BaseBatchParser):
             raise InvalidInput(
                 f"The NPY array of {array.dtype} is not numeric: {exc}."
             ) from exc
+
+
+def check_npy_size(data: bytes) -> None:
+    """Refuse a header that declares more data than the body holds, before ``np.load``
+    allocates it: a 100-byte body may declare petabytes (``MemoryError``, a 500)."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    # Versions 2.0 and 3.0 share the header layout (3.0 only allows UTF-8 names).
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        return  # np.load refuses it (allow_pickle is off), with its own message.
+    declared = math.prod(shape) * dtype.itemsize
+    held = len(data) - stream.tell()
+    if declared > held:
+        raise InvalidInput(
+            f"The NPY header declares shape {shape} of {dtype} ({declared} bytes) but "
+            f"the body holds {held} bytes of data."
+        )

@@ -3,6 +3,7 @@ now a 400 ``invalid_input`` that says what was wrong."""
 
 import io
 
+import numpy as np
 import pytest
 
 from modelapp.exceptions import InvalidInput
@@ -73,3 +74,18 @@ def test_a_codec_that_raises_unicode_error_is_invalid_input(charset):
     (found by ``test_properties.py``): the charset is named in a 400, not a 500."""
     with pytest.raises(InvalidInput, match=f"The CSV body is not valid {charset}"):
         parse_csv(b"\x00", f"text/csv; charset={charset}")
+
+
+@pytest.mark.parametrize("shape", [(10**15,), (2**40, 2**30), (10**9,)])
+def test_npy_declaring_more_data_than_the_body_holds_is_invalid_input(shape):
+    """A small body whose header declares a huge shape (found by
+    ``test_properties.py``): refused before numpy allocates it (a ``MemoryError``, a
+    500, for petabytes), with the declared and the held sizes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )
+    with pytest.raises(InvalidInput, match=r"declares shape .* but the body holds 16"):
+        NPYParser().parse(
+            io.BytesIO(header.getvalue() + bytes(16)), NPYParser.media_type
+        )
