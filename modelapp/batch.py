@@ -59,8 +59,30 @@ def batch_of_rows(
         try:
             values = to_float_rows(rows, "a record")
         except NotANumber:
+            check_fields(rows)
             return Batch(rows=rows, columns=columns, flat=flat)
+    if values.ndim != 2:
+        raise nested_arrays("a record")
     return Batch(values=values[0] if flat else values, columns=columns)
+
+
+def nested_arrays(what: str) -> InvalidInput:
+    # Records of equal-width arrays, e.g. [[[1, 2]]]: numpy reads them as 3-D.
+    return InvalidInput(
+        f"Record 1 holds nested arrays; {what} must be a flat list of numbers."
+    )
+
+
+def check_fields(rows: list[list[Any]]) -> None:
+    """A field is a number, text or missing; an array or object in it is no table cell."""
+    for number, row in enumerate(rows, 1):
+        for column, value in enumerate(row, 1):
+            if isinstance(value, (list, dict)):
+                kind = "an array" if isinstance(value, list) else "an object"
+                raise InvalidInput(
+                    f"Record {number}, feature {column} is {kind}; a record's fields "
+                    "are numbers or text."
+                )
 
 
 def check_widths(rows: list[list[Any]]) -> None:
@@ -93,10 +115,7 @@ def to_float_rows(
     else:
         if values.ndim == 2:
             return values
-        # Records of equal-width arrays, e.g. [[[1, 2]]]: numpy reads them as 3-D.
-        raise InvalidInput(
-            f"Record 1 holds nested arrays; {what} must be a flat list of numbers."
-        )
+        raise nested_arrays(what)
     for number, row in enumerate(rows, 1):
         for column, value in enumerate(row, 1):
             if value is None or (isinstance(value, str) and value.strip() == ""):

@@ -68,6 +68,17 @@ def test_nested_arrays_in_a_record_are_invalid_input(parser_class, body):
         parser_class().parse(io.BytesIO(body), parser_class.media_type)
 
 
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [(b"[[null, []]]", "an array"), (b'[["a", {"b": 1}]]', "an object")],
+)
+def test_an_array_or_object_as_a_field_is_invalid_input(body, kind):
+    """A record whose field is itself an array or an object (found by
+    ``test_properties.py``): not a number, and no text a table model could read."""
+    with pytest.raises(InvalidInput, match=f"Record 1, feature 2 is {kind}"):
+        JSONParser().parse(io.BytesIO(body), JSONParser.media_type)
+
+
 @pytest.mark.parametrize("charset", ["punycode", "undefined"])
 def test_a_codec_that_raises_unicode_error_is_invalid_input(charset):
     """Codecs whose decoder raises ``UnicodeError`` itself, not ``UnicodeDecodeError``
