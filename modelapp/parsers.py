@@ -272,6 +272,11 @@ class NPYParser(BaseBatchParser):
                 f"The NPY array has shape {array.shape}; expected a non-empty 2-D array "
                 f"(records x features) or a 1-D array (one record)."
             )
+        if array.dtype.kind == "c":
+            # astype(float64) would drop the imaginary parts with only a warning.
+            raise InvalidInput(
+                f"The NPY array of {array.dtype} holds complex numbers: send real ones."
+            )
         try:
             return Batch(values=array.astype(np.float64, copy=False))
         except (ValueError, TypeError) as exc:

@@ -100,3 +100,12 @@ def test_npy_declaring_more_data_than_the_body_holds_is_invalid_input(shape):
         NPYParser().parse(
             io.BytesIO(header.getvalue() + bytes(16)), NPYParser.media_type
         )
+
+
+def test_npy_of_complex_numbers_is_invalid_input():
+    """A complex NPY array (a ``ComplexWarning`` under ``test_properties.py``): casting
+    it to float would silently drop the imaginary parts; a 400 instead."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([[1 + 2j, 3]]), allow_pickle=False)
+    with pytest.raises(InvalidInput, match="complex128 holds complex numbers"):
+        NPYParser().parse(io.BytesIO(buffer.getvalue()), NPYParser.media_type)
