@@ -34,6 +34,9 @@ from modelapp.renderers import (
 )
 from modelapp.views import parse_custom_attributes
 
+# A warning is a failure: a ComplexWarning once meant data silently lost.
+pytestmark = pytest.mark.filterwarnings("error")
+
 PARSERS = [CSVParser, JSONParser, JSONLinesParser, NPYParser]
 RENDERERS = [JSONRenderer, CSVRenderer, JSONLinesRenderer, NPYRenderer]
 
