@@ -133,7 +133,11 @@ def test_sdk_job_from_a_file_tarball_runs_the_script_like_the_toolkit(
     assert len(rows) == 1
     assert status == "succeeded"
     assert estimator == "script:train.py"
-    assert json.loads(hyperparameters)["sagemaker_program"] == '"train.py"'
+    if isinstance(
+        hyperparameters, str
+    ):  # SQLite gives the JSON text, PostgreSQL a dict
+        hyperparameters = json.loads(hyperparameters)
+    assert hyperparameters["sagemaker_program"] == '"train.py"'
     assert duration > 0
 
 
