@@ -340,7 +340,12 @@ def test_child_death_stops_everything(serve_factory, tmp_path, iris_base):
     README Serving: "if either dies, the other is stopped and ``serve`` exits non-zero"."""
     server = serve_factory(iris_base)
     children = server.child_pids()
-    nginx_pid = max(children)  # started second
+    # By its command line: PIDs wrap around, so "started second" is not "larger".
+    (nginx_pid,) = [
+        pid
+        for pid in children
+        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx")
+    ]
     nginx_workers = pids_of_children(nginx_pid)
     assert nginx_workers
     os.kill(nginx_pid, signal.SIGKILL)
