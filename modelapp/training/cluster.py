@@ -232,6 +232,12 @@ class DaskProcess:
             "PYTHONPATH": path,
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
+            # X and y are broadcast to every worker so that a host's death loses no
+            # data (its tasks run again elsewhere). The scheduler's Active Memory
+            # Manager would drop every copy but one within two seconds (its
+            # ReduceReplicas policy), and a search whose one copy died with its host
+            # could not go on.
+            "DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START": "False",
         }
         # Its own process group: a terminal's Ctrl-C reaches us, and we stop it.
         self.proc = subprocess.Popen(

@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
-from modelapp.training.cluster import workers_by_host
-from tests.support.cluster import Job, metadata
+from modelapp.training.cluster import (
+    DaskProcess,
+    _dask,
+    fit_context,
+    worker_command,
+    workers_by_host,
+)
+from tests.support.cluster import SUBNET, Job, free_port, host_name, metadata
 from tests.support.servers import wait_for
 from tests.support.training import file_channel, run_train, sagemaker_tree, write_csv
 
@@ -161,6 +168,49 @@ def test_a_host_killed_mid_search(tmp_path, jobs, data):
     assert codes["algo-1"] == 0, job.logs()
     assert codes["algo-2"] == 0, job.logs()
     assert metadata(job.host("algo-1").base)["search"]["candidates"] == 4
+
+
+def test_the_data_stays_on_every_worker():
+    """X and y, sent once to every worker, stay on every worker: a host that dies then
+    takes no data with it. (The scheduler's memory manager would keep one copy within
+    seconds, and a search whose one copy died with its host could not go on.)"""
+    leader = f"{SUBNET}.1"
+    address = f"tcp://{leader}:{free_port(leader)}"
+    names = (host_name(1), host_name(2))
+    started = [
+        DaskProcess(
+            "scheduler",
+            _dask(
+                "scheduler",
+                "--host",
+                leader,
+                "--port",
+                address.rsplit(":", 1)[1],
+                "--no-dashboard",
+            ),
+        )
+    ]
+    try:
+        for index, name in enumerate(names, start=1):
+            bind = f"{SUBNET}.{index}"
+            started.append(
+                DaskProcess("worker", worker_command(address, name, bind, 60))
+            )
+        X, y = load_iris(return_X_y=True)
+        with fit_context(address, names, 60)(X, y, pytest.fail):
+            backend, _ = joblib.parallel.get_active_backend()
+            futures = list(backend.data_futures.values())
+            keys = [future.key for future in futures]
+            workers = set(backend.client.scheduler_info()["workers"])
+            time.sleep(3 * 2)  # three cycles of the memory manager (every 2 s)
+            held = backend.client.who_has(futures)
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+    assert len(keys) == 2
+    assert len(workers) >= 2
+    assert {key: set(held[key]) for key in keys} == dict.fromkeys(keys, workers)
 
 
 def test_sigterm_on_the_leader_ends_every_host(tmp_path, jobs, data):
