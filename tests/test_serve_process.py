@@ -492,6 +492,21 @@ def test_log_lines_survive_a_plain_file_redirect(serve_factory, iris_base):
     assert lines[-1].endswith("serve: stopped")
 
 
+def test_a_long_tmpdir_moves_the_run_dir_to_tmp(serve_factory, iris_base, tmp_path):
+    """A TMPDIR too long for gunicorn's unix socket path (107 bytes at most): serve puts
+    its run dir in /tmp instead, says so, serves, and removes it when it stops."""
+    long_tmp = tmp_path / ("t" * 60) / ("m" * 60)
+    long_tmp.mkdir(parents=True)
+    server = serve_factory(iris_base, env={"TMPDIR": str(long_tmp)})
+
+    assert server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")[0] == HTTPStatus.OK
+    moved = re.search(r"the run dir is (/tmp/smserve\.\w+)", server.log)
+    assert moved, server.log
+    assert Path(moved.group(1)).is_dir()
+    assert server.stop() == 0
+    assert not Path(moved.group(1)).exists()
+
+
 def test_stderr_socket_leaves_invocation_lines_to_the_app(serve_process, iris_base):
     """Under systemd stderr is a socket, which nginx cannot open as /dev/stderr: serve
     starts all the same and the app writes the invocation lines."""
