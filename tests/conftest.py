@@ -27,10 +27,21 @@ SERVER_FIXTURES = frozenset(
 )
 
 
+# Fixtures that give a test the database; such a test, and one marked ``django_db``, is a
+# ``database`` test: the PostgreSQL pass of scripts/test.sh runs those (modules whose
+# servers or jobs write rows that the tests read mark themselves).
+DATABASE_FIXTURES = frozenset({"db", "transactional_db", "admin_server", "server_db"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if SERVER_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.server)
+        if DATABASE_FIXTURES.intersection(fixtures) or item.get_closest_marker(
+            "django_db"
+        ):
+            item.add_marker(pytest.mark.database)
 
 
 @pytest.fixture(scope="session")

@@ -110,6 +110,7 @@ def test_prediction_over_the_timeout_is_504_and_the_worker_is_replaced(
 
 
 @pytest.mark.server
+@pytest.mark.database
 def test_database_down_from_the_start_leaves_serving_up(serve_factory, iris_base):
     """A DATABASE_URL nothing answers at start: the migration failure is logged, and
     /ping and /invocations answer as usual (mid-run outages: test_stats)."""

@@ -155,6 +155,7 @@ def test_every_call_and_error(mme, iris_base):
     assert mme.unload("iris") == HTTPStatus.NOT_FOUND
 
 
+@pytest.mark.database
 def test_loads_unloads_and_invocations_are_recorded(mme, iris_base):
     """The admin's rows: the model, its load and unload, its invocations."""
     assert mme.load("recorded", iris_base / "model")[0] == HTTPStatus.OK

@@ -27,6 +27,8 @@ from modelapp.stats import (
 from tests.support import ROOT
 from tests.support.servers import ServerDatabase, free_port, invoke_many, wait_for
 
+pytestmark = pytest.mark.database
+
 IRIS_ROWS = b"5.1,3.5,1.4,0.2\n6.2,2.9,4.3,1.3\n"  # two records
 WRONG_WIDTH = b"1,2\n"  # a 400: the model takes four features
 POSTGRES_SH = ROOT / "scripts" / "postgres.sh"

@@ -81,6 +81,7 @@ def seen(base: Path) -> dict:
     return json.loads((base / "output/data/seen.json").read_text())
 
 
+@pytest.mark.database
 def test_sdk_job_from_a_file_tarball_runs_the_script_like_the_toolkit(
     tmp_path, iris_csv
 ):
