@@ -59,6 +59,7 @@ from modelapp.predictors import (
 logger = logging.getLogger(__name__)
 
 CODE_DIR = "code"
+DEFAULT_PROGRAM = "inference.py"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
 # The toolkit hands these to input_fn / transform_fn as text, everything else as bytes.
@@ -201,43 +202,61 @@ class ScriptPredictor(BasePredictor):
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
+        from modelapp import multimodel
+
+        if multimodel.enabled():
+            # Many models: each model with its own code/<program> is a script (the
+            # inference toolkit's default program: inference.py), as is every model when
+            # the container names a script directory of its own.
+            return bool(
+                (model_dir / CODE_DIR / program_name()).is_file()
+                or (conf.get("PROGRAM") and conf.get("SUBMIT_DIRECTORY"))
+            )
         return bool(conf.get("PROGRAM"))
 
     @classmethod
     def from_model_dir(
         cls, model_dir: Path, metadata: ModelMetadata | None
     ) -> ScriptPredictor:
+        from modelapp import multimodel
         from modelapp.usercode import (
             UserCodeError,
             find_hooks,
             install_requirements,
             load_user_module,
+            user_code_scope,
             where,
         )
 
-        program = conf.get("PROGRAM")
+        program = program_name()
         try:
             source_dir = source_directory(model_dir)
-            install_requirements(source_dir)
-            module = load_user_module(source_dir, program)
-            hooks = find_hooks(module)
         except UserCodeError as exc:
             raise ModelLoadError(str(exc)) from exc
         context = ScriptContext(model_dir.name, model_dir)
         artifact = None
-        if hooks.model_fn is not None:
+        # Many models in one process: each script's modules are its own (two models'
+        # inference.py, or utils.py, must not find each other's in sys.modules).
+        with user_code_scope(source_dir, isolated=multimodel.enabled()):
             try:
-                model = hooks.model_fn(str(model_dir), context=context)
-            except Exception as exc:  # the user's model_fn: any failure keeps /ping 503
-                logger.exception("%s: model_fn failed.", program)
-                raise ModelLoadError(
-                    f"{program}: model_fn raised {type(exc).__name__}: {exc} "
-                    f"({where(exc, source_dir) or program})"
-                ) from exc
-        else:
-            # The official container requires model_fn; smserve loads the joblib itself.
-            artifact = find_artifact(model_dir)
-            model = load_pickle(artifact)
+                install_requirements(source_dir)
+                module = load_user_module(source_dir, program)
+                hooks = find_hooks(module)
+            except UserCodeError as exc:
+                raise ModelLoadError(str(exc)) from exc
+            if hooks.model_fn is not None:
+                try:
+                    model = hooks.model_fn(str(model_dir), context=context)
+                except Exception as exc:  # the user's model_fn: /ping stays 503
+                    logger.exception("%s: model_fn failed.", program)
+                    raise ModelLoadError(
+                        f"{program}: model_fn raised {type(exc).__name__}: {exc} "
+                        f"({where(exc, source_dir) or program})"
+                    ) from exc
+            else:
+                # The official container requires model_fn; smserve loads the joblib.
+                artifact = find_artifact(model_dir)
+                model = load_pickle(artifact)
         if artifact is None:
             try:
                 artifact = find_artifact(model_dir)
@@ -431,12 +450,22 @@ class ScriptPredictor(BasePredictor):
         return result, str(content_type)
 
 
+def program_name() -> str:
+    """The script: ``SAGEMAKER_PROGRAM``, else the inference toolkit's default."""
+    return conf.get("PROGRAM") or DEFAULT_PROGRAM
+
+
 def source_directory(model_dir: Path) -> Path:
     """Where the script is: ``SUBMIT_DIRECTORY`` (a local directory is used in place;
     ``s3://`` and tarballs are fetched into a temporary directory), else
-    ``<model dir>/code``."""
+    ``<model dir>/code``. On a multi-model endpoint a model's own ``code/<program>``
+    comes first."""
+    from modelapp import multimodel
     from modelapp.usercode import UserCodeError, fetch_source, listing, local_path
 
+    own = Path(model_dir) / CODE_DIR
+    if multimodel.enabled() and (own / program_name()).is_file():
+        return own
     uri = conf.get("SUBMIT_DIRECTORY")
     if not uri:
         code = Path(model_dir) / CODE_DIR

@@ -34,7 +34,8 @@ import tarfile
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -317,6 +318,36 @@ HOOK_ARGUMENTS = {
     "output_fn": ("prediction", "accept"),
     "transform_fn": ("model", "request_body", "content_type", "accept"),
 }
+
+
+_SCOPE_LOCK = threading.Lock()
+
+
+@contextmanager
+def user_code_scope(source_dir: Path, *, isolated: bool) -> Iterator[None]:
+    """Where a script is imported and its model loaded.
+
+    ``isolated`` (many models in one process): one script at a time, and afterwards
+    neither its directory on ``sys.path`` nor its modules in ``sys.modules``, so the
+    next model's ``inference`` (and ``utils``, ...) are its own. The hooks keep their
+    modules through their globals; a sibling module imported only inside a hook, at
+    request time, would not be found: import siblings at the top of the script.
+    """
+    if not isolated:
+        yield
+        return
+    root = Path(source_dir).resolve()
+    with _SCOPE_LOCK:
+        before = set(sys.modules)
+        path_before = list(sys.path)
+        try:
+            yield
+        finally:
+            sys.path[:] = path_before
+            for name in set(sys.modules) - before:
+                file = getattr(sys.modules.get(name), "__file__", None)
+                if file and Path(file).resolve().is_relative_to(root):
+                    del sys.modules[name]
 
 
 def load_user_module(source_dir: Path, program: str) -> ModuleType:

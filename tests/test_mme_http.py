@@ -155,6 +155,58 @@ def test_every_call_and_error(mme, iris_base):
     assert mme.unload("iris") == HTTPStatus.NOT_FOUND
 
 
+SCRIPT_WITH_A_SIBLING = """\
+import json
+import os
+
+import joblib
+from helper import LABEL
+
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def output_fn(prediction, accept):
+    return json.dumps({"who": LABEL, "predictions": prediction.tolist()}), accept
+"""
+
+
+def scripted_model_dir(base: Path, constant: int, label: str) -> Path:
+    """A model whose ``code/`` holds an ``inference.py`` and a sibling ``helper.py``
+    (the same file names in every such model, as the SDK's repacking makes them)."""
+    model_dir = constant_model_dir(base, constant)
+    code = model_dir / "code"
+    code.mkdir()
+    (code / "inference.py").write_text(SCRIPT_WITH_A_SIBLING)
+    (code / "helper.py").write_text(f"LABEL = {label!r}\n")
+    return model_dir
+
+
+def test_each_model_runs_its_own_inference_script(mme, tmp_path, iris_base):
+    """Script mode on a multi-model endpoint: each model's own ``code/inference.py``
+    (no SAGEMAKER_PROGRAM: the toolkit's default name), with its own sibling modules,
+    beside a plain model; in every worker, whichever model it loaded first."""
+    a = scripted_model_dir(tmp_path / "a", 1, "model a")
+    b = scripted_model_dir(tmp_path / "b", 2, "model b")
+    for name, url in (("script-a", a), ("script-b", b), ("plain", iris_base / "model")):
+        assert mme.load(name, url)[0] == HTTPStatus.OK
+
+    answers = set()
+    for _ in range(6):  # two workers, each loading on its first invocation
+        for name in ("script-b", "script-a", "plain"):
+            status, headers, body = mme.invoke(name, Accept="application/json")
+            assert status == HTTPStatus.OK, body
+            answers.add((name, body))
+    assert answers == {
+        ("script-a", b'{"who": "model a", "predictions": [1]}'),
+        ("script-b", b'{"who": "model b", "predictions": [2]}'),
+        ("plain", b'{"predictions":[0]}'),
+    }
+    for name in ("script-a", "script-b", "plain"):
+        assert mme.unload(name) == HTTPStatus.OK
+
+
 @pytest.mark.database
 def test_loads_unloads_and_invocations_are_recorded(mme, iris_base):
     """The admin's rows: the model, its load and unload, its invocations."""
