@@ -1,10 +1,11 @@
 """smserve's knobs: the one table of defaults for ``settings.SMSERVE``, and checked
 dotted-path resolution.
 
-``DEFAULTS`` is the only place a default is written (the README's settings table mirrors
-it); ``COMPUTED`` fills the defaults that depend on the machine or on other settings, and
-values derived from a setting are functions here (``max_payload_bytes``), never stored
-beside it. ``smserve/settings.py`` only translates environment variables that are set.
+``DEFAULTS`` is the only place a default is written (the settings table in
+``docs/settings.md`` mirrors it); ``COMPUTED`` fills the defaults that depend on the machine
+or on other settings, and values derived from a setting are functions here
+(``max_payload_bytes``), never stored beside it. ``smserve/settings.py`` only translates
+environment variables that are set.
 
 Settings are read when first asked for, never at import time, and cached; the cache is
 cleared when a test changes ``SMSERVE`` (Django's ``setting_changed`` signal).

@@ -24,7 +24,7 @@ unload must free it in every worker. Three parts:
   worker's share, so every worker can hold every registered model at once; the LRU
   eviction is the safety net for estimates that were low.
 
-The README ("Multi-model endpoints") has the measurements behind these choices.
+docs/serving.md ("Multi-model endpoints") has the measurements behind these choices.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Platform variables (``SAGEMAKER_*``, ``MODEL_SERVER_*``) and our own (``SMSERVE_*``) are
 translated, when set, into entries of the ``SMSERVE`` dict, whose defaults (one table) and
 derived values live in ``modelapp.conf``; the other uppercase names here are Django's own
-settings. Nothing is written at import (the secret key file is kept by ``serve``). The
-README lists every variable.
+settings. Nothing is written at import (the secret key file is kept by ``serve``).
+``docs/settings.md`` lists every variable.
 """
 
 import os
@@ -281,7 +281,7 @@ LOGGING = {
 }
 APPEND_SLASH = False  # unknown paths are a JSON 404, never a redirect
 
-# --- the admin's login and pages (README "Securing the admin") ----------------------------
+# --- the admin's login and pages (docs/reliability.md "Securing the admin") --------------
 # django-axes: after AXES_FAILURE_LIMIT failed logins the username, and separately the
 # client's IP, are locked out for AXES_COOLOFF_TIME (a 429); a success resets the count.
 INSTALLED_APPS += ["axes"]

@@ -1,9 +1,11 @@
-"""The README's contract tables and the tests agree row for row.
+"""The docs' contract tables and the tests agree row for row.
 
-``ROWS`` maps every row of the README's Formats, Errors and Failure semantics tables to
-the tests that prove it through the real server or the real ``./train``; each of those
-tests names the row in its docstring. A row added to the README without a test, a test
-named here that no longer exists, or a row here the README dropped, fails below.
+``ROWS`` maps every row of the Formats and Errors tables (``docs/serving.md``) and the
+Failure semantics table (``docs/training.md``) to the tests that prove it through the real
+server or the real ``./train``; each of those tests names the row in its docstring (as a
+"README" row, from when the tables were in the README, or by its page). A row added to
+the docs without a test, a test named here that no longer exists, or a row here the docs
+dropped, fails below.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT
+from tests.support.docs import section
 
 HTTP = "tests/test_contract_http.py"
 PROCESS = "tests/test_serve_process.py"
 TRAIN = "tests/test_train.py"
 NGINX = "tests/test_nginx_errors.py"
+
+# The page each table's section is on.
+PAGES = {
+    "Formats": "docs/serving.md",
+    "Errors": "docs/serving.md",
+    "Failure semantics": "docs/training.md",
+}
 
 # (table, the row's key) -> the tests that prove the row. The tables: Formats' two
 # ("Content-Type", "Accept"; a row's key is its first cell), "Errors" (a row's key is its
@@ -154,11 +164,10 @@ ROWS: dict[tuple[str, str], list[str]] = {
 }
 
 
-def tables(section: str) -> list[list[list[str]]]:
-    """The body rows (as cells) of each table under ``### section``, in order."""
-    text = (ROOT / "README.md").read_text()
-    body = text.split(f"\n### {section}\n", 1)[1].split("\n### ", 1)[0]
-    body = body.split("\n## ", 1)[0]  # nor past the end of its chapter
+def tables(title: str) -> list[list[list[str]]]:
+    """The body rows (as cells) of each table in the section ``title`` of its page (up to
+    the next heading of its level or higher), in order."""
+    body = section(ROOT / PAGES[title], title)
     found: list[list[list[str]]] = []
     in_table = False
     for line in body.splitlines():
@@ -175,7 +184,7 @@ def tables(section: str) -> list[list[list[str]]]:
     return found
 
 
-def readme_keys() -> set[tuple[str, str]]:
+def docs_keys() -> set[tuple[str, str]]:
     content_types, accepts = tables("Formats")
     (errors,) = tables("Errors")
     (failures,) = tables("Failure semantics")
@@ -188,18 +197,18 @@ def readme_keys() -> set[tuple[str, str]]:
             short = re.split(r"[:(]", meaning)[0].strip()
         keys.add(("Failure semantics", f"{exit_status}: {short}"))
     # The usage error is a sentence under the table, not a row of it.
-    text = (ROOT / "README.md").read_text()
+    text = section(ROOT / PAGES["Failure semantics"], "Failure semantics")
     if "A command-line usage error (`--hp novalue`) exits 2" in text:
         keys.add(("Failure semantics", "usage error"))
     return keys
 
 
 def test_every_readme_row_has_its_tests_and_no_more():
-    """Every row of the README's tables is mapped to tests here, and nothing here names a
-    row the README does not have."""
-    readme = readme_keys()
-    assert sorted(readme - ROWS.keys()) == [], "README rows without tests"
-    assert sorted(ROWS.keys() - readme) == [], "rows here that the README lacks"
+    """Every row of the docs' tables is mapped to tests here, and nothing here names a
+    row the docs do not have."""
+    documented = docs_keys()
+    assert sorted(documented - ROWS.keys()) == [], "rows in the docs without tests"
+    assert sorted(ROWS.keys() - documented) == [], "rows here that the docs lack"
 
 
 def defined_tests(path: Path) -> dict[str, str]:
@@ -218,10 +227,13 @@ def defined_tests(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("row", sorted(ROWS), ids=lambda row: f"{row[0]}: {row[1]}")
 def test_the_tests_of_each_row_exist_and_cite_the_readme(row):
-    """Each test named for a row exists and its docstring says which README row(s) it
-    proves."""
+    """Each test named for a row exists and its docstring says which row(s) of the docs it
+    proves ("README ...", or the row's page)."""
+    page = PAGES["Formats" if row[0] in ("Content-Type", "Accept") else row[0]]
     for ref in ROWS[row]:
         path, name = ref.split("::", 1)
         docstring = defined_tests(ROOT / path).get(name)
         assert docstring is not None, f"{ref} does not exist"
-        assert "README" in docstring, f"{ref} does not name its README row"
+        assert "README" in docstring or page in docstring, (
+            f"{ref} does not name its row (README or {page})"
+        )

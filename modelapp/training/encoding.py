@@ -14,7 +14,7 @@ estimator, as before.
   linear models, SVMs, kNN, naive Bayes and MLPs, which need one column per category.
 - ``ordinal``: ``OrdinalEncoder`` with unknown and missing categories as NaN (``-1`` for
   an estimator that cannot take NaN). The default for trees and tree ensembles: as
-  accurate as one-hot on the churn table we measured (README), with fewer columns.
+  accurate as one-hot on the churn table we measured (docs/training.md), with fewer columns.
 - ``native``: ``HistGradientBoosting*`` only, and their default: an ordinal code per
   category (at most ``max_bins``) handed to the estimator's own categorical support
   (``categorical_features``); an unknown category is a missing value.
