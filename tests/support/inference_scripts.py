@@ -94,3 +94,41 @@ MODEL_FN_FAILS_PY = """\
 def model_fn(model_dir):
     raise FileNotFoundError("no weights.bin in " + model_dir)
 """
+
+# All four hooks for the SDK's own predictors (tests/test_sdk_predictor.py): NPY, the
+# SKLearnPredictor default, and JSON, in and out; predict_fn answers the class
+# probabilities, so an answer shows that every hook ran.
+SDK_HOOKS_PY = """\
+import io
+import json
+import os
+
+import joblib
+import numpy as np
+
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def input_fn(request_body, request_content_type):
+    if request_content_type == "application/x-npy":
+        return np.load(io.BytesIO(request_body), allow_pickle=False)
+    if request_content_type == "application/json":
+        return np.asarray(json.loads(request_body), dtype=float)
+    raise ValueError(f"cannot read {request_content_type}")
+
+
+def predict_fn(input_data, model):
+    return model.predict_proba(input_data)
+
+
+def output_fn(prediction, accept):
+    if accept == "application/x-npy":
+        buffer = io.BytesIO()
+        np.save(buffer, prediction)
+        return buffer.getvalue(), accept
+    if accept == "application/json":
+        return json.dumps(prediction.tolist()), accept
+    raise ValueError(f"cannot write {accept}")
+"""
