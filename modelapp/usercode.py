@@ -22,6 +22,7 @@ says which file or requirement to fix.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import logging
@@ -101,13 +102,29 @@ def local_path(uri: str) -> Path:
     return Path(uri)
 
 
+class UnsafeMember(Exception):
+    """A member the ``data`` filter refuses, found by ``_extract_data`` (Pythons without
+    tarfile's filters); carries the member as ``tarinfo``, as ``tarfile.FilterError``."""
+
+    def __init__(self, tarinfo: tarfile.TarInfo, why: str) -> None:
+        super().__init__(why)
+        self.tarinfo = tarinfo
+
+
+# tarfile.FilterError exists from Python 3.12 and the 3.11.4 / 3.10.12 backports on.
+_FILTER_ERRORS = (UnsafeMember, getattr(tarfile, "FilterError", UnsafeMember))
+
+
 def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
     """Extract a tarball (any compression) into ``dest``, refusing anything unsafe."""
     name = uri or str(archive)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            tar.extractall(dest, filter="data")
-    except tarfile.FilterError as exc:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                _extract_data(tar, dest)
+    except _FILTER_ERRORS as exc:
         member = getattr(exc, "tarinfo", None)
         what = repr(member.name) if member is not None else "a member"
         raise UserCodeError(
@@ -120,6 +137,42 @@ def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
             f"Cannot extract {name}: {exc}. It must be a .tar.gz (the SDK's "
             "sourcedir.tar.gz) or a directory."
         ) from exc
+
+
+def _extract_data(tar: tarfile.TarFile, dest: Path) -> None:
+    """``extractall(dest, filter="data")`` for a Python without tarfile's filters (the
+    image's Debian Python is 3.11.2): the same rules, checked member by member just
+    before each is extracted, as the filter is (so a link extracted earlier is followed):
+    a leading ``/`` is dropped; a path or a link that resolves outside ``dest``, an
+    absolute link, or a device or FIFO is refused; modes lose the set-id bits and the
+    group/other write bits; files belong to whoever extracts them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([os.path.realpath(path), root]) == root
+
+    for member in tar:
+        safe = copy.copy(member)
+        safe.name = member.name.lstrip("/" + os.sep)
+        if os.path.isabs(safe.name) or not inside(os.path.join(root, safe.name)):
+            raise UnsafeMember(member, f"{member.name!r} would be outside {root}")
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+            raise UnsafeMember(member, f"{member.name!r} is a special file")
+        if member.issym() or member.islnk():
+            if os.path.isabs(member.linkname):
+                raise UnsafeMember(member, f"{member.name!r} is an absolute link")
+            base = os.path.dirname(safe.name) if member.issym() else ""
+            if not inside(os.path.join(root, base, member.linkname)):
+                raise UnsafeMember(member, f"{member.name!r} links outside {root}")
+        mode = member.mode & 0o755
+        if member.isreg() or member.islnk():
+            mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+        elif member.isdir():
+            mode |= 0o700
+        safe.mode = mode
+        safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
+        tar.extract(safe, root)
 
 
 def _s3_download(uri: str, target: Path, region: str | None) -> None:

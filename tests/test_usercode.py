@@ -5,7 +5,9 @@ optional trailing ``context``."""
 
 from __future__ import annotations
 
+import io
 import sys
+import tarfile
 
 import joblib
 import numpy as np
@@ -42,6 +44,16 @@ def src(tmp_path):
     return source_dir(tmp_path / "src", FILES)
 
 
+@pytest.fixture(params=["data_filter", "without_filters"])
+def extraction(request, monkeypatch):
+    """Each extraction test twice: with tarfile's ``data`` filter, and as on a Python
+    without tarfile's filters (the image's Debian 3.11.2), where smserve applies the
+    same rules itself."""
+    if request.param == "without_filters":
+        monkeypatch.delattr(tarfile, "data_filter")
+    return request.param
+
+
 @pytest.mark.parametrize("form", ["plain", "file"])
 def test_a_directory_is_copied_into_place(tmp_path, src, form):
     """A directory, as a plain path or a file:// URI, is copied (the original stays)."""
@@ -54,7 +66,9 @@ def test_a_directory_is_copied_into_place(tmp_path, src, form):
 
 
 @pytest.mark.parametrize("form", ["plain", "file"])
-def test_a_tarball_is_extracted_and_replaces_what_was_there(tmp_path, src, form):
+def test_a_tarball_is_extracted_and_replaces_what_was_there(
+    tmp_path, src, form, extraction
+):
     archive = tarball(src, tmp_path / "sourcedir.tar.gz")
     dest = source_dir(tmp_path / "code", {"stale.py": "old"})
     fetch_source(str(archive) if form == "plain" else f"file://{archive}", dest)
@@ -74,7 +88,9 @@ def test_the_code_directory_itself_is_used_as_it_is(src):
 @pytest.mark.parametrize(
     ("kind", "member"), [("dotdot", "'../escaped.py'"), ("symlink", "'etc'")]
 )
-def test_an_archive_member_leaving_the_directory_is_refused(tmp_path, kind, member):
+def test_an_archive_member_leaving_the_directory_is_refused(
+    tmp_path, kind, member, extraction
+):
     """``../`` paths and links out: refused, naming the member, and nothing extracted
     (the destination is left as it was)."""
     archive = escaping_tarball(tmp_path / "evil.tar.gz", kind)
@@ -86,7 +102,7 @@ def test_an_archive_member_leaving_the_directory_is_refused(tmp_path, kind, memb
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".code")] == []
 
 
-def test_an_absolute_member_lands_inside_the_directory(tmp_path):
+def test_an_absolute_member_lands_inside_the_directory(tmp_path, extraction):
     """An absolute member name loses its leading slash (tarfile's data filter): it is
     extracted below the destination, never at the absolute path."""
     archive = escaping_tarball(tmp_path / "evil.tar.gz", "absolute")
@@ -94,6 +110,55 @@ def test_an_absolute_member_lands_inside_the_directory(tmp_path):
     outside = tmp_path / "escaped-absolute.py"
     assert not outside.exists()
     assert (dest / str(outside).lstrip("/")).is_file()
+
+
+def special_tarball(target, member: tarfile.TarInfo):
+    """A tarball with ``train.py`` and then ``member`` (no data)."""
+    with tarfile.open(target, "w:gz") as tar:
+        good = tarfile.TarInfo("train.py")
+        good.size = 3
+        tar.addfile(good, io.BytesIO(b"x=1"))
+        tar.addfile(member)
+    return target
+
+
+@pytest.mark.parametrize(
+    "kind", [tarfile.FIFOTYPE, tarfile.CHRTYPE, "hardlink_out", "absolute_link"]
+)
+def test_special_files_and_links_out_are_refused(tmp_path, kind, extraction):
+    """A FIFO or a device, a hard link to a file outside, a symlink to an absolute
+    path: refused, naming the member, nothing extracted."""
+    member = tarfile.TarInfo("odd")
+    if kind == "hardlink_out":
+        member.type, member.linkname = tarfile.LNKTYPE, "../outside.txt"
+        (tmp_path / "outside.txt").write_text("secret")
+    elif kind == "absolute_link":
+        member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    else:
+        member.type = kind
+    archive = special_tarball(tmp_path / "odd.tar.gz", member)
+    dest = source_dir(tmp_path / "code", {"kept.py": ""})
+    with pytest.raises(UserCodeError, match="Refusing to extract .*'odd'"):
+        fetch_source(str(archive), dest)
+    assert tree(dest) == ["kept.py"]
+
+
+def test_modes_lose_setuid_and_group_write_and_stay_readable(tmp_path, extraction):
+    """The data filter's modes: no set-id bits, no group/other write, files readable and
+    writable by their owner; an executable stays executable."""
+    archive = tmp_path / "modes.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, mode in [("run.sh", 0o4777), ("data.txt", 0o044), ("lib", 0o777)]:
+            info = tarfile.TarInfo(name)
+            if name == "lib":
+                info.type = tarfile.DIRTYPE
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(b"") if name != "lib" else None)
+    dest = fetch_source(str(archive), tmp_path / "code")
+    modes = {p.name: p.stat().st_mode & 0o7777 for p in dest.iterdir()}
+    assert modes["run.sh"] == 0o755
+    assert modes["data.txt"] == 0o644
+    assert modes["lib"] & 0o7022 == 0
 
 
 def test_a_file_that_is_no_archive_nor_source_is_explained(tmp_path):
