@@ -18,12 +18,21 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
 from tests.support import ROOT
-from tests.support.inference_scripts import FOUR_HOOKS_PY
+from tests.support.inference_scripts import FOUR_HOOKS_PY, SDK_HOOKS_PY
+from tests.support.script_mode import (
+    HELPER_PY,
+    TRAIN_PY,
+    sdk_hyperparameters,
+    source_dir,
+    tarball,
+)
+from tests.support.sdk_client import sdk_predict
 from tests.support.servers import free_port
 from tests.support.training import file_channel, sagemaker_tree
 
@@ -338,6 +347,130 @@ def test_serve_runs_an_inference_script_from_model_code(
     assert status == HTTPStatus.UNPROCESSABLE_ENTITY, body
     assert content_type == "application/json"
     assert json.loads(body)["code"] == "no_instances"
+
+
+# The SDK's local mode hands the container a file:// source; here it lies in the mounted tree.
+SOURCEDIR = "file:///opt/ml/sourcedir/sourcedir.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def script_trained(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An /opt/ml tree after ``IMAGE train`` ran a script-mode job: the hyperparameters
+    as the SDK's ``SKLearn`` estimator writes them (``sagemaker_program``,
+    ``sagemaker_submit_directory``, every value JSON-encoded), the source directory
+    (``train.py``, a module it imports, the ``inference.py`` serving will use and a
+    ``requirements.txt`` the image already satisfies) as ``sourcedir.tar.gz``."""
+    base = iris_job(
+        tmp_path_factory.mktemp("opt_ml_script"),
+        sdk_hyperparameters(
+            program="train.py",
+            submit_directory=SOURCEDIR,
+            max_leaf_nodes=5,
+            criterion="entropy",
+            **{"min-samples-leaf": 2},
+        ),
+    )
+    src = source_dir(
+        tmp_path_factory.mktemp("src"),
+        {
+            "train.py": TRAIN_PY,
+            "helper.py": HELPER_PY,
+            "inference.py": SDK_HOOKS_PY,
+            "requirements.txt": "scikit-learn\n",
+        },
+    )
+    tarball(src, base / "sourcedir" / "sourcedir.tar.gz")
+    created = Container()
+    try:
+        result = created.run(
+            "--rm", "--network=host", "-v", f"{base}:/opt/ml", image, "train"
+        )
+    finally:
+        created.remove()
+    base.joinpath("train.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return base
+
+
+def test_train_runs_a_script_mode_job(script_trained: Path):
+    """The user's ``train.py`` ran in the image as the training toolkit runs it: the
+    hyperparameters as ``--name value`` arguments, the toolkit's directories, the source
+    directory as working directory and import path; its model is in /opt/ml/model."""
+    log = (script_trained / "train.log").read_text()
+    assert "train-accuracy=" in log
+    assert "to stderr, unbuffered" in log
+    assert not (script_trained / "output" / "failure").exists()
+    seen = json.loads((script_trained / "output" / "data" / "seen.json").read_text())
+    assert seen["argv"] == [
+        "--criterion",
+        "entropy",
+        "--max_leaf_nodes",
+        "5",
+        "--min-samples-leaf",
+        "2",
+    ]
+    assert seen["cwd"] == "/opt/ml/code"
+    assert seen["env"]["SM_MODEL_DIR"] == "/opt/ml/model"
+    assert seen["env"]["SM_CHANNEL_TRAIN"] == "/opt/ml/input/data/train"
+    assert seen["env"]["SM_MODULE_DIR"] == SOURCEDIR
+    assert seen["helper"] == "imported from the source directory"
+    model = joblib.load(script_trained / "model" / "model.joblib")
+    assert type(model).__name__ == "DecisionTreeClassifier"
+    params = model.get_params()
+    assert (params["max_leaf_nodes"], params["min_samples_leaf"]) == (5, 2)
+    assert params["criterion"] == "entropy"
+    # The script's own model: smserve writes no metadata.json of its own.
+    assert not (script_trained / "model" / "metadata.json").exists()
+
+
+@pytest.mark.server  # the real serve (nginx + gunicorn), in the container
+def test_serve_the_script_trained_model_with_its_inference_py(
+    script_trained: Path, container: Container, image: str, tmp_path: Path
+):
+    """``SKLearnModel(entry_point="inference.py", source_dir=...)``: the model the script
+    trained, served by the image with the hooks from the same ``sourcedir.tar.gz``
+    (``SAGEMAKER_SUBMIT_DIRECTORY``); the SDK's own ``SKLearnPredictor`` (NPY) and a
+    JSON ``Predictor`` get the trained model's probabilities."""
+    port = free_port()
+    result = container.run(
+        "--detach",
+        "--network=host",
+        "--env",
+        f"SAGEMAKER_BIND_TO_PORT={port}",
+        "--env",
+        "SMSERVE_BIND_HOST=127.0.0.1",
+        "--env",
+        "SAGEMAKER_PROGRAM=inference.py",
+        "--env",
+        f"SAGEMAKER_SUBMIT_DIRECTORY={SOURCEDIR}",
+        "-v",
+        f"{script_trained / 'model'}:/opt/ml/model:ro",
+        "-v",
+        f"{script_trained / 'sourcedir'}:/opt/ml/sourcedir:ro",
+        image,
+        "serve",
+    )
+    assert result.returncode == 0, result.stderr
+    wait_for_ping(container, port, deadline=time.monotonic() + 60)
+
+    X = load_iris().data[::30]
+    from_npy, from_json = sdk_predict(
+        port,
+        [
+            {"predictor": "SKLearnPredictor", "data": X},
+            {
+                "predictor": "Predictor",
+                "serializer": "JSONSerializer",
+                "deserializer": "JSONDeserializer",
+                "data": X,
+            },
+        ],
+        tmp_path / "sdk",
+    )
+    expected = joblib.load(script_trained / "model" / "model.joblib").predict_proba(X)
+    assert isinstance(from_npy, np.ndarray)
+    np.testing.assert_array_equal(from_npy, expected)
+    assert from_json == expected.tolist()
 
 
 def test_image_metadata_is_what_sagemaker_expects(image: str):
