@@ -34,6 +34,11 @@ JSON = {
     "serializer": "JSONSerializer",
     "deserializer": "JSONDeserializer",
 }
+CSV = {
+    "predictor": "Predictor",
+    "serializer": "CSVSerializer",
+    "deserializer": "CSVDeserializer",
+}
 PROBA = "method=predict_proba"
 
 
@@ -105,15 +110,18 @@ def test_script_mode_defaults_answer_as_the_official_container(
 ):
     """``inference.py`` with ``model_fn`` only: the official container's default steps.
     NPY comes back as ``numpy.save`` of the predictions (same values, same dtype); JSON
-    as the bare list ``json.dumps(prediction.tolist())``."""
+    as the bare list ``json.dumps(prediction.tolist())``; CSV as
+    ``numpy.savetxt(fmt="%s")``, one line per prediction (the SDK's CSVDeserializer
+    gives lists of strings)."""
     X = np.array(ROWS)
     server = servers["defaults"]
-    labels, proba, as_list = predict(
+    labels, proba, as_list, rows = predict(
         server,
         tmp_path,
         {**NUMPY, "data": X},
         {**NUMPY, "data": X, "custom_attributes": PROBA},
         {**JSON, "data": X},
+        {**CSV, "data": X},
     )
     expected = iris_model.predict(X)
     assert isinstance(labels, np.ndarray)
@@ -121,6 +129,7 @@ def test_script_mode_defaults_answer_as_the_official_container(
     assert labels.dtype == expected.dtype
     np.testing.assert_array_equal(proba, iris_model.predict_proba(X))
     assert as_list == expected.tolist() == [0, 2, 1]
+    assert rows == [[str(label)] for label in expected] == [["0"], ["2"], ["1"]]
     assert "in=application/x-npy out=application/x-npy" in server.log
 
 
