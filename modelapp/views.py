@@ -16,12 +16,13 @@ from http import HTTPStatus
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelapp import conf, multimodel
+from modelapp import conf, multimodel, openapi
 from modelapp.exceptions import (
     InvalidInput,
     ModelNotFound,
@@ -63,6 +64,23 @@ class StatusView(APIView):
 class PingView(StatusView):
     """``GET /ping``: 200 once the model is loaded and warmed up, else 503 with the reason."""
 
+    @extend_schema(
+        operation_id="ping",
+        tags=["serving"],
+        summary="Health check",
+        description=(
+            "200 once the model is loaded and warmed up (nginx answers from the ready "
+            "file, so health checks never queue behind invocations); in a multi-model "
+            "container, 200 as soon as the server is up. Otherwise 503 with the reason."
+        ),
+        responses={
+            200: openapi.ok(openapi.PingSerializer, "The server is ready."),
+            503: openapi.error(
+                "The model is not loaded, or failed its warm-up (`model_not_ready`, "
+                "the detail says why). " + openapi.UNAVAILABLE
+            ),
+        },
+    )
     def get(self, request: Request) -> Response:
         if multimodel.enabled():
             # A model that fails to load fails only its own load (SageMaker's MME contract).
@@ -74,6 +92,16 @@ class PingView(StatusView):
 class ExecutionParametersView(StatusView):
     """``GET /execution-parameters``: how batch transform should call this container."""
 
+    @extend_schema(
+        operation_id="executionParameters",
+        tags=["serving"],
+        summary="Batch transform parameters",
+        description="How SageMaker batch transform should call this container.",
+        responses={
+            200: openapi.ok(openapi.ExecutionParametersSerializer, "The parameters."),
+            503: openapi.error(openapi.UNAVAILABLE),
+        },
+    )
     def get(self, request: Request) -> Response:
         return Response(
             {
@@ -96,6 +124,8 @@ class InvocationsView(APIView):
     parser_classes: Any = None
     renderer_classes: Any = None
     content_negotiation_class = SageMakerContentNegotiation
+    # The OpenAPI description of its bodies comes from the configured formats.
+    schema = openapi.BatchSchema()
     # InferenceMiddleware calls views marked so without the admin's middleware layers.
     inference = True
     model_name = DEFAULT_MODEL
@@ -148,6 +178,25 @@ class InvocationsView(APIView):
                 request.parsers = [OwnedInputParser()]
         super().initial(request, *args, **kwargs)
 
+    @extend_schema(
+        operation_id="invoke",
+        tags=["serving"],
+        summary="Predict",
+        description=(
+            "One prediction per input record, in input order. The Content-Type picks "
+            "the parser (absent or `application/octet-stream`: "
+            "SMSERVE_DEFAULT_CONTENT_TYPE, `text/csv` unless set); the Accept header "
+            "picks the response format, by q-value. Errors are `{detail, code}` in "
+            "the negotiated format (CSV: the detail as one line). A script-mode model "
+            "(`inference.py`) reads any Content-Type and answers whatever its "
+            "`output_fn` returns."
+        ),
+        parameters=[
+            openapi.CUSTOM_ATTRIBUTES_REQUEST,
+            openapi.CUSTOM_ATTRIBUTES_RESPONSE,
+        ],
+        examples=openapi.BATCH_EXAMPLES,
+    )
     def post(self, request: Request, **kwargs: Any) -> HttpResponse:
         if self._predictor_error is not None:
             raise self._predictor_error
@@ -235,6 +284,33 @@ class ModelsView(StatusView):
     """``GET /models``: the loaded models, a page at a time (``next_page_token``);
     ``POST /models`` ``{"model_name", "url"}``: load one for every worker."""
 
+    @extend_schema(
+        operation_id="listModels",
+        tags=["multi-model"],
+        summary="List the loaded models",
+        description="The loaded models by name, a page at a time.",
+        parameters=[
+            OpenApiParameter(
+                "next_page_token",
+                description="The nextPageToken of the previous page.",
+            ),
+            OpenApiParameter(
+                "limit",
+                int,
+                description=f"Models per page (default {MODELS_PAGE_SIZE}).",
+            ),
+        ],
+        responses={
+            200: openapi.ok(openapi.ModelListSerializer, "A page of models."),
+            400: openapi.error(
+                "A next_page_token this container did not give "
+                "(`invalid_page_token`), or a limit that is not a positive whole "
+                "number (`invalid_limit`)."
+            ),
+            404: openapi.error(openapi.NOT_MULTI_MODEL),
+            503: openapi.error(openapi.UNAVAILABLE),
+        },
+    )
     def get(self, request: Request) -> Response:
         require_multi_model()
         models = multimodel.worker_models().shared.all()
@@ -248,6 +324,36 @@ class ModelsView(StatusView):
             body["nextPageToken"] = _encode_token(page[-1].name)
         return Response(body)
 
+    @extend_schema(
+        operation_id="loadModel",
+        tags=["multi-model"],
+        summary="Load a model",
+        description=(
+            "Load the model in the directory `url` under `model_name`, for every "
+            "worker. The body is read as JSON whatever its Content-Type."
+        ),
+        request={"application/json": openapi.LoadRequestSerializer},
+        parameters=[openapi.TARGET_MODEL],
+        responses={
+            200: openapi.ok(
+                openapi.ModelStatusSerializer, "Loaded: every worker serves it."
+            ),
+            400: openapi.error(
+                "The body is not `{model_name, url}` (`invalid_load_request`), or "
+                "the directory holds no model that loads and predicts "
+                "(`model_load_failed`, the detail says why)."
+            ),
+            404: openapi.error(openapi.NOT_MULTI_MODEL),
+            409: openapi.error(
+                "A model is loaded under this name already (`model_already_loaded`)."
+            ),
+            503: openapi.error(openapi.UNAVAILABLE),
+            507: openapi.error(
+                "The model does not fit in the memory left for models "
+                "(`insufficient_memory`): SageMaker unloads idle models and retries."
+            ),
+        },
+    )
     def post(self, request: Request) -> Response:
         require_multi_model()
         name, url = _load_request(request.body)
@@ -261,6 +367,17 @@ class ModelView(StatusView):
     """``GET /models/<name>``: one loaded model; ``DELETE``: unload it, answered once
     every worker has given its memory back."""
 
+    @extend_schema(
+        operation_id="describeModel",
+        tags=["multi-model"],
+        summary="Describe a loaded model",
+        description="The model loaded under `name`.",
+        responses={
+            200: openapi.ok(openapi.ModelSerializer, "The model."),
+            404: openapi.error(openapi.MODEL_NOT_FOUND),
+            503: openapi.error(openapi.UNAVAILABLE),
+        },
+    )
     def get(self, request: Request, name: str) -> Response:
         require_multi_model()
         registration = multimodel.worker_models().shared.get(name)
@@ -268,15 +385,41 @@ class ModelView(StatusView):
             raise ModelNotFound(f"No model is loaded under the name {name!r}.")
         return Response(describe_model(registration))
 
+    @extend_schema(
+        operation_id="unloadModel",
+        tags=["multi-model"],
+        summary="Unload a model",
+        description="Answered once every worker has given the model's memory back.",
+        responses={
+            200: openapi.ok(
+                openapi.ModelStatusSerializer, "Unloaded from every worker."
+            ),
+            404: openapi.error(openapi.MODEL_NOT_FOUND),
+            503: openapi.error(openapi.UNAVAILABLE),
+        },
+    )
     def delete(self, request: Request, name: str) -> Response:
         require_multi_model()
         registration = multimodel.worker_models().unload(name)
         return Response({**describe_model(registration), "status": "unloaded"})
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="invokeModel",
+        tags=["multi-model"],
+        summary="Predict with a loaded model",
+        description=(
+            "`POST /invocations` for the model loaded under `name`: the same "
+            "formats, negotiation, headers and errors, and 404 for a name that is not "
+            "loaded."
+        ),
+    )
+)
 class ModelInvokeView(InvocationsView):
     """``POST /models/<name>/invoke``: ``/invocations`` for one of the loaded models."""
 
+    schema = openapi.ModelBatchSchema()
     loaded_model: Any = None
 
     def get_predictor(self, request: Request, **kwargs: Any) -> Any:

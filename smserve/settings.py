@@ -162,6 +162,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The OpenAPI description (docs/openapi.yaml): `manage.py spectacular` writes it from
+    # the views' extend_schema annotations; the server itself does not serve it.
+    "drf_spectacular",
     "modelapp",
 ]
 
@@ -258,6 +261,24 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "modelapp.exceptions.exception_handler",
+    # extend_schema on the views subclasses this when views.py is imported.
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Our negotiation reads the Accept header only, never a ?format= parameter.
+    "URL_FORMAT_OVERRIDE": None,
+}
+# The OpenAPI description's settings (docs/openapi.yaml, tests/test_openapi.py).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "smserve",
+    "DESCRIPTION": (
+        "SageMaker's inference contract for scikit-learn models: /ping, /invocations "
+        "and /execution-parameters, and the model API of multi-model endpoints. Every "
+        "error answers {detail, code}."
+    ),
+    "VERSION": "1.0",
+    "SERVERS": [{"url": "http://localhost:8080", "description": "the container"}],
+    # The test checks the document; serve's `check --deploy` need not generate it.
+    "ENABLE_DJANGO_DEPLOY_CHECK": False,
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
 }
 
 _log_level = (env_str("SMSERVE_LOG_LEVEL") or "INFO").upper()
