@@ -125,6 +125,10 @@ BATCH_ERRORS = {
         "`unknown_method`, ...: the detail says what to send), or nginx could not read "
         "the request (`bad_request`)."
     ),
+    404: (
+        "A multi-model container (`multi_model`): invoke a loaded model with "
+        "POST /models/{name}/invoke."
+    ),
     406: "No renderer satisfies the Accept header (`not_acceptable`).",
     413: "The body is over the payload limit (`payload_too_large`).",
     415: "No parser reads this Content-Type (`unsupported_media_type`).",

@@ -51,9 +51,16 @@ def load_model(model_dir: Path) -> LoadedModel:
     """Load and warm up the model in ``model_dir``; ``ModelLoadError`` says what went
     wrong."""
     started = time.perf_counter()
-    metadata = ModelMetadata.read(model_dir)
-    kind = predictor_kind(model_dir)
-    predictor = kind.from_model_dir(model_dir, metadata)
+    try:
+        metadata = ModelMetadata.read(model_dir)
+        kind = predictor_kind(model_dir)
+        predictor = kind.from_model_dir(model_dir, metadata)
+    except OSError as exc:
+        # A path the file system refuses (too long, no permission, not a directory
+        # on the way): what is wrong with the directory, not a bug.
+        raise ModelLoadError(
+            f"The model directory {model_dir} cannot be read: {exc.strerror or exc}."
+        ) from exc
     artifact = predictor.artifact
     sha256 = sha256_of(artifact)
     expected = predictor.metadata.sha256 if predictor.metadata else None

@@ -140,7 +140,15 @@ class InvocationsView(APIView):
         self._predictor_error: Exception | None = None
 
     def get_predictor(self, request: Request, **kwargs: Any) -> Any:
-        """The predictor this request goes to (503 while it is not ready)."""
+        """The predictor this request goes to (503 while it is not ready); a 404 in a
+        multi-model container, which has no default model to become ready (a 503 would
+        tell the caller to retry)."""
+        if multimodel.enabled():
+            raise ModelNotFound(
+                "This is a multi-model container (SAGEMAKER_MULTI_MODEL=true): invoke "
+                "a loaded model with POST /models/<name>/invoke.",
+                code="multi_model",
+            )
         return registry.get(self.model_name)
 
     # Per-request work DRF would redo for every invocation, done once: parsers and
@@ -454,7 +462,24 @@ def _load_request(body: bytes) -> tuple[str, str]:
             'Send {"model_name": "<name>", "url": "<model directory>"}.',
             code="invalid_load_request",
         )
+    if not all(_is_text(f) for f in fields):
+        # Neither is a file name, a registry key or a database value (found by
+        # schemathesis: both were a 500).
+        raise InvalidInput(
+            "model_name and url must be text without NUL characters or unpaired "
+            "surrogates (\\u0000, \\ud800).",
+            code="invalid_load_request",
+        )
     return fields[0], fields[1]
+
+
+def _is_text(value: str) -> bool:
+    """No NUL, and encodable as UTF-8 (JSON may hold an unpaired surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
 
 
 _LOAD_FIELDS = ("model_name", "url")

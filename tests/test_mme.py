@@ -88,6 +88,20 @@ def test_empty_list_and_alive_ping_from_the_start(mme):
     assert ping.json() == {"status": "alive"}
 
 
+def test_invocations_is_a_404_that_names_the_model_api(mme, iris_base):
+    """A multi-model container has no default model that could become ready: POST
+    /invocations is a 404 saying how to invoke a model (it was a 503 "not loaded",
+    which tells SageMaker to retry; found by schemathesis), in the negotiated format."""
+    load(mme, "iris", iris_base / "model")
+    response = mme.post("/invocations", IRIS_ROW, "application/json")
+    assert response.status_code == HTTPStatus.NOT_FOUND
+    assert response.json()["code"] == "multi_model"
+    assert "POST /models/<name>/invoke" in response.json()["detail"]
+    csv = mme.post("/invocations", IRIS_ROW, "text/csv")
+    assert csv.status_code == HTTPStatus.NOT_FOUND
+    assert csv["Content-Type"] == "text/csv"
+
+
 def test_load_get_invoke_unload(mme, iris_base):
     url = iris_base / "model"
     response = load(mme, "iris", url)
@@ -159,12 +173,32 @@ def test_second_load_of_a_name_is_a_409(mme, iris_base):
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"[]", b'{"model_name": "x"}', b'{"model_name": "", "url": "/a"}'],
+    [
+        b"not json",
+        b"[]",
+        b'{"model_name": "x"}',
+        b'{"model_name": "", "url": "/a"}',
+        # Found by schemathesis, each a 500: a NUL in the path, an unpaired surrogate
+        # in the path or in the name.
+        b'{"model_name": "x", "url": "/tmp/a\\u0000b"}',
+        b'{"model_name": "x", "url": "/tmp/\\ud800"}',
+        b'{"model_name": "\\ud800", "url": "/tmp"}',
+        b'{"model_name": "x\\u0000", "url": "/tmp"}',
+    ],
 )
 def test_malformed_load_request_is_a_400(mme, body):
     response = mme.post("/models", body, "application/json")
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert response.json()["code"] == "invalid_load_request"
+
+
+def test_a_url_the_file_system_refuses_is_a_400_that_says_why(mme, tmp_path):
+    """A path too long for the file system is not a model directory (found by
+    schemathesis: it was a 500)."""
+    response = load(mme, "long", tmp_path / ("x" * 5000))
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert response.json()["code"] == "model_load_failed"
+    assert "cannot be read: File name too long" in response.json()["detail"]
 
 
 def test_missing_or_corrupt_artifact_says_why(mme, tmp_path):
