@@ -391,6 +391,12 @@ CUSTOM_ATTRIBUTES_RESPONSE = OpenApiParameter(
     required=True,
     description="`method=<the prediction method that answered>`.",
 )
+MODEL_NAME = OpenApiParameter(
+    "name",
+    location=OpenApiParameter.PATH,
+    description="The `model_name` the model was loaded under.",
+    examples=[OpenApiExample("A model", value="iris")],
+)
 TARGET_MODEL = OpenApiParameter(
     "X-Amzn-SageMaker-Target-Model",
     location=OpenApiParameter.HEADER,

@@ -380,6 +380,7 @@ class ModelView(StatusView):
         tags=["multi-model"],
         summary="Describe a loaded model",
         description="The model loaded under `name`.",
+        parameters=[openapi.MODEL_NAME],
         responses={
             200: openapi.ok(openapi.ModelSerializer, "The model."),
             404: openapi.error(openapi.MODEL_NOT_FOUND),
@@ -398,6 +399,7 @@ class ModelView(StatusView):
         tags=["multi-model"],
         summary="Unload a model",
         description="Answered once every worker has given the model's memory back.",
+        parameters=[openapi.MODEL_NAME],
         responses={
             200: openapi.ok(
                 openapi.ModelStatusSerializer, "Unloaded from every worker."
@@ -422,6 +424,7 @@ class ModelView(StatusView):
             "formats, negotiation, headers and errors, and 404 for a name that is not "
             "loaded."
         ),
+        parameters=[openapi.MODEL_NAME],
     )
 )
 class ModelInvokeView(InvocationsView):
