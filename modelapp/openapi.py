@@ -188,7 +188,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             '[...]}` or `{"inputs": [...]}`. Several documents one per line are read as '
             "JSON Lines (batch transform, `SplitType=Line`)."
         ),
-        "oneOf": [
+        # anyOf: an object with both keys is read by its "instances".
+        "anyOf": [
             {"type": "array", "items": _ref("Record")},
             {
                 "type": "object",

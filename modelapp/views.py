@@ -74,7 +74,10 @@ class PingView(StatusView):
             "container, 200 as soon as the server is up. Otherwise 503 with the reason."
         ),
         responses={
-            200: openapi.ok(openapi.PingSerializer, "The server is ready."),
+            200: openapi.ok(
+                openapi.PingSerializer,
+                "Ready for invocations (a multi-model server: alive).",
+            ),
             503: openapi.error(
                 "The model is not loaded, or failed its warm-up (`model_not_ready`, "
                 "the detail says why). " + openapi.UNAVAILABLE

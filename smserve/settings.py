@@ -272,7 +272,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "SageMaker's inference contract for scikit-learn models: /ping, /invocations "
         "and /execution-parameters, and the model API of multi-model endpoints. Every "
-        "error answers {detail, code}."
+        "error answers {detail, code}, nginx's own too: on any path nginx may answer "
+        "400, 405, 411, 413, 414, 431, 500, 501, 503, 504 or 505 itself."
     ),
     "VERSION": "1.0",
     "SERVERS": [{"url": "http://localhost:8080", "description": "the container"}],
