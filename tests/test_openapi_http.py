@@ -7,34 +7,21 @@ check, with a curl line that reproduces it."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
-from schemathesis.engine import Status, events, from_schema
 
-from modelapp import formats
-from tests.support import ROOT
+from tests.support.openapi import Run, run_schemathesis
 from tests.support.servers import ServeProcess, ServerDatabase
 
 pytestmark = pytest.mark.server
 
-DOCUMENT = ROOT / "docs" / "openapi.yaml"
 SEED = 20261128
-# Examples per operation and phase: about 600 requests per server, a few seconds each.
+# Examples per operation and phase: about 550 requests per server, ~5 s each.
 MAX_EXAMPLES = 30
-CHECKS = (
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
-)
 OPERATIONS = {
     "GET /ping",
     "GET /execution-parameters",
@@ -46,100 +33,11 @@ OPERATIONS = {
     "POST /models/{name}/invoke",
 }
 
-# schemathesis sends text/* and application/octet-stream bodies as they are; our other
-# textual and binary types the same way.
-schemathesis.serializer.alias(
-    [
-        t
-        for t, name in formats.ALIASES.items()
-        if name in (formats.CSV, formats.JSONLINES) and not t.startswith("text/")
-    ],
-    "text/plain",
-)
-schemathesis.serializer.alias([formats.NPY], "application/octet-stream")
 
-
-@dataclass
-class Run:
-    """What schemathesis sent and found."""
-
-    requests: int = 0
-    statuses: Counter = field(default_factory=Counter)
-    checks: Counter = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def __iadd__(self, other: Run) -> Run:
-        self.requests += other.requests
-        self.statuses += other.statuses
-        self.checks += other.checks
-        self.failures += other.failures
-        self.errors += other.errors
-        return self
-
-    def summary(self) -> str:
-        return (
-            f"{self.requests} requests, {self.checks[Status.SUCCESS]} checks passed, "
-            f"{len(self.failures)} failures, {len(self.errors)} errors"
-        )
-
-
-def run_schemathesis(
-    server: ServeProcess,
-    include: dict[str, Any] | None = None,
-    exclude: dict[str, Any] | None = None,
-    operations: list[dict[str, Any]] | None = None,
-) -> Run:
-    """Every phase but the stateful one (examples, coverage, fuzzing) over the
-    operations ``include`` and ``exclude`` select (all by default); ``operations`` is
-    schemathesis' per-operation configuration."""
-    config = schemathesis.Config.from_dict(
-        {
-            "seed": SEED,
-            "base-url": f"http://127.0.0.1:{server.port}",
-            "cache": {"enabled": False},
-            "generation": {
-                "max-examples": MAX_EXAMPLES,
-                "deterministic": True,
-                "database": "none",
-            },
-            "checks": {"enabled": False, **{c: {"enabled": True} for c in CHECKS}},
-            "phases": {"stateful": {"enabled": False}},
-            "operations": operations or [],
-        }
+def schemathesis_on(server: ServeProcess, **selection: Any) -> Run:
+    return run_schemathesis(
+        f"http://127.0.0.1:{server.port}", SEED, MAX_EXAMPLES, **selection
     )
-    schema = schemathesis.openapi.from_path(DOCUMENT, config=config)
-    if include:
-        schema = schema.include(**include)
-    if exclude:
-        schema = schema.exclude(**exclude)
-    run = Run()
-    for event in from_schema(schema).execute():
-        if isinstance(event, events.ScenarioFinished):
-            record(run, event.recorder)
-        elif isinstance(event, events.NonFatalError):
-            run.errors.append(
-                f"{event.label}: {event.info.title}: {event.info.message}"
-            )
-        elif isinstance(event, events.FatalError):
-            run.errors.append(f"schemathesis failed: {event.exception!r}")
-    return run
-
-
-def record(run: Run, recorder: Any) -> None:
-    for interaction in recorder.interactions.values():
-        run.requests += 1
-        status = interaction.response.status_code if interaction.response else None
-        run.statuses[recorder.label, status] += 1
-    for checks in recorder.checks.values():
-        for check in checks:
-            run.checks[check.status] += 1
-            if check.status == Status.FAILURE:
-                info = check.failure_info
-                run.failures.append(
-                    f"{recorder.label} {check.name}: {info.failure.title}: "
-                    f"{info.failure.message}\n    {info.code_sample}"
-                )
 
 
 def operations(run: Run) -> set[str]:
@@ -189,7 +87,7 @@ def multi_model_server(tmp_path_factory, iris_base) -> Iterator[ServeProcess]:
 def test_a_single_model_server_answers_as_documented(single_server):
     """Every operation (the /models API answers 404 here), no 5xx and no answer the
     document does not describe."""
-    run = run_schemathesis(single_server)
+    run = schemathesis_on(single_server)
     print(f"schemathesis, single-model server: {run.summary()}")
     assert_clean(run)
     assert operations(run) == OPERATIONS
@@ -204,7 +102,7 @@ def test_a_multi_model_server_answers_as_documented(multi_model_server):
     lists, so an unload would leave nothing loaded to check the other successes
     against); every invocation of a named model goes to the loaded one, so the
     formats and errors of a model's own pipeline are checked, not only the 404."""
-    run = run_schemathesis(
+    run = schemathesis_on(
         multi_model_server,
         exclude={"method": "DELETE"},
         operations=[
@@ -214,7 +112,7 @@ def test_a_multi_model_server_answers_as_documented(multi_model_server):
             }
         ],
     )
-    run += run_schemathesis(multi_model_server, include={"method": "DELETE"})
+    run += schemathesis_on(multi_model_server, include={"method": "DELETE"})
     print(f"schemathesis, multi-model server: {run.summary()}")
     assert_clean(run)
     assert operations(run) == OPERATIONS
