@@ -273,10 +273,13 @@ class WorkerModels:
         artifact cannot be loaded. ``target_model`` (SageMaker's ``TargetModel``, the
         artifact's path) is only logged."""
         model_dir = Path(url)
+        # Measured outside the lock (other loads and unloads go on meanwhile), and only
+        # as far as the budget: a url of a huge tree (even "/") is a prompt 507.
+        estimate = directory_bytes(model_dir, stop_above=self.share_bytes)
         with self.shared.locked():
             if self.shared.token(name) is not None:
                 raise ModelAlreadyLoaded(f"A model is loaded as {name!r} already.")
-            self._check_fits(name, directory_bytes(model_dir))
+            self._check_fits(name, estimate)
         before = rss_bytes()
         try:
             loaded = load_model(model_dir)
@@ -513,14 +516,17 @@ def rss_bytes() -> int:
         return 0
 
 
-def directory_bytes(model_dir: Path) -> int:
-    """What the files of a model directory weigh: the estimate checked before loading."""
+def directory_bytes(model_dir: Path, stop_above: int | None = None) -> int:
+    """What the files of a model directory weigh: the estimate checked before loading;
+    the walk stops once the total is over ``stop_above``."""
     total = 0
     with contextlib.suppress(OSError):
         for root, _, files in os.walk(model_dir):
             for name in files:
                 with contextlib.suppress(OSError):
                     total += os.stat(os.path.join(root, name)).st_size
+            if stop_above is not None and total > stop_above:
+                break
     return total
 
 

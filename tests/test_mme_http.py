@@ -246,6 +246,12 @@ def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
     status, body = mme.load("big", big)
     assert status == HTTPStatus.INSUFFICIENT_STORAGE
     assert body["code"] == "insufficient_memory"
+    # A url of a whole file system: measured only as far as the budget, not walked
+    # to its end under the registry's lock.
+    status, body = mme.load("everything", "/")
+    assert status == HTTPStatus.INSUFFICIENT_STORAGE
+    assert body["code"] == "insufficient_memory"
+    assert mme.get("/models/everything")[0] == HTTPStatus.NOT_FOUND
 
 
 def test_corrupt_artifact_fails_only_its_own_load(mme, tmp_path):
