@@ -265,6 +265,9 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Our negotiation reads the Accept header only, never a ?format= parameter.
     "URL_FORMAT_OVERRIDE": None,
+    # OPTIONS is no operation of the contract: 405, rather than DRF's metadata (which
+    # would hand out the views' docstrings).
+    "DEFAULT_METADATA_CLASS": None,
 }
 # The OpenAPI description's settings (docs/openapi.yaml, tests/test_openapi.py).
 SPECTACULAR_SETTINGS = {

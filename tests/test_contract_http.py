@@ -492,6 +492,23 @@ def test_unknown_paths_and_methods_are_json(server, method, path, status, code, 
     assert error["detail"]
 
 
+@pytest.mark.parametrize("path", ["/invocations", "/execution-parameters", "/models"])
+def test_options_is_not_an_operation(server, path):
+    """OPTIONS is no call of the contract: a 405 like any other method a path does not
+    take, not DRF's metadata (which carried the views' docstrings)."""
+    status, headers, body = server.request(
+        "OPTIONS", path, headers={"Accept": "application/json"}
+    )
+    assert (status, headers["content-type"]) == (
+        HTTPStatus.METHOD_NOT_ALLOWED,
+        "application/json",
+    )
+    assert json.loads(body) == {
+        "detail": 'Method "OPTIONS" not allowed.',
+        "code": "method_not_allowed",
+    }
+
+
 def test_gunicorn_not_answering_is_503_from_nginx(server):
     """While nginx cannot reach gunicorn (its socket gone, as while gunicorn starts or
     restarts), an invocation is the JSON 503 that says so; once it is back, a 200.
