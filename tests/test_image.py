@@ -24,6 +24,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from tests.support import ROOT
+from tests.support import cluster as cluster_support
 from tests.support.inference_scripts import FOUR_HOOKS_PY, SDK_HOOKS_PY
 from tests.support.script_mode import (
     HELPER_PY,
@@ -511,3 +512,99 @@ def test_image_holds_no_secret_key_test_tools_or_compilers(
         "/opt/program/train",
         "/opt/program/docker/serve",
     ], result.stdout + result.stderr
+
+
+# --- a training job over two hosts: two containers on the host's network ------------------
+# The hosts' loopback addresses: a range of this test's own (tests/support/cluster.py has
+# 127.0.16.x), told to smserve through the test-only SMSERVE_HOST_ADDRESSES.
+TWO_HOSTS = {"algo-1": "127.0.17.1", "algo-2": "127.0.17.2"}
+DISTRIBUTED_SEARCH = {
+    "smserve_estimator": "random_forest",
+    "n_estimators": "8",
+    "smserve_random_seed": "0",
+    "smserve_search": "grid",
+    "smserve_search_space": json.dumps(
+        {"max_depth": [1, 3], "min_samples_leaf": [1, 10]}
+    ),
+    "smserve_search_folds": "3",
+    "smserve_cluster_timeout": "120",
+}
+
+
+def host_job(base: Path, current_host: str, hosts: list[str]) -> Path:
+    """``iris_job``'s tree for one host of a job over ``hosts``."""
+    sagemaker_tree(
+        base,
+        hyperparameters=DISTRIBUTED_SEARCH,
+        channels={"train": file_channel("text/csv")},
+        hosts=hosts,
+        current_host=current_host,
+    )
+    X, y = load_iris(return_X_y=True)
+    train_dir = base / "input" / "data" / "train"
+    train_dir.mkdir(parents=True)
+    np.savetxt(train_dir / "iris.csv", np.column_stack([y, X]), delimiter=",", fmt="%g")
+    return base
+
+
+def test_a_search_over_two_hosts_in_two_containers(image: str, tmp_path: Path):
+    """Two containers on the host's network, each ``train`` with its own /opt/ml and
+    ``resourceconfig.json`` (algo-1, algo-2): both exit 0, only the leader writes the model
+    and output/success, its metadata's search ran on two hosts and found the best
+    parameters the same search finds in one container."""
+    single = host_job(tmp_path / "single", "algo-1", ["algo-1"])
+    alone = Container()
+    try:
+        result = alone.run("--network=host", "-v", f"{single}:/opt/ml", image, "train")
+    finally:
+        alone.remove()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    names = sorted(TWO_HOSTS)
+    port = cluster_support.free_port(TWO_HOSTS["algo-1"])
+    env = [
+        "--env",
+        "SMSERVE_HOST_ADDRESSES="
+        + ",".join(f"{name}={address}" for name, address in TWO_HOSTS.items()),
+        "--env",
+        f"SMSERVE_DASK_SCHEDULER_PORT={port}",
+    ]
+    bases = {name: host_job(tmp_path / name, name, names) for name in names}
+    containers = {name: Container() for name in names}
+    try:
+        for name in reversed(names):  # the leader last, as a slow leader would be
+            started = containers[name].run(
+                "--detach",
+                "--network=host",
+                *env,
+                "-v",
+                f"{bases[name]}:/opt/ml",
+                image,
+                "train",
+            )
+            assert started.returncode == 0, started.stderr
+        codes = {}
+        for name in names:
+            waited = podman("wait", containers[name].name, timeout=300)
+            assert waited.returncode == 0, waited.stderr
+            codes[name] = int(waited.stdout.strip())
+        logs = {name: containers[name].logs() for name in names}
+    finally:
+        for container in containers.values():
+            container.remove()
+
+    assert codes == {"algo-1": 0, "algo-2": 0}, "\n".join(logs.values())
+    leader, other = bases["algo-1"], bases["algo-2"]
+    search = json.loads((leader / "model" / "metadata.json").read_text())["search"]
+    expected = json.loads((single / "model" / "metadata.json").read_text())["search"]
+    assert search["hosts"] == 2
+    assert expected["hosts"] == 1
+    assert search["best_params"] == expected["best_params"]
+    assert search["best_score"] == expected["best_score"]
+    assert (leader / "model" / "model.joblib").stat().st_size > 0
+    assert (leader / "output" / "success").exists()
+    assert "Every host joined" in logs["algo-1"]
+    assert not (other / "model" / "model.joblib").exists()
+    assert not (other / "output" / "success").exists()
+    assert not (other / "output" / "failure").exists()
+    assert "The leader closed the cluster" in logs["algo-2"]
