@@ -180,7 +180,7 @@ class Trainer:
         env = self.env
         # Every host checks the same hyperparameters, so a mistake fails them all alike.
         estimator = self.build_estimator()
-        spec = search.SearchSpec.from_hyperparameters(self.hp.owned)
+        spec = search.SearchSpec.of(env)
         plan = cluster.Plan.of(env, estimator, searching=spec is not None)
         if not plan.hosts.is_leader:
             if plan.spread:
@@ -207,7 +207,7 @@ class Trainer:
     ) -> None:
         """Fit (the search over ``estimator`` when ``spec``), evaluate, write the model."""
         task = estimators.task_of(estimator)
-        datasets = self.load_data(task)
+        datasets = self.load_data(task, spec.space_channel if spec else None)
         # A table's encoding goes in front of the estimator before a search wraps it.
         estimator = self.for_table(estimator, datasets[TRAIN])
         to_fit = spec.build(estimator, task, self.hp.random_seed) if spec else estimator
@@ -282,7 +282,10 @@ class Trainer:
         )
         return estimator
 
-    def load_data(self, task: str | None) -> dict[str, Dataset]:
+    def load_data(
+        self, task: str | None, search_channel: str | None = None
+    ) -> dict[str, Dataset]:
+        """train, validation and test; ``search_channel`` held the search's space."""
         channels = self.env.channels
         if TRAIN not in channels:
             raise ClientError(
@@ -290,7 +293,9 @@ class Trainer:
                 f"{', '.join(sorted(channels)) or 'no channels'}; give the training "
                 f"data as a channel named train ({self.paths.channel_dir(TRAIN)})."
             )
-        for name in sorted(set(channels) - {TRAIN, *EVALUATION_CHANNELS}):
+        for name in sorted(
+            set(channels) - {TRAIN, *EVALUATION_CHANNELS, search_channel}
+        ):
             logger.info(
                 "Ignoring channel %s: smserve reads train, validation, test.", name
             )

@@ -6,6 +6,9 @@ search they build, and what the job keeps of it.
 ``set_params`` takes them (``max_depth``, ``randomforestclassifier__max_depth``); values
 are lists, or for the random kinds also ``{"uniform": [low, high]}``,
 ``{"loguniform": [low, high]}``, ``{"randint": [low, high]}`` (high excluded).
+SageMaker caps a hyperparameter's value at 256 characters, so a wide space can come from a
+JSON file instead: ``smserve_search_space_file`` is ``<channel>/<path>``, a file of one of
+the job's File-mode channels other than the data's (``config/space.json``).
 ``smserve_search_candidates`` is the random kinds' number of candidates,
 ``smserve_search_folds`` the cross-validation folds, ``smserve_search_scoring`` a
 scikit-learn scorer name (default: ``accuracy`` for a classifier, ``r2`` for a regressor).
@@ -22,22 +25,28 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from modelapp.metadata import json_safe
 from modelapp.training import ClientError
 from modelapp.training.estimators import valid_parameters
 
+if TYPE_CHECKING:
+    from modelapp.training.environment import TrainingEnvironment
+
 logger = logging.getLogger(__name__)
 
 KIND = "smserve_search"
 SPACE = "smserve_search_space"
+SPACE_FILE = "smserve_search_space_file"
 CANDIDATES = "smserve_search_candidates"
 FOLDS = "smserve_search_folds"
 SCORING = "smserve_search_scoring"
 KEYS: dict[str, Any] = {
     KIND: None,
     SPACE: None,
+    SPACE_FILE: None,
     CANDIDATES: 10,
     FOLDS: 5,
     SCORING: None,
@@ -60,15 +69,25 @@ class SearchSpec:
     candidates: int = KEYS[CANDIDATES]
     folds: int = KEYS[FOLDS]
     scoring: str | None = None
+    # The channel smserve_search_space_file read the space from, if any.
+    space_channel: str | None = None
 
     @property
     def random(self) -> bool:
         return self.kind.endswith("random")
 
     @classmethod
-    def from_hyperparameters(cls, values: dict[str, Any]) -> SearchSpec | None:
+    def of(cls, env: TrainingEnvironment) -> SearchSpec | None:
+        """The job's search: its hyperparameters, the space read from the channel file
+        ``smserve_search_space_file`` names when given."""
+        return cls.from_hyperparameters(env.hyperparameters.owned, env)
+
+    @classmethod
+    def from_hyperparameters(
+        cls, values: dict[str, Any], env: TrainingEnvironment | None = None
+    ) -> SearchSpec | None:
         """None when the job has no search; a ``ClientError`` saying what to fix when the
-        values are wrong."""
+        values are wrong. ``env`` finds the file of ``smserve_search_space_file``."""
         given = {key: value for key, value in values.items() if value is not None}
         kind = given.get(KIND)
         if kind is None:
@@ -83,9 +102,27 @@ class SearchSpec:
             raise ClientError(
                 f"Hyperparameter {KIND} must be one of {', '.join(KINDS)}, got {kind!r}."
             )
+        random = kind.endswith("random")
+        space_channel = None
+        if SPACE_FILE in given:
+            if SPACE in given:
+                raise ClientError(
+                    f"Hyperparameters {SPACE} and {SPACE_FILE} are both set: give the "
+                    f"space one way, {SPACE_FILE} when it is longer than SageMaker's "
+                    "256 characters for a hyperparameter."
+                )
+            if env is None:
+                raise ValueError(f"{SPACE_FILE} needs the training environment")
+            space_channel, path = space_file(given[SPACE_FILE], env)
+            space = _grids(
+                read_space_file(path), random, f"The file {path} ({SPACE_FILE})"
+            )
+        else:
+            space = _space(given.get(SPACE), random)
         spec = cls(
             kind=kind,
-            space=_space(given.get(SPACE), random=kind.endswith("random")),
+            space=space,
+            space_channel=space_channel,
             candidates=_whole(given, CANDIDATES, minimum=1),
             folds=_whole(given, FOLDS, minimum=2),
             scoring=given.get(SCORING),
@@ -146,12 +183,16 @@ class SearchSpec:
         )
 
 
+EXAMPLE = '{"max_depth": [2, 4, 8], "min_samples_leaf": [1, 5]}'
+
+
 def _space(value: Any, random: bool) -> list[dict[str, Any]]:
-    example = '{"max_depth": [2, 4, 8], "min_samples_leaf": [1, 5]}'
+    example = EXAMPLE
     if value is None:
         raise ClientError(
             f"Hyperparameter {SPACE} is missing: give the parameters to search as a "
-            f"JSON object, e.g. {example}."
+            f"JSON object, e.g. {example} (or, longer than 256 characters, in a file: "
+            f"{SPACE_FILE})."
         )
     if isinstance(value, str):
         # Not JSON, else the hyperparameter's conversion would have decoded it.
@@ -162,19 +203,88 @@ def _space(value: Any, random: bool) -> list[dict[str, Any]]:
                 f"Hyperparameter {SPACE} is not valid JSON: {exc}. Give a JSON object "
                 f"such as {example}."
             ) from exc
+    return _grids(value, random, f"Hyperparameter {SPACE}")
+
+
+def _grids(value: Any, random: bool, where: str) -> list[dict[str, Any]]:
+    """The space's grids checked; ``where`` names its source in messages."""
     grids = value if isinstance(value, list) and value else [value]
     if not all(isinstance(grid, dict) and grid for grid in grids):
         raise ClientError(
-            f"Hyperparameter {SPACE} must be a JSON object of parameter -> values (or a "
-            f"list of such objects), e.g. {example}; got {value!r}."
+            f"{where} must be a JSON object of parameter -> values (or a list of such "
+            f"objects), e.g. {EXAMPLE}; got {_short(value)}."
         )
     return [
-        {name: _values(name, values, random) for name, values in grid.items()}
+        {name: _values(name, values, random, where) for name, values in grid.items()}
         for grid in grids
     ]
 
 
-def _values(name: str, values: Any, random: bool) -> Any:
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def space_file(value: Any, env: TrainingEnvironment) -> tuple[str, Path]:
+    """``smserve_search_space_file`` checked: ``<channel>/<path>`` inside one of the
+    job's File-mode channels that is not a data channel; (channel, file path)."""
+    from modelapp.training.environment import KNOWN_CHANNELS
+
+    example = "config/space.json (the file space.json of a channel named config)"
+    parts = PurePosixPath(value).parts if isinstance(value, str) else ()
+    if len(parts) < 2 or parts[0] == "/" or ".." in parts:
+        raise ClientError(
+            f"Hyperparameter {SPACE_FILE} must be <channel>/<path to a JSON file in "
+            f"it>, e.g. {example}; got {value!r}."
+        )
+    channel, *rest = parts
+    config = env.channels.get(channel)
+    if config is None:
+        raise ClientError(
+            f"Hyperparameter {SPACE_FILE} names the channel {channel!r}, which the job "
+            f"does not have (its channels: {', '.join(sorted(env.channels)) or 'none'}). "
+            f"Give the file as a channel of its own, e.g. {example}."
+        )
+    if channel in KNOWN_CHANNELS:
+        raise ClientError(
+            f"Hyperparameter {SPACE_FILE} names the channel {channel!r}, whose every "
+            f"file smserve reads as data: put the space in a channel of its own, e.g. "
+            f"{example}."
+        )
+    if config.input_mode == "Pipe":
+        raise ClientError(
+            f"Hyperparameter {SPACE_FILE}: channel {channel!r} is in Pipe mode, a "
+            "stream with no files: give it TrainingInputMode File."
+        )
+    return channel, config.source(env.paths).joinpath(*rest)
+
+
+def read_space_file(path: Path) -> Any:
+    """The JSON in ``path``; a ``ClientError`` when it is missing or not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ClientError(
+            f"Hyperparameter {SPACE_FILE}: there is no file {path}. Check the path "
+            "inside the channel, and that the channel is FullyReplicated (every host "
+            "reads the space)."
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(
+            f"Hyperparameter {SPACE_FILE}: {path} could not be read as text ({exc})."
+        ) from exc
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ClientError(
+            f"{SPACE_FILE} ({path}) is not valid JSON: {exc}. It must hold a JSON "
+            f"object such as {EXAMPLE}."
+        ) from exc
+    logger.info("Search space read from %s (%d bytes).", path, len(text))
+    return value
+
+
+def _values(name: str, values: Any, random: bool, where: str) -> Any:
     if isinstance(values, list) and values:
         return values
     if random and isinstance(values, dict) and len(values) == 1:
@@ -201,7 +311,7 @@ def _values(name: str, values: Any, random: bool) -> Any:
             ', or {"uniform": [low, high]}, {"loguniform": [low, high]} (low > 0), '
             '{"randint": [low, high]} with low < high'
         )
-    raise ClientError(f"In {SPACE}, {name!r} must be {shapes}; got {values!r}.")
+    raise ClientError(f"{where}: {name!r} must be {shapes}; got {values!r}.")
 
 
 def _whole(values: dict[str, Any], key: str, minimum: int) -> int:

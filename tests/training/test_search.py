@@ -15,6 +15,7 @@ from sklearn.model_selection import GridSearchCV
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
 from modelapp.training import ClientError
+from modelapp.training.environment import TrainingEnvironment
 from modelapp.training.search import SearchSpec
 from tests.support.training import file_channel, run_train, sagemaker_tree, write_csv
 
@@ -35,18 +36,26 @@ def iris_split():
     return (X[:120], y[:120]), (X[120:], y[120:])
 
 
-def job(tmp_path, data, validation=None, estimator=FOREST, **hyperparameters):
+def job(
+    tmp_path, data, validation=None, estimator=FOREST, space=None, **hyperparameters
+):
+    """A job's tree; ``space``, a file's text, is ``config/space.json`` in a ``config``
+    channel."""
     base = sagemaker_tree(
         tmp_path,
         hyperparameters={**estimator, **hyperparameters},
         channels={
             "train": file_channel(),
             **({"validation": file_channel()} if validation else {}),
+            **({"config": file_channel("application/json")} if space else {}),
         },
     )
     write_csv(base / "input/data/train/d.csv", *data)
     if validation:
         write_csv(base / "input/data/validation/d.csv", *validation)
+    if space is not None:
+        (base / "input/data/config").mkdir(parents=True)
+        (base / "input/data/config/space.json").write_text(space)
     return base
 
 
@@ -257,3 +266,127 @@ def test_the_admin_shows_a_search():
     assert html.count("<tr><td>") == 2
     assert "{&quot;max_depth&quot;: 3}" in html
     assert search_table({}) == "no search"
+
+
+# Hand-picked candidates: a space longer than SageMaker's 256 characters for a value.
+CANDIDATES = [
+    {"max_depth": [1], "min_samples_leaf": [1], "max_features": ["sqrt"]},
+    {"max_depth": [3], "min_samples_leaf": [10], "max_features": ["sqrt"]},
+    {"max_depth": [3], "min_samples_leaf": [1], "max_features": [None]},
+    {"max_depth": [None], "min_samples_leaf": [5], "max_features": [0.5]},
+]
+
+
+def test_the_space_from_a_file_in_a_channel(tmp_path, iris_split):
+    """``smserve_search_space_file`` reads a space too long for a hyperparameter from a
+    channel of its own (``config/space.json``); the search is the one the file spells,
+    and the channel is not taken for data."""
+    space = json.dumps(CANDIDATES)
+    assert len(space) > 256
+    base = job(
+        tmp_path,
+        iris_split[0],
+        space=space,
+        smserve_search="grid",
+        smserve_search_space_file="config/space.json",
+        smserve_search_folds="3",
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    expected = GridSearchCV(
+        RandomForestClassifier(n_estimators=8, random_state=0),
+        CANDIDATES,
+        cv=3,
+        scoring="accuracy",
+    ).fit(*iris_split[0])
+    search = json.loads(SageMakerPaths(base).metadata_file.read_text())["search"]
+    assert search["candidates"] == len(CANDIDATES)
+    assert search["best_params"] == expected.best_params_
+    assert search["best_score"] == pytest.approx(expected.best_score_)
+    assert "Search space read from" in proc.stderr
+    assert "Ignoring channel" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("space", "hyperparameters", "message"),
+    [
+        (
+            json.dumps(GRID),
+            {"smserve_search_space_file": "config/spaces.json"},
+            "smserve_search_space_file: there is no file ",
+        ),
+        (
+            '{"max_depth": [1, 3}',
+            {"smserve_search_space_file": "config/space.json"},
+            "config/space.json) is not valid JSON: Expecting",
+        ),
+        (
+            json.dumps(GRID),
+            {
+                "smserve_search_space_file": "config/space.json",
+                "smserve_search_space": json.dumps(GRID),
+            },
+            "smserve_search_space and smserve_search_space_file are both set",
+        ),
+    ],
+    ids=["missing", "not-json", "both-ways"],
+)
+def test_a_bad_space_file_fails_with_exit_1(
+    tmp_path, iris_split, space, hyperparameters, message
+):
+    """A missing file, a file that is not JSON, or the space given both ways: exit 1
+    with the reason in output/failure, no model."""
+    base = job(
+        tmp_path, iris_split[0], space=space, smserve_search="grid", **hyperparameters
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 1, proc.stderr
+    failure = (base / "output/failure").read_text()
+    assert message in failure
+    assert "Traceback" not in failure
+    assert not (base / "model/model.joblib").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "mode", "message"),
+    [
+        ("space.json", "File", "must be <channel>/<path to a JSON file in it>"),
+        ("/config/space.json", "File", "must be <channel>/<path"),
+        ("config/../train/d.csv", "File", "must be <channel>/<path"),
+        ("search/space.json", "File", "names the channel 'search', which the job"),
+        ("train/d.csv", "File", "whose every file smserve reads as data"),
+        ("config/space.json", "Pipe", "is in Pipe mode"),
+    ],
+)
+def test_space_file_paths_are_checked(tmp_path, iris_split, path, mode, message):
+    """The path is ``<channel>/<file>`` inside a File-mode channel that is not a data
+    channel, and never leaves it."""
+    base = job(tmp_path, iris_split[0], space=json.dumps(GRID))
+    config = json.loads((base / "input/config/inputdataconfig.json").read_text())
+    config["config"]["TrainingInputMode"] = mode
+    (base / "input/config/inputdataconfig.json").write_text(json.dumps(config))
+    env = TrainingEnvironment.load(
+        SageMakerPaths(base),
+        {"smserve_search": "grid", "smserve_search_space_file": path},
+    )
+
+    with pytest.raises(ClientError, match=re.escape(message)):
+        SearchSpec.of(env)
+
+
+def test_a_space_file_of_the_wrong_shape(tmp_path, iris_split):
+    """The file's JSON is checked as the hyperparameter's is, naming the file."""
+    base = job(tmp_path, iris_split[0], space=json.dumps({"C": []}))
+    env = TrainingEnvironment.load(
+        SageMakerPaths(base),
+        {"smserve_search": "grid", "smserve_search_space_file": "config/space.json"},
+    )
+
+    with pytest.raises(
+        ClientError, match=r"space\.json \(smserve_search_space_file\): 'C'"
+    ):
+        SearchSpec.of(env)
