@@ -342,17 +342,26 @@ def report_failure(scheduler: str, host: str, reason: str) -> None:
 
 
 # --- the fit's side: a Dask client in the fit's process ------------------------------------
-class _Sequential:
-    """A task of the search, whose own joblib calls (a forest's trees) run in the task."""
+class _SequentialBatch:
+    """A batch of the search's tasks as a worker runs it: joblib's ``Batch``, but the
+    tasks' own joblib calls (a forest's trees) run in the task.
 
-    def __init__(self, func: Callable[..., Any]) -> None:
-        self.func = func
+    joblib's ``Batch`` runs its tasks inside ``parallel_config(backend="dask")``, which
+    makes a Dask client on the worker: the nested calls would go back to the cluster, and
+    that client, when the scheduler goes away, keeps the worker from exiting for Dask's
+    30 s connect timeout while it tries to reconnect."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, tasks: list[tuple[Callable[..., Any], tuple, dict]]) -> list:
         import joblib
 
         with joblib.parallel_config(backend="sequential"):
-            return self.func(*args, **kwargs)
+            return [func(*args, **kwargs) for func, args, kwargs in tasks]
+
+    def __repr__(self) -> str:
+        return self.name  # the task's key, as joblib names it
 
 
 def _register_backend() -> None:
@@ -382,7 +391,7 @@ def _register_backend() -> None:
 
         async def _to_func_args(self, func: Any) -> tuple[Any, list[Any]]:
             batch, tasks = await super()._to_func_args(func)
-            return batch, [(_Sequential(f), a, k) for f, a, k in tasks]
+            return _SequentialBatch(repr(batch)), tasks
 
         def __reduce__(self) -> tuple[Any, tuple[()]]:
             return (FlatDaskBackend, ())

@@ -173,3 +173,18 @@ class Job:
 
 def metadata(base: Path) -> dict[str, Any]:
     return json.loads((base / "model" / "metadata.json").read_text())
+
+
+def task_context() -> tuple[bool, str]:
+    """Run as a task of the search on a worker: whether that worker has made a Dask
+    client, and the joblib backend the task's own joblib calls get."""
+    import joblib
+    from distributed import get_worker
+
+    backend, _ = joblib.parallel.get_active_backend()
+    return get_worker()._client is not None, type(backend).__name__
+
+
+def task_context_made_a_client(dask_worker: Any) -> bool:
+    """``Client.run`` on every worker: whether it has made a Dask client."""
+    return dask_worker._client is not None

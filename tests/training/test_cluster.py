@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import joblib
 import numpy as np
@@ -20,7 +22,15 @@ from modelapp.training.cluster import (
     worker_command,
     workers_by_host,
 )
-from tests.support.cluster import SUBNET, Job, free_port, host_name, metadata
+from tests.support.cluster import (
+    SUBNET,
+    Job,
+    free_port,
+    host_name,
+    metadata,
+    task_context,
+    task_context_made_a_client,
+)
 from tests.support.servers import wait_for
 from tests.support.training import file_channel, run_train, sagemaker_tree, write_csv
 
@@ -170,10 +180,10 @@ def test_a_host_killed_mid_search(tmp_path, jobs, data):
     assert metadata(job.host("algo-1").base)["search"]["candidates"] == 4
 
 
-def test_the_data_stays_on_every_worker():
-    """X and y, sent once to every worker, stay on every worker: a host that dies then
-    takes no data with it. (The scheduler's memory manager would keep one copy within
-    seconds, and a search whose one copy died with its host could not go on.)"""
+@contextmanager
+def two_workers() -> Iterator[tuple[str, tuple[str, str]]]:
+    """A scheduler and two hosts' workers, as the leader starts them, without ``train``:
+    (the scheduler's address, the host names); stopped at the end."""
     leader = f"{SUBNET}.1"
     address = f"tcp://{leader}:{free_port(leader)}"
     names = (host_name(1), host_name(2))
@@ -196,21 +206,54 @@ def test_the_data_stays_on_every_worker():
             started.append(
                 DaskProcess("worker", worker_command(address, name, bind, 60))
             )
-        X, y = load_iris(return_X_y=True)
-        with fit_context(address, names, 60)(X, y, pytest.fail):
-            backend, _ = joblib.parallel.get_active_backend()
-            futures = list(backend.data_futures.values())
-            keys = [future.key for future in futures]
-            workers = set(backend.client.scheduler_info()["workers"])
-            time.sleep(3 * 2)  # three cycles of the memory manager (every 2 s)
-            held = backend.client.who_has(futures)
+        yield address, names
     finally:
         for process in reversed(started):
             process.stop()
 
+
+def test_the_data_stays_on_every_worker():
+    """X and y, sent once to every worker, stay on every worker: a host that dies then
+    takes no data with it. (The scheduler's memory manager would keep one copy within
+    seconds, and a search whose one copy died with its host could not go on.)"""
+    X, y = load_iris(return_X_y=True)
+    with two_workers() as (address, names):
+        with fit_context(address, names, 60)(X, y, pytest.fail):
+            backend, _ = joblib.parallel.get_active_backend()
+            futures = list(backend.data_futures.values())
+            keys = [future.key for future in futures]
+            # The workers that had joined when the data was sent (a host's second
+            # worker may join a moment later, and fetches the data when a task needs it).
+            sent = backend.client.who_has(futures)
+            time.sleep(3 * 2)  # three cycles of the memory manager (every 2 s)
+            held = backend.client.who_has(futures)
+
     assert len(keys) == 2
-    assert len(workers) >= 2
-    assert {key: set(held[key]) for key in keys} == dict.fromkeys(keys, workers)
+    assert {key: set(held[key]) for key in keys} == {
+        key: set(sent[key]) for key in keys
+    }
+    hosts = {f"{SUBNET}.1", f"{SUBNET}.2"}
+    for key in keys:
+        assert {
+            worker.split("//")[1].rsplit(":", 1)[0] for worker in held[key]
+        } == hosts
+
+
+def test_a_task_runs_its_own_joblib_calls_in_place():
+    """On the workers, a task's own joblib calls (a forest's trees) run sequentially in
+    the task, and no Dask client is made there (joblib's stock batch makes one, which
+    sends the nested calls back to the cluster and, once the scheduler has gone, holds
+    the worker's exit for Dask's 30 s connect timeout)."""
+    X, y = load_iris(return_X_y=True)
+    with two_workers() as (address, names):
+        with fit_context(address, names, 60)(X, y, pytest.fail):
+            seen = joblib.Parallel()(joblib.delayed(task_context)() for _ in range(6))
+            backend, _ = joblib.parallel.get_active_backend()
+            ran_on = backend.client.run(task_context_made_a_client)
+
+    assert set(seen) == {(False, "SequentialBackend")}
+    assert len(ran_on) >= 2
+    assert not any(ran_on.values())
 
 
 def test_sigterm_on_the_leader_ends_every_host(tmp_path, jobs, data):
