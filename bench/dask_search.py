@@ -19,8 +19,10 @@ same RandomForest grid (8 candidates x 3 folds) is run:
   (the way issue 16 measured at 1.93x on an idle machine).
 
 Each way prints its median wall time over the repeats, the ratio to ``serial``, and how
-the tasks were spread over the workers (the ``where`` column: tasks per worker). Run by
-hand; not part of the test suite.
+the tasks were spread over the workers (the ``where`` column: tasks per worker; for
+``serial`` and ``flat`` also the final refit's seconds, part of the total). The workers run
+with the scheduler's memory manager off, as smserve's do. Run by hand; not part of the
+test suite.
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ class Cluster:
             "PYTHONPATH": str(ROOT),  # the workers unpickle smserve's task wrapper
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
+            # As smserve's DaskProcess: X and y stay on every worker (the scheduler's
+            # memory manager would keep one copy, and the other host fetch it again).
+            "DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START": "False",
         }
         self.procs.append(
             subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -182,7 +187,8 @@ def run_way(way: str, client: Any) -> tuple[float, str]:
         clock = time.perf_counter()
         with joblib.parallel_config(backend=BACKEND, client=client, scatter=[X, y]):
             search.fit(X, y)
-        return time.perf_counter() - clock, where(client, started)
+        seconds = time.perf_counter() - clock
+        return seconds, f"{where(client, started)} refit:{search.refit_time_:.2f}s"
     kwargs: dict[str, Any] = {}
     search_kwargs: dict[str, Any] = {}
     if "scatter" in way:
@@ -229,13 +235,14 @@ def map_search(
     return client.gather(futures)
 
 
-def serial_once() -> float:
+def serial_once() -> tuple[float, float]:
+    """The search's seconds, and of them the final refit's."""
     from sklearn.model_selection import GridSearchCV
 
     X, y, estimator, grid = problem()
     clock = time.perf_counter()
-    GridSearchCV(estimator, grid, cv=3, n_jobs=1).fit(X, y)
-    return time.perf_counter() - clock
+    search = GridSearchCV(estimator, grid, cv=3, n_jobs=1).fit(X, y)
+    return time.perf_counter() - clock, search.refit_time_
 
 
 def main() -> None:
@@ -255,7 +262,10 @@ def main() -> None:
                 check=True,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
             ).stdout
-            times["serial"].append(float(out.split()[-1]))
+            seconds, refit = map(float, out.split()[-2:])
+            times["serial"].append(seconds)
+            spread["serial"] = f"refit:{refit:.2f}s"
+            print(f"serial: {seconds:.2f}s {spread['serial']}", file=sys.stderr)
     cluster_ways = [w for w in ways if w != "serial"]
     if cluster_ways:
         from distributed import Client
@@ -289,6 +299,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if "--serial-child" in sys.argv:
-        print(f"{serial_once():.4f}")
+        seconds, refit = serial_once()
+        print(f"{seconds:.4f} {refit:.4f}")
     else:
         main()
