@@ -94,6 +94,21 @@ class Container:
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return podman("run", "--name", self.name, *args, timeout=timeout)
 
+    def serve(
+        self, image: str, port: int, *options: str, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``IMAGE serve``, detached, on the host's network with ``port`` on loopback;
+        ``options`` are podman's (volumes), ``env`` the container's environment."""
+        env = {
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "SMSERVE_BIND_HOST": "127.0.0.1",
+            **env,
+        }
+        pairs = [
+            arg for name, value in env.items() for arg in ("--env", f"{name}={value}")
+        ]
+        return self.run("--detach", "--network=host", *pairs, *options, image, "serve")
+
     def logs(self) -> str:
         result = podman("logs", self.name)
         return result.stdout + result.stderr
@@ -201,19 +216,12 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
     with exit code 0 well inside SageMaker's 30 s grace period."""
     port = free_port()
     started = time.monotonic()
-    result = container.run(
-        "--detach",
-        "--network=host",
-        "--env",
-        f"SAGEMAKER_BIND_TO_PORT={port}",
-        "--env",
-        "SMSERVE_BIND_HOST=127.0.0.1",
-        "--env",
-        "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+    result = container.serve(
+        image,
+        port,
         "-v",
         f"{trained / 'model'}:/opt/ml/model:ro",
-        image,
-        "serve",
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
     )
     assert result.returncode == 0, result.stderr
 
@@ -258,21 +266,13 @@ def test_serve_in_multi_model_mode(image: str, trained: Path, container: Contain
     at once, the model loaded from /opt/ml/models/<name>/model through POST /models,
     invoked and unloaded."""
     port = free_port()
-    result = container.run(
-        "--detach",
-        "--network=host",
-        "--env",
-        f"SAGEMAKER_BIND_TO_PORT={port}",
-        "--env",
-        "SMSERVE_BIND_HOST=127.0.0.1",
-        "--env",
-        "SAGEMAKER_MULTI_MODEL=true",
-        "--env",
-        "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+    result = container.serve(
+        image,
+        port,
         "-v",
         f"{trained / 'model'}:/opt/ml/models/a1b2/model:ro",
-        image,
-        "serve",
+        SAGEMAKER_MULTI_MODEL="true",
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
     )
     assert result.returncode == 0, result.stderr
     wait_for_ping(container, port, deadline=time.monotonic() + 60)
@@ -315,19 +315,12 @@ def test_serve_runs_an_inference_script_from_model_code(
     (model / "code").mkdir()
     (model / "code" / "inference.py").write_text(FOUR_HOOKS_PY)
     port = free_port()
-    result = container.run(
-        "--detach",
-        "--network=host",
-        "--env",
-        f"SAGEMAKER_BIND_TO_PORT={port}",
-        "--env",
-        "SMSERVE_BIND_HOST=127.0.0.1",
-        "--env",
-        "SAGEMAKER_PROGRAM=inference.py",
+    result = container.serve(
+        image,
+        port,
         "-v",
         f"{model}:/opt/ml/model:ro",
-        image,
-        "serve",
+        SAGEMAKER_PROGRAM="inference.py",
     )
     assert result.returncode == 0, result.stderr
     wait_for_ping(container, port, deadline=time.monotonic() + 60)
@@ -433,23 +426,15 @@ def test_serve_the_script_trained_model_with_its_inference_py(
     (``SAGEMAKER_SUBMIT_DIRECTORY``); the SDK's own ``SKLearnPredictor`` (NPY) and a
     JSON ``Predictor`` get the trained model's probabilities."""
     port = free_port()
-    result = container.run(
-        "--detach",
-        "--network=host",
-        "--env",
-        f"SAGEMAKER_BIND_TO_PORT={port}",
-        "--env",
-        "SMSERVE_BIND_HOST=127.0.0.1",
-        "--env",
-        "SAGEMAKER_PROGRAM=inference.py",
-        "--env",
-        f"SAGEMAKER_SUBMIT_DIRECTORY={SOURCEDIR}",
+    result = container.serve(
+        image,
+        port,
         "-v",
         f"{script_trained / 'model'}:/opt/ml/model:ro",
         "-v",
         f"{script_trained / 'sourcedir'}:/opt/ml/sourcedir:ro",
-        image,
-        "serve",
+        SAGEMAKER_PROGRAM="inference.py",
+        SAGEMAKER_SUBMIT_DIRECTORY=SOURCEDIR,
     )
     assert result.returncode == 0, result.stderr
     wait_for_ping(container, port, deadline=time.monotonic() + 60)
