@@ -12,6 +12,7 @@ import pytest
 from django.core.management.base import CommandError
 
 from modelapp.management.commands.prepare_serve import create_superuser
+from modelapp.middleware import ADMIN_HEADERS
 from tests.support import ROOT
 from tests.support.admin import AdminClient
 from tests.support.servers import PYTHON, ServeProcess, ServerDatabase
@@ -43,6 +44,28 @@ def locked_server(iris_base, tmp_path_factory):
     db.drop()
 
 
+@pytest.mark.server
+def test_admin_headers_come_from_the_app_with_or_without_nginx(
+    iris_base, serve_factory
+):
+    """The admin's Content-Security-Policy and Permissions-Policy are the app's own: with
+    gunicorn alone on the port (no nginx) the login page carries them too, and an
+    inference answer does not."""
+    server = serve_factory(
+        iris_base, env={"SMSERVE_NGINX": "off", "SMSERVE_ADMIN_ENABLED": "1"}
+    )
+    assert "nginx not found" in server.log
+    status, headers, _ = AdminClient(server.port).get("/admin/login/")
+    assert status == HTTPStatus.OK
+    assert (
+        headers["Content-Security-Policy"] == ADMIN_HEADERS["Content-Security-Policy"]
+    )
+    assert headers["Permissions-Policy"] == ADMIN_HEADERS["Permissions-Policy"]
+    status, headers, _ = server.request("GET", "/ping")
+    assert status == HTTPStatus.OK
+    assert "content-security-policy" not in headers
+
+
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PYTHON, "manage.py", *args],
@@ -67,6 +90,7 @@ def test_admin_pages_carry_security_headers_and_strict_cookies(locked_server):
     assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
     assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["Permissions-Policy"] == ADMIN_HEADERS["Permissions-Policy"]
     assert "no-store" in headers["Cache-Control"]
     csrf = [c for c in headers.get_all("Set-Cookie") if c.startswith("csrftoken=")]
     assert csrf
