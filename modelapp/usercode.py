@@ -230,16 +230,25 @@ def _copy_file(path: Path, into: Path) -> None:
 
 
 # --- requirements ----------------------------------------------------------------------------
-def install_requirements(source_dir: Path, *, python: str | None = None) -> bool:
-    """``pip install -r requirements.txt`` in ``source_dir`` when there is one.
+def install_requirements(
+    source_dir: Path, *, python: str | None = None, package: bool = False
+) -> bool:
+    """``pip install -r requirements.txt`` in ``source_dir`` when there is one; with
+    ``package`` (a ``setup.py`` there), ``pip install .`` too, as the training toolkit
+    installs a source directory that is a package.
 
-    pip's output goes to stdout as it comes. Returns whether there was a file to install.
+    pip's output goes to stdout as it comes. Returns whether anything was installed.
     """
     requirements = Path(source_dir) / REQUIREMENTS
-    if not requirements.is_file():
+    has_requirements = requirements.is_file()
+    if not has_requirements and not package:
         return False
-    command = [python or sys.executable, "-m", "pip", "install", "-r", REQUIREMENTS]
-    logger.info("Installing %s: %s", requirements, " ".join(command))
+    command = [python or sys.executable, "-m", "pip", "install"]
+    if package:
+        command.append(".")
+    if has_requirements:
+        command += ["-r", REQUIREMENTS]
+    logger.info("Installing %s: %s", source_dir, " ".join(command))
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
     proc = subprocess.Popen(
         command,
@@ -259,17 +268,26 @@ def install_requirements(source_dir: Path, *, python: str | None = None) -> bool
             proc.wait()
         tee.join()
     if code:
-        raise UserCodeError(requirements_failure(requirements, tee.text(), code))
+        raise UserCodeError(
+            requirements_failure(requirements, tee.text(), code, package=package)
+        )
     return True
 
 
-def requirements_failure(requirements: Path, output: str, code: int) -> str:
+def requirements_failure(
+    requirements: Path, output: str, code: int, *, package: bool = False
+) -> str:
     """Which requirement failed, and pip's own words for why."""
     errors = [
         line.strip() for line in output.splitlines() if line.startswith("ERROR:")
     ] or [line.strip() for line in output.splitlines() if line.strip()][-3:]
     detail = " ".join(errors)[:600]
     culprits = [req for req in _requirement_lines(requirements) if _named(req, detail)]
+    if package and not culprits:
+        return (
+            f"Could not install {requirements.parent} as a package (its setup.py; pip "
+            f"exited with {code}): {detail or 'pip printed no error'}"
+        )
     which = (
         f"requirement {culprits[0]!r}"
         if culprits

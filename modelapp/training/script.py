@@ -105,7 +105,10 @@ class ScriptRunner:
                 f"{PROGRAM} names {program!r}, which is not in the source directory "
                 f"{submit or source_dir} (it holds: {listing(source_dir)})."
             )
-        install_requirements(source_dir)
+        # A setup.py makes the source directory a package (the toolkit's rule): it is
+        # installed, and a .py entry point then runs as a module (python -m).
+        package = script.suffix == ".py" and (source_dir / "setup.py").is_file()
+        install_requirements(source_dir, package=package)
         training_env = training_environment(
             self.env,
             decoded,
@@ -115,7 +118,7 @@ class ScriptRunner:
         for directory in (self.paths.model_dir, self.paths.output_data_dir):
             directory.mkdir(parents=True, exist_ok=True)
         child_env = self.child_environment(training_env, sagemaker, source_dir)
-        command = command_for(source_dir, program, to_cmd_args(user))
+        command = command_for(source_dir, program, to_cmd_args(user), package=package)
         logger.info(
             "Invoking the user's script: %s (in %s)", shlex.join(command), source_dir
         )
@@ -186,11 +189,21 @@ def program_name(value: Any) -> str:
     return str(path)
 
 
-def command_for(source_dir: Path, program: str, args: list[str]) -> list[str]:
-    """The command line, run in ``source_dir``: ``.py`` with this Python; anything else
-    as a command, by its ``#!`` line when it has one, else with ``/bin/sh`` (what the
+def command_for(
+    source_dir: Path, program: str, args: list[str], *, package: bool = False
+) -> list[str]:
+    """The command line, run in ``source_dir``: ``.py`` with this Python (as a module,
+    ``python -m``, when the directory is an installed package); anything else as a
+    command, by its ``#!`` line when it has one, else with ``/bin/sh`` (what the
     toolkit's ``sh -c ./script`` comes to)."""
     script = source_dir / program
+    if package:
+        return [
+            sys.executable,
+            "-m",
+            ".".join(Path(program).with_suffix("").parts),
+            *args,
+        ]
     if script.suffix == ".py":
         return [sys.executable, program, *args]
     with open(script, "rb") as fh:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import joblib
@@ -287,6 +289,93 @@ def test_a_failing_requirement_is_named(tmp_path, iris_csv):
     )
     assert "No matching distribution found" in reason
     assert not (base / "model/model.joblib").exists()
+
+
+PACKAGE_SETUP_PY = """\
+from setuptools import setup
+
+setup(name="smserve-setup-example", version="1.2.3", py_modules=["pkgtool"])
+"""
+
+PACKAGE_TRAIN_PY = """\
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import sys
+
+import pkgtool
+
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "how.json"), "w") as fh:
+    json.dump(
+        {
+            "spec": __spec__.name if __spec__ else None,
+            "version": importlib.metadata.version("smserve-setup-example"),
+            "tool": pkgtool.VALUE,
+            "args": sys.argv[1:],
+        },
+        fh,
+    )
+"""
+
+
+@pytest.fixture
+def uninstalls_example_package():
+    """The package test installs into this Python, as the toolkit would in the image;
+    removed again afterwards."""
+    yield
+    subprocess.run(
+        [sys.executable, "-m", "pip", "uninstall", "--yes", "smserve-setup-example"],
+        capture_output=True,
+        check=False,
+    )
+
+
+def test_a_source_with_setup_py_is_installed_and_run_as_a_module(
+    tmp_path, iris_csv, uninstalls_example_package
+):
+    """A ``setup.py`` makes the source directory a package, as in the training toolkit:
+    ``pip install .`` first, then the entry point runs as ``python -m train``."""
+    src = source_dir(
+        tmp_path / "src",
+        {
+            "setup.py": PACKAGE_SETUP_PY,
+            "pkgtool.py": 'VALUE = "from the package"\n',
+            "train.py": PACKAGE_TRAIN_PY,
+        },
+    )
+    base = job(tmp_path, iris_csv, str(src), hps={"depth": 3})
+    done = run_train(base)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads((base / "model/how.json").read_text()) == {
+        "spec": "train",
+        "version": "1.2.3",
+        "tool": "from the package",
+        "args": ["--depth", "3"],
+    }
+
+
+def test_a_setup_py_that_fails_to_install_fails_the_job(tmp_path, iris_csv):
+    """A package pip cannot install fails the job before the script runs, saying so."""
+    src = source_dir(
+        tmp_path / "src",
+        {
+            "setup.py": "raise SystemExit('this package cannot be built')\n",
+            "train.py": PACKAGE_TRAIN_PY,
+        },
+    )
+    base = job(tmp_path, iris_csv, str(src))
+    done = run_train(base)
+
+    assert done.returncode == 1, done.stderr
+    reason = (base / "output/failure").read_text()
+    assert reason.startswith(
+        f"Could not install {base / 'code'} as a package (its setup.py; "
+    )
+    assert "this package cannot be built" in done.stdout
+    assert not (base / "model/how.json").exists()
 
 
 def test_an_archive_escaping_its_directory_is_refused(tmp_path, iris_csv):
