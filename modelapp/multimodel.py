@@ -61,6 +61,7 @@ from modelapp.exceptions import (
     ModelNotFound,
     ModelNotReady,
 )
+from modelapp.periodic import Periodic
 from modelapp.registry import LoadedModel, ModelLoadError, load_model
 from modelapp.stats import collector
 
@@ -222,8 +223,7 @@ class WorkerModels:
         # Tokens this worker is loading (lazily, for an invocation).
         self._loading: set[str] = set()
         self._published: set[str] | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._sweeper = Periodic("smserve-mme", self.sweep)
 
     # --- the invocation path ----------------------------------------------------------
     def get(self, name: str) -> LoadedModel:
@@ -422,29 +422,13 @@ class WorkerModels:
 
     # --- the sweeper thread (one per gunicorn worker, started after the fork) ---------
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
         self._published = None
         self.publish()
-        self._thread = threading.Thread(
-            target=self._run, name=f"smserve-mme-{os.getpid()}", daemon=True
-        )
-        self._thread.start()
+        self._sweeper.start(SWEEP_SECONDS)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._sweeper.stop()
         self.shared.forget_worker(os.getpid())
-
-    def _run(self) -> None:
-        while not self._stop.wait(SWEEP_SECONDS):
-            try:
-                self.sweep()
-            except Exception:  # a bug here must not stop the sweeper for good
-                logger.exception("Sweeping the worker's models failed.")
 
 
 def _record(

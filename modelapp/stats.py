@@ -13,7 +13,6 @@ once, retrying until the database answers.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
 from modelapp import conf
+from modelapp.periodic import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ class StatsCollector:
         self._lock = threading.Lock()  # guards _buckets; held for microseconds
         self._flush_lock = threading.Lock()  # one flush at a time (thread vs. exit)
         self._buckets: dict[Key, list[float]] = {}
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._flusher = Periodic("smserve-stats", self.flush, first=self.record_model)
         # Checksums recorded as TrainedModel rows by this process, and the models
         # loaded through the multi-model API still to record.
         self._models_recorded: set[str] = set()
@@ -197,35 +196,17 @@ class StatsCollector:
 
     def owns_current_thread(self) -> bool:
         """Whether the caller runs in this process's flusher thread."""
-        return self._thread is not None and self._thread is threading.current_thread()
+        return self._flusher.is_current()
 
     def start(self) -> None:
         """Start the flusher thread in this process (a gunicorn worker, after the fork)."""
-        interval = float(conf.get("STATS_FLUSH_SECONDS"))
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(interval,),
-            name=f"smserve-stats-{os.getpid()}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._flusher.start(float(conf.get("STATS_FLUSH_SECONDS")))
 
     def stop(self) -> None:
         """Stop the thread and write what is left (gunicorn's ``worker_exit``)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._flusher.stop()
         self.flush()
         _discard_connection()
-
-    def _run(self, interval: float) -> None:
-        self.record_model()
-        while not self._stop.wait(interval):
-            self.flush()
 
 
 def write_buckets(buckets: dict[Key, list[float]]) -> None:

@@ -56,9 +56,9 @@ def test_the_stats_flusher_thread_does_not_restore_them(installed, monkeypatch):
         request_signals._on_connection_created(sender=None, connection=None)
         seen.append(close_old_connections in _receivers(signals.request_started))
 
-    flusher._thread = threading.Thread(target=run)
-    flusher._thread.start()
-    flusher._thread.join()
+    flusher._flusher.thread = threading.Thread(target=run)
+    flusher._flusher.thread.start()
+    flusher._flusher.thread.join()
     assert seen == [False]
 
 
