@@ -351,9 +351,10 @@ class ModelsView(StatusView):
                 openapi.ModelStatusSerializer, "Loaded: every worker serves it."
             ),
             400: openapi.error(
-                "The body is not `{model_name, url}` (`invalid_load_request`), or "
-                "the directory holds no model that loads and predicts "
-                "(`model_load_failed`, the detail says why)."
+                "The body is not `{model_name, url}`, a name or url holds a control "
+                "character, or the url is outside SMSERVE_MME_MODEL_ROOT "
+                "(`invalid_load_request`); or the directory holds no model that "
+                "loads and predicts (`model_load_failed`, the detail says why)."
             ),
             404: openapi.error(openapi.NOT_MULTI_MODEL),
             409: openapi.error(
