@@ -20,7 +20,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 
 from modelapp import conf
-from modelapp.text import DETAIL, brief, cut
+from modelapp.text import DETAIL, LOGGED_DETAIL, brief, cut
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # A load failure was logged where it happened; a /ping 503 repeats it.
         level = logging.INFO if code == "model_not_ready" else logging.WARNING
         logger.log(
-            level, "Withheld from the caller (%s): %s", code, brief(detail, 2000)
+            level,
+            "Withheld from the caller (%s): %s",
+            code,
+            brief(detail, LOGGED_DETAIL),
         )
         detail = withheld
     return Response(error_body(detail, code), status=exc.status_code, headers=headers)

@@ -25,7 +25,8 @@ def cut(text: str, limit: int) -> str:
     """``text`` cut after ``limit`` characters, saying how many were left out."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+    more = len(text) - limit
+    return f"{text[:limit]}… ({more} more character{'s' if more > 1 else ''})"
 
 
 def brief(value: Any, limit: int = BRIEF) -> str:
