@@ -13,6 +13,9 @@ from rest_framework.renderers import BaseRenderer
 from modelapp.registry import registry
 from modelapp.views import InvocationsView, parse_custom_attributes
 from tests.support.formats import TSVParser, TSVRenderer
+from tests.support.inference_scripts import FOUR_HOOKS_PY
+from tests.support.models import write_model
+from tests.support.script_mode import source_dir
 
 
 def smserve(base, **extra):
@@ -203,3 +206,29 @@ def test_detailed_errors_off_keeps_the_reason_in_the_log(serve_factory, tmp_path
         "code": "model_not_ready",
     }
     assert f"The model directory {empty / 'model'} does not exist" in server.log
+
+
+@pytest.mark.server
+def test_detailed_errors_off_hides_a_scripts_exception(
+    serve_factory, tmp_path, iris_model
+):
+    """SMSERVE_DETAILED_ERRORS=false: an exception in inference.py is a 500 that only
+    says the script raised (its text and traceback are in the log); an error the
+    script raised with a status of its own keeps its message, meant for the caller."""
+    write_model(tmp_path / "base", iris_model)
+    source_dir(tmp_path / "base" / "model" / "code", {"inference.py": FOUR_HOOKS_PY})
+    env = {"SMSERVE_DETAILED_ERRORS": "false", "SAGEMAKER_PROGRAM": "inference.py"}
+    server = serve_factory(tmp_path / "base", env=env, workers=1)
+    status, _, body = server.invoke(
+        b'{"instances": [], "explode": true}', "application/json"
+    )
+    assert status == HTTPStatus.INTERNAL_SERVER_ERROR
+    assert json.loads(body) == {
+        "detail": "The inference script raised an error: the container's log has "
+        "the traceback.",
+        "code": "script_error",
+    }
+    assert "input_fn exploded on purpose" in server.log
+    status, _, body = server.invoke(b"a,b\n", "text/csv")
+    assert status == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    assert json.loads(body)["detail"] == "iris takes JSON, not text/csv"
