@@ -56,6 +56,7 @@ from django.dispatch import receiver
 from modelapp import conf
 from modelapp.exceptions import (
     InsufficientMemory,
+    InvalidInput,
     ModelAlreadyLoaded,
     ModelLoadFailed,
     ModelNotFound,
@@ -64,6 +65,7 @@ from modelapp.exceptions import (
 from modelapp.periodic import Periodic
 from modelapp.registry import LoadedModel, ModelLoadError, load_model
 from modelapp.stats import collector
+from modelapp.text import brief
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +274,7 @@ class WorkerModels:
         worker: 409 if it is loaded already, 507 if it does not fit, 400 if the
         artifact cannot be loaded. ``target_model`` (SageMaker's ``TargetModel``, the
         artifact's path) is only logged."""
-        model_dir = Path(url)
+        model_dir = inside_model_root(url)
         # Measured outside the lock (other loads and unloads go on meanwhile), and only
         # as far as the budget: a url of a huge tree (even "/") is a prompt 507.
         estimate = directory_bytes(model_dir, stop_above=self.share_bytes)
@@ -565,3 +567,18 @@ def enabled() -> bool:
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
     if setting == "SMSERVE":
         worker_models.cache_clear()
+
+
+def inside_model_root(url: str) -> Path:
+    """``url`` as a path, if it is ``MME_MODEL_ROOT`` or under it once every symlink and
+    ``..`` is resolved; else 400: a load request may not make any directory of the
+    container a model (its ``code/inference.py`` would run)."""
+    root = os.path.realpath(conf.get("MME_MODEL_ROOT"))
+    real = os.path.realpath(url)
+    if os.path.commonpath([root, real]) != root:
+        raise InvalidInput(
+            f"url {brief(url)} is not under {root}, where models are loaded from "
+            "(SMSERVE_MME_MODEL_ROOT).",
+            code="invalid_load_request",
+        )
+    return Path(url)

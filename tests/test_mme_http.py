@@ -94,6 +94,8 @@ def mme(tmp_path_factory):
     env = {
         **db.env,
         "SAGEMAKER_MULTI_MODEL": "TRUE",
+        # The tests' models are all in pytest's temp dirs.
+        "SMSERVE_MME_MODEL_ROOT": str(tmp_path_factory.getbasetemp()),
         "SMSERVE_MME_MEMORY_MB": "2048",
         "SMSERVE_STATS_FLUSH_SECONDS": "0.3",
     }
@@ -145,7 +147,7 @@ def test_every_call_and_error(mme, iris_base):
     status, headers, body = mme.invoke("nope")
     assert status == HTTPStatus.NOT_FOUND
     assert b"No model is loaded under the name 'nope'" in body
-    status, body = mme.load("bad", "/nowhere/at/all")
+    status, body = mme.load("bad", iris_base / "nowhere")
     assert (status, body["code"]) == (HTTPStatus.BAD_REQUEST, "model_load_failed")
     status, _, body = mme.server.request("POST", "/models", b"{", {})
     assert status == HTTPStatus.BAD_REQUEST
@@ -153,6 +155,41 @@ def test_every_call_and_error(mme, iris_base):
     assert mme.invoke("iris")[0] == HTTPStatus.NOT_FOUND
     assert mme.get("/models/iris")[0] == HTTPStatus.NOT_FOUND
     assert mme.unload("iris") == HTTPStatus.NOT_FOUND
+
+
+def test_load_requests_that_are_refused(mme, iris_base, tmp_path):
+    """400 ``invalid_load_request``, and nothing loaded: JSON nested 50,000 deep; a
+    name or url with a control character; a url outside SMSERVE_MME_MODEL_ROOT, also
+    through ``..`` or a symlink (a load would run the directory's inference.py)."""
+    status, _, body = mme.server.request(
+        "POST", "/models", b"[" * 50_000, {"Content-Type": "application/json"}
+    )
+    assert status == HTTPStatus.BAD_REQUEST, body
+    assert json.loads(body)["code"] == "invalid_load_request"
+    (tmp_path / "etc").symlink_to("/etc")
+    model = iris_base / "model"
+    for name, url in (
+        ("x\ny", model),
+        ("x", f"{model}\n"),
+        ("etc", "/etc"),
+        ("etc", f"{tmp_path}/../../../../../../etc"),
+        ("etc", tmp_path / "etc"),
+    ):
+        status, body = mme.load(name, url)
+        assert status == HTTPStatus.BAD_REQUEST, (name, url, body)
+        assert body["code"] == "invalid_load_request", body
+    assert "where models are loaded from (SMSERVE_MME_MODEL_ROOT)" in body["detail"]
+    assert mme.get("/models")[1] == {"models": []}
+    assert "Traceback" not in mme.server.log
+
+
+def test_a_path_cannot_forge_a_log_line(mme):
+    """A percent-encoded newline in a model name is logged escaped, on its line."""
+    forged = "2026-01-01T00:00:00+00:00 ERROR forged line"
+    status, _, _ = mme.invoke(f"x%0A{forged.replace(' ', '%20')}")
+    assert status == HTTPStatus.NOT_FOUND
+    assert f"POST /models/x\\n{forged}/invoke 404" in mme.server.log
+    assert not [line for line in mme.server.log.splitlines() if line.startswith(forged)]
 
 
 SCRIPT_WITH_A_SIBLING = """\
@@ -246,9 +283,9 @@ def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
     status, body = mme.load("big", big)
     assert status == HTTPStatus.INSUFFICIENT_STORAGE
     assert body["code"] == "insufficient_memory"
-    # A url of a whole file system: measured only as far as the budget, not walked
-    # to its end under the registry's lock.
-    status, body = mme.load("everything", "/")
+    # A url of a whole tree (the 3 GB file in it): measured only as far as the
+    # budget, not walked to its end under the registry's lock.
+    status, body = mme.load("everything", tmp_path.parent)
     assert status == HTTPStatus.INSUFFICIENT_STORAGE
     assert body["code"] == "insufficient_memory"
     assert mme.get("/models/everything")[0] == HTTPStatus.NOT_FOUND
@@ -415,7 +452,7 @@ def load_in_both_workers(mme: MMEClient, name: str, url: Path) -> None:
 
 
 def test_unloading_gives_the_memory_back(
-    serve_factory, tmp_path, big_forest_dir, iris_base
+    serve_factory, tmp_path, tmp_path_factory, big_forest_dir, iris_base
 ):
     """A large forest held by both workers; after DELETE answers, the server's PSS is
     back near where it was before the load."""
@@ -423,7 +460,11 @@ def test_unloading_gives_the_memory_back(
     assert size_kb > 40_000
     base = tmp_path / "empty"
     base.mkdir()
-    mme = MMEClient(serve_factory(base, env={"SAGEMAKER_MULTI_MODEL": "true"}))
+    env = {
+        "SAGEMAKER_MULTI_MODEL": "true",
+        "SMSERVE_MME_MODEL_ROOT": str(tmp_path_factory.getbasetemp()),
+    }
+    mme = MMEClient(serve_factory(base, env=env))
     root = mme.server.proc.pid
     # A small model first: what any first load imports is not the forest's memory.
     load_in_both_workers(mme, "iris", iris_base / "model")
