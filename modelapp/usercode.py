@@ -6,8 +6,10 @@ and serving (``SAGEMAKER_PROGRAM`` / ``SAGEMAKER_SUBMIT_DIRECTORY``, or ``model/
 - ``fetch_source(uri, dest)``: ``s3://bucket/key`` (a ``.tar.gz``, downloaded with boto3 and
   the standard credential chain; ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` are honoured
   by botocore itself), ``file://`` or a plain path (a directory, a tarball, or one file).
-  Archives are extracted with the ``data`` filter: no member may land outside ``dest``, no
-  link may point outside it, no device files.
+  Archives are checked member by member by name (``check_member``: no ``realpath``, so
+  no PATH_MAX trick) and extracted with the ``data`` filter's rules: no member may land
+  outside ``dest``, no link may point outside it, no device files; at most
+  ``MAX_ARCHIVE_MEMBERS`` members and ``MAX_ARCHIVE_BYTES`` declared.
 - ``install_requirements(source_dir)``: ``pip install -r requirements.txt`` with the
   running Python, as the official container does; a failure names the requirement.
 - ``load_user_module(source_dir, program)``: import the script (serving); a script that
@@ -29,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -103,27 +106,73 @@ def local_path(uri: str) -> Path:
 
 
 class UnsafeMember(Exception):
-    """A member the ``data`` filter refuses, found by ``_extract_data`` (Pythons without
-    tarfile's filters); carries the member as ``tarinfo``, as ``tarfile.FilterError``."""
+    """A member smserve's own checks refuse; carries the member as ``tarinfo``, as
+    ``tarfile.FilterError`` does."""
 
     def __init__(self, tarinfo: tarfile.TarInfo, why: str) -> None:
         super().__init__(why)
         self.tarinfo = tarinfo
 
 
+class ArchiveTooLarge(Exception):
+    """An archive over ``MAX_ARCHIVE_BYTES`` or ``MAX_ARCHIVE_MEMBERS``."""
+
+
 # tarfile.FilterError exists from Python 3.12 and the 3.11.4 / 3.10.12 backports on.
 _FILTER_ERRORS = (UnsafeMember, getattr(tarfile, "FilterError", UnsafeMember))
 
+# What a source archive may hold, declared sizes summed: more is refused before it is
+# written (``r:*`` reads xz and bz2 too, where a few KB can expand to the whole disk).
+MAX_ARCHIVE_BYTES = 4 * 1024**3
+MAX_ARCHIVE_MEMBERS = 100_000
+
+
+# Whether tarfile's ``data`` filter has the fix for CVE-2025-4517 (a symlink chain longer
+# than PATH_MAX that its non-strict ``realpath`` does not follow to the end). Elsewhere
+# smserve applies the filter's rules itself.
+STDLIB_FILTER_FIXED = (
+    (3, 11, 13) <= sys.version_info[:3] < (3, 12)
+    or (3, 12, 11) <= sys.version_info[:3] < (3, 13)
+    or sys.version_info[:3] >= (3, 13, 4)
+)
+
 
 def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
-    """Extract a tarball (any compression) into ``dest``, refusing anything unsafe."""
+    """Extract a tarball (any compression) into ``dest``, refusing anything unsafe.
+
+    Every member is checked first by names alone (``check_member``), whatever the
+    Python; then extracted with tarfile's ``data`` filter where that is sound, else by
+    ``_extract_data``, which applies the same rules.
+    """
     name = uri or str(archive)
+    use_filter = STDLIB_FILTER_FIXED and hasattr(tarfile, "data_filter")
+    dest = Path(dest)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")
-            else:
-                _extract_data(tar, dest)
+            dest.mkdir(parents=True, exist_ok=True)
+            root = os.path.realpath(dest)
+            total = 0
+            for count, member in enumerate(tar, start=1):
+                total += max(member.size, 0)
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise ArchiveTooLarge(
+                        f"it holds more than {MAX_ARCHIVE_MEMBERS} members"
+                    )
+                if total > MAX_ARCHIVE_BYTES:
+                    raise ArchiveTooLarge(
+                        f"its members declare more than {MAX_ARCHIVE_BYTES >> 20} MB"
+                    )
+                check_member(member, root)
+                if use_filter:
+                    tar.extract(member, root, filter="data")
+                else:
+                    _extract_data(tar, member, root)
+    except ArchiveTooLarge as exc:
+        raise UserCodeError(
+            f"Refusing to extract {name}: {exc} (the limits are "
+            f"{MAX_ARCHIVE_MEMBERS} members and {MAX_ARCHIVE_BYTES >> 20} MB). Keep "
+            "data out of the source directory: a channel or S3 is the place for it."
+        ) from exc
     except _FILTER_ERRORS as exc:
         member = getattr(exc, "tarinfo", None)
         what = repr(member.name) if member is not None else "a member"
@@ -139,40 +188,82 @@ def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
         ) from exc
 
 
-def _extract_data(tar: tarfile.TarFile, dest: Path) -> None:
-    """``extractall(dest, filter="data")`` for a Python without tarfile's filters (the
-    image's Debian Python is 3.11.2): the same rules, checked member by member just
-    before each is extracted, as the filter is (so a link extracted earlier is followed):
-    a leading ``/`` is dropped; a path or a link that resolves outside ``dest``, an
-    absolute link, or a device or FIFO is refused; modes lose the set-id bits and the
-    group/other write bits; files belong to whoever extracts them."""
-    dest.mkdir(parents=True, exist_ok=True)
-    root = os.path.realpath(dest)
+def check_member(member: tarfile.TarInfo, root: str) -> None:
+    """Refuse ``member`` unless it provably lands inside ``root``, judged by names and
+    ``lstat`` only, never by ``realpath`` (which gives up silently past PATH_MAX):
 
-    def inside(path: str) -> bool:
-        return os.path.commonpath([os.path.realpath(path), root]) == root
+    - its name (a leading ``/`` dropped) has no ``..`` and passes through no symlink:
+      every parent that exists is a real directory (``root`` is new, so any symlink
+      in it was made by the archive);
+    - it replaces no symlink, and a link replaces no directory;
+    - a symlink's target is relative and of the form ``../../a/b``: climbing first,
+      from the link's own (real) directory, and never above ``root``; so every link
+      resolves inside, and so does any path through it;
+    - a hard link's target is a relative name without ``..``;
+    - it is a file, a directory or a link: no devices, no FIFOs.
+    """
+    name = member.name.lstrip("/" + os.sep)
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if not parts or ".." in parts:
+        raise UnsafeMember(member, f"{member.name!r} is outside the directory")
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeMember(member, f"{member.name!r} is a special file")
+    for depth in range(1, len(parts) + 1):
+        path = os.path.join(root, *parts[:depth])
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            break  # neither it nor anything below it exists yet
+        except OSError as exc:  # ENAMETOOLONG, ELOOP, ...: refuse, never guess
+            raise UnsafeMember(member, f"{member.name!r}: {exc.strerror}") from exc
+        last = depth == len(parts)
+        if stat.S_ISLNK(found.st_mode):
+            raise UnsafeMember(
+                member, f"{member.name!r} passes through the link {path!r}"
+            )
+        if not last and not stat.S_ISDIR(found.st_mode):
+            raise UnsafeMember(member, f"{member.name!r} is below a file")
+        if last and member.issym() and stat.S_ISDIR(found.st_mode):
+            raise UnsafeMember(member, f"{member.name!r} replaces a directory")
+    if member.issym():
+        target = PurePosixPath(member.linkname)
+        ups = 0
+        for part in target.parts:
+            if part == "..":
+                ups += 1
+            elif part != ".":
+                break
+        rest = target.parts[ups:] if not target.is_absolute() else ()
+        if (
+            target.is_absolute()
+            or not member.linkname
+            or ".." in rest
+            or ups > len(parts) - 1
+        ):
+            raise UnsafeMember(member, f"{member.name!r} links outside the directory")
+    elif member.islnk():
+        target = PurePosixPath(member.linkname.lstrip("/"))
+        if not member.linkname or ".." in target.parts:
+            raise UnsafeMember(member, f"{member.name!r} links outside the directory")
 
-    for member in tar:
-        safe = copy.copy(member)
-        safe.name = member.name.lstrip("/" + os.sep)
-        if os.path.isabs(safe.name) or not inside(os.path.join(root, safe.name)):
-            raise UnsafeMember(member, f"{member.name!r} would be outside {root}")
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-            raise UnsafeMember(member, f"{member.name!r} is a special file")
-        if member.issym() or member.islnk():
-            if os.path.isabs(member.linkname):
-                raise UnsafeMember(member, f"{member.name!r} is an absolute link")
-            base = os.path.dirname(safe.name) if member.issym() else ""
-            if not inside(os.path.join(root, base, member.linkname)):
-                raise UnsafeMember(member, f"{member.name!r} links outside {root}")
-        mode = member.mode & 0o755
-        if member.isreg() or member.islnk():
-            mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
-        elif member.isdir():
-            mode |= 0o700
-        safe.mode = mode
-        safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
-        tar.extract(safe, root)
+
+def _extract_data(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> None:
+    """``tar.extract(member, root, filter="data")`` for a Python whose filter is missing
+    or unsound (the image's Debian Python is 3.11.2), after ``check_member``: a leading
+    ``/`` is dropped; modes lose the set-id bits and the group/other write bits; files
+    belong to whoever extracts them."""
+    safe = copy.copy(member)
+    safe.name = member.name.lstrip("/" + os.sep)
+    if member.islnk():
+        safe.linkname = member.linkname.lstrip("/" + os.sep)
+    mode = member.mode & 0o755
+    if member.isreg() or member.islnk():
+        mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+    elif member.isdir():
+        mode |= 0o700
+    safe.mode = mode
+    safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
+    tar.extract(safe, root)
 
 
 def _s3_download(uri: str, target: Path, region: str | None) -> None:

@@ -5,7 +5,9 @@ optional trailing ``context``."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import os
 import sys
 import tarfile
 
@@ -13,6 +15,7 @@ import joblib
 import numpy as np
 import pytest
 
+from modelapp import usercode
 from modelapp.usercode import (
     UserCodeError,
     fetch_source,
@@ -46,11 +49,14 @@ def src(tmp_path):
 
 @pytest.fixture(params=["data_filter", "without_filters"])
 def extraction(request, monkeypatch):
-    """Each extraction test twice: with tarfile's ``data`` filter, and as on a Python
-    without tarfile's filters (the image's Debian 3.11.2), where smserve applies the
-    same rules itself."""
+    """Each extraction test twice: with tarfile's ``data`` filter (used even where it
+    lacks the CVE-2025-4517 fix: smserve's own checks run before it), and as on a
+    Python without tarfile's filters (the image's Debian 3.11.2), where smserve applies
+    the same rules itself."""
     if request.param == "without_filters":
         monkeypatch.delattr(tarfile, "data_filter")
+    else:
+        monkeypatch.setattr(usercode, "STDLIB_FILTER_FIXED", True)
     return request.param
 
 
@@ -396,3 +402,75 @@ def test_a_missing_or_escaping_program_is_refused(tmp_path, isolated):
         load_user_module(src, "inference.py")
     with pytest.raises(UserCodeError, match="must be a path inside"):
         load_user_module(src, "../inference.py")
+
+
+def path_max_tarball(target):
+    """The CVE-2025-4517 archive: 16 nested directories of 247-character names, each
+    reached through a one-letter symlink; a link 16 levels up at the bottom of the
+    chain, and ``escape`` through it to ``../outside``, then ``escape/pwned.txt``.
+    Resolving the chain takes more than PATH_MAX, so a non-strict ``realpath`` stops
+    part-way while the kernel follows it out of the destination."""
+    comp = "d" * 247
+    steps = "abcdefghijklmnop"
+    path = ""
+    with tarfile.open(target, "w") as tar:
+
+        def add(name, kind, linkname=""):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = linkname
+            if kind == tarfile.DIRTYPE:
+                info.mode = 0o755
+            tar.addfile(info)
+
+        for step in steps:
+            add(os.path.join(path, comp), tarfile.DIRTYPE)
+            add(os.path.join(path, step), tarfile.SYMTYPE, comp)
+            path = os.path.join(path, comp)
+        chain = "/".join(steps)
+        long_link = os.path.join(chain, "l" * 254)
+        add(long_link, tarfile.SYMTYPE, "../" * len(steps))
+        add("escape", tarfile.SYMTYPE, f"{long_link}/../outside")
+        payload = tarfile.TarInfo("escape/pwned.txt")
+        payload.size = 5
+        tar.addfile(payload, io.BytesIO(b"owned"))
+    return target
+
+
+def test_a_symlink_chain_longer_than_path_max_cannot_escape(tmp_path, extraction):
+    """A member reached through a symlink the archive made is refused, and link targets
+    are resolved by their names, not by ``realpath``: the PATH_MAX chain of
+    CVE-2025-4517 writes nothing beside the destination."""
+    work = tmp_path / "work"
+    (work / "outside").mkdir(parents=True)
+    archive = path_max_tarball(tmp_path / "chain.tar")
+    with pytest.raises(UserCodeError, match="Refusing to extract "):
+        usercode.extract_archive(archive, work / "dest")
+    assert list((work / "outside").iterdir()) == []
+
+
+def test_an_archive_declaring_more_than_the_cap_is_refused(tmp_path, extraction):
+    """An archive whose members declare 10 GB is refused before a byte of it is
+    written: a small xz or bz2 archive cannot fill the disk."""
+    archive = tmp_path / "huge.tar.gz"
+    big = tarfile.TarInfo("data.bin")
+    big.size = 10 * 1024**3
+    with gzip.open(archive, "wb") as fh:
+        fh.write(big.tobuf(format=tarfile.PAX_FORMAT))
+        fh.write(b"\0" * (1 << 20))  # a first MB of the declared data, then EOF
+    with pytest.raises(UserCodeError, match=r"declare more than \d+ MB"):
+        fetch_source(str(archive), tmp_path / "code")
+    assert not (tmp_path / "code").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["huge.tar.gz"]
+
+
+def test_an_archive_of_too_many_members_is_refused(tmp_path, extraction, monkeypatch):
+    """More members than ``MAX_ARCHIVE_MEMBERS``: refused, nothing kept."""
+    monkeypatch.setattr(usercode, "MAX_ARCHIVE_MEMBERS", 3)
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for n in range(5):
+            tar.addfile(tarfile.TarInfo(f"f{n}.py"), io.BytesIO(b""))
+    with pytest.raises(UserCodeError, match="holds more than 3 members"):
+        fetch_source(str(archive), tmp_path / "code")
+    assert not (tmp_path / "code").exists()
