@@ -239,7 +239,7 @@ class ScriptPredictor(BasePredictor):
         # inference.py, or utils.py, must not find each other's in sys.modules).
         with user_code_scope(source_dir, isolated=multimodel.enabled()):
             try:
-                install_requirements(source_dir)
+                install_requirements(source_dir, constrain=True)
                 module = load_user_module(source_dir, program)
                 hooks = find_hooks(module)
             except UserCodeError as exc:

@@ -25,8 +25,10 @@ says which file or requirement to fix.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import re
@@ -38,7 +40,7 @@ import tarfile
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
@@ -321,29 +323,120 @@ def _copy_file(path: Path, into: Path) -> None:
 
 
 # --- requirements ----------------------------------------------------------------------------
+# What smserve's own settings read that no child of ours needs: a requirement's build
+# (its setup.py runs with our environment), a training script, a Dask worker.
+SECRET_VARIABLES = frozenset({"SECRET_KEY", "DJANGO_SECRET_KEY", "DATABASE_URL"})
+SECRET_PREFIXES = ("DJANGO_SUPERUSER_",)
+
+
+def child_environment(
+    base: Mapping[str, str] | None = None, **extra: str
+) -> dict[str, str]:
+    """``base`` (``os.environ``) without the secrets of ``SECRET_VARIABLES`` and
+    ``SECRET_PREFIXES``, plus ``extra``: the environment of every process smserve starts
+    for user code (pip, a training script, Dask)."""
+    env = {
+        name: value
+        for name, value in (os.environ if base is None else base).items()
+        if name not in SECRET_VARIABLES and not name.startswith(SECRET_PREFIXES)
+    }
+    env.update(extra)
+    return env
+
+
+def image_constraints() -> str:
+    """``name==version`` of every distribution this Python has installed (in the image,
+    exactly requirements.txt's pins): a user's requirements may add packages but never
+    change one smserve runs on."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name and dist.version:
+            pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
+
+
 def install_requirements(
-    source_dir: Path, *, python: str | None = None, package: bool = False
+    source_dir: Path,
+    *,
+    python: str | None = None,
+    package: bool = False,
+    constrain: bool = False,
+    target: Path | None = None,
 ) -> bool:
     """``pip install -r requirements.txt`` in ``source_dir`` when there is one; with
     ``package`` (a ``setup.py`` there), ``pip install .`` too, as the training toolkit
     installs a source directory that is a package.
 
-    pip's output goes to stdout as it comes. Returns whether anything was installed.
+    ``constrain``: with ``--constraint`` of the installed versions (``image_constraints``),
+    so a requirement that would change one fails instead. ``target``: nothing in the
+    environment changes; what it lacks is installed into the directory ``target``
+    (resolved against the environment first, so what it has is not fetched again).
+
+    pip's output goes to stdout as it comes; its environment has no secrets
+    (``child_environment``). Returns whether anything was installed.
     """
     requirements = Path(source_dir) / REQUIREMENTS
     has_requirements = requirements.is_file()
     if not has_requirements and not package:
         return False
-    command = [python or sys.executable, "-m", "pip", "install"]
-    if package:
-        command.append(".")
-    if has_requirements:
-        command += ["-r", REQUIREMENTS]
-    logger.info("Installing %s: %s", source_dir, " ".join(command))
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    pip = [python or sys.executable, "-m", "pip", "install"]
+    arguments = (["."] if package else []) + (
+        ["-r", REQUIREMENTS] if has_requirements else []
+    )
+    env = child_environment(PIP_DISABLE_PIP_VERSION_CHECK="1")
+    with tempfile.TemporaryDirectory(prefix="smserve-pip-") as tmp:
+        if constrain:
+            constraints = Path(tmp) / "constraints.txt"
+            constraints.write_text(image_constraints())
+            arguments += ["--constraint", str(constraints)]
+        if target is None:
+            _pip(pip + arguments, source_dir, env, requirements, package)
+            return True
+        # What a plain install would add to the environment, then exactly that (and
+        # nothing it depends on: the environment has it) into the target.
+        report = Path(tmp) / "report.json"
+        _pip(
+            pip + ["--dry-run", "--quiet", "--report", str(report), *arguments],
+            source_dir,
+            env,
+            requirements,
+            package,
+        )
+        urls = [
+            _install_url(item) for item in json.loads(report.read_text())["install"]
+        ]
+        if urls:
+            _pip(
+                pip + ["--no-deps", "--target", str(target), *urls],
+                source_dir,
+                env,
+                requirements,
+                package,
+            )
+        return True
+
+
+def _install_url(item: dict[str, Any]) -> str:
+    """What to hand pip to install one entry of its installation report."""
+    info = item["download_info"]
+    vcs = info.get("vcs_info")
+    if vcs:
+        return f"{vcs['vcs']}+{info['url']}@{vcs['commit_id']}"
+    return info["url"]
+
+
+def _pip(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    requirements: Path,
+    package: bool,
+) -> None:
+    logger.info("Installing %s: %s", cwd, " ".join(command))
     proc = subprocess.Popen(
         command,
-        cwd=source_dir,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -362,7 +455,6 @@ def install_requirements(
         raise UserCodeError(
             requirements_failure(requirements, tee.text(), code, package=package)
         )
-    return True
 
 
 def requirements_failure(

@@ -6,7 +6,9 @@ optional trailing ``context``."""
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import io
+import json
 import os
 import sys
 import tarfile
@@ -24,6 +26,7 @@ from modelapp.usercode import (
     load_user_module,
     requirements_failure,
 )
+from tests.support.packages import OFFLINE_PIP, local_package
 from tests.support.script_mode import (
     BUCKET,
     escaping_tarball,
@@ -243,6 +246,75 @@ def test_a_failed_install_names_the_requirement(tmp_path, src):
         "Could not install requirement 'SMServe_No.Such-Package==2.0' from "
     )
     assert "(pip exited with 1)" in message
+
+
+@pytest.fixture
+def offline_pip(monkeypatch):
+    """pip with no index and none of the machine's configuration, and the secrets a
+    server's environment may hold."""
+    for name, value in {
+        **OFFLINE_PIP,
+        "SECRET_KEY": "s3cr3t",
+        "DJANGO_SECRET_KEY": "s3cr3t",
+        "DATABASE_URL": "postgres://u:pw@db/x",
+        "DJANGO_SUPERUSER_PASSWORD": "pw",
+        "DJANGO_SUPERUSER_USERNAME": "admin",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+SECRETS = {
+    "SECRET_KEY",
+    "DJANGO_SECRET_KEY",
+    "DATABASE_URL",
+    "DJANGO_SUPERUSER_PASSWORD",
+    "DJANGO_SUPERUSER_USERNAME",
+}
+
+
+def test_a_requirement_is_built_without_smserve_secrets(tmp_path, src, offline_pip):
+    """A requirement's build runs with our environment minus SECRET_KEY,
+    DJANGO_SECRET_KEY, DATABASE_URL and DJANGO_SUPERUSER_*: a typosquatted package
+    learns none of them."""
+    environ = tmp_path / "environ.json"
+    probe = local_package(tmp_path / "probe", "smserve-env-probe", environ=environ)
+    (src / "requirements.txt").write_text(f"{probe}\n")
+    site = tmp_path / "site"
+    assert install_requirements(src, target=site) is True
+
+    names = set(json.loads(environ.read_text()))
+    assert "PATH" in names
+    assert names & SECRETS == set()
+    assert (site / "smserve_env_probe.py").is_file()
+
+
+def test_a_requirement_may_not_change_a_pinned_package(tmp_path, src, offline_pip):
+    """With the image's pins as constraints, a requirement on another version of an
+    installed package (joblib 0.0.1) fails naming it, before anything is built or
+    installed; joblib is unchanged."""
+    fake = local_package(tmp_path / "joblib", "joblib", "0.0.1", buildable=False)
+    (src / "requirements.txt").write_text(f"joblib @ {fake.as_uri()}\n")
+    before = importlib.metadata.version("joblib")
+    with pytest.raises(UserCodeError) as caught:
+        install_requirements(src, constrain=True)
+    message = str(caught.value)
+    assert message.startswith("Could not install requirement 'joblib @ ")
+    assert "conflicting dependencies" in message
+    assert importlib.metadata.version("joblib") == before
+
+
+def test_a_target_gets_only_what_the_environment_lacks(tmp_path, src, offline_pip):
+    """Installing into a target resolves against the environment: a requirement it
+    satisfies (joblib, and the probe's own dependency on numpy) is not fetched again,
+    so this works with no index; the new package alone lands in the target."""
+    probe = local_package(tmp_path / "probe", "smserve-probe", requires=("numpy",))
+    (src / "requirements.txt").write_text(f"joblib\n{probe}\n")
+    site = tmp_path / "site"
+    assert install_requirements(src, constrain=True, target=site) is True
+    assert sorted(p.name for p in site.iterdir() if p.name != "__pycache__") == [
+        "smserve_probe-1.0.dist-info",
+        "smserve_probe.py",
+    ]
 
 
 def test_requirements_failure_without_a_named_requirement(tmp_path):

@@ -40,6 +40,7 @@ from modelapp.training.environment import (
     TrainingEnvironment,
     read_json_object,
 )
+from modelapp.usercode import child_environment
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +228,9 @@ class DaskProcess:
         # there whatever the working directory.
         root = str(Path(modelapp.__file__).resolve().parent.parent)
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        # Without smserve's secrets (SECRET_KEY, DATABASE_URL, ...): tasks run there.
         env = {
-            **os.environ,
+            **child_environment(),
             "PYTHONPATH": path,
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",

@@ -479,3 +479,30 @@ def test_a_failure_file_the_script_wrote_is_kept_with_its_exit_code(tmp_path, ir
 
     assert done.returncode == 3, done.stderr
     assert (base / "output/failure").read_text().startswith("my reason")
+
+
+ENVIRON_PY = """\
+import json
+import os
+
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "environ.json"), "w") as fh:
+    json.dump(sorted(os.environ), fh)
+"""
+
+
+def test_the_script_runs_without_smserves_secrets(tmp_path, iris_csv):
+    """SECRET_KEY, DJANGO_SECRET_KEY, DATABASE_URL and DJANGO_SUPERUSER_* stay with
+    smserve: the user's script (and pip before it) never sees them."""
+    src = source_dir(tmp_path / "src", {"train.py": ENVIRON_PY})
+    base = job(tmp_path, iris_csv, str(src))
+    secrets = {
+        "SECRET_KEY": "s3cr3t",
+        "DJANGO_SECRET_KEY": "s3cr3t",
+        "DJANGO_SUPERUSER_PASSWORD": "pw",
+    }
+    done = run_train(base, env=secrets)
+
+    assert done.returncode == 0, done.stderr
+    names = set(json.loads((base / "model/environ.json").read_text()))
+    assert "SM_MODEL_DIR" in names
+    assert names & {*secrets, "DATABASE_URL"} == set()
