@@ -25,6 +25,7 @@ says which file or requirement to fix.
 from __future__ import annotations
 
 import copy
+import fcntl
 import importlib.metadata
 import importlib.util
 import inspect
@@ -42,6 +43,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -417,6 +419,73 @@ def install_requirements(
         return True
 
 
+# --- one multi-model load's code: fetched once, installed once --------------------------------
+@dataclass(frozen=True)
+class CodeSite:
+    """Where one multi-model load keeps its user code, shared by every worker: the fetched
+    source (``src``) and its requirements (``site``, a ``pip --target`` directory). The
+    worker that answers ``POST /models`` fills it (``install``); the workers that load
+    the model lazily, on an invocation, only read it. Removed on unload."""
+
+    root: Path
+    install: bool
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def site(self) -> Path:
+        return self.root / "site"
+
+
+_CODE_SITE: ContextVar[CodeSite | None] = ContextVar("smserve_code_site", default=None)
+
+
+@contextmanager
+def code_site(root: Path, *, install: bool) -> Iterator[CodeSite]:
+    """Loads in this block keep their user code in ``root`` (see ``CodeSite``)."""
+    site = CodeSite(Path(root), install)
+    token = _CODE_SITE.set(site)
+    try:
+        yield site
+    finally:
+        _CODE_SITE.reset(token)
+
+
+def fetch_for_load(uri: str) -> Path:
+    """The source ``uri`` names, for a model being loaded: into the load's ``CodeSite``
+    (fetched by the installing worker, reused by the others), else into a new temporary
+    directory (single-model serving loads once)."""
+    site = _CODE_SITE.get()
+    if site is None:
+        return fetch_source(uri, Path(tempfile.mkdtemp(prefix="smserve-code-")) / "src")
+    if not site.install and site.src.is_dir():
+        return site.src
+    return fetch_source(uri, site.src)
+
+
+def install_for_load(source_dir: Path) -> None:
+    """A model's ``requirements.txt``, against the image's pins. Within a ``CodeSite``,
+    the installing worker puts them into its ``site`` under a lock of the whole
+    container (one pip at a time), the others install nothing; either way the site goes
+    on ``sys.path`` (call this inside ``user_code_scope``, which takes it off again)."""
+    site = _CODE_SITE.get()
+    if site is None:
+        install_requirements(source_dir, constrain=True)
+        return
+    if site.install:
+        site.root.mkdir(parents=True, exist_ok=True)
+        with open(site.root.parent / "pip.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                install_requirements(source_dir, constrain=True, target=site.site)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    if site.site.is_dir() and str(site.site) not in sys.path:
+        sys.path.append(str(site.site))
+
+
 def _install_url(item: dict[str, Any]) -> str:
     """What to hand pip to install one entry of its installation report."""
     info = item["download_info"]
@@ -585,12 +654,16 @@ def user_code_scope(source_dir: Path, *, isolated: bool) -> Iterator[None]:
     neither its directory on ``sys.path`` nor its modules in ``sys.modules``, so the
     next model's ``inference`` (and ``utils``, ...) are its own. The hooks keep their
     modules through their globals; a sibling module imported only inside a hook, at
-    request time, would not be found: import siblings at the top of the script.
+    request time, would not be found: import siblings at the top of the script. The
+    same holds for the packages of a multi-model load's ``CodeSite`` (its requirements).
     """
     if not isolated:
         yield
         return
-    root = Path(source_dir).resolve()
+    roots = [Path(source_dir).resolve()]
+    site = _CODE_SITE.get()
+    if site is not None:
+        roots.append(site.root.resolve())
     with _SCOPE_LOCK:
         before = set(sys.modules)
         path_before = list(sys.path)
@@ -600,7 +673,7 @@ def user_code_scope(source_dir: Path, *, isolated: bool) -> Iterator[None]:
             sys.path[:] = path_before
             for name in set(sys.modules) - before:
                 file = getattr(sys.modules.get(name), "__file__", None)
-                if file and Path(file).resolve().is_relative_to(root):
+                if file and any(Path(file).resolve().is_relative_to(r) for r in roots):
                     del sys.modules[name]
 
 
