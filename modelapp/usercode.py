@@ -208,6 +208,8 @@ def check_member(member: tarfile.TarInfo, root: str) -> None:
     """
     name = member.name.lstrip("/" + os.sep)
     parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if not parts and member.isdir():
+        return  # "./" itself (``tar -C dir .``): the destination
     if not parts or ".." in parts:
         raise UnsafeMember(member, f"{member.name!r} is outside the directory")
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):

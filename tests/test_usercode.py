@@ -509,6 +509,17 @@ def path_max_tarball(target):
     return target
 
 
+def test_an_archive_of_dot_is_extracted(tmp_path, extraction):
+    """``tar -C src -czf x.tar.gz .``: members ``./``, ``./lib/``, ``./lib/util.py``;
+    the ``./`` is the destination itself."""
+    src = source_dir(tmp_path / "src", FILES)
+    archive = tmp_path / "dot.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    dest = fetch_source(str(archive), tmp_path / "code")
+    assert tree(dest) == ["lib/util.py", "train.py"]
+
+
 def test_a_symlink_chain_longer_than_path_max_cannot_escape(tmp_path, extraction):
     """A member reached through a symlink the archive made is refused, and link targets
     are resolved by their names, not by ``realpath``: the PATH_MAX chain of
