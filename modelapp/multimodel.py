@@ -39,6 +39,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -98,6 +99,8 @@ class SharedRegistry:
         self.names = self.root / "names"
         self.entries = self.root / "entries"
         self.workers = self.root / "workers"
+        # A script model's fetched source and installed requirements, per load (token).
+        self.code = self.root / "code"
         # token() runs on every invocation: a str join is a third of a Path join.
         self._names_prefix = f"{self.names}{os.sep}"
 
@@ -105,6 +108,12 @@ class SharedRegistry:
         for path in (self.names, self.entries, self.workers):
             path.mkdir(parents=True, exist_ok=True)
         return self
+
+    def code_root(self, token: str) -> Path:
+        return self.code / token
+
+    def remove_code(self, token: str) -> None:
+        shutil.rmtree(self.code / token, ignore_errors=True)
 
     @staticmethod
     def key(name: str) -> str:
@@ -247,8 +256,12 @@ class WorkerModels:
         with self._lock:
             self._loading.add(token)
         self.publish()
+        from modelapp.usercode import code_site  # only where models load
+
         try:
-            loaded = load_model(Path(registration.url))
+            # A script model's code as the loading worker fetched and installed it.
+            with code_site(self.shared.code_root(token), install=False):
+                loaded = load_model(Path(registration.url))
         except ModelLoadError as exc:
             raise ModelNotReady(
                 f"Model {name!r} is loaded but this worker cannot load it from "
@@ -282,10 +295,16 @@ class WorkerModels:
             if self.shared.token(name) is not None:
                 raise ModelAlreadyLoaded(f"A model is loaded as {name!r} already.")
             self._check_fits(name, estimate)
+        from modelapp.usercode import code_site  # only where models load
+
+        token = f"{self.shared.key(name)[:16]}-{uuid.uuid4().hex}"
         before = rss_bytes()
         try:
-            loaded = load_model(model_dir)
+            # A script model's requirements are installed here, once for every worker.
+            with code_site(self.shared.code_root(token), install=True):
+                loaded = load_model(model_dir)
         except ModelLoadError as exc:
+            self.shared.remove_code(token)
             if isinstance(exc.__cause__, MemoryError):
                 raise InsufficientMemory(
                     f"Loading {name!r} ran out of memory."
@@ -295,17 +314,21 @@ class WorkerModels:
         registration = Registration(
             name=name,
             url=url,
-            token=f"{self.shared.key(name)[:16]}-{uuid.uuid4().hex}",
+            token=token,
             size=size,
             sha256=loaded.sha256,
             loaded_at=time.time(),
             load_seconds=loaded.load_seconds,
         )
-        with self.shared.locked():
-            if self.shared.token(name) is not None:  # a concurrent load won
-                raise ModelAlreadyLoaded(f"A model is loaded as {name!r} already.")
-            self._check_fits(name, size)
-            self.shared.add(registration)
+        try:
+            with self.shared.locked():
+                if self.shared.token(name) is not None:  # a concurrent load won
+                    raise ModelAlreadyLoaded(f"A model is loaded as {name!r} already.")
+                self._check_fits(name, size)
+                self.shared.add(registration)
+        except (ModelAlreadyLoaded, InsufficientMemory):
+            self.shared.remove_code(token)
+            raise
         self._keep(registration, loaded)
         _record("load", registration, loaded.load_seconds, loaded)
         logger.info(
@@ -340,6 +363,7 @@ class WorkerModels:
                 )
                 break
             time.sleep(SWEEP_SECONDS / 2)
+        self.shared.remove_code(registration.token)
         seconds = time.perf_counter() - started
         _record("unload", registration, seconds)
         logger.info("Unloaded model %r in %.3fs.", name, seconds)

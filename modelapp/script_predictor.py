@@ -33,7 +33,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tempfile
 from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
@@ -222,7 +221,7 @@ class ScriptPredictor(BasePredictor):
         from modelapp.usercode import (
             UserCodeError,
             find_hooks,
-            install_requirements,
+            install_for_load,
             load_user_module,
             user_code_scope,
             where,
@@ -239,7 +238,7 @@ class ScriptPredictor(BasePredictor):
         # inference.py, or utils.py, must not find each other's in sys.modules).
         with user_code_scope(source_dir, isolated=multimodel.enabled()):
             try:
-                install_requirements(source_dir)
+                install_for_load(source_dir)
                 module = load_user_module(source_dir, program)
                 hooks = find_hooks(module)
             except UserCodeError as exc:
@@ -461,7 +460,7 @@ def source_directory(model_dir: Path) -> Path:
     ``<model dir>/code``. On a multi-model endpoint a model's own ``code/<program>``
     comes first."""
     from modelapp import multimodel
-    from modelapp.usercode import UserCodeError, fetch_source, listing, local_path
+    from modelapp.usercode import UserCodeError, fetch_for_load, listing, local_path
 
     own = Path(model_dir) / CODE_DIR
     if multimodel.enabled() and (own / program_name()).is_file():
@@ -480,7 +479,7 @@ def source_directory(model_dir: Path) -> Path:
         path = local_path(uri)
         if path.is_dir():
             return path
-    return fetch_source(uri, Path(tempfile.mkdtemp(prefix="smserve-code-")) / "src")
+    return fetch_for_load(uri)
 
 
 def _count(prediction: Any) -> int:

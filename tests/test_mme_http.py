@@ -5,6 +5,7 @@ unloads racing invocations, and memory given back after an unload."""
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import sqlite3
 import subprocess
@@ -22,6 +23,8 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import ExtraTreesClassifier
 
 from tests.support.models import write_model
+from tests.support.packages import OFFLINE_PIP, local_package
+from tests.support.script_mode import source_dir, tarball
 from tests.support.servers import ServeProcess, ServerDatabase, wait_for
 
 pytestmark = pytest.mark.server
@@ -476,3 +479,116 @@ def test_unloading_gives_the_memory_back(
     assert mme.unload("forest") == HTTPStatus.OK
     after = tree_pss_kb(root)
     assert loaded - after > 0.9 * (loaded - before), (before, loaded, after)
+
+
+# --- a script model's requirements: installed once per load, never on the invocation path
+PROBE_SCRIPT = """\
+import json
+import os
+
+import joblib
+import smserve_probe
+
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def output_fn(prediction, accept):
+    body = {"probe": smserve_probe.VERSION, "predictions": prediction.tolist()}
+    return json.dumps(body), accept
+"""
+
+
+@pytest.fixture(scope="module")
+def mme_code(tmp_path_factory):
+    """A multi-model server whose script (SAGEMAKER_SUBMIT_DIRECTORY, a tarball) requires
+    a local package; pip has no index. The package's build counts pip's installs in
+    ``marker`` and writes the names of its environment to ``environ``."""
+    work = tmp_path_factory.mktemp("mme_code")
+    marker, environ = work / "pip-runs.txt", work / "environ.json"
+    probe = local_package(
+        work / "probe", "smserve-probe", "7.1", marker=marker, environ=environ
+    )
+    src = source_dir(
+        work / "src",
+        {"inference.py": PROBE_SCRIPT, "requirements.txt": f"{probe}\n"},
+    )
+    archive = tarball(src, work / "sourcedir.tar.gz")
+    base = work / "base"
+    base.mkdir()
+    server_dir = work / "server"
+    server_dir.mkdir()
+    env = {
+        **OFFLINE_PIP,
+        "SAGEMAKER_MULTI_MODEL": "TRUE",
+        "SAGEMAKER_PROGRAM": "inference.py",
+        "SAGEMAKER_SUBMIT_DIRECTORY": f"file://{archive}",
+        "SECRET_KEY": "not-for-pip-" * 4,
+        "DATABASE_URL": "",
+    }
+    server = ServeProcess(base, server_dir, env=env)
+    server.start()
+    client = MMEClient(server)
+    client.marker, client.environ, client.tmpdir = marker, environ, server_dir
+    yield client
+    server.stop()
+
+
+def pip_runs(mme: MMEClient) -> int:
+    return len(mme.marker.read_text().split()) if mme.marker.exists() else 0
+
+
+def test_a_script_models_requirements_install_once_for_every_worker(mme_code, tmp_path):
+    """pip runs once, in the worker that answers POST /models, into the load's own site
+    directory; the other worker's lazy load imports the package from there, on the
+    invocation path without pip. pip's environment has no SECRET_KEY nor DATABASE_URL.
+    The unload removes the fetched source and the site."""
+    before = pip_runs(mme_code)
+    load_in_both_workers(mme_code, "probe", constant_model_dir(tmp_path / "probe", 1))
+    status, _, body = mme_code.invoke("probe", Accept="application/json")
+    assert (status, json.loads(body)) == (
+        HTTPStatus.OK,
+        {"probe": "7.1", "predictions": [1]},
+    )
+    assert pip_runs(mme_code) == before + 1
+    names = set(json.loads(mme_code.environ.read_text()))
+    assert "PATH" in names
+    assert names & {"SECRET_KEY", "DATABASE_URL"} == set()
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("smserve-probe")  # not in the venv
+    code = mme_code.registry_dir / "code"
+    assert [p.name for p in code.iterdir() if p.is_dir()] != []
+    assert mme_code.unload("probe") == HTTPStatus.OK
+    assert [p.name for p in code.iterdir() if p.is_dir()] == []
+
+
+def test_loads_and_unloads_leave_no_source_directories_behind(mme_code, tmp_path):
+    """Five loads and unloads of a model whose script is fetched from a tarball: at
+    most one ``smserve-code-*`` directory remains in the server's temp dir."""
+    model_dir = constant_model_dir(tmp_path / "cycled", 2)
+    for _ in range(5):
+        load_in_both_workers(mme_code, "cycled", model_dir)
+        assert mme_code.unload("cycled") == HTTPStatus.OK
+    left = list(mme_code.tmpdir.glob("smserve-code-*"))
+    assert len(left) <= 1, left
+
+
+def test_a_requirement_changing_an_image_package_fails_the_load(mme_code, tmp_path):
+    """A model whose requirements.txt pins another numpy: 400 model_load_failed naming
+    the conflict with the image's pins; the venv's numpy is unchanged and nothing of
+    the load is left."""
+    numpy_before = importlib.metadata.version("numpy")
+    model_dir = constant_model_dir(tmp_path / "old-numpy", 3)
+    source_dir(
+        model_dir / "code",
+        {"inference.py": PROBE_SCRIPT, "requirements.txt": "numpy==1.26.4\n"},
+    )
+    status, body = mme_code.load("old-numpy", model_dir)
+    assert (status, body["code"]) == (HTTPStatus.BAD_REQUEST, "model_load_failed")
+    assert "Could not install requirement 'numpy==1.26.4'" in body["detail"]
+    assert "conflicting dependencies" in body["detail"]
+    assert importlib.metadata.version("numpy") == numpy_before
+    assert mme_code.get("/models/old-numpy")[0] == HTTPStatus.NOT_FOUND
+    code = mme_code.registry_dir / "code"
+    assert not code.exists() or [p for p in code.iterdir() if p.is_dir()] == []

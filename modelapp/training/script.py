@@ -52,6 +52,7 @@ from modelapp.usercode import (
     Tee,
     UserCodeError,
     binary_stream,
+    child_environment,
     fetch_source,
     install_requirements,
     listing,
@@ -154,7 +155,8 @@ class ScriptRunner:
     def child_environment(
         self, training_env: dict[str, Any], sagemaker: dict[str, Any], source_dir: Path
     ) -> dict[str, str]:
-        child = dict(os.environ)
+        # Without smserve's secrets (SECRET_KEY, DATABASE_URL, ...): the script needs none.
+        child = child_environment()
         child.update(sm_variables(training_env))
         # What the toolkit also exports before it starts the script.
         child["SAGEMAKER_JOB_NAME"] = text(sagemaker.get(JOB_NAME, ""))
@@ -169,7 +171,7 @@ class ScriptRunner:
         # The toolkit's rule: a failure file the script wrote itself is kept.
         failure_file = self.paths.failure_file
         if failure_file.is_file():
-            text = failure_file.readtext(errors="replace").strip()
+            text = failure_file.read_text(errors="replace").strip()
             if text:
                 return text
         return failure_message(program, code, stderr)
