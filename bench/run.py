@@ -144,10 +144,10 @@ def floor_ms(model: Any, body: bytes, fmt: str, budget: float) -> dict[str, floa
                 budget,
             ),
         )
-    # The compiled engine's floor (modelapp/engines.py), as a worker runs it.
-    from modelapp import engines
+    # The compiled engine's floor (modelapp/compiled.py), as a worker runs it.
+    from modelapp.predictors import compiled as compiled_engine
 
-    compiled, _ = engines.compile_model(
+    compiled, _ = compiled_engine.compile_model(
         model, None, matrix.shape[1], ("predict",), False, fallback=None
     )
     predict_onnx = (

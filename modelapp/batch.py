@@ -1,7 +1,7 @@
 """``Batch``: the records of one request, as the parsers hand them to the predictors.
 
 The core type of the serving path, independent of HTTP and of any one format: parsers
-(``parsers.py``) make batches from bytes, predictors (``predictors.py``) check them against
+(``parsers.py``) make batches from bytes, predictors (``predictors/``) check them against
 the model and predict.
 """
 

@@ -196,7 +196,7 @@ class ModelMetadata:
     training_job_name: str | None = None
     duration_seconds: float | None = None
     sha256: str | None = None
-    # What train compiled beside the model (model.onnx, verification.npy; engines.py).
+    # What train compiled beside the model (model.onnx, verification.npy; predictors/compiled.py).
     compiled: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     # Keys of a newer (or foreign) writer, kept as they were.
@@ -401,3 +401,25 @@ def _takes_text(step: Any) -> bool:
     return step.__module__.startswith(
         ("sklearn.feature_extraction", "sklearn.preprocessing._function_transformer")
     )
+
+
+def allows_nan(estimator: Any) -> bool:
+    """Whether ``estimator`` takes missing values (NaN). A pipeline does when an imputer
+    comes before any step that cannot (scikit-learn tags every pipeline as refusing
+    them)."""
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        for _, step in steps:
+            if step is None or step == "passthrough":
+                continue
+            if type(step).__module__.startswith("sklearn.impute"):
+                return True
+            if not allows_nan(step):
+                return False
+        return True
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False

@@ -39,7 +39,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -61,6 +60,7 @@ from modelapp.exceptions import (
     ModelNotFound,
     ModelNotReady,
 )
+from modelapp.files import atomic_write
 from modelapp.periodic import Periodic
 from modelapp.registry import LoadedModel, ModelLoadError, load_model
 from modelapp.stats import collector
@@ -153,7 +153,7 @@ class SharedRegistry:
     def add(self, registration: Registration) -> None:
         """Publish ``registration`` (the caller holds the lock): entry first, then the
         name's link, each put in place by a rename."""
-        _write_atomic(
+        atomic_write(
             self.entries / registration.token,
             json.dumps(asdict(registration)).encode(),
         )
@@ -177,7 +177,7 @@ class SharedRegistry:
     # --- what each worker holds -----------------------------------------------------
     def publish_held(self, pid: int, tokens: set[str]) -> None:
         self.make()
-        _write_atomic(self.workers / str(pid), json.dumps(sorted(tokens)).encode())
+        atomic_write(self.workers / str(pid), json.dumps(sorted(tokens)).encode())
 
     def forget_worker(self, pid: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -466,9 +466,9 @@ PRELOADED_MODULES = (
 )
 
 
-# What compiling a model imports (``modelapp/engines.py``), when on. Not onnxruntime:
-# a child of a process that imported it hangs or aborts when it exits, so gunicorn's
-# master must never import it (``engines.OnnxSession``).
+# What compiling a model imports (``modelapp/predictors/compiled.py``), when on. Not
+# onnxruntime: a child of a process that imported it hangs or aborts when it exits, so
+# gunicorn's master must never import it (``compiled.OnnxSession``).
 COMPILED_ENGINE_MODULES = ("onnx", "skl2onnx")
 
 
@@ -540,13 +540,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 # --- this process's models -------------------------------------------------------------

@@ -31,6 +31,8 @@ from django.db import close_old_connections, reset_queries
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
+from modelapp import stats
+
 _lock = threading.Lock()
 _removed: list[tuple[Any, Any]] = []
 
@@ -72,7 +74,5 @@ def restore() -> None:
 
 
 def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
-    from modelapp.stats import collector
-
-    if not collector.owns_current_thread():
+    if not stats.collector.owns_current_thread():
         restore()

@@ -16,8 +16,9 @@ and serving (``SAGEMAKER_PROGRAM`` / ``SAGEMAKER_SUBMIT_DIRECTORY``, or ``model/
   ``predict_fn``, ``output_fn``, ``transform_fn``), each knowing whether it takes the
   inference toolkit's trailing ``context`` argument.
 
-Every mistake of the user's is a ``UserCodeError`` (a training ``ClientError``): its message
-says which file or requirement to fix.
+Every mistake of the user's is a ``UserCodeError``: its message says which file or
+requirement to fix (training treats it as the toolkit's client error, serving as a model
+that cannot load).
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ from types import ModuleType
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from modelapp.training import ClientError
-
 logger = logging.getLogger(__name__)
 
 REQUIREMENTS = "requirements.txt"
@@ -52,7 +51,7 @@ REQUIREMENTS = "requirements.txt"
 TAIL_BYTES = 64 * 1024
 
 
-class UserCodeError(ClientError):
+class UserCodeError(Exception):
     """The user's code cannot be fetched, installed or run as given: the message says why."""
 
 

@@ -36,8 +36,9 @@ from modelapp.negotiation import (
     OwnedOutputRenderer,
     SageMakerContentNegotiation,
 )
+from modelapp.parsers import BaseBatchParser
 from modelapp.registry import DEFAULT_MODEL, registry
-from modelapp.renderers import JSONRenderer, dump_json
+from modelapp.renderers import BaseBatchRenderer, JSONRenderer, dump_json
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -136,9 +137,9 @@ class InvocationsView(APIView):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.parser_classes is None:
-            self.parser_classes = conf.parser_classes()
+            self.parser_classes = conf.import_classes("PARSERS", BaseBatchParser)
         if self.renderer_classes is None:
-            self.renderer_classes = conf.renderer_classes()
+            self.renderer_classes = conf.import_classes("RENDERERS", BaseBatchRenderer)
         self.predictor: Any = None
         self._predictor_error: Exception | None = None
 

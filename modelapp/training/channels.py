@@ -31,13 +31,13 @@ from modelapp.metadata import (
     category_value,
 )
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError
 from modelapp.training.environment import (
     CATEGORICAL_COLUMNS,
     HEADER,
     TARGET_COLUMN,
     ChannelConfig,
 )
+from modelapp.training.errors import ClientError
 
 logger = logging.getLogger(__name__)
 

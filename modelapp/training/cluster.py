@@ -34,18 +34,19 @@ from typing import Any
 import modelapp
 from modelapp import conf
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError
 from modelapp.training.environment import (
+    CLUSTER_TIMEOUT,
     KNOWN_CHANNELS,
+    RESERVED,
     TrainingEnvironment,
     read_json_object,
 )
+from modelapp.training.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
-# Our hyperparameter: how long hosts wait for each other (seconds).
-TIMEOUT = "smserve_cluster_timeout"
-KEYS = {TIMEOUT: 300}
+# Our hyperparameter: how long hosts wait for each other (its default: RESERVED).
+TIMEOUT = CLUSTER_TIMEOUT
 FAILURE_TOPIC = "smserve-host-failure"
 BACKEND = "smserve-dask"
 _STOP_GRACE = 20  # seconds a Dask process gets to close before it is killed
@@ -151,7 +152,7 @@ class Plan:
     @classmethod
     def of(cls, env: TrainingEnvironment, estimator: Any, searching: bool) -> Plan:
         hosts = Hosts.of(env)
-        timeout = timeout_of(env.hyperparameters.owned.get(TIMEOUT, KEYS[TIMEOUT]))
+        timeout = timeout_of(env.hyperparameters.owned.get(TIMEOUT, RESERVED[TIMEOUT]))
         spread = hosts.distributed and (searching or spreads(estimator))
         return cls(env=env, hosts=hosts, spread=spread, timeout=timeout)
 

@@ -1,17 +1,17 @@
-"""The inference core: predictor kinds, each owning how its models load and predict.
+"""The base of every predictor kind, and what the kinds share.
 
-A predictor kind is a ``BasePredictor`` subclass: ``handles(model_dir)`` says whether it
-serves a model directory, ``from_model_dir()`` loads it, ``invoke()`` answers one request
-(the view calls it once; plain Python, so a test or a benchmark calls it without HTTP).
-``SMSERVE['PREDICTORS']`` lists the kinds; the registry uses the first that handles a
-directory. A kind that parses the raw body itself (a user's ``input_fn``) sets
-``owns_input``; one that renders its own response sets ``owns_output``: the negotiation
-then accepts any Content-Type or Accept for it instead of answering 415/406.
+A predictor kind is a ``BasePredictor`` subclass, one module of this package:
+``handles(model_dir)`` says whether it serves a model directory, ``from_model_dir()`` loads
+it, ``invoke()`` answers one request (the view calls it once; plain Python, so a test or a
+benchmark calls it without HTTP). ``SMSERVE['PREDICTORS']`` lists the kinds; the registry
+uses the first that handles a directory. A kind that parses the raw body itself (a user's
+``input_fn``) sets ``owns_input``; one that renders its own response sets ``owns_output``:
+the negotiation then accepts any Content-Type or Accept for it instead of answering
+415/406.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ import numpy as np
 from modelapp.batch import Batch, NotANumber, to_float_rows
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
-from modelapp.tables import Table
+from modelapp.predictors.schema import InputSchema
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +55,19 @@ class InvocationResult:
 class BasePredictor:
     """Wraps one loaded model.
 
-    Subclasses implement ``from_model_dir`` (and ``handles`` when they serve only some
-    directories), set ``methods`` (the prediction methods a request may ask for, the first
-    being the default) and may refine ``available_methods``, ``call`` and ``invoke``.
-    ``n_features`` and ``feature_names`` come from the model, else from its
-    ``metadata.json``.
+    A kind implements ``from_model_dir`` (and ``handles`` when it serves only some
+    directories), which must pass ``artifact``: the file that identifies the model (the
+    registry checksums it and reports its size). It sets ``methods`` (the prediction
+    methods a request may ask for, the first being the default) and may refine:
+
+    - ``call(method, matrix)``: run a method on the checked input (a float matrix, or a
+      DataFrame for a model with text columns);
+    - ``n_features_of``, ``feature_names_of``, ``allows_nan_of``: what the model says of
+      its input (by default scikit-learn's ``n_features_in_``/``feature_names_in_``, else
+      ``metadata.json``; no missing values);
+    - ``input_errors``: the exceptions of the model's library that mean "this input is
+      wrong" (a 400 naming the first rejected record), not a bug (a 500);
+    - ``invoke``, ``warm_up``, ``after_fork``, ``describe_estimator``.
     """
 
     methods: tuple[str, ...] = ("predict",)
@@ -71,6 +79,11 @@ class BasePredictor:
     wants_headers: bool = False
     # An owned output with Accept absent or */*: the request's own type (else JSON).
     accept_follows_content_type: bool = True
+    # The model's own input validation errors: a 400, not a 500.
+    input_errors: tuple[type[BaseException], ...] = (ValueError,)
+    # Which engine serves each method (the compiled engine's ``EngineReport``); None: the
+    # kind's own library serves every method.
+    engine_report: Any = None
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
@@ -93,17 +106,18 @@ class BasePredictor:
         self.model = model
         # None: no metadata.json came with the model.
         self.metadata = metadata
-        # The file the model was loaded from (its checksum identifies the model).
+        # The file the model was loaded from (its checksum identifies the model);
+        # required of every kind's from_model_dir (None only for a model built in code).
         self.artifact = artifact
-        self.n_features: int | None = self._n_features()
-        names = self._feature_names()
+        self.n_features: int | None = self.n_features_of(model)
+        names = self.feature_names_of(model)
         self.feature_names: list[str] | None = (
             list(names) if names is not None else None
         )
-        self.allows_nan: bool = self._allows_nan()
+        self.allows_nan: bool = self.allows_nan_of(model)
         # The input schema: the record to frame conversion, the warm-up record, and the
         # error messages that name a feature.
-        self.table = Table.for_model(
+        self.schema = InputSchema.for_model(
             model, metadata, self.n_features, self.feature_names
         )
         self.available_methods: tuple[str, ...] = tuple(
@@ -118,33 +132,38 @@ class BasePredictor:
         """What the admin and the stats call the model whose estimator is ``estimator``."""
         return estimator
 
-    def _n_features(self) -> int | None:
-        value = getattr(self.model, "n_features_in_", None)
+    # --- what the model says of its input (override for other libraries) ---
+    def n_features_of(self, model: Any) -> int | None:
+        """How many features a record has; None when neither the model nor its
+        metadata says."""
+        value = getattr(model, "n_features_in_", None)
         if not value and self.metadata is not None:
             value = self.metadata.n_features
         return int(value) if value else None
 
-    def _feature_names(self) -> Any:
-        names = getattr(self.model, "feature_names_in_", None)
+    def feature_names_of(self, model: Any) -> Any:
+        """The features' names in the model's order (a sequence), or None."""
+        names = getattr(model, "feature_names_in_", None)
         if names is None and self.metadata is not None:
             names = self.metadata.feature_names
         return names
 
-    def _allows_nan(self) -> bool:
+    def allows_nan_of(self, model: Any) -> bool:
+        """Whether the model takes missing values (NaN) in a numeric feature."""
         return False
 
     # --- the batch, checked against the model ---
     def to_input(self, batch: Batch) -> Any:
         """What the model's method takes: a float matrix, or for a model with text
-        columns a DataFrame with the training-time columns and types (``tables.py``)."""
-        if self.table.is_frame:
-            return self.table.to_frame(self._rows(batch))
+        columns a DataFrame with the training-time columns and types (``schema.py``)."""
+        if self.schema.is_frame:
+            return self.schema.to_frame(self._rows(batch))
         try:
             return self.to_matrix(batch)
         except NotANumber:
-            if not self.table.takes_text:
+            if not self.schema.takes_text:
                 raise
-            return self.table.to_frame(self._rows(batch))
+            return self.schema.to_frame(self._rows(batch))
 
     def to_matrix(self, batch: Batch) -> np.ndarray:
         """The batch as a 2-D float array in the model's feature order, or ``InvalidInput``."""
@@ -311,12 +330,12 @@ class BasePredictor:
         matrix = self.to_input(batch)
         try:
             result = self.call(method, matrix)
-        except ValueError as exc:
+        except self.input_errors as exc:
             # The model's own input validation (e.g. an unknown category): the request's
             # fault. Which record, and which of its fields, is what the caller needs.
             record = self._first_rejected(method, matrix)
             raise InvalidInput(
-                self.table.rejection(matrix, record, exc)
+                self.schema.rejection(matrix, record, exc)
                 if record is not None
                 else f"The model rejected the input: {exc}"
             ) from exc
@@ -340,7 +359,7 @@ class BasePredictor:
             mid = (lo + hi) // 2
             try:
                 self.call(method, take[lo:mid])
-            except ValueError:
+            except self.input_errors:
                 hi = mid
             else:
                 lo = mid
@@ -348,154 +367,20 @@ class BasePredictor:
             return None
         try:
             self.call(method, take[lo:hi])
-        except ValueError:
+        except self.input_errors:
             return lo
         return None
 
     def warm_up(self) -> None:
         """Predict once on a record built from the schema (known categories, typical
         numbers): proves the model works on what a request will bring."""
-        record = self.table.typical_record()
+        record = self.schema.typical_record()
         if record is None:
             logger.warning(
                 "The model does not say how many features it takes: no warm-up."
             )
             return
         self.call(self.default_method, self.to_input(Batch(rows=[record])))
-
-
-class SklearnPredictor(BasePredictor):
-    """Any scikit-learn estimator or pipeline (anything with ``predict``), saved with
-    joblib or pickle: ``model.joblib`` (with ``metadata.json``), else the one
-    ``*.joblib``/``*.pkl`` file of the directory."""
-
-    methods = ("predict", "predict_proba", "predict_log_proba", "decision_function")
-
-    @classmethod
-    def from_model_dir(
-        cls, model_dir: Path, metadata: ModelMetadata | None
-    ) -> SklearnPredictor:
-        artifact = find_artifact(model_dir)
-        if artifact.name != MODEL_FILE:
-            metadata = None  # metadata.json describes model.joblib, not another file
-        model = load_pickle(artifact)
-        if not callable(getattr(model, "predict", None)):
-            raise ModelLoadError(
-                f"{artifact.name} holds a {type(model).__name__}, which has no predict "
-                "method."
-            )
-        predictor = cls(model, metadata, artifact)
-        predictor.compile(model_dir)
-        return predictor
-
-    def __init__(
-        self,
-        model: Any,
-        metadata: ModelMetadata | None = None,
-        artifact: Path | None = None,
-    ) -> None:
-        super().__init__(model, metadata, artifact)
-        # Methods ONNX Runtime serves, set by compile(); none until then.
-        self._compiled: dict[str, Any] = {}
-        self.engine_report: Any = None
-        self._frame = None
-        if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
-            # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
-            import pandas
-
-            self._frame = pandas.DataFrame
-        # scikit-learn's trees document ``check_input=False`` to skip their per-call input
-        # validation, most of a one-record tree prediction (``smserve/fastpaths.py``,
-        # ``tree_check_input``). to_matrix has done that work: width, feature order,
-        # NaN/infinity against the model's tags; what is left is the float32 conversion
-        # (_as_float32).
-        from modelapp import conf
-
-        self._unchecked_methods = frozenset(
-            method
-            for method in self.available_methods
-            if conf.fast_path("tree_check_input")
-            and self._frame is None
-            and _is_tree(model)
-            and _takes_check_input(getattr(model, method))
-        )
-
-    def compile(self, model_dir: Path | None) -> None:
-        """Let ONNX Runtime serve the methods it answers exactly as scikit-learn does
-        (``engines.py``); the others, and every method when it is off, stay here."""
-        from modelapp import conf, engines
-
-        if not conf.get("COMPILED_ENGINE"):
-            self.engine_report = engines.EngineReport(
-                methods={m: engines.SKLEARN for m in self.available_methods},
-                reason="off (SMSERVE_COMPILED_ENGINE)",
-            )
-            logger.info(
-                "Engines for %s: every method by scikit-learn (%s).",
-                type(self.model).__name__,
-                self.engine_report.reason,
-            )
-            return
-        kinds = (
-            [f.kind for f in self.metadata.features]
-            if self.metadata is not None and self.metadata.features
-            else None
-        )
-        self._compiled, self.engine_report = engines.compile_model(
-            self.model,
-            model_dir,
-            self.n_features,
-            self.available_methods,
-            self.allows_nan,
-            self.metadata,
-            kinds,
-            fallback=self._sklearn_call,
-        )
-
-    def warm_up(self) -> None:
-        """scikit-learn's own warm-up: the compiled engine was verified in a child
-        process, and ONNX Runtime must not load in gunicorn's master (``engines.py``)."""
-        compiled, self._compiled = self._compiled, {}
-        try:
-            super().warm_up()
-        finally:
-            self._compiled = compiled
-
-    def _sessions(self) -> set[Any]:
-        return {method.__self__.session for method in self._compiled.values()}
-
-    def after_fork(self) -> None:
-        """Each worker makes its own ONNX Runtime sessions (``engines.py``)."""
-        for session in self._sessions():
-            session.after_fork()
-
-    def _allows_nan(self) -> bool:
-        return allows_nan(self.model)
-
-    def call(self, method: str, matrix: np.ndarray) -> np.ndarray:
-        compiled = self._compiled.get(method)
-        if compiled is not None:
-            return compiled(matrix)
-        return self._sklearn_call(method, matrix)
-
-    def _sklearn_call(self, method: str, matrix: np.ndarray) -> np.ndarray:
-        if method in self._unchecked_methods:
-            return np.asarray(
-                getattr(self.model, method)(_as_float32(matrix), check_input=False)
-            )
-        if not isinstance(matrix, np.ndarray):
-            # A table (tables.py): its encoders and imputers check their own columns,
-            # and config_context would cost a 1-record request ~0.3 ms (bench/tables.py).
-            return np.asarray(getattr(self.model, method)(matrix))
-        if self._frame is not None:
-            matrix = self._frame(matrix, columns=self.feature_names, copy=False)
-        # to_matrix has checked NaN/infinity against the model's tags already:
-        # scikit-learn need not scan the batch again. (Imported here: scikit-learn
-        # loads with the model, not with every management command.)
-        from sklearn import config_context
-
-        with config_context(assume_finite=True):
-            return np.asarray(getattr(self.model, method)(matrix))
 
 
 def find_artifact(model_dir: Path) -> Path:
@@ -549,55 +434,3 @@ def load_pickle(artifact: Path) -> Any:
             warning.message,
         )
     return model
-
-
-def allows_nan(estimator: Any) -> bool:
-    """Whether ``estimator`` takes missing values (NaN). A pipeline does when an imputer
-    comes before any step that cannot (scikit-learn tags every pipeline as refusing
-    them)."""
-    steps = getattr(estimator, "steps", None)
-    if isinstance(steps, list):
-        for _, step in steps:
-            if step is None or step == "passthrough":
-                continue
-            if type(step).__module__.startswith("sklearn.impute"):
-                return True
-            if not allows_nan(step):
-                return False
-        return True
-    try:
-        from sklearn.utils import get_tags
-
-        return bool(get_tags(estimator).input_tags.allow_nan)
-    except (ImportError, AttributeError, TypeError, ValueError):
-        return False
-
-
-def _is_tree(model: Any) -> bool:
-    from sklearn.tree import BaseDecisionTree
-
-    return isinstance(model, BaseDecisionTree)
-
-
-def _takes_check_input(method: Any) -> bool:
-    try:
-        return "check_input" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _as_float32(matrix: np.ndarray) -> np.ndarray:
-    """The C-ordered float32 array a tree's own validation would have made; a value too
-    large for float32 is the request's fault, as scikit-learn's check would say."""
-    with np.errstate(over="ignore"):
-        converted = np.ascontiguousarray(matrix, dtype=np.float32)
-    # to_matrix let no infinity through: one here is a value float32 cannot hold.
-    if matrix.dtype != np.float32 and np.isinf(converted).any():
-        overflow = np.isinf(converted) & np.isfinite(matrix)
-        if overflow.any():
-            record, feature = (int(i) for i in np.argwhere(overflow)[0])
-            raise InvalidInput(
-                f"Record {record + 1}, feature {feature + 1} is {matrix[record, feature]}: "
-                "too large for this model, which computes in float32."
-            )
-    return converted
