@@ -44,7 +44,9 @@ class Batch:
             return len(self.records)
         if self.flat:
             return 1
-        return len(self.rows) if self.rows is not None else len(self.values)
+        if self.values is not None:
+            return len(self.values)
+        return len(self.rows or ())
 
 
 def batch_of_rows(

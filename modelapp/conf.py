@@ -13,9 +13,9 @@ cleared when a test changes ``SMSERVE`` (Django's ``setting_changed`` signal).
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -174,7 +174,10 @@ def _settings() -> dict[str, Any]:
     return values
 
 
-def import_class(path: str, base: type, setting: str) -> type:
+T = TypeVar("T")
+
+
+def import_class(path: str, base: type[T], setting: str) -> type[T]:
     """Import ``path`` and check it subclasses ``base``; errors name the setting to fix."""
     try:
         cls = import_string(path)
@@ -190,11 +193,15 @@ def import_class(path: str, base: type, setting: str) -> type:
     return cls
 
 
-@functools.cache
-def import_classes(setting: str, base: type) -> tuple[type, ...]:
+def import_classes(setting: str, base: type[T]) -> tuple[type[T], ...]:
     """The classes the dotted paths of ``SMSERVE[setting]`` name, each checked to
     subclass ``base``; the caller knows the base (``parsers.BaseBatchParser``, ...), so
-    this module imports nothing of the app."""
+    this module imports nothing of the app. Cached until ``SMSERVE`` changes."""
+    return _import_classes(setting, cast(Hashable, base))
+
+
+@functools.cache
+def _import_classes(setting: str, base: Any) -> tuple[type, ...]:
     return tuple(import_class(path, base, setting) for path in get(setting))
 
 
@@ -202,4 +209,4 @@ def import_classes(setting: str, base: type) -> tuple[type, ...]:
 def _clear_caches(*, setting: str, **kwargs: Any) -> None:
     if setting == "SMSERVE":
         _settings.cache_clear()
-        import_classes.cache_clear()
+        _import_classes.cache_clear()

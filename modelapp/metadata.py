@@ -119,7 +119,7 @@ class Feature:
         column's fields are read as numbers, not as text."""
         return bool(self.categories) and all(
             isinstance(c, int | float) and not isinstance(c, bool)
-            for c in self.categories
+            for c in self.categories or ()
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,9 +210,10 @@ class ModelMetadata:
     @property
     def feature_names(self) -> list[str] | None:
         """The column names, when the model was trained on named columns."""
-        if not self.features or any(f.name is None for f in self.features):
+        names = [f.name for f in self.features or ()]
+        if not names or None in names:
             return None
-        return [f.name for f in self.features]
+        return [name for name in names if name is not None]
 
     # --- the file ---
     def to_dict(self) -> dict[str, Any]:

@@ -474,7 +474,7 @@ COMPILED_ENGINE_MODULES = ("onnx", "skl2onnx")
 
 def preload_libraries() -> None:
     """Import what loading a scikit-learn model needs, once, in the master."""
-    modules = PRELOADED_MODULES
+    modules: tuple[str, ...] = PRELOADED_MODULES
     if conf.get("COMPILED_ENGINE"):
         modules += COMPILED_ENGINE_MODULES
     for module in modules:

@@ -62,6 +62,11 @@ def load_model(model_dir: Path) -> LoadedModel:
             f"The model directory {model_dir} cannot be read: {exc.strerror or exc}."
         ) from exc
     artifact = predictor.artifact
+    if artifact is None:
+        raise ModelLoadError(
+            f"{type(predictor).__qualname__}.from_model_dir gave no artifact: a kind "
+            "must name the file that identifies the model (BasePredictor)."
+        )
     sha256 = sha256_of(artifact)
     expected = predictor.metadata.sha256 if predictor.metadata else None
     if expected and expected != sha256:

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -344,7 +344,9 @@ class Tee:
     """Copies a child's pipe to ``sink`` as the bytes come (unchanged, flushed at once) and
     keeps the last ``TAIL_BYTES`` of it to explain a failure."""
 
-    def __init__(self, pipe: BinaryIO, sink: BinaryIO) -> None:
+    def __init__(self, pipe: IO[bytes] | None, sink: BinaryIO) -> None:
+        if pipe is None:
+            raise ValueError("Tee needs the child's pipe (stdout or stderr=PIPE)")
         self._pipe = pipe
         self._sink = sink
         self._tail = bytearray()

@@ -170,7 +170,9 @@ class InvocationsView(APIView):
 
     @property
     def default_response_headers(self) -> dict[str, str]:
-        return _default_headers(type(self), len(self.renderer_classes) > 1).copy()
+        # A class is hashable; mypy reads DRF's untyped base as lacking __hash__.
+        view: Any = type(self)
+        return _default_headers(view, len(self.renderer_classes) > 1).copy()
 
     def perform_authentication(self, request: Request) -> None:
         pass
@@ -463,7 +465,9 @@ def _load_request(body: bytes) -> tuple[str, str]:
         raise InvalidInput(
             f"The load request is not JSON ({exc}).", code="invalid_load_request"
         ) from exc
-    fields = [data.get(k) if isinstance(data, dict) else None for k in _LOAD_FIELDS]
+    fields: list[Any] = [
+        data.get(k) if isinstance(data, dict) else None for k in _LOAD_FIELDS
+    ]
     if not all(isinstance(f, str) and f for f in fields):
         raise InvalidInput(
             'Send {"model_name": "<name>", "url": "<model directory>"}.',

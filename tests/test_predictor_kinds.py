@@ -55,6 +55,14 @@ class EchoPredictor(BasePredictor):
         )
 
 
+class NoArtifactPredictor(EchoPredictor):
+    """Forgets to say which file is the model."""
+
+    @classmethod
+    def from_model_dir(cls, model_dir, metadata):
+        return cls(model=None, metadata=metadata)
+
+
 KINDS = [
     "tests.test_predictor_kinds.EchoPredictor",
     "modelapp.predictors.SklearnPredictor",
@@ -88,6 +96,15 @@ def test_no_kind_handles_the_directory(tmp_path):
     with override_settings(SMSERVE=only_echo):
         with pytest.raises(ModelLoadError, match="No predictor kind serves"):
             load_model(tmp_path)
+
+
+def test_a_kind_must_name_its_artifact(tmp_path):
+    """A kind whose ``from_model_dir`` names no artifact cannot load (a 503 with the
+    reason), rather than failing with an AttributeError in gunicorn's master."""
+    kinds = ["tests.test_predictor_kinds.NoArtifactPredictor"]
+    with override_settings(SMSERVE={**settings.SMSERVE, "PREDICTORS": kinds}):
+        with pytest.raises(ModelLoadError, match="NoArtifactPredictor.from_model_dir"):
+            load_model(echo_dir(tmp_path))
 
 
 def test_registry_holds_models_by_name(tmp_path, iris_base):

@@ -80,7 +80,7 @@ class BasePredictor:
     # An owned output with Accept absent or */*: the request's own type (else JSON).
     accept_follows_content_type: bool = True
     # The model's own input validation errors: a 400, not a 500.
-    input_errors: tuple[type[BaseException], ...] = (ValueError,)
+    input_errors: tuple[type[Exception], ...] = (ValueError,)
     # Which engine serves each method (the compiled engine's ``EngineReport``); None: the
     # kind's own library serves every method.
     engine_report: Any = None
@@ -157,88 +157,68 @@ class BasePredictor:
         """What the model's method takes: a float matrix, or for a model with text
         columns a DataFrame with the training-time columns and types (``schema.py``)."""
         if self.schema.is_frame:
-            return self.schema.to_frame(self._rows(batch))
+            return self.schema.to_frame(self._checked_width(self._align(batch)))
         try:
             return self.to_matrix(batch)
         except NotANumber:
             if not self.schema.takes_text:
                 raise
-            return self.schema.to_frame(self._rows(batch))
+            return self.schema.to_frame(self._checked_width(self._align(batch)))
 
     def to_matrix(self, batch: Batch) -> np.ndarray:
         """The batch as a 2-D float array in the model's feature order, or ``InvalidInput``."""
-        if batch.values is None:
-            # Fields before width, as a float batch is read: a stray quote that merged
-            # two fields is named as the text it made, not as a missing feature.
-            matrix = to_float_rows(
-                self._rows(batch, check_width=False),
-                "a record for this model",
-                self.feature_names,
-            )
-        elif batch.flat:
-            matrix = self._flat_to_matrix(batch.values)
-        else:
-            matrix = batch.values
-            if batch.columns is not None and self.feature_names is not None:
-                matrix = self._reorder(matrix, batch.columns)
-        width = matrix.shape[1]
-        if self.n_features is not None and width != self.n_features:
-            raise InvalidInput(
-                f"Expected {self.n_features} features per record, got {width}."
-            )
+        fields = self._align(batch)
+        # Fields before width, as a float batch is read: a stray quote that merged two
+        # fields is named as the text it made, not as a missing feature.
+        matrix = (
+            fields
+            if isinstance(fields, np.ndarray)
+            else to_float_rows(fields, "a record for this model", self.feature_names)
+        )
+        self._checked_width(matrix)
         self._check_finite(matrix)
         return matrix
 
-    def _rows(self, batch: Batch, check_width: bool = True) -> Any:
-        """The batch's fields in the model's feature order: lists of cells, or a 2-D
-        array for a float batch."""
+    def _align(self, batch: Batch) -> np.ndarray | list[list[Any]]:
+        """The batch's fields in the model's feature order, width not yet checked: a 2-D
+        float array for a float batch, else rows of fields as sent."""
+        fields: np.ndarray | list[list[Any]]
         if batch.records is not None:
             return self._records_to_rows(batch.records)
         if batch.values is not None:
-            if batch.flat:
-                matrix = self._flat_to_matrix(batch.values)
-            elif batch.columns is not None and self.feature_names is not None:
-                matrix = self._reorder(batch.values, batch.columns)
-            else:
-                matrix = batch.values
-            if self.n_features is not None and matrix.shape[1] != self.n_features:
-                raise InvalidInput(
-                    f"Expected {self.n_features} features per record, got "
-                    f"{matrix.shape[1]}."
-                )
-            return matrix
-        rows = batch.rows
-        if batch.flat:
-            items = rows[0]
-            if self.n_features == 1 and len(items) != 1:
-                rows = [[item] for item in items]
-            elif self.n_features not in (None, len(items)):
-                raise InvalidInput(
-                    f"Expected {self.n_features} features per record, got a flat list "
-                    f"of {len(items)} values; send a list of records ([[...], ...]) or "
-                    "one record."
-                )
-        if batch.columns is not None and self.feature_names is not None:
-            order = self._order(batch.columns)
-            rows = [[row[i] for i in order] for row in rows]
-        if (
-            check_width
-            and self.n_features is not None
-            and len(rows[0]) != self.n_features
-        ):
-            raise InvalidInput(
-                f"Expected {self.n_features} features per record, got {len(rows[0])}."
-            )
-        return rows
+            fields = self._unflatten(batch.values) if batch.flat else batch.values
+        else:
+            rows = batch.rows or []
+            fields = self._unflatten(rows[0]) if batch.flat else rows
+        names, columns = self.feature_names, batch.columns
+        if columns is not None and names is not None and columns != names:
+            order = self._order(columns, names)
+            if isinstance(fields, np.ndarray):
+                return fields[:, order]
+            return [[row[i] for i in order] for row in fields]
+        return fields
 
-    def _flat_to_matrix(self, values: np.ndarray) -> np.ndarray:
-        if self.n_features in (None, len(values)):
-            return values.reshape(1, -1)
-        if self.n_features == 1:
-            return values.reshape(-1, 1)
-        raise InvalidInput(
-            f"Expected {self.n_features} features per record, got a flat list of "
-            f"{len(values)} values; send a list of records ([[...], ...]) or one record."
+    def _unflatten(self, items: Any) -> Any:
+        """A flat list: one record, or one value per record for a one-feature model."""
+        one_record = self.n_features in (None, len(items))
+        if not one_record and self.n_features != 1:
+            raise self._wrong_width(
+                f"a flat list of {len(items)} values; send a list of records "
+                "([[...], ...]) or one record"
+            )
+        if isinstance(items, np.ndarray):
+            return items.reshape(1, -1) if one_record else items.reshape(-1, 1)
+        return [list(items)] if one_record else [[item] for item in items]
+
+    def _checked_width(self, fields: Any) -> Any:
+        width = fields.shape[1] if isinstance(fields, np.ndarray) else len(fields[0])
+        if self.n_features is not None and width != self.n_features:
+            raise self._wrong_width(str(width))
+        return fields
+
+    def _wrong_width(self, got: str) -> InvalidInput:
+        return InvalidInput(
+            f"Expected {self.n_features} features per record, got {got}."
         )
 
     def _records_to_rows(self, records: list[dict[str, Any]]) -> list[list[Any]]:
@@ -264,19 +244,14 @@ class BasePredictor:
                 )
         return [[record[name] for name in names] for record in records]
 
-    def _order(self, columns: list[str]) -> list[int]:
-        names = self.feature_names
+    @staticmethod
+    def _order(columns: list[str], names: list[str]) -> list[int]:
         if sorted(columns) != sorted(names):
             raise InvalidInput(
                 f"The CSV header names {', '.join(columns)}; expected the features "
                 f"{', '.join(names)}."
             )
         return [columns.index(name) for name in names]
-
-    def _reorder(self, matrix: np.ndarray, columns: list[str]) -> np.ndarray:
-        if columns == self.feature_names:
-            return matrix
-        return matrix[:, self._order(columns)]
 
     def _check_finite(self, matrix: np.ndarray) -> None:
         if matrix.dtype.kind != "f":

@@ -109,7 +109,7 @@ def convert(model: Any, n_features: int) -> bytes:
         from skl2onnx import to_onnx
     except ImportError as exc:
         raise CompileError(f"skl2onnx is not installed ({exc})") from exc
-    sample = np.zeros((1, n_features), dtype=input_dtype(model))
+    sample: np.ndarray = np.zeros((1, n_features), dtype=input_dtype(model))
     options = {"zipmap": False} if hasattr(model, "predict_proba") else None
     try:
         with warnings.catch_warnings():

@@ -80,7 +80,7 @@ class InputSchema:
 
         data = {}
         array = isinstance(rows, np.ndarray)
-        for j, feature in enumerate(self.features):
+        for j, feature in enumerate(self.features or ()):
             cells = rows[:, j] if array else [row[j] for row in rows]
             if feature.kind == CATEGORICAL and not feature.numeric_categories:
                 column = _categories(cells)

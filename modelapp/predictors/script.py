@@ -84,7 +84,7 @@ class ScriptError(APIException):
     """An exception in the user's script: its message, with its ``status_code`` when it
     carries an integer one in 400..599 (``smserve.errors.HTTPError``), else 500."""
 
-    status_code = HTTPStatus.INTERNAL_SERVER_ERROR
+    status_code: int = HTTPStatus.INTERNAL_SERVER_ERROR
     default_code = "script_error"
 
     def __init__(self, detail: str, status: int | None = None, code: str = "") -> None:

@@ -388,7 +388,7 @@ def _register_backend() -> None:
             # No automatic scatter of the other arguments (a fold's indices): it puts
             # each on one worker, and a task whose data died with its worker is
             # cancelled instead of run again. X and y are broadcast (``scatter``).
-            self.call_data_futures = None
+            self.call_data_futures: dict[Any, Any] | None = None
 
         def stop_call(self) -> None:
             self.call_data_futures = {}

@@ -41,7 +41,7 @@ SEARCH_SCORING = "smserve_search_scoring"
 # Training across hosts: how long hosts wait for each other, seconds (training/cluster.py).
 CLUSTER_TIMEOUT = "smserve_cluster_timeout"
 # Every reserved key and its default: the one table.
-RESERVED = {
+RESERVED: dict[str, Any] = {
     ESTIMATOR: "sklearn.tree.DecisionTreeClassifier",
     TARGET_COLUMN: 0,
     HEADER: "auto",
