@@ -33,6 +33,8 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 NPY = "application/x-npy"
 PARQUET = "application/x-parquet"
+# SageMaker's request and response header of custom attributes (``method=`` is ours).
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 # Every name a client or a training channel may use -> the one smserve speaks of.
 ALIASES = {

@@ -96,7 +96,7 @@ class SharedRegistry:
         self.names = self.root / "names"
         self.entries = self.root / "entries"
         self.workers = self.root / "workers"
-        # token() runs on every invocation: a str join is a third of a Path join.
+        # token() runs on every invocation: a str join is cheaper than a Path join.
         self._names_prefix = f"{self.names}{os.sep}"
 
     def make(self) -> SharedRegistry:

@@ -27,7 +27,7 @@ from rest_framework import serializers
 from modelapp import conf, formats
 from modelapp.negotiation import GENERIC_TYPES
 
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+CUSTOM_ATTRIBUTES = formats.CUSTOM_ATTRIBUTES
 
 
 # --- JSON bodies ------------------------------------------------------------------------

@@ -139,8 +139,8 @@ def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
 
 
 def _extract_data(tar: tarfile.TarFile, dest: Path) -> None:
-    """``extractall(dest, filter="data")`` for a Python without tarfile's filters (the
-    image's Debian Python is 3.11.2): the same rules, checked member by member just
+    """``extractall(dest, filter="data")`` for a Python without tarfile's filters (before
+    3.11.4, 3.12): the same rules, checked member by member just
     before each is extracted, as the filter is (so a link extracted earlier is followed):
     a leading ``/`` is dropped; a path or a link that resolves outside ``dest``, an
     absolute link, or a device or FIFO is refused; modes lose the set-id bits and the

@@ -29,6 +29,7 @@ from modelapp.exceptions import (
     PayloadTooLarge,
     error_body,
 )
+from modelapp.formats import CUSTOM_ATTRIBUTES
 from modelapp.invocation_log import RECORDS_HEADER, log_invocation
 from modelapp.negotiation import (
     FirstRendererNegotiation,
@@ -39,8 +40,6 @@ from modelapp.negotiation import (
 from modelapp.parsers import BaseBatchParser
 from modelapp.registry import DEFAULT_MODEL, registry
 from modelapp.renderers import BaseBatchRenderer, JSONRenderer, dump_json
-
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 
 def parse_custom_attributes(header: str) -> dict[str, str]:
@@ -474,8 +473,7 @@ def _load_request(body: bytes) -> tuple[str, str]:
             code="invalid_load_request",
         )
     if not all(_is_text(f) for f in fields):
-        # Neither is a file name, a registry key or a database value (found by
-        # schemathesis: both were a 500).
+        # Neither is a file name, a registry key or a database value.
         raise InvalidInput(
             "model_name and url must be text without NUL characters or unpaired "
             "surrogates (\\u0000, \\ud800).",

@@ -169,8 +169,8 @@ INSTALLED_APPS = [
 ]
 
 # The inference paths (/invocations, /ping, /execution-parameters) leave the chain right
-# after SecurityMiddleware: the layers below serve the admin only and measured 0.06 ms per
-# request (16% of an iris invocation in-process).
+# after SecurityMiddleware: the layers below serve the admin only (their cost:
+# bench/RESULTS.md, round 2).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "modelapp.middleware.InferenceMiddleware",

@@ -374,7 +374,7 @@ def _crossover(
     always does. Measured on ``predict`` (CPU time, medians of repeats) for one record and
     for ``CROSSOVER_BATCH``; each engine's cost as a fixed part plus one per record.
     A deep forest on a large batch can be slower in ONNX Runtime than in scikit-learn
-    (measured here: 1,000 records, 100 deep trees)."""
+    (``bench/RESULTS.md``, round 4)."""
     rows = np.resize(records, (CROSSOVER_BATCH, records.shape[1])).astype(np.float64)
 
     def cost(fn: Any, X: np.ndarray) -> float:

@@ -45,7 +45,7 @@ from rest_framework.exceptions import APIException
 from modelapp import conf
 from modelapp.batch import Batch
 from modelapp.exceptions import InvalidInput, NotAcceptable
-from modelapp.formats import base_type
+from modelapp.formats import CSV, CUSTOM_ATTRIBUTES, JSON, NPY, base_type
 from modelapp.metadata import ModelMetadata
 from modelapp.predictors.base import (
     BasePredictor,
@@ -72,8 +72,6 @@ logger = logging.getLogger(__name__)
 
 CODE_DIR = "code"
 DEFAULT_PROGRAM = "inference.py"
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
 # The toolkit hands these to input_fn / transform_fn as text, everything else as bytes.
 UTF8_TYPES = (JSON, CSV)
 # What the default output_fn encodes (the official container's three).

@@ -142,7 +142,8 @@ class SklearnPredictor(BasePredictor):
             )
         if not isinstance(matrix, np.ndarray):
             # A table (schema.py): its encoders and imputers check their own columns,
-            # and config_context would cost a 1-record request ~0.3 ms (bench/tables.py).
+            # and config_context would cost a small request more than the check it
+            # saves (bench/tables.py).
             return np.asarray(getattr(self.model, method)(matrix))
         if self._frame is not None:
             matrix = self._frame(matrix, columns=self.feature_names, copy=False)
