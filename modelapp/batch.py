@@ -1,7 +1,7 @@
 """``Batch``: the records of one request, as the parsers hand them to the predictors.
 
 The core type of the serving path, independent of HTTP and of any one format: parsers
-(``parsers.py``) make batches from bytes, predictors (``predictors.py``) check them against
+(``parsers.py``) make batches from bytes, predictors (``predictors/``) check them against
 the model and predict.
 """
 
@@ -45,7 +45,9 @@ class Batch:
             return len(self.records)
         if self.flat:
             return 1
-        return len(self.rows) if self.rows is not None else len(self.values)
+        if self.values is not None:
+            return len(self.values)
+        return len(self.rows or ())
 
 
 def batch_of_rows(

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -63,6 +62,7 @@ from modelapp.exceptions import (
     ModelNotFound,
     ModelNotReady,
 )
+from modelapp.files import atomic_write
 from modelapp.periodic import Periodic
 from modelapp.registry import LoadedModel, ModelLoadError, load_model
 from modelapp.stats import collector
@@ -101,7 +101,7 @@ class SharedRegistry:
         self.workers = self.root / "workers"
         # A script model's fetched source and installed requirements, per load (token).
         self.code = self.root / "code"
-        # token() runs on every invocation: a str join is a third of a Path join.
+        # token() runs on every invocation: a str join is cheaper than a Path join.
         self._names_prefix = f"{self.names}{os.sep}"
 
     def make(self) -> SharedRegistry:
@@ -164,7 +164,7 @@ class SharedRegistry:
     def add(self, registration: Registration) -> None:
         """Publish ``registration`` (the caller holds the lock): entry first, then the
         name's link, each put in place by a rename."""
-        _write_atomic(
+        atomic_write(
             self.entries / registration.token,
             json.dumps(asdict(registration)).encode(),
         )
@@ -188,7 +188,7 @@ class SharedRegistry:
     # --- what each worker holds -----------------------------------------------------
     def publish_held(self, pid: int, tokens: set[str]) -> None:
         self.make()
-        _write_atomic(self.workers / str(pid), json.dumps(sorted(tokens)).encode())
+        atomic_write(self.workers / str(pid), json.dumps(sorted(tokens)).encode())
 
     def forget_worker(self, pid: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -492,15 +492,15 @@ PRELOADED_MODULES = (
 )
 
 
-# What compiling a model imports (``modelapp/engines.py``), when on. Not onnxruntime:
-# a child of a process that imported it hangs or aborts when it exits, so gunicorn's
-# master must never import it (``engines.OnnxSession``).
+# What compiling a model imports (``modelapp/predictors/compiled.py``), when on. Not
+# onnxruntime: a child of a process that imported it hangs or aborts when it exits, so
+# gunicorn's master must never import it (``compiled.OnnxSession``).
 COMPILED_ENGINE_MODULES = ("onnx", "skl2onnx")
 
 
 def preload_libraries() -> None:
     """Import what loading a scikit-learn model needs, once, in the master."""
-    modules = PRELOADED_MODULES
+    modules: tuple[str, ...] = PRELOADED_MODULES
     if conf.get("COMPILED_ENGINE"):
         modules += COMPILED_ENGINE_MODULES
     for module in modules:
@@ -566,13 +566,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 # --- this process's models -------------------------------------------------------------

@@ -18,8 +18,9 @@ and serving (``SAGEMAKER_PROGRAM`` / ``SAGEMAKER_SUBMIT_DIRECTORY``, or ``model/
   ``predict_fn``, ``output_fn``, ``transform_fn``), each knowing whether it takes the
   inference toolkit's trailing ``context`` argument.
 
-Every mistake of the user's is a ``UserCodeError`` (a training ``ClientError``): its message
-says which file or requirement to fix.
+Every mistake of the user's is a ``UserCodeError``: its message says which file or
+requirement to fix (training treats it as the toolkit's client error, serving as a model
+that cannot load).
 """
 
 from __future__ import annotations
@@ -47,10 +48,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
-
-from modelapp.training import ClientError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ REQUIREMENTS = "requirements.txt"
 TAIL_BYTES = 64 * 1024
 
 
-class UserCodeError(ClientError):
+class UserCodeError(Exception):
     """The user's code cannot be fetched, installed or run as given: the message says why."""
 
 
@@ -255,7 +254,7 @@ def check_member(member: tarfile.TarInfo, root: str) -> None:
 
 def _extract_data(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> None:
     """``tar.extract(member, root, filter="data")`` for a Python whose filter is missing
-    or unsound (the image's Debian Python is 3.11.2), after ``check_member``: a leading
+    or unsound, after ``check_member``: a leading
     ``/`` is dropped; modes lose the set-id bits and the group/other write bits; files
     belong to whoever extracts them."""
     safe = copy.copy(member)
@@ -599,7 +598,9 @@ class Tee:
     """Copies a child's pipe to ``sink`` as the bytes come (unchanged, flushed at once) and
     keeps the last ``TAIL_BYTES`` of it to explain a failure."""
 
-    def __init__(self, pipe: BinaryIO, sink: BinaryIO) -> None:
+    def __init__(self, pipe: IO[bytes] | None, sink: BinaryIO) -> None:
+        if pipe is None:
+            raise ValueError("Tee needs the child's pipe (stdout or stderr=PIPE)")
         self._pipe = pipe
         self._sink = sink
         self._tail = bytearray()

@@ -29,6 +29,7 @@ from modelapp.exceptions import (
     PayloadTooLarge,
     error_body,
 )
+from modelapp.formats import CUSTOM_ATTRIBUTES
 from modelapp.invocation_log import RECORDS_HEADER, log_invocation
 from modelapp.negotiation import (
     FirstRendererNegotiation,
@@ -36,11 +37,10 @@ from modelapp.negotiation import (
     OwnedOutputRenderer,
     SageMakerContentNegotiation,
 )
+from modelapp.parsers import BaseBatchParser
 from modelapp.registry import DEFAULT_MODEL, registry
-from modelapp.renderers import JSONRenderer, dump_json
+from modelapp.renderers import BaseBatchRenderer, JSONRenderer, dump_json
 from modelapp.text import brief, has_control
-
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 
 def parse_custom_attributes(header: str) -> dict[str, str]:
@@ -137,9 +137,9 @@ class InvocationsView(APIView):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.parser_classes is None:
-            self.parser_classes = conf.parser_classes()
+            self.parser_classes = conf.import_classes("PARSERS", BaseBatchParser)
         if self.renderer_classes is None:
-            self.renderer_classes = conf.renderer_classes()
+            self.renderer_classes = conf.import_classes("RENDERERS", BaseBatchRenderer)
         self.predictor: Any = None
         self._predictor_error: Exception | None = None
 
@@ -170,7 +170,9 @@ class InvocationsView(APIView):
 
     @property
     def default_response_headers(self) -> dict[str, str]:
-        return _default_headers(type(self), len(self.renderer_classes) > 1).copy()
+        # A class is hashable; mypy reads DRF's untyped base as lacking __hash__.
+        view: Any = type(self)
+        return _default_headers(view, len(self.renderer_classes) > 1).copy()
 
     def perform_authentication(self, request: Request) -> None:
         pass
@@ -466,15 +468,17 @@ def _load_request(body: bytes) -> tuple[str, str]:
         raise InvalidInput(
             f"The load request is not JSON ({exc}).", code="invalid_load_request"
         ) from exc
-    fields = [data.get(k) if isinstance(data, dict) else None for k in _LOAD_FIELDS]
+    fields: list[Any] = [
+        data.get(k) if isinstance(data, dict) else None for k in _LOAD_FIELDS
+    ]
     if not all(isinstance(f, str) and f for f in fields):
         raise InvalidInput(
             'Send {"model_name": "<name>", "url": "<model directory>"}.',
             code="invalid_load_request",
         )
     if not all(_is_text(f) for f in fields):
-        # Neither is a file name, a registry key or a database value (found by
-        # schemathesis: both were a 500), nor may it break a log line.
+        # Neither is a file name, a registry key or a database value, nor may it break
+        # a log line.
         raise InvalidInput(
             "model_name and url must be text without control characters (\\n, "
             "\\u0000) or unpaired surrogates (\\ud800).",

@@ -172,8 +172,8 @@ INSTALLED_APPS = [
 ]
 
 # The inference paths (/invocations, /ping, /execution-parameters) leave the chain right
-# after SecurityMiddleware: the layers below serve the admin only and measured 0.06 ms per
-# request (16% of an iris invocation in-process).
+# after SecurityMiddleware: the layers below serve the admin only (their cost:
+# bench/RESULTS.md, round 2).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "modelapp.middleware.InferenceMiddleware",
@@ -265,7 +265,7 @@ SILENCED_SYSTEM_CHECKS = [
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_THROTTLE_CLASSES": [],
@@ -296,7 +296,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 _log_level = (env_str("SMSERVE_LOG_LEVEL") or "INFO").upper()
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {

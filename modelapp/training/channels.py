@@ -32,13 +32,13 @@ from modelapp.metadata import (
 )
 from modelapp.paths import SageMakerPaths
 from modelapp.text import brief
-from modelapp.training import ClientError
 from modelapp.training.environment import (
     CATEGORICAL_COLUMNS,
     HEADER,
     TARGET_COLUMN,
     ChannelConfig,
 )
+from modelapp.training.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,9 @@ def load_channel(
             "smserve reads unwrapped CSV, Parquet or JSON Lines: set it to None."
         )
     media_type = config.media_type
-    fmt = CHANNEL_FORMATS.get(formats.canonical(media_type)) if media_type else None
+    fmt = (
+        CHANNEL_FORMATS.get(formats.canonical(media_type) or "") if media_type else None
+    )
     if media_type is not None and fmt is None:
         known = sorted(a for a, f in formats.ALIASES.items() if f in CHANNEL_FORMATS)
         raise ClientError(
@@ -204,7 +206,7 @@ def data_files(directory: Path) -> list[Path]:
 class _Prefixed(io.RawIOBase):
     """A stream whose first bytes were already read for sniffing."""
 
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+    def __init__(self, head: bytes, rest: IO[bytes] | gzip.GzipFile) -> None:
         self._head = head
         self._rest = rest
 
@@ -222,7 +224,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _sniff(stream: IO[bytes]) -> tuple[bytes, IO[bytes]]:
+def _sniff(stream: IO[bytes] | gzip.GzipFile) -> tuple[bytes, IO[bytes]]:
     head = stream.read(SNIFF_BYTES)
     return head, io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 20)
 

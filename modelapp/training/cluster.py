@@ -35,19 +35,20 @@ from typing import Any
 import modelapp
 from modelapp import conf
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError
 from modelapp.training.environment import (
+    CLUSTER_TIMEOUT,
     KNOWN_CHANNELS,
+    RESERVED,
     TrainingEnvironment,
     read_json_object,
 )
+from modelapp.training.errors import ClientError
 from modelapp.usercode import child_environment
 
 logger = logging.getLogger(__name__)
 
-# Our hyperparameter: how long hosts wait for each other (seconds).
-TIMEOUT = "smserve_cluster_timeout"
-KEYS = {TIMEOUT: 300}
+# Our hyperparameter: how long hosts wait for each other (its default: RESERVED).
+TIMEOUT = CLUSTER_TIMEOUT
 FAILURE_TOPIC = "smserve-host-failure"
 BACKEND = "smserve-dask"
 _STOP_GRACE = 20  # seconds a Dask process gets to close before it is killed
@@ -160,7 +161,7 @@ class Plan:
     @classmethod
     def of(cls, env: TrainingEnvironment, estimator: Any, searching: bool) -> Plan:
         hosts = Hosts.of(env)
-        timeout = timeout_of(env.hyperparameters.owned.get(TIMEOUT, KEYS[TIMEOUT]))
+        timeout = timeout_of(env.hyperparameters.owned.get(TIMEOUT, RESERVED[TIMEOUT]))
         spread = hosts.distributed and (searching or spreads(estimator))
         return cls(env=env, hosts=hosts, spread=spread, timeout=timeout)
 
@@ -427,7 +428,7 @@ def _register_backend() -> None:
             # No automatic scatter of the other arguments (a fold's indices): it puts
             # each on one worker, and a task whose data died with its worker is
             # cancelled instead of run again. X and y are broadcast (``scatter``).
-            self.call_data_futures = None
+            self.call_data_futures: dict[Any, Any] | None = None
 
         def stop_call(self) -> None:
             self.call_data_futures = {}

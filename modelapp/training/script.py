@@ -33,9 +33,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError, TrainingStopped
 from modelapp.training.environment import TrainingEnvironment
-from modelapp.training.run import COMPLETED, EXIT_OK
+from modelapp.training.errors import (
+    COMPLETED,
+    EXIT_OK,
+    ClientError,
+    TrainingResult,
+    TrainingStopped,
+)
 from modelapp.training.script_env import (
     JOB_NAME,
     PROGRAM,
@@ -83,7 +88,9 @@ class ScriptFailed(ClientError):
 class ScriptRunner:
     """Fetch, install and run the user's script; one of ``train``'s runners."""
 
-    def __init__(self, env: TrainingEnvironment, result: Any, clock: float) -> None:
+    def __init__(
+        self, env: TrainingEnvironment, result: TrainingResult, clock: float
+    ) -> None:
         self.env = env
         self.paths: SageMakerPaths = env.paths
         self.result = result
@@ -180,12 +187,12 @@ class ScriptRunner:
 def program_name(value: Any) -> str:
     """``sagemaker_program`` checked: a relative path that stays in the source dir."""
     if not isinstance(value, str) or not value.strip():
-        raise UserCodeError(
+        raise ClientError(
             f'{PROGRAM} must name the script to run (e.g. "train.py"), got {value!r}.'
         )
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts:
-        raise UserCodeError(
+        raise ClientError(
             f"{PROGRAM} must be a path inside the source directory, got {value!r}."
         )
     return str(path)
