@@ -177,8 +177,8 @@ def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
             "data out of the source directory: a channel or S3 is the place for it."
         ) from exc
     except _FILTER_ERRORS as exc:
-        member = getattr(exc, "tarinfo", None)
-        what = repr(member.name) if member is not None else "a member"
+        refused: tarfile.TarInfo | None = getattr(exc, "tarinfo", None)
+        what = repr(refused.name) if refused is not None else "a member"
         raise UserCodeError(
             f"Refusing to extract {name}: {what} would escape the source directory "
             f"({type(exc).__name__}: {exc}). Archives must hold relative paths and "
@@ -351,9 +351,9 @@ def image_constraints() -> str:
     """``name==version`` of every distribution this Python has installed (in the image,
     exactly requirements.txt's pins): a user's requirements may add packages but never
     change one smserve runs on."""
-    pins = {}
+    pins: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata["Name"]
         if name and dist.version:
             pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
     return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
