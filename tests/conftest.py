@@ -17,9 +17,11 @@ are handed out first, so they run beside the rest rather than after it.
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,9 @@ DATABASE_FIXTURES = frozenset(
 BUILD_WHEELS = Path(sys.prefix) / "build-wheels"
 os.environ["PIP_NO_INDEX"] = "1"
 os.environ["PIP_FIND_LINKS"] = str(BUILD_WHEELS)
+# Hypothesis (schemathesis) keeps its files here, not in .hypothesis/ of the checkout.
+HYPOTHESIS_HOME = Path(tempfile.mkdtemp(prefix="smserve-hypothesis-"))
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(HYPOTHESIS_HOME)
 
 # Fixture scopes that tie a module's tests to one xdist worker (``session`` fixtures are
 # made once per worker instead).
@@ -88,6 +93,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         group = shared_fixture_group(item)
         if group and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_unconfigure() -> None:
+    shutil.rmtree(HYPOTHESIS_HOME, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True, specname="pytest_collection_modifyitems")
