@@ -18,6 +18,8 @@ budget=${SMSERVE_TEST_BUDGET:-780}
 workers=${SMSERVE_TEST_WORKERS:-2}
 started=$SECONDS
 timings=()
+current=
+current_start=0
 database_url=
 
 finish() {
@@ -26,6 +28,9 @@ finish() {
     scripts/postgres.sh stop >/dev/null || true
   fi
   local total=$((SECONDS - started))
+  if [ -n "$current" ]; then
+    timings+=("$current: $((SECONDS - current_start)) s (failed, exit $status)")
+  fi
   {
     echo "== seconds per phase"
     printf '   %s\n' "${timings[@]}"
@@ -40,11 +45,13 @@ finish() {
 trap finish EXIT
 
 phase() {  # phase NAME COMMAND...: run COMMAND, record its seconds under NAME
-  local name=$1 start=$SECONDS
+  current=$1
+  current_start=$SECONDS
   shift
-  echo "== $name" >&2
+  echo "== $current" >&2
   "$@"
-  timings+=("$name: $((SECONDS - start)) s")
+  timings+=("$current: $((SECONDS - current_start)) s")
+  current=
 }
 
 phase bootstrap scripts/bootstrap.sh test
