@@ -126,6 +126,29 @@ def test_failed_warm_up_is_503(serve_factory, tmp_path):
     assert "this model was saved broken" in server.log
 
 
+def test_pings_while_the_model_cannot_load_log_the_reason_once(serve_factory, tmp_path):
+    """Health checks poll a model that cannot load several times a second: each 503
+    carries the reason in its JSON, and the log says it once (when the state changed,
+    then at most once a minute), not one ``django.request`` ERROR per ping."""
+    base = tmp_path / "ml"
+    (base / "model").mkdir(parents=True)
+    (base / "model" / "model.joblib").write_bytes(b"\x80\x04 definitely not a pickle")
+    server = serve_factory(base, expect_status=503)
+    for _ in range(20):
+        status, _, body = server.request("GET", "/ping")
+        assert status == HTTPStatus.SERVICE_UNAVAILABLE
+        error = json.loads(body)
+        assert error["code"] == "model_not_ready"
+        assert "Could not load model.joblib" in error["detail"]
+    reason = error["detail"].removeprefix("The model is not loaded: ")
+    server.stop()
+    reason_lines = [line for line in server.log.splitlines() if reason in line]
+    assert len(reason_lines) == 1, reason_lines
+    assert "Model not loaded: " in reason_lines[0]
+    assert "django.request" not in server.log
+    assert "Service Unavailable" not in server.log
+
+
 def test_lone_pickle_beside_tarball_loads(serve_factory, tmp_path, regressor_1f):
     """A model trained elsewhere (one *.pkl, no metadata, model.tar.gz beside) loads; a
     single-feature model takes one value per record.
