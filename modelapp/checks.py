@@ -1,8 +1,10 @@
 """System checks: a misconfigured SMSERVE fails ``manage.py check`` (run by ``serve``), not
 the first request."""
 
+import ipaddress
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import Error, register
 from django.core.exceptions import ImproperlyConfigured
 
@@ -48,6 +50,32 @@ def check_smserve_settings(app_configs: Any = None, **kwargs: Any) -> list[Error
                 )
             )
     return errors
+
+
+@register(deploy=True)
+def check_debug_stays_local(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """DEBUG turns every 500 and 404 into a page with the traceback, the settings and
+    the request's headers: only for a server that listens on loopback."""
+    host = conf.get("HOST")
+    if not settings.DEBUG or _is_loopback(host):
+        return []
+    return [
+        Error(
+            f"SMSERVE_DEBUG is on and the server listens on {host}: every caller "
+            "would see tracebacks, settings and headers.",
+            hint="Unset SMSERVE_DEBUG, or set SMSERVE_BIND_HOST=127.0.0.1.",
+            id="modelapp.E011",
+        )
+    ]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _fast_path_names() -> tuple[str, ...]:

@@ -666,3 +666,26 @@ def _chunked_post(server, chunks):
         )
     finally:
         conn.close()
+
+
+def test_debug_on_a_public_address_does_not_start(serve_process, iris_base):
+    """SMSERVE_DEBUG=true shows tracebacks, settings and headers to every caller: on an
+    address other than loopback serve refuses to start and says why; on loopback it
+    starts. Security review L11."""
+    public = serve_process(
+        iris_base, env={"SMSERVE_DEBUG": "true", "SMSERVE_BIND_HOST": "0.0.0.0"}
+    )
+    done = subprocess.run(
+        [str(SERVE)],
+        env=public.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "modelapp.E011" in done.stderr
+    assert "SMSERVE_DEBUG" in done.stderr
+    local = serve_process(iris_base, env={"SMSERVE_DEBUG": "true"})
+    local.start()
+    assert local.request("GET", "/ping")[0] == HTTPStatus.OK
