@@ -3,7 +3,8 @@
 gunicorn answers a request it cannot parse itself (a header value with a control
 character, which nginx lets through, a request line or headers over its limits) with an
 HTML page; ``JSONErrorsMixin`` answers ``{"detail", "code"}`` instead, as everything else
-on the API does. ``SyncWorker`` is gunicorn's sync worker with only that.
+on the API does. ``SyncWorker`` is gunicorn's sync worker with only that and the promises
+below.
 
 gunicorn's sync workers wait for a connection with ``select()`` on the listening socket
 they share, so every new connection wakes every idle worker: one accepts it, the others
@@ -16,7 +17,7 @@ wakes one waiting worker per connection, and a lightly loaded server keeps answe
 the same warm worker. Everything else is gunicorn's sync worker. Where epoll is missing
 (not Linux) it is gunicorn's sync worker unchanged.
 
-Both keep two promises of the API that gunicorn alone does not:
+Both keep three promises that gunicorn alone does not:
 
 - **The timeout is a 504, always.** nginx answers 504 ``model_server_timeout`` when the
   model server timeout passes without a response, and gunicorn kills a worker that is
@@ -90,10 +91,11 @@ def timeout_body(timeout: int) -> bytes:
 
 def catch_early_stop(server: Any, worker: Any) -> None:
     """In a newly forked worker (gunicorn's ``post_fork``): a stop signal that came
-    before this point ran the master's inherited handler, which queued it in the
-    master's queue, copied into this process; one that comes before gunicorn installs the
-    worker's handlers would run that handler too. Either way the worker leaves as soon as
-    it starts its loop instead of serving until the master's grace period ends."""
+    before this point ran the master's handler, inherited through the fork, which put it
+    in this process's copy of the master's queue; one that comes from here until gunicorn
+    installs the worker's own handlers runs the handler set here. Either way the worker
+    leaves as soon as it starts its loop, instead of serving until the master's grace
+    period ends."""
 
     def stop(signum: int, frame: Any) -> None:
         worker.alive = False
