@@ -7,23 +7,40 @@ tricks switched here and the ready-file protocol.
 """
 
 import gc
+import json
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
+
+# ``serve`` hands the secrets over in a file (prepare_serve's --secrets-file), not in the
+# environment, which /proc/<pid>/environ shows for every worker and which every process a
+# worker starts (pip, a user's script) would inherit: into os.environ for the settings to
+# read once, below, and out again.
+_secrets_file = os.environ.pop("SMSERVE_SECRETS_FILE", "")
+_secrets: dict[str, str] = {}
+if _secrets_file:
+    with open(_secrets_file) as _fh:
+        _secrets = json.load(_fh)
+    os.unlink(_secrets_file)
+    os.environ.update(_secrets)
 
 from modelapp import conf  # noqa: E402
 from smserve import fastpaths  # noqa: E402
 
 # ``serve`` sets the unix socket nginx proxies to; without nginx gunicorn takes the port.
 bind = conf.get("GUNICORN_BIND") or f"{conf.get('HOST')}:{conf.get('PORT')}"
+# The settings have read them (conf.get loaded the settings).
+for _name in _secrets:
+    os.environ.pop(_name, None)
 workers = conf.get("WORKERS")
 worker_class = (
     "smserve.workers.ExclusiveAcceptWorker"
     if fastpaths.enabled("exclusive_accept")
     else "smserve.workers.SyncWorker"
 )
-# nginx times an invocation out first (proxy_read_timeout = TIMEOUT) with a clear 504; a
-# worker still stuck a few seconds later is killed and replaced.
+# nginx times an invocation out (proxy_read_timeout = TIMEOUT) with a clear 504, and so
+# does the worker itself (smserve/workers.py); a worker still stuck a few seconds later,
+# in code no signal interrupts, is killed and replaced.
 timeout = conf.get("TIMEOUT") + 5
 # SageMaker sends SIGKILL 30 s after SIGTERM: finish in-flight requests well before that.
 graceful_timeout = 25
@@ -34,6 +51,13 @@ errorlog = "-"
 loglevel = "info"
 # Room for a full 100 MB batch body arriving slowly is nginx's job; gunicorn gets it whole.
 limit_request_line = 8190
+# The unix socket for this user only: nobody else on the machine may talk to gunicorn
+# past nginx's limits. (nginx's workers run as this user, or, as root, serve gives the
+# socket to their group.)
+umask = 0o077
+# nginx sets X-Forwarded-Proto itself; a client's X-Forwarded-Ssl, which gunicorn would
+# also believe and find contradicting it, is a 400 nobody meant: only the one header.
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
 
 # N workers x M BLAS/OpenMP threads must not oversubscribe the cores. Set before the app
 # (and numpy) is imported by the preload.
@@ -43,6 +67,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 
 def post_fork(server, worker):
+    # First, before anything slow: a stop signal sent while this worker was forking.
+    from smserve.workers import catch_early_stop
+
+    catch_early_stop(server, worker)
     # Threads do not survive fork: each worker starts its own stats flusher (which also
     # records the loaded model in the database), off the request path, and its own
     # compiled-engine sessions (modelapp/predictors/compiled.py).
@@ -61,10 +89,13 @@ def worker_exit(server, worker):
     # Write this worker's last counts before it goes.
     from modelapp import multimodel
     from modelapp.stats import collector
+    from smserve.workers import exit_without_teardown
 
     collector.stop()
     if multimodel.enabled():
         multimodel.worker_models().stop()
+    # Last: nothing is left to do but tearing down the interpreter, which takes seconds.
+    exit_without_teardown(worker)
 
 
 def when_ready(server):

@@ -1,8 +1,10 @@
 """System checks: a misconfigured SMSERVE fails ``manage.py check`` (run by ``serve``), not
 the first request."""
 
+import ipaddress
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import Error, register
 from django.core.exceptions import ImproperlyConfigured
 
@@ -61,7 +63,6 @@ def check_admin_hosts(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """With the admin on, the Host header must be checked: it shares its origin with
     the inference API, and a page a colleague visits could otherwise reach both by DNS
     rebinding."""
-    from django.conf import settings
 
     if not conf.get("ADMIN_ENABLED") or "*" not in settings.ALLOWED_HOSTS:
         return []
@@ -75,3 +76,29 @@ def check_admin_hosts(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             id="modelapp.E006",
         )
     ]
+
+
+@register(deploy=True)
+def check_debug_stays_local(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """DEBUG turns every 500 and 404 into a page with the traceback, the settings and
+    the request's headers: only for a server that listens on loopback."""
+    host = conf.get("HOST")
+    if not settings.DEBUG or _is_loopback(host):
+        return []
+    return [
+        Error(
+            f"SMSERVE_DEBUG is on and the server listens on {host}: every caller "
+            "would see tracebacks, settings and headers.",
+            hint="Unset SMSERVE_DEBUG, or set SMSERVE_BIND_HOST=127.0.0.1.",
+            id="modelapp.E011",
+        )
+    ]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

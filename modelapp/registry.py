@@ -32,6 +32,9 @@ __all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "ModelRegistry"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "model"
+# While a model stays unloadable, its reason is logged again at most this often: a health
+# check asks several times a second, and the one line that says why must not scroll away.
+REMIND_SECONDS = 60.0
 
 
 @dataclass
@@ -118,6 +121,9 @@ class _Entry:
     attempted: bool = False
     loaded: LoadedModel | None = None
     reason: str = "The model has not been loaded yet."
+    # What was last logged about this entry's state, and when (time.monotonic()).
+    logged_reason: str = ""
+    logged_at: float = float("-inf")
 
 
 class ModelRegistry:
@@ -156,7 +162,9 @@ class ModelRegistry:
             except ModelLoadError as exc:
                 entry.reason = str(exc)
                 logger.error("Model not loaded: %s", entry.reason)
+                entry.logged_reason, entry.logged_at = entry.reason, time.monotonic()
                 return None
+            entry.logged_reason = ""
             loaded = entry.loaded
             predictor = loaded.predictor
             logger.info(
@@ -182,6 +190,21 @@ class ModelRegistry:
                     f"The model is not loaded: {self._entry(name).reason}"
                 )
         return loaded.predictor
+
+    def remind_not_ready(self, name: str = DEFAULT_MODEL) -> None:
+        """Log why ``name`` is not ready: when the reason is not the one last logged,
+        else at most once every ``REMIND_SECONDS`` (for a health check that polls)."""
+        entry = self._entry(name)
+        if entry.loaded is not None:
+            return
+        now = time.monotonic()
+        if (
+            entry.reason == entry.logged_reason
+            and now - entry.logged_at < REMIND_SECONDS
+        ):
+            return
+        entry.logged_reason, entry.logged_at = entry.reason, now
+        logger.error("Model not ready: %s", entry.reason)
 
     def after_fork(self) -> None:
         """In a new gunicorn worker: each loaded predictor remakes its per-process

@@ -26,6 +26,7 @@ from modelapp import conf, multimodel, openapi
 from modelapp.exceptions import (
     InvalidInput,
     ModelNotFound,
+    ModelNotReady,
     PayloadTooLarge,
     error_body,
 )
@@ -91,6 +92,16 @@ class PingView(StatusView):
             return Response({"status": "alive"})
         registry.get()
         return Response({"status": "ready"})
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        if isinstance(exc, ModelNotReady):
+            # The reason is logged when it changes and once a minute while it lasts
+            # (the registry), not as one django.request ERROR per health check: the
+            # 503's body says it to every caller.
+            registry.remind_not_ready()
+            response._has_been_logged = True
+        return response
 
 
 class ExecutionParametersView(StatusView):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from http import HTTPStatus
 
 import pytest
@@ -251,4 +252,53 @@ def test_header_gunicorn_refuses_is_json(nginx_server, value):
         HTTPStatus.BAD_REQUEST,
         "bad_request",
         "Invalid HTTP Header: 'X-AMZN-SAGEMAKER-CUSTOM-ATTRIBUTES'",
+    )
+
+
+def test_ping_answers_while_1100_slow_clients_hold_connections(
+    iris_base, tmp_path_factory
+):
+    """1,100 clients that open a connection and send half a request line (slowloris)
+    do not use up nginx's connections: /ping still answers 200 within 1 s. Security
+    review L14."""
+    server = ServeProcess(iris_base, tmp_path_factory.mktemp("slowloris"))
+    server.start()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            sock = socket.create_connection(("127.0.0.1", server.port), 10)
+            sock.sendall(b"GET /ping HTTP/1.1\r\n")
+            held.append(sock)
+        started = time.monotonic()
+        status, _, body = server.request("GET", "/ping", timeout=1)
+        assert status == HTTPStatus.OK, body
+        assert time.monotonic() - started < 1
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+    assert "worker_connections are not enough" not in server.log
+
+
+def test_over_limit_body_from_a_client_paused_mid_way_still_reads_413(nginx_server):
+    """A client that writes its whole 7 MB body before reading, descheduled for 7 s
+    half-way (a busy machine): nginx, having answered 413, goes on reading and discarding
+    the body (up to 10 s between reads), so the client finishes writing and reads the
+    JSON 413, not a reset. README Errors row: `payload_too_large`."""
+    body = b"1,2,3,4\n" * (7 * 1024 * 1024 // 8)
+    with socket.create_connection(("127.0.0.1", nginx_server.port), 30) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        half = len(body) // 2
+        sock.sendall(body[:half])
+        time.sleep(7)
+        sock.sendall(body[half:])
+        response = read_response(sock)
+    assert_json_error(
+        response,
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        "payload_too_large",
+        "payload limit of 6 MB",
     )

@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from http import HTTPStatus
@@ -124,6 +125,29 @@ def test_failed_warm_up_is_503(serve_factory, tmp_path):
     server = serve_factory(base, expect_status=503)
     assert_not_ready(server, "warm-up prediction failed")
     assert "this model was saved broken" in server.log
+
+
+def test_pings_while_the_model_cannot_load_log_the_reason_once(serve_factory, tmp_path):
+    """Health checks poll a model that cannot load several times a second: each 503
+    carries the reason in its JSON, and the log says it once (when the state changed,
+    then at most once a minute), not one ``django.request`` ERROR per ping."""
+    base = tmp_path / "ml"
+    (base / "model").mkdir(parents=True)
+    (base / "model" / "model.joblib").write_bytes(b"\x80\x04 definitely not a pickle")
+    server = serve_factory(base, expect_status=503)
+    for _ in range(20):
+        status, _, body = server.request("GET", "/ping")
+        assert status == HTTPStatus.SERVICE_UNAVAILABLE
+        error = json.loads(body)
+        assert error["code"] == "model_not_ready"
+        assert "Could not load model.joblib" in error["detail"]
+    reason = error["detail"].removeprefix("The model is not loaded: ")
+    server.stop()
+    reason_lines = [line for line in server.log.splitlines() if reason in line]
+    assert len(reason_lines) == 1, reason_lines
+    assert "Model not loaded: " in reason_lines[0]
+    assert "django.request" not in server.log
+    assert "Service Unavailable" not in server.log
 
 
 def test_lone_pickle_beside_tarball_loads(serve_factory, tmp_path, regressor_1f):
@@ -643,3 +667,141 @@ def _chunked_post(server, chunks):
         )
     finally:
         conn.close()
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """A process's environment as the kernel shows it (what it was started with)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(
+        item.decode(errors="replace").partition("=")[::2]
+        for item in raw.split(b"\0")
+        if item
+    )
+
+
+def test_secrets_stay_out_of_the_workers_environment(
+    serve_factory, iris_base, tmp_path
+):
+    """SECRET_KEY, DATABASE_URL and DJANGO_SUPERUSER_PASSWORD do their jobs (the
+    superuser is created in that database and logs in; every worker signs its sessions
+    with that key) but are in no gunicorn process's environment, which every process a
+    worker starts (pip, a user's script) would inherit. Security review L9."""
+    from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, AdminClient
+
+    database = tmp_path / "named.sqlite3"
+    secrets = {
+        "SECRET_KEY": "a-secret-key-for-this-test-" + "x" * 30,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
+    }
+    server = serve_factory(
+        iris_base,
+        workers=2,
+        env={
+            **secrets,
+            "SMSERVE_ADMIN_ENABLED": "1",
+            "SMSERVE_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
+            "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
+            "SMSERVE_STATIC_ROOT": str(tmp_path / "static"),
+        },
+    )
+    client = AdminClient(server.port)
+    status, headers, _ = client.login(ADMIN_USER, ADMIN_PASSWORD)
+    assert status == HTTPStatus.FOUND
+    assert headers["Location"] == "/admin/"
+    # Several requests, so both workers check the session against the same key.
+    assert {client.get("/admin/")[0] for _ in range(8)} == {HTTPStatus.OK}
+    assert database.stat().st_size > 0
+    assert not (tmp_path / "serve0" / "state" / "secret_key").exists()
+    gunicorn = [server.gunicorn_master(), *server.gunicorn_workers()]
+    assert len(gunicorn) == 3
+    for pid in gunicorn:
+        environ = environ_of(pid)
+        for name, value in secrets.items():
+            assert name not in environ, (pid, name)
+            assert value not in "\0".join(environ.values()), (pid, name)
+    # Nor anywhere on disk once gunicorn has read them.
+    assert not list(tmp_path.glob("serve0/smserve.*/secrets.json"))
+
+
+def test_gunicorn_socket_and_run_dir_are_the_owners_only(serve_factory, iris_base):
+    """Nobody else on the machine may talk to gunicorn past nginx: its socket has no
+    permission for others and the run dir none for group or others (unless nginx's
+    workers reach them through the group, see the next test). Security review L6."""
+    server = serve_factory(iris_base)
+    (run_dir,) = server.log_path.parent.glob("smserve.*")
+    assert run_dir.stat().st_mode & 0o777 == 0o700
+    socket_mode = (run_dir / "gunicorn.sock").stat().st_mode
+    assert socket_mode & 0o077 == 0, oct(socket_mode)
+    assert server.request("GET", "/ping")[0] == HTTPStatus.OK
+
+
+def nginx_workers(server) -> list[int]:
+    (master,) = [
+        pid
+        for pid in server.child_pids()
+        if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return pids_of_children(master)
+
+
+def test_nginx_workers_do_not_run_as_root(serve_factory, iris_base):
+    """As root, with a run dir www-data can reach (the image's /tmp), nginx's workers,
+    which parse untrusted HTTP, run as www-data and still reach gunicorn and the ready
+    file through the group; nobody else can. Security review I2."""
+    reachable = Path(tempfile.mkdtemp(prefix="smserve-i2-", dir="/tmp"))
+    try:
+        reachable.chmod(0o711)
+        server = serve_factory(iris_base, env={"TMPDIR": str(reachable)})
+        workers = nginx_workers(server)
+        assert workers
+        for pid in workers:
+            owner = subprocess.run(
+                ["ps", "-o", "user=", "-p", str(pid)], capture_output=True, text=True
+            ).stdout.strip()
+            assert owner == "www-data", pid
+        (run_dir,) = reachable.glob("smserve.*")
+        assert run_dir.stat().st_mode & 0o777 == 0o710
+        assert (run_dir / "gunicorn.sock").stat().st_mode & 0o777 == 0o660
+        # The ready file (nginx answers /ping) and the socket (everything else).
+        assert json.loads(server.request("GET", "/ping")[2])["status"] == "ready"
+        assert server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")[2] == b"0\n"
+        server.stop()
+    finally:
+        subprocess.run(["rm", "-rf", str(reachable)], check=True)
+
+
+def test_x_forwarded_ssl_from_a_client_is_ignored(serve_factory, iris_base):
+    """A client's own scheme headers contradicting nginx's X-Forwarded-Proto are not a
+    400 from gunicorn: nginx drops them. Security review I1."""
+    server = serve_factory(iris_base)
+    for header in ("X-Forwarded-Ssl", "X-Forwarded-Protocol"):
+        status, _, body = server.invoke(
+            b"5.1,3.5,1.4,0.2\n", "text/csv", **{header: "on"}
+        )
+        assert status == HTTPStatus.OK, (header, body)
+        assert body == b"0\n"
+
+
+def test_debug_on_a_public_address_does_not_start(serve_process, iris_base):
+    """SMSERVE_DEBUG=true shows tracebacks, settings and headers to every caller: on an
+    address other than loopback serve refuses to start and says why; on loopback it
+    starts. Security review L11."""
+    public = serve_process(
+        iris_base, env={"SMSERVE_DEBUG": "true", "SMSERVE_BIND_HOST": "0.0.0.0"}
+    )
+    done = subprocess.run(
+        [str(SERVE)],
+        env=public.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "modelapp.E011" in done.stderr
+    assert "SMSERVE_DEBUG" in done.stderr
+    local = serve_process(iris_base, env={"SMSERVE_DEBUG": "true"})
+    local.start()
+    assert local.request("GET", "/ping")[0] == HTTPStatus.OK

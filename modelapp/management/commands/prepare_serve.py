@@ -5,9 +5,11 @@ set), the secret key file, the migrations, and nginx.conf rendered from ``docker
 Django itself uses (port, payload limit, timeout), so nginx and the app cannot disagree.
 """
 
+import json
 import logging
 import os
 import re
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,25 @@ from modelapp.state import keep_secret_key, make_private_file, make_state_dir
 logger = logging.getLogger("modelapp.serve")
 
 TEMPLATE = Path(settings.BASE_DIR) / "docker" / "nginx.conf"
+# What a gunicorn started by serve reads from a file it deletes, not from its environment
+# (docker/gunicorn.conf.py): the settings read them at import, nothing reads them later.
+SECRETS = ("SECRET_KEY", "DJANGO_SECRET_KEY", "DATABASE_URL")
+# nginx's open files: every client connection is one, every proxied request another.
+# Enough for thousands of idle or slow clients, never above what the system allows.
+NGINX_MAX_FILES = 16384
+
+
+def nginx_file_limits() -> tuple[int, int]:
+    """(worker_rlimit_nofile, worker_connections) within the hard limit of open files,
+    which nginx (without CAP_SYS_RESOURCE in a container) cannot raise."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = (
+        NGINX_MAX_FILES
+        if hard == resource.RLIM_INFINITY
+        else min(hard, NGINX_MAX_FILES)
+    )
+    # A few files stay for the logs, the listening socket and the temp files.
+    return files, max(512, files - 64)
 
 
 def access_log_directives(access_log: str) -> str:
@@ -41,22 +62,41 @@ def access_log_directives(access_log: str) -> str:
     return "\n    ".join(directives) or "access_log off;"
 
 
-def render_nginx_conf(run_dir: Path, access_log: str, client_timeout: int = 60) -> str:
+def nginx_user_directive(nginx_user: str) -> str:
+    """As root, nginx's workers run as ``nginx_user`` (``serve`` gives them the run dir
+    and the socket through its group), else as root: nginx's default, nobody, could not
+    read the run dir. Not root, they run as the user nginx runs as; nginx ignores the
+    directive then."""
+    if os.geteuid() != 0:
+        return ""
+    return f"user {nginx_user};" if nginx_user else "user root;"
+
+
+def render_nginx_conf(
+    run_dir: Path, access_log: str, client_timeout: int = 60, nginx_user: str = ""
+) -> str:
     """The template with every placeholder filled; an unknown one is an error."""
     max_bytes = conf.max_payload_bytes()
     host, port = conf.get("HOST"), conf.get("PORT")
+    files, connections = nginx_file_limits()
     values = {
         "RUN_DIR": str(run_dir),
         "SOCKET": str(run_dir / "gunicorn.sock"),
         "LISTEN": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "MAX_BODY": str(max_bytes or 0),
+        # A body up to the payload limit stays in memory, never more than 8 MB of it
+        # (a larger batch body goes to a temp file in the run dir).
+        "BODY_BUFFER": str(min(max_bytes or 8 << 20, 8 << 20)),
+        "MAX_FILES": str(files),
+        "MAX_CONNECTIONS": str(connections),
+        # A client has less time for its headers than for its body: a slow body is a
+        # large batch on a slow link, slow headers only ever hold a connection.
+        "HEADER_TIMEOUT": str(min(client_timeout, 10)),
         "MAX_MB": str(conf.get("MAX_PAYLOAD_MB")),
         "TIMEOUT": str(conf.get("TIMEOUT")),
         "CLIENT_TIMEOUT": str(client_timeout),
         "ACCESS_LOG": access_log_directives(access_log),
-        # As root, nginx's workers would otherwise run as nobody, who may not read the run
-        # dir; the container runs as root by SageMaker's contract.
-        "USER": "user root;" if os.geteuid() == 0 else "",
+        "USER": nginx_user_directive(nginx_user),
     }
     text = TEMPLATE.read_text()
 
@@ -130,8 +170,19 @@ class Command(BaseCommand):
             "--client-timeout",
             type=int,
             default=60,
-            help="Seconds nginx waits for a stalled client's headers or body before "
-            "dropping it (default: 60).",
+            help="Seconds nginx waits for a stalled client's body before dropping it, "
+            "and at most 10 for its headers (default: 60).",
+        )
+        parser.add_argument(
+            "--nginx-user",
+            default="",
+            help="As root: the user nginx's workers run as (default: root).",
+        )
+        parser.add_argument(
+            "--secrets-file",
+            type=Path,
+            help="Write the secrets of the environment (SECRET_KEY, DATABASE_URL) here, "
+            "owner-only, for gunicorn to read instead of its environment.",
         )
 
     def handle(
@@ -140,6 +191,8 @@ class Command(BaseCommand):
         run_dir: Path,
         access_log: str,
         client_timeout: int,
+        nginx_user: str,
+        secrets_file: Path | None,
         **options: Any,
     ) -> None:
         call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
@@ -160,5 +213,10 @@ class Command(BaseCommand):
             collect_static_once()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "nginx.conf").write_text(
-            render_nginx_conf(run_dir, access_log, client_timeout)
+            render_nginx_conf(run_dir, access_log, client_timeout, nginx_user)
         )
+        if secrets_file is not None:
+            found = {name: os.environ[name] for name in SECRETS if os.environ.get(name)}
+            fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(found, fh)
