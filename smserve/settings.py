@@ -103,6 +103,9 @@ def _smserve_from_environment() -> dict[str, Any]:
         ),
         "MME_MEMORY_MB": env_int("SMSERVE_MME_MEMORY_MB"),
         "MME_REGISTRY_DIR": env_str("SMSERVE_MME_REGISTRY_DIR"),
+        "ALLOW_UNSAFE_DESERIALIZATION": env_bool(
+            "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION", None
+        ),
     }
     for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR"):
         if found[key] is not None:
@@ -111,6 +114,11 @@ def _smserve_from_environment() -> dict[str, Any]:
     if off is not None:
         found["FAST_PATHS_OFF"] = frozenset(
             name.strip().lower() for name in off.split(",") if name.strip()
+        )
+    trusted = env_str("SMSERVE_TRUSTED_MODULES")
+    if trusted is not None:
+        found["TRUSTED_MODULES"] = tuple(
+            name.strip() for name in trusted.split(",") if name.strip()
         )
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:
