@@ -34,6 +34,7 @@ the bytes the master kept (``post_fork``), so none pays for it on its first requ
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -332,7 +333,15 @@ def _onnx_bytes(
     compiled = (getattr(metadata, "compiled", None) or {}) if metadata else {}
     path = model_dir / ONNX_FILE if model_dir is not None else None
     if path is not None and path.is_file() and compiled.get("onnx") == ONNX_FILE:
-        return path.read_bytes(), f"{ONNX_FILE} written by train"
+        data = path.read_bytes()
+        recorded = compiled.get("onnx_sha256")
+        if recorded is None or recorded == hashlib.sha256(data).hexdigest():
+            return data, f"{ONNX_FILE} written by train"
+        logger.warning(
+            "%s is not the graph train wrote (its sha256 differs from metadata.json's "
+            "onnx_sha256): converting the model again.",
+            path,
+        )
     return convert(model, n_features), "converted at start-up"
 
 
@@ -542,5 +551,6 @@ def save_for_serving(
     tmp = atomic_write(model_dir / ONNX_FILE, lambda fh: fh.write(onnx_bytes), "wb")
     os.replace(tmp, model_dir / ONNX_FILE)
     written["onnx"] = ONNX_FILE
+    written["onnx_sha256"] = hashlib.sha256(onnx_bytes).hexdigest()
     written["dtype"] = np.dtype(input_dtype(model)).name
     return written
