@@ -28,6 +28,11 @@ What a name must pass, in order (``Policy.check``):
    Re-exports (``sklearn.utils._joblib.load``, ``pandas.read_pickle``) and modules as
    objects (``sklearn.base.os``) are refused here.
 
+The objects ``find_class`` hands out may be called, never changed: ``BUILD`` and the
+opcodes that fill a dict, list or set are refused on them, and on any class, function or
+module, so a file cannot patch ``DecisionTreeClassifier.predict`` or a library's global
+settings for the whole process.
+
 Object arrays: joblib writes an array of Python objects as a nested pickle and reads it
 with a second, plain unpickler. ``RestrictedUnpickler`` reads those arrays itself with an
 unpickler that uses the same ``find_class``, so the nested pickle meets the same policy
@@ -57,7 +62,7 @@ import logging
 import pickle
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +326,9 @@ class RestrictedUnpickler(NumpyUnpickler):
     def __init__(self, policy: Policy, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.policy = policy
+        # What find_class handed out (classes, functions, module-level objects): the
+        # file may use them, never change them (see _unchanged).
+        self._found: set[int] = set()
 
     def find_class(self, module: str, name: str) -> Any:
         if self.proto < 3 and self.fix_imports:  # Python 2 names, as pickle maps them
@@ -328,21 +336,84 @@ class RestrictedUnpickler(NumpyUnpickler):
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
-        return self.policy.find_class(module, name)
+        found = self.policy.find_class(module, name)
+        self._found.add(id(found))
+        return found
 
     def load_build(self) -> None:
+        _unchanged(self, self.stack[-2], "BUILD")
         pickle._Unpickler.load_build(self)
         built = self.stack[-1]
         if isinstance(built, NumpyArrayWrapper) and built.dtype.hasobject:
             # joblib would read the nested pickle with a second unpickler of its own.
-            nested = pickle._Unpickler(self.file_handle)
-            nested.find_class = self.find_class
-            array = nested.load()
+            array = _NestedUnpickler(self).load()
             if self.ensure_native_byte_order:
                 array = _ensure_native_byte_order(array)
             self.stack[-1] = array
         elif isinstance(built, NumpyArrayWrapper):
             self.stack[-1] = built.read(self, self.ensure_native_byte_order)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _unchanged(unpickler: Any, target: Any, opcode: str) -> None:
+    """BUILD, SETITEM(S), APPEND(S) and ADDITEMS change the object under them: on a
+    class, a function or a module-level object that would patch it for the whole process
+    (``DecisionTreeClassifier.predict = ...``, a library's global dict). The file may
+    only change the objects it made."""
+    if id(target) in unpickler._found or isinstance(
+        target, (type, types.ModuleType, types.FunctionType, types.MethodType)
+    ):
+        what = getattr(target, "__qualname__", type(target).__qualname__)
+        raise RefusedGlobal(
+            f"the artifact changes {what} with {opcode}, which the safe loader refuses: "
+            f"only objects the file creates may be changed. If you trust this artifact, "
+            f"set {UNSAFE_SETTING}=true."
+        )
+
+
+def _guarded(name: str, target: Callable[[Any], Any]) -> Any:
+    base = getattr(pickle._Unpickler, f"load_{name.lower()}")
+
+    def load(unpickler: Any) -> None:
+        _unchanged(unpickler, target(unpickler), name)
+        base(unpickler)
+
+    return load
+
+
+# The target of each changing opcode, where the base class will look for it.
+_CHANGES: dict[bytes, tuple[str, Callable[[Any], Any]]] = {
+    pickle.SETITEM: ("SETITEM", lambda u: u.stack[-3]),
+    pickle.APPEND: ("APPEND", lambda u: u.stack[-2]),
+    # After the MARK: the object below it.
+    pickle.SETITEMS: ("SETITEMS", lambda u: u.metastack[-1][-1]),
+    pickle.APPENDS: ("APPENDS", lambda u: u.metastack[-1][-1]),
+    pickle.ADDITEMS: ("ADDITEMS", lambda u: u.metastack[-1][-1]),
+}
+for _opcode, (_name, _target) in _CHANGES.items():
+    RestrictedUnpickler.dispatch[_opcode[0]] = _guarded(_name, _target)
+
+
+class _NestedUnpickler(pickle._Unpickler):
+    """The nested pickle of an object array, under the outer unpickler's policy."""
+
+    dispatch = pickle._Unpickler.dispatch.copy()
+    dispatch.update(
+        {
+            opcode[0]: _guarded(name, target)
+            for opcode, (name, target) in _CHANGES.items()
+        }
+    )
+
+    def __init__(self, outer: RestrictedUnpickler) -> None:
+        super().__init__(outer.file_handle)
+        self.find_class = outer.find_class
+        self._found = outer._found
+
+    def load_build(self) -> None:
+        _unchanged(self, self.stack[-2], "BUILD")
+        pickle._Unpickler.load_build(self)
 
     dispatch[pickle.BUILD[0]] = load_build
 

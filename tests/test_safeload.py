@@ -192,6 +192,32 @@ def test_dangerous_names_inside_the_allowed_stack_are_refused(module, name, why)
     assert why in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # BUILD on a class: _Scorer.__call__ = numpy.zeros, process-wide.
+        b"csklearn.metrics._scorer\n_Scorer\n(N(dS'__call__'\ncnumpy\nzeros\nstb.",
+        # SETITEMS on a library's global dict: scikit-learn's configuration.
+        b"csklearn._config\n_global_config\n(S'assume_finite'\nI01\nu.",
+        # SETITEM on the same dict, the one-item form.
+        b"csklearn._config\n_global_config\nS'assume_finite'\nI01\ns.",
+    ],
+    ids=["build-on-a-class", "setitems-on-a-global", "setitem-on-a-global"],
+)
+def test_a_file_cannot_change_what_it_imports(tmp_path, payload):
+    """The objects find_class hands out may be called, never patched (each payload
+    does patch them under the checks of names alone)."""
+    from sklearn._config import _global_config
+    from sklearn.metrics._scorer import _Scorer
+
+    call = _Scorer.__call__
+    path = tmp_path / "m.pkl"
+    path.write_bytes(payload)
+    refused(path, "only objects the file creates may be changed")
+    assert _Scorer.__call__ is call
+    assert _global_config["assume_finite"] is False
+
+
 def test_getattr_fetches_classmethods_of_admitted_classes_only():
     """pickle writes ``cls.method`` as ``getattr(cls, "method")`` (pandas' time-zone
     columns: ``ZoneInfo._unpickle``); on anything else getattr is refused."""
