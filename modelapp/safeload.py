@@ -74,6 +74,9 @@ from joblib.numpy_pickle_utils import (
 
 logger = logging.getLogger(__name__)
 
+# The pure-Python unpickler joblib builds on; typeshed knows only the C one's methods.
+_PyUnpickler: Any = pickle._Unpickler
+
 TRUSTED_SETTING = "SMSERVE_TRUSTED_MODULES"
 UNSAFE_SETTING = "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION"
 
@@ -342,7 +345,7 @@ class RestrictedUnpickler(NumpyUnpickler):
 
     def load_build(self) -> None:
         _unchanged(self, self.stack[-2], "BUILD")
-        pickle._Unpickler.load_build(self)
+        _PyUnpickler.load_build(self)
         built = self.stack[-1]
         if isinstance(built, NumpyArrayWrapper) and built.dtype.hasobject:
             # joblib would read the nested pickle with a second unpickler of its own.
@@ -373,7 +376,7 @@ def _unchanged(unpickler: Any, target: Any, opcode: str) -> None:
 
 
 def _guarded(name: str, target: Callable[[Any], Any]) -> Any:
-    base = getattr(pickle._Unpickler, f"load_{name.lower()}")
+    base = getattr(_PyUnpickler, f"load_{name.lower()}")
 
     def load(unpickler: Any) -> None:
         _unchanged(unpickler, target(unpickler), name)
@@ -395,10 +398,10 @@ for _opcode, (_name, _target) in _CHANGES.items():
     RestrictedUnpickler.dispatch[_opcode[0]] = _guarded(_name, _target)
 
 
-class _NestedUnpickler(pickle._Unpickler):
+class _NestedUnpickler(_PyUnpickler):
     """The nested pickle of an object array, under the outer unpickler's policy."""
 
-    dispatch = pickle._Unpickler.dispatch.copy()
+    dispatch = _PyUnpickler.dispatch.copy()
     dispatch.update(
         {
             opcode[0]: _guarded(name, target)
@@ -408,12 +411,15 @@ class _NestedUnpickler(pickle._Unpickler):
 
     def __init__(self, outer: RestrictedUnpickler) -> None:
         super().__init__(outer.file_handle)
-        self.find_class = outer.find_class
+        self._outer = outer
         self._found = outer._found
+
+    def find_class(self, module: str, name: str) -> Any:
+        return self._outer.find_class(module, name)
 
     def load_build(self) -> None:
         _unchanged(self, self.stack[-2], "BUILD")
-        pickle._Unpickler.load_build(self)
+        _PyUnpickler.load_build(self)
 
     dispatch[pickle.BUILD[0]] = load_build
 

@@ -137,12 +137,12 @@ def test_a_broken_metadata_file_is_no_reason_to_stop_serve(tmp_path, iris_model)
 def _trained_with_graph(base: Path, model) -> Path:
     """A model dir as train leaves it: model.joblib, model.onnx and a metadata.json
     recording both."""
-    from modelapp import engines
     from modelapp.metadata import sha256_of
+    from modelapp.training.compile import save_for_serving
 
     X = np.random.default_rng(0).normal(size=(50, 4))
     path = write_model(base, model)
-    compiled = engines.save_for_serving(model, 4, X, path.parent)
+    compiled = save_for_serving(model, 4, X, path.parent)
     metadata = {"n_features": 4, "sha256": sha256_of(path), "compiled": compiled}
     (path.parent / "metadata.json").write_text(json.dumps(metadata))
     return path.parent
