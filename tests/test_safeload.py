@@ -419,7 +419,12 @@ def test_a_multi_model_load_of_a_refused_artifact_is_a_400(
     empty = tmp_path / "mme_base"
     empty.mkdir()
     server = serve_factory(
-        empty, env={"SAGEMAKER_MULTI_MODEL": "true", "SMSERVE_MME_MEMORY_MB": "512"}
+        empty,
+        env={
+            "SAGEMAKER_MULTI_MODEL": "true",
+            "SMSERVE_MME_MEMORY_MB": "512",
+            "SMSERVE_MME_MODEL_ROOT": str(tmp_path),
+        },
     )
     body = json.dumps({"model_name": "evil", "url": str(evil_base / "model")}).encode()
     status, _, data = server.request(
