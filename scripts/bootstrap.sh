@@ -49,4 +49,16 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -r "$requirements"
   touch "$stamp"
 fi
+if [ "$profile" = test ]; then
+  # What pip's build isolation fetches to install a source directory with setup.py (script
+  # mode), kept beside the venv: the suite runs pip with no index (tests/conftest.py).
+  build_wheels=.venv/build-wheels
+  build_pins=(setuptools==84.2.1 wheel==0.48.0)
+  build_stamp="$build_wheels/.pins-$(echo "${build_pins[*]}" | sha256sum | cut -c1-16)"
+  if [ ! -f "$build_stamp" ]; then
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: \
+      --dest "$build_wheels" "${build_pins[@]}"
+    touch "$build_stamp"
+  fi
+fi
 .venv/bin/python manage.py collectstatic --noinput -v 0

@@ -3,11 +3,25 @@
 Fixtures only; helpers live in ``tests/support/``. Every test that uses a fixture which
 starts the real ``serve`` (``SERVER_FIXTURES``) is marked ``server`` here, so
 ``pytest -m "not server"`` is a fast run that starts no nginx or gunicorn.
+
+The suite is hermetic: pip never reaches a package index (``PIP_NO_INDEX``; what a
+``setup.py`` build needs is in the wheel directory ``scripts/bootstrap.sh`` fills), and
+every file a test writes is under pytest's temporary directories.
+
+Under pytest-xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup``) the tests of a
+module that share a fixture wider than one test run on one worker, so that fixture (a
+server, a trained model, the container image) is made once; the longest of these groups
+are handed out first, so they run beside the rest rather than after it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +51,40 @@ SERVER_FIXTURES = frozenset(
 # Fixtures that give a test the database; such a test, and one marked ``django_db``, is a
 # ``database`` test: the PostgreSQL pass of scripts/test.sh runs those (modules whose
 # servers or jobs write rows that the tests read mark themselves).
-DATABASE_FIXTURES = frozenset({"db", "transactional_db", "admin_server", "server_db"})
+DATABASE_FIXTURES = frozenset(
+    {"db", "transactional_db", "admin_server", "server_db", "locked_server"}
+)
 
 
+# Wheels for pip's build isolation (setuptools, wheel), filled by scripts/bootstrap.sh: with
+# them and no index, a test that pip-installs a ``setup.py`` source needs no network.
+BUILD_WHEELS = Path(sys.prefix) / "build-wheels"
+os.environ["PIP_NO_INDEX"] = "1"
+os.environ["PIP_FIND_LINKS"] = str(BUILD_WHEELS)
+# Hypothesis (schemathesis) keeps its files here, not in .hypothesis/ of the checkout.
+HYPOTHESIS_HOME = Path(tempfile.mkdtemp(prefix="smserve-hypothesis-"))
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(HYPOTHESIS_HOME)
+
+# Fixture scopes that tie a module's tests to one xdist worker (``session`` fixtures are
+# made once per worker instead).
+SHARED_SCOPES = frozenset({"module", "class", "package"})
+
+# The longest groups (a container build and runs; several training hosts), started first.
+LONG_MODULES = ("tests/test_image.py", "tests/training/test_cluster.py")
+
+
+def shared_fixture_group(item: pytest.Item) -> str | None:
+    """The test's module when it uses a fixture shared by more than one test, else None."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    for definitions in info.name2fixturedefs.values():
+        if definitions and definitions[-1].scope in SHARED_SCOPES:
+            return item.nodeid.split("::")[0]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
@@ -49,6 +94,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "django_db"
         ):
             item.add_marker(pytest.mark.database)
+        if item.get_closest_marker("image"):
+            item.add_marker(pytest.mark.root)
+        group = shared_fixture_group(item)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_unconfigure() -> None:
+    shutil.rmtree(HYPOTHESIS_HOME, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_last(items: list[pytest.Item]) -> Iterator[None]:
+    """After every other reordering (pytest-django sorts too)."""
+    yield
+    items.sort(key=lambda item: not item.nodeid.startswith(LONG_MODULES))
 
 
 @pytest.fixture(scope="session")
@@ -126,3 +187,30 @@ def server(iris_base, tmp_path_factory) -> Iterator[ServeProcess]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def throwaway_python(tmp_path) -> dict[str, str]:
+    """``train``'s environment for a job that pip-installs its source (``setup.py``), as
+    the training toolkit does into the image's Python: a venv of its own that sees this
+    venv's packages (a ``.pth`` line), so pip installs there and the suite's venv stays as
+    it was. pip has no index (above): the build takes setuptools from ``BUILD_WHEELS``."""
+    assert any(BUILD_WHEELS.glob("setuptools-*.whl")), (
+        f"no setuptools wheel in {BUILD_WHEELS}: run scripts/bootstrap.sh test"
+    )
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True
+    )
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    lines = [
+        f"import site; site.addsitedir({path!r})" for path in site.getsitepackages()
+    ]
+    Path(purelib, "suite-venv.pth").write_text("\n".join(lines) + "\n")
+    return {"SMSERVE_PYTHON": str(python)}

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.support import ROOT
 from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, start_admin_server
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -33,16 +31,23 @@ def admin_server(tmp_path_factory) -> Iterator:
     db.drop()
 
 
+@pytest.fixture
+def screenshots(tmp_path_factory) -> Path:
+    """Where the screenshots go: pytest's temporary directory, never the checkout."""
+    path = tmp_path_factory.mktemp("screenshots")
+    print(f"screenshots in {path}")
+    return path
+
+
 @pytest.mark.browser
-def test_admin_flow_in_chromium(admin_server):
+def test_admin_flow_in_chromium(admin_server, screenshots):
     """Log in, open the trained model from the list, find its metrics, hyperparameters,
     input schema (a row per feature with its kind) and the traffic chart with bars; every request stays on the server (nothing
-    is fetched from the internet); a screenshot is saved under test-artifacts/."""
+    is fetched from the internet); screenshots are saved (``screenshots``)."""
     server, db, sha = admin_server
     requests = db.totals()["requests"]  # what the page must show, whoever sent them
     base = f"http://127.0.0.1:{server.port}"
     outside: list[str] = []
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -73,14 +78,14 @@ def test_admin_flow_in_chromium(admin_server):
             assert chart.locator("rect.errors").count() >= 1
             expect(page.locator("figcaption")).to_contain_text(f"{requests} in all")
             page.screenshot(
-                path=str(ARTIFACTS / "admin-trained-model.png"), full_page=True
+                path=str(screenshots / "admin-trained-model.png"), full_page=True
             )
 
             page.click("text=Invocation stats")
             expect(page.locator("figure.smserve-chart svg")).to_be_visible()
             expect(page.locator("th.column-requests")).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "admin-invocation-stats.png"))
+            page.screenshot(path=str(screenshots / "admin-invocation-stats.png"))
         finally:
             browser.close()
     assert outside == []
-    assert Path(ARTIFACTS / "admin-trained-model.png").stat().st_size > 10_000
+    assert Path(screenshots / "admin-trained-model.png").stat().st_size > 10_000

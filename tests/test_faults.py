@@ -110,7 +110,6 @@ def test_prediction_over_the_timeout_is_504_and_the_worker_is_replaced(
 
 
 @pytest.mark.server
-@pytest.mark.database
 def test_database_down_from_the_start_leaves_serving_up(serve_factory, iris_base):
     """A DATABASE_URL nothing answers at start: the migration failure is logged, and
     /ping and /invocations answer as usual (mid-run outages: test_stats)."""
@@ -141,6 +140,7 @@ def small_model_volume(tmp_path):
     subprocess.run(["umount", str(model_dir)], check=True)
 
 
+@pytest.mark.root
 def test_full_disk_while_writing_the_model_fails_the_job_cleanly(
     small_model_volume, tmp_path
 ):

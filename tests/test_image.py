@@ -8,6 +8,7 @@ them. Each container gets a unique name and is always removed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -40,7 +41,11 @@ from tests.support.training import file_channel, sagemaker_tree
 pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
 
 BUILD = ROOT / "scripts" / "build-image.sh"
-IMAGE = "localhost/smserve:test"
+# A tag of this run's own, untagged at the end: two runs on one podman store (the build
+# script locks it while it builds) never test each other's image. The layers stay, as the
+# next build's cache.
+TAG = f"smserve:test-{uuid.uuid4().hex[:12]}"
+IMAGE = f"localhost/{TAG}"
 # SageMaker's grace period between SIGTERM and SIGKILL.
 GRACE_SECONDS = 30
 
@@ -148,20 +153,29 @@ def container() -> Iterator[Container]:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    """The image, built by scripts/build-image.sh; a failed build is a test failure."""
+def image() -> Iterator[str]:
+    """The image, built by scripts/build-image.sh; a failed build is a test failure.
+    The build downloads the image's wheels on the host (the suite's pip has no index)."""
     assert shutil.which("podman"), "podman is not installed (scripts/bootstrap.sh test)"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PIP_NO_INDEX", "PIP_FIND_LINKS"}
+    }
     result = subprocess.run(
-        [str(BUILD), "smserve:test"],
+        [str(BUILD), TAG],
         capture_output=True,
         text=True,
         timeout=840,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, (
         f"the image did not build:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
-    return IMAGE
+    yield IMAGE
+    untagged = podman("untag", IMAGE, IMAGE)
+    assert untagged.returncode == 0, untagged.stderr
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ def postgres_sh(checkout: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.root
 def test_postgres_sh_from_a_private_path_with_a_space(private_checkout):
     """As root in a checkout the postgres user cannot reach, ``postgres.sh start``
     puts the cluster in a directory of its own that postgres owns, the URL it prints

@@ -14,8 +14,6 @@ from django.db.backends.signals import connection_created
 from modelapp import request_signals
 from modelapp.stats import StatsCollector
 
-pytestmark = pytest.mark.database
-
 
 def _receivers(signal) -> list:
     return [ref() for _, ref, _ in signal.receivers]

@@ -27,8 +27,6 @@ from modelapp.stats import (
 from tests.support import ROOT
 from tests.support.servers import ServerDatabase, free_port, invoke_many, wait_for
 
-pytestmark = pytest.mark.database
-
 IRIS_ROWS = b"5.1,3.5,1.4,0.2\n6.2,2.9,4.3,1.3\n"  # two records
 WRONG_WIDTH = b"1,2\n"  # a 400: the model takes four features
 POSTGRES_SH = ROOT / "scripts" / "postgres.sh"
@@ -250,7 +248,9 @@ def pg_dir() -> Any:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.root)]
+)
 def test_database_outage_costs_invocations_nothing(
     backend, serve_factory, iris_base, tmp_path, pg_dir
 ):
@@ -290,6 +290,7 @@ def test_database_outage_costs_invocations_nothing(
     assert server_db.totals()["requests"] == 220
 
 
+@pytest.mark.root
 def test_postgres_script_starts_and_stops_a_cluster(pg_dir):
     """``scripts/postgres.sh start`` prints a DATABASE_URL that accepts connections;
     ``start`` again is a no-op; ``stop`` stops it."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from collections.abc import Iterator
 from http import HTTPStatus
@@ -20,7 +19,7 @@ import pytest
 
 from tests.support import ROOT
 from tests.support.models import write_model
-from tests.support.servers import PYTHON, ServeProcess
+from tests.support.servers import ServeProcess
 from tests.support.tables import (
     FEATURES,
     TARGET,
@@ -28,6 +27,7 @@ from tests.support.tables import (
     fitted_elsewhere,
     own_answer,
 )
+from tests.support.training import train_env
 
 pytestmark = pytest.mark.server
 
@@ -114,7 +114,7 @@ def trained(request, channels, tmp_path_factory) -> Iterator:
         + ["--hp", f"smserve_target_column={TARGET}", "--hp", "smserve_random_seed=3"]
         + [arg for item in hp for arg in ("--hp", item)],
         cwd=ROOT,
-        env={**os.environ, "SMSERVE_PYTHON": PYTHON},
+        env=train_env(None, work / "train-state"),  # never the checkout's var/
         capture_output=True,
         text=True,
         timeout=180,

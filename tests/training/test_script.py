@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import joblib
@@ -320,20 +318,8 @@ with open(os.path.join(os.environ["SM_MODEL_DIR"], "how.json"), "w") as fh:
 """
 
 
-@pytest.fixture
-def uninstalls_example_package():
-    """The package test installs into this Python, as the toolkit would in the image;
-    removed again afterwards."""
-    yield
-    subprocess.run(
-        [sys.executable, "-m", "pip", "uninstall", "--yes", "smserve-setup-example"],
-        capture_output=True,
-        check=False,
-    )
-
-
 def test_a_source_with_setup_py_is_installed_and_run_as_a_module(
-    tmp_path, iris_csv, uninstalls_example_package
+    tmp_path, iris_csv, throwaway_python
 ):
     """A ``setup.py`` makes the source directory a package, as in the training toolkit:
     ``pip install .`` first, then the entry point runs as ``python -m train``."""
@@ -346,7 +332,7 @@ def test_a_source_with_setup_py_is_installed_and_run_as_a_module(
         },
     )
     base = job(tmp_path, iris_csv, str(src), hps={"depth": 3})
-    done = run_train(base)
+    done = run_train(base, env=throwaway_python)
 
     assert done.returncode == 0, done.stderr
     assert json.loads((base / "model/how.json").read_text()) == {
@@ -357,7 +343,9 @@ def test_a_source_with_setup_py_is_installed_and_run_as_a_module(
     }
 
 
-def test_a_setup_py_that_fails_to_install_fails_the_job(tmp_path, iris_csv):
+def test_a_setup_py_that_fails_to_install_fails_the_job(
+    tmp_path, iris_csv, throwaway_python
+):
     """A package pip cannot install fails the job before the script runs, saying so."""
     src = source_dir(
         tmp_path / "src",
@@ -367,7 +355,7 @@ def test_a_setup_py_that_fails_to_install_fails_the_job(tmp_path, iris_csv):
         },
     )
     base = job(tmp_path, iris_csv, str(src))
-    done = run_train(base)
+    done = run_train(base, env=throwaway_python)
 
     assert done.returncode == 1, done.stderr
     reason = (base / "output/failure").read_text()
