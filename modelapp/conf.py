@@ -67,6 +67,10 @@ DEFAULTS: dict[str, Any] = {
     "COMPILED_ENGINE": True,
     # ONNX Runtime intra-op threads per worker; None: BLAS's share (OMP_NUM_THREADS).
     "COMPILED_THREADS": None,
+    # Safe model loading (modelapp/safeload.py): modules an artifact may name besides the
+    # scientific stack (with their submodules), and the switch back to plain joblib.
+    "TRUSTED_MODULES": (),
+    "ALLOW_UNSAFE_DESERIALIZATION": False,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.

@@ -46,6 +46,9 @@ METADATA_FILE = "metadata.json"
 NUMERIC, CATEGORICAL, ANY = "numeric", "categorical", "any"
 # Categories kept per feature in metadata.json (n_categories counts them all).
 MAX_CATEGORIES_KEPT = 100
+# More features than a dense model served over HTTP takes: a larger ``n_features`` is a
+# broken file (10**9 would be 10**9 objects), so the width comes from the model instead.
+MAX_FEATURES = 100_000
 
 
 def json_safe(value: Any) -> Any:
@@ -243,7 +246,7 @@ class ModelMetadata:
             features = [Feature.from_dict(item) for item in raw_features]
         elif isinstance(names, list):
             features = [Feature(name=str(name)) for name in names]
-        elif isinstance(n_features, int) and n_features > 0:
+        elif isinstance(n_features, int) and 0 < n_features <= MAX_FEATURES:
             features = [Feature() for _ in range(n_features)]
         else:
             features = None
@@ -287,17 +290,29 @@ class ModelMetadata:
         """``model_dir/metadata.json``, or None when it is absent or unreadable (logged)."""
         path = Path(model_dir) / METADATA_FILE
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            return None
+        except UnicodeDecodeError as exc:
+            logger.error("Ignoring %s: it is not UTF-8 (%s).", path, exc)
             return None
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             logger.error("Ignoring %s: it is not valid JSON (%s).", path, exc)
             return None
         if not isinstance(data, dict):
             logger.error("Ignoring %s: it is not a JSON object.", path)
             return None
+        n_features = data.get("n_features")
+        if isinstance(n_features, int) and n_features > MAX_FEATURES:
+            logger.error(
+                "Ignoring n_features=%d in %s: more than %d; the model itself says "
+                "how many it takes.",
+                n_features,
+                path,
+                MAX_FEATURES,
+            )
         return cls.from_dict(data)
 
 

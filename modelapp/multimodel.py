@@ -256,6 +256,13 @@ class WorkerModels:
         with self._lock:
             self._loading.add(token)
         self.publish()
+        if self.shared.token(name) != token:
+            # Unloaded before the publish: that unload saw no holder and may have
+            # answered already, so this worker must not take the memory after all.
+            with self._lock:
+                self._loading.discard(token)
+            self.publish()
+            raise ModelNotFound(f"No model is loaded under the name {name!r}.")
         from modelapp.usercode import code_site  # only where models load
 
         try:

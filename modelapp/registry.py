@@ -56,6 +56,7 @@ def load_model(model_dir: Path) -> LoadedModel:
     started = time.perf_counter()
     try:
         metadata = ModelMetadata.read(model_dir)
+        recorded = _recorded_artifact_sha256(model_dir, metadata)
         kind = predictor_kind(model_dir)
         predictor = kind.from_model_dir(model_dir, metadata)
     except OSError as exc:
@@ -64,21 +65,22 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelLoadError(
             f"The model directory {model_dir} cannot be read: {exc.strerror or exc}."
         ) from exc
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # load() promises a reason, never an exception
+        logger.exception("Loading %s failed.", model_dir)
+        raise ModelLoadError(
+            f"Loading {model_dir} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     artifact = predictor.artifact
     if artifact is None:
         raise ModelLoadError(
             f"{type(predictor).__qualname__}.from_model_dir gave no artifact: a kind "
             "must name the file that identifies the model (BasePredictor)."
         )
-    sha256 = sha256_of(artifact)
-    expected = predictor.metadata.sha256 if predictor.metadata else None
-    if expected and expected != sha256:
-        logger.warning(
-            "%s has sha256 %s but metadata.json records %s: serving the file as it is.",
-            artifact,
-            sha256,
-            expected,
-        )
+    sha256 = (
+        recorded[1] if recorded and recorded[0] == artifact else sha256_of(artifact)
+    )
     try:
         # One thread: the warm-up runs in gunicorn's master before the workers fork, and
         # an OpenMP pool started there (HistGradientBoosting predicts in parallel) hangs
@@ -101,6 +103,30 @@ def load_model(model_dir: Path) -> LoadedModel:
         metadata=predictor.metadata,
         load_seconds=time.perf_counter() - started,
     )
+
+
+def _recorded_artifact_sha256(
+    model_dir: Path, metadata: ModelMetadata | None
+) -> tuple[Path, str] | None:
+    """Check ``model.joblib`` against the sha256 ``metadata.json`` records. When they
+    differ the file was replaced after training: it is served as it is, but what the
+    metadata says of the files written beside it (``compiled``: ``model.onnx``) is
+    dropped, so no graph of the old model answers for the new one."""
+    artifact = model_dir / "model.joblib"
+    if metadata is None or not metadata.sha256 or not artifact.is_file():
+        return None
+    sha256 = sha256_of(artifact)
+    if sha256 != metadata.sha256:
+        logger.warning(
+            "%s has sha256 %s but metadata.json records %s: serving the file as it is, "
+            "without the files metadata.json lists beside it (compiled: %s).",
+            artifact,
+            sha256,
+            metadata.sha256,
+            ", ".join(sorted(metadata.compiled or {})) or "none",
+        )
+        metadata.compiled = {}
+    return artifact, sha256
 
 
 def predictor_kind(model_dir: Path) -> type[BasePredictor]:

@@ -105,6 +105,9 @@ def _smserve_from_environment() -> dict[str, Any]:
         "MME_REGISTRY_DIR": env_str("SMSERVE_MME_REGISTRY_DIR"),
         "MME_MODEL_ROOT": env_str("SMSERVE_MME_MODEL_ROOT"),
         "DETAILED_ERRORS": env_bool("SMSERVE_DETAILED_ERRORS", None),
+        "ALLOW_UNSAFE_DESERIALIZATION": env_bool(
+            "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION", None
+        ),
     }
     for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR", "MME_MODEL_ROOT"):
         if found[key] is not None:
@@ -113,6 +116,11 @@ def _smserve_from_environment() -> dict[str, Any]:
     if off is not None:
         found["FAST_PATHS_OFF"] = frozenset(
             name.strip().lower() for name in off.split(",") if name.strip()
+        )
+    trusted = env_str("SMSERVE_TRUSTED_MODULES")
+    if trusted is not None:
+        found["TRUSTED_MODULES"] = tuple(
+            name.strip() for name in trusted.split(",") if name.strip()
         )
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:

@@ -28,12 +28,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from tests.support.models import write_model
 from tests.support.servers import ServeProcess
+
+# The suite's own estimators (tests/support) are user code that its models name: trusted
+# as an operator trusts theirs (SMSERVE_TRUSTED_MODULES), in the servers it starts and here.
+os.environ.setdefault("SMSERVE_TRUSTED_MODULES", "tests.support")
+settings.SMSERVE.setdefault("TRUSTED_MODULES", ("tests.support",))
 
 # Fixtures that start the real serve (nginx + gunicorn); a test using one, directly or
 # through another fixture, is a ``server`` test.

@@ -17,6 +17,7 @@ from sklearn.base import is_classifier
 from sklearn.pipeline import make_pipeline
 
 from modelapp.batch import Batch
+from modelapp.metadata import sha256_of
 from modelapp.predictors import SklearnPredictor
 from modelapp.predictors import compiled as compiled_engine
 from modelapp.registry import load_model
@@ -239,6 +240,7 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
     assert metadata["compiled"] == {
         "verification": "verification.npy",
         "onnx": "model.onnx",
+        "onnx_sha256": sha256_of(model_dir / "model.onnx"),
         "dtype": "float32",
     }
     assert np.load(model_dir / "verification.npy").shape == (300, 6)

@@ -391,3 +391,38 @@ def test_an_unload_during_a_lazy_load_is_not_answered_by_it(tmp_path, monkeypatc
         b.get("m")
     assert seen["held while loading"] == [os.getpid()]
     assert b.held_names() == []
+
+
+def test_an_unload_before_a_lazy_load_is_published_stops_that_load(
+    tmp_path, monkeypatch
+):
+    """The unload removes the name and scans the holders between worker b reading the
+    entry and publishing that it loads: the unload answers at once, so b must not go on
+    to load the model into memory the unload said was free (review L13)."""
+    a, b = workers(tmp_path)
+    url = constant_model_dir(tmp_path, "m", 1)
+    a.load("m", str(url))
+    a.shared.publish_held(os.getpid(), set())  # in-process, a and b share one pid file
+    real_entry = b.shared.entry
+    seen = {}
+
+    def entry_then_unload(token):
+        registration = real_entry(token)
+        if not seen:  # once: remove() reads the entry too
+            seen["holders"] = None
+            a.shared.remove("m")  # the unload's steps, in the window
+            seen["holders"] = a.shared.holders(token)
+        return registration
+
+    loads = []
+    real_load = multimodel.load_model
+    monkeypatch.setattr(b.shared, "entry", entry_then_unload)
+    monkeypatch.setattr(
+        multimodel, "load_model", lambda d: loads.append(d) or real_load(d)
+    )
+    with pytest.raises(ModelNotFound):
+        b.get("m")
+    assert seen["holders"] == []  # the unload answered: nobody holds it
+    assert loads == []  # and b did not load it anyway
+    assert b.held_names() == []
+    assert "-" not in (a.shared.workers / str(os.getpid())).read_text()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 from django.test import override_settings
@@ -99,3 +102,82 @@ def test_registry_keeps_reason_and_writes_ready_file(tmp_path, iris_base):
         assert not ready.exists()  # loaded, but not yet serving
         fastpaths.write_ready_file(registry)
         assert json.loads(ready.read_text())["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"estimator": "caf\xe9"}'.encode("latin-1"),  # not UTF-8
+        b"[" * 100_000,  # nested deeper than the JSON decoder recurses
+        b'{"n_features": 1000000000}',  # 10**9 features: ~136 GB of objects
+    ],
+    ids=["not-utf8", "deep-nesting", "huge-n-features"],
+)
+def test_a_broken_metadata_file_leaves_the_model_to_describe_itself(
+    tmp_path, iris_model, content, caplog
+):
+    """The model is served with what the estimator says of itself; nothing escapes the
+    load, and a file declaring 10**9 features is not built into 10**9 objects."""
+    write_model(tmp_path, iris_model)
+    (tmp_path / "model" / "metadata.json").write_bytes(content)
+    started = time.perf_counter()
+    loaded = load_model(SageMakerPaths(tmp_path).model_dir)
+    assert time.perf_counter() - started < 1
+    assert loaded.predictor.n_features == 4
+    assert "Ignoring" in caplog.text
+
+
+def test_a_broken_metadata_file_is_no_reason_to_stop_serve(tmp_path, iris_model):
+    """Through the registry as ``serve``'s master calls it: loaded, not raised."""
+    write_model(tmp_path, iris_model)
+    (tmp_path / "model" / "metadata.json").write_bytes(b"\xff\xfe{}")
+    assert ModelRegistry().load(model_dir=tmp_path / "model") is not None
+
+
+def _trained_with_graph(base: Path, model) -> Path:
+    """A model dir as train leaves it: model.joblib, model.onnx and a metadata.json
+    recording both."""
+    from modelapp.metadata import sha256_of
+    from modelapp.training.compile import save_for_serving
+
+    X = np.random.default_rng(0).normal(size=(50, 4))
+    path = write_model(base, model)
+    compiled = save_for_serving(model, 4, X, path.parent)
+    metadata = {"n_features": 4, "sha256": sha256_of(path), "compiled": compiled}
+    (path.parent / "metadata.json").write_text(json.dumps(metadata))
+    return path.parent
+
+
+def test_a_replaced_artifact_is_not_answered_by_the_old_graph(tmp_path, iris):
+    """model.joblib swapped after training, the old metadata.json and model.onnx kept:
+    the graph is converted again from the file being served."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = iris
+    model_dir = _trained_with_graph(
+        tmp_path, DecisionTreeClassifier(max_depth=1).fit(X, y)
+    )
+    assert load_model(model_dir).predictor.engine_report.source == (
+        "model.onnx written by train"
+    )
+    joblib.dump(
+        DecisionTreeClassifier(random_state=0).fit(X, y), model_dir / "model.joblib"
+    )
+    report = load_model(model_dir).predictor.engine_report
+    assert report.source == "converted at start-up"
+
+
+def test_a_replaced_graph_is_converted_again(tmp_path, iris):
+    """model.onnx is checked against the sha256 train recorded for it."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = iris
+    model = DecisionTreeClassifier(random_state=0).fit(X, y)
+    model_dir = _trained_with_graph(tmp_path, model)
+    other = tmp_path / "other"
+    other_dir = _trained_with_graph(
+        other, DecisionTreeClassifier(max_depth=1).fit(X, y)
+    )
+    (model_dir / "model.onnx").write_bytes((other_dir / "model.onnx").read_bytes())
+    report = load_model(model_dir).predictor.engine_report
+    assert report.source == "converted at start-up"

@@ -389,14 +389,15 @@ def find_artifact(model_dir: Path) -> Path:
 
 
 def load_pickle(artifact: Path) -> Any:
-    """``joblib.load``, which runs code from the file: the artifact is trusted input by
-    contract. Warnings (e.g. ``InconsistentVersionWarning``) are logged, never silenced."""
-    import joblib
+    """``joblib.load`` restricted to the scientific stack and trusted modules
+    (``safeload.py``). Warnings (e.g. ``InconsistentVersionWarning``) are logged, never
+    silenced."""
+    from modelapp import safeload
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = joblib.load(artifact)
+            model = safeload.load_artifact(artifact)
         except Exception as exc:  # any failure to unpickle is a broken artifact
             logger.exception("Could not load %s.", artifact)
             raise ModelLoadError(

@@ -34,6 +34,7 @@ the bytes the master kept (``post_fork``), so none pays for it on its first requ
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -329,7 +330,15 @@ def _onnx_bytes(
     compiled = (getattr(metadata, "compiled", None) or {}) if metadata else {}
     path = model_dir / ONNX_FILE if model_dir is not None else None
     if path is not None and path.is_file() and compiled.get("onnx") == ONNX_FILE:
-        return path.read_bytes(), f"{ONNX_FILE} written by train"
+        data = path.read_bytes()
+        recorded = compiled.get("onnx_sha256")
+        if recorded is None or recorded == hashlib.sha256(data).hexdigest():
+            return data, f"{ONNX_FILE} written by train"
+        logger.warning(
+            "%s is not the graph train wrote (its sha256 differs from metadata.json's "
+            "onnx_sha256): converting the model again.",
+            path,
+        )
     return convert(model, n_features), "converted at start-up"
 
 

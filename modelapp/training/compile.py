@@ -5,6 +5,7 @@ scikit-learn."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -57,5 +58,6 @@ def save_for_serving(
         return written
     atomic_write(model_dir / ONNX_FILE, onnx_bytes)
     written["onnx"] = ONNX_FILE
+    written["onnx_sha256"] = hashlib.sha256(onnx_bytes).hexdigest()
     written["dtype"] = np.dtype(input_dtype(model)).name
     return written
