@@ -21,7 +21,7 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import ExtraTreesClassifier
 
-from tests.support.models import write_model
+from tests.support.models import WarmUpFailingClassifier, write_model
 from tests.support.servers import ServeProcess, ServerDatabase, wait_for
 
 pytestmark = pytest.mark.server
@@ -435,3 +435,125 @@ def test_unloading_gives_the_memory_back(
     assert mme.unload("forest") == HTTPStatus.OK
     after = tree_pss_kb(root)
     assert loaded - after > 0.9 * (loaded - before), (before, loaded, after)
+
+
+def no_predict_dir(base: Path) -> Path:
+    """A pickle that loads but is no model: a dict."""
+    (base / "model").mkdir(parents=True)
+    joblib.dump({"weights": [1, 2, 3]}, base / "model" / "model.joblib")
+    return base / "model"
+
+
+def test_every_status_of_the_model_api_with_its_code(mme, iris_base, tmp_path):
+    """Each answer of docs/serving.md's Multi-model API table with its code, through the
+    real server: "200 once the model is loaded"; "400 `model_load_failed` with the reason
+    (a path the file system refuses, e.g. too long; no such directory, no artifact, not a
+    pickle, no `predict`, warm-up failed)"; "400 `invalid_load_request` for a body that is
+    not that JSON"; "or whose `model_name` or `url` holds a NUL character or an unpaired
+    surrogate"; on POST /invocations "404 `multi_model`"; "naming `POST
+    /models/<name>/invoke` (in the negotiated format): a multi-model container has no
+    default model (it was a 503 "not loaded", which tells a caller to retry)"; GET
+    /models/<name> "404 `model_not_found`"; DELETE "404"; invoke "404 when not loaded";
+    "in the negotiated format"; the list "by name (`limit=` asks for another page
+    size)"."""
+    (tmp_path / "empty" / "model").mkdir(parents=True)
+    failing = tmp_path / "failing"
+    write_model(failing, WarmUpFailingClassifier().fit(np.zeros((2, 4)), [0, 1]))
+    (tmp_path / "garbage" / "model").mkdir(parents=True)
+    (tmp_path / "garbage" / "model" / "model.joblib").write_bytes(b"not a pickle")
+    reasons = {
+        "x" * 5000: "File name too long",
+        str(tmp_path / "nowhere"): "does not exist",
+        str(tmp_path / "empty" / "model"): "model.joblib",
+        str(no_predict_dir(tmp_path / "dict")): "no predict",
+        str(failing / "model"): "this model was saved broken",
+        str(tmp_path / "garbage" / "model"): "model.joblib",
+    }
+    for url, reason in reasons.items():
+        status, body = mme.load("bad", url)
+        assert (status, body["code"]) == (HTTPStatus.BAD_REQUEST, "model_load_failed")
+        assert reason in body["detail"], (url[:80], body)
+    for raw in (
+        b"{",
+        b'{"model_name": "a"}',
+        b'{"model_name": "a\\u0000b", "url": "/x"}',
+        b'{"model_name": "a", "url": "/x\\ud800"}',
+    ):
+        status, _, body = mme.server.request(
+            "POST", "/models", raw, {"Content-Type": "application/json"}
+        )
+        assert (status, json.loads(body)["code"]) == (
+            HTTPStatus.BAD_REQUEST,
+            "invalid_load_request",
+        ), raw
+    for accept, parse in (
+        ("application/json", lambda b: json.loads(b)["detail"]),
+        ("text/csv", bytes.decode),
+    ):
+        status, headers, body = mme.server.invoke(IRIS_ROW, Accept=accept)
+        assert (status, headers["content-type"]) == (HTTPStatus.NOT_FOUND, accept)
+        assert "POST /models/<name>/invoke" in parse(body)
+    status, _, body = mme.server.invoke(IRIS_ROW, Accept="application/json")
+    assert json.loads(body)["code"] == "multi_model"
+    status, body = mme.get("/models/nope")
+    assert (status, body["code"]) == (HTTPStatus.NOT_FOUND, "model_not_found")
+    status, _, body = mme.server.request("DELETE", "/models/nope")
+    assert (status, json.loads(body)["code"]) == (
+        HTTPStatus.NOT_FOUND,
+        "model_not_found",
+    )
+    status, headers, body = mme.invoke("nope", Accept="text/csv")
+    assert (status, headers["content-type"]) == (HTTPStatus.NOT_FOUND, "text/csv")
+    assert body.startswith(b"No model is loaded under the name 'nope'")
+    url = str(iris_base / "model")
+    for name in ("paged-c", "paged-a", "paged-b"):
+        assert mme.load(name, url)[0] == HTTPStatus.OK
+    try:
+        status, page = mme.get("/models?limit=2")
+        names = [m["modelName"] for m in page["models"]]
+        assert status == HTTPStatus.OK
+        assert len(names) == 2
+        assert names == sorted(names)
+        assert page["nextPageToken"]
+    finally:
+        for name in ("paged-a", "paged-b", "paged-c"):
+            mme.unload(name)
+
+
+def test_a_worker_that_cannot_read_a_loaded_model_answers_503(
+    mme, iris_model, tmp_path
+):
+    """docs/serving.md, Multi-model API, invoke: "503 with the reason when this worker
+    cannot read a loaded model's files any more". The model is loaded (by one worker), its
+    artifact deleted; the other worker, which has no copy yet, answers 503 with the
+    reason, while the loading worker answers from its copy."""
+    write_model(tmp_path, iris_model)
+    assert mme.load("vanishing", tmp_path / "model")[0] == HTTPStatus.OK
+    try:
+        (tmp_path / "model" / "model.joblib").unlink()
+        answers = [mme.invoke("vanishing") for _ in range(40)]
+        statuses = {status for status, _, _ in answers}
+        assert statuses <= {HTTPStatus.OK, HTTPStatus.SERVICE_UNAVAILABLE}
+        assert HTTPStatus.SERVICE_UNAVAILABLE in statuses, statuses
+        body = next(b for s, _, b in answers if s == HTTPStatus.SERVICE_UNAVAILABLE)
+        assert b"is loaded but this worker cannot load it" in body  # CSV: the detail
+    finally:
+        mme.unload("vanishing")
+
+
+def test_models_outside_multi_model_mode_are_not_multi_model(server):
+    """docs/serving.md, Multi-model endpoints: "Outside this mode the `/models` paths
+    answer 404 `not_multi_model`" (the plain iris server)."""
+    for method, path in (
+        ("GET", "/models"),
+        ("GET", "/models/iris"),
+        ("DELETE", "/models/iris"),
+        ("POST", "/models/iris/invoke"),
+    ):
+        status, _, body = server.request(
+            method, path, b"", {"Accept": "application/json"}
+        )
+        assert (status, json.loads(body)["code"]) == (
+            HTTPStatus.NOT_FOUND,
+            "not_multi_model",
+        ), (method, path)
