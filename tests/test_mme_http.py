@@ -114,6 +114,10 @@ def test_ping_and_list_answer_from_the_first_moment(mme):
 
 
 def test_every_call_and_error(mme, iris_base):
+    """docs/serving.md, Multi-model API: "409 `model_already_loaded`"; "200 `{"modelName",
+    "modelUrl"}`"; "exactly `/invocations`: the same negotiation"; "formats"; "errors
+    and custom attributes".
+    """
     url = str(iris_base / "model")
     assert mme.load("iris", url) == (
         HTTPStatus.OK,
@@ -239,6 +243,9 @@ def test_loads_unloads_and_invocations_are_recorded(mme, iris_base):
 
 
 def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
+    """docs/serving.md, Multi-model API: "507 `insufficient_memory` (SageMaker then unloads
+    idle models and retries)".
+    """
     big = tmp_path / "big"
     big.mkdir()
     with open(big / "model.joblib", "wb") as fh:
@@ -266,7 +273,11 @@ def test_corrupt_artifact_fails_only_its_own_load(mme, tmp_path):
 
 
 def test_forty_invocations_spread_over_the_workers(mme, iris_base):
-    """Every worker answers a model loaded through another one."""
+    """Every worker answers a model loaded through another one.
+    docs/serving.md, Multi-model API: "warmed up and registered for every worker".
+    docs/serving.md, Multi-model choices: "against a copy of every model in every worker
+    and a load that waits for busy workers".
+    """
     assert mme.load("spread", iris_base / "model")[0] == HTTPStatus.OK
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: mme.invoke("spread"), range(40)))
@@ -295,7 +306,10 @@ def test_concurrent_loads_of_one_name_load_it_once(mme, iris_base):
 
 
 def test_list_is_paginated(mme, iris_base):
-    """SageMaker calls again with nextPageToken until there is none."""
+    """SageMaker calls again with nextPageToken until there is none.
+    docs/serving.md, Multi-model API: "200 `{"models": [{"modelName", "modelUrl"}, ...],
+    "nextPageToken"?}`"; "100 a page".
+    """
     names = [f"page{i:03d}" for i in range(105)]
     for name in names:
         assert mme.load(name, iris_base / "model")[0] == HTTPStatus.OK
@@ -312,7 +326,9 @@ def test_list_is_paginated(mme, iris_base):
 def test_loads_and_unloads_racing_invocations(mme, tmp_path):
     """One name loaded with model 1, unloaded, loaded with model 2, ... while three
     threads invoke it: every answer is a 200 from the model loaded at that time, or a
-    404 — never the other model, never a 5xx."""
+    404 — never the other model, never a 5xx.
+    docs/serving.md, Multi-model choices: "and exact".
+    """
     dirs = {1: constant_model_dir(tmp_path / "one", 1)}
     dirs[2] = constant_model_dir(tmp_path / "two", 2)
     loaded_spans: list[
@@ -418,7 +434,11 @@ def test_unloading_gives_the_memory_back(
     serve_factory, tmp_path, big_forest_dir, iris_base
 ):
     """A large forest held by both workers; after DELETE answers, the server's PSS is
-    back near where it was before the load."""
+    back near where it was before the load.
+    docs/serving.md, Multi-model API: "200 once no worker holds the model's memory any
+    more". docs/serving.md, Multi-model choices: "unload frees it in every worker before
+    answering".
+    """
     size_kb = (big_forest_dir / "model.joblib").stat().st_size // 1024
     assert size_kb > 40_000
     base = tmp_path / "empty"
@@ -455,7 +475,10 @@ def test_every_status_of_the_model_api_with_its_code(mme, iris_base, tmp_path):
     default model (it was a 503 "not loaded", which tells a caller to retry)"; GET
     /models/<name> "404 `model_not_found`"; DELETE "404"; invoke "404 when not loaded";
     "in the negotiated format"; the list "by name (`limit=` asks for another page
-    size)"."""
+    size)".
+    docs/serving.md, Multi-model API: "200 `{"modelName", "modelUrl", "status":
+    "loaded"}` once the model is loaded".
+    """
     (tmp_path / "empty" / "model").mkdir(parents=True)
     failing = tmp_path / "failing"
     write_model(failing, WarmUpFailingClassifier().fit(np.zeros((2, 4)), [0, 1]))

@@ -91,7 +91,9 @@ def defaults_server(tmp_path_factory, iris_model):
 
 def test_defaults_answer_the_official_bytes(defaults_server, iris_model):
     """JSON (a bare list), CSV and NPY bodies are the official encoders' bytes, and the
-    SDK's NumpyDeserializer and JSONDeserializer read them back as the predictions."""
+    SDK's NumpyDeserializer and JSONDeserializer read them back as the predictions.
+    docs/serving.md, Script mode: better: "`text/csv`".
+    """
     X = np.array(ROWS)
     labels = iris_model.predict(X)
     proba = iris_model.predict_proba(X)
@@ -130,7 +132,9 @@ def test_defaults_answer_the_official_bytes(defaults_server, iris_model):
 
 def test_defaults_fix_what_the_official_container_gets_wrong(defaults_server):
     """One CSV row is one record (the official container squeezes it to 1-D and fails);
-    Accept */* is JSON; an unsupported type is a JSON 415/406, never an HTML 500."""
+    Accept */* is JSON; an unsupported type is a JSON 415/406, never an HTML 500.
+    docs/serving.md, Script mode: better: "415/406 listing the supported types".
+    """
     status, _, body = defaults_server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")
     assert (status, body) == (HTTPStatus.OK, b"[0]")
     status, headers, body = defaults_server.invoke(
@@ -156,7 +160,11 @@ def test_four_hooks_from_a_file_uri(tmp_path, iris_model, serve_factory):
     """input_fn gets any Content-Type (no 415), predict_fn and output_fn run, context
     carries the custom attributes both ways; a hook's HTTPError answers its status and
     any other exception a JSON 500 whose body holds the message but no traceback
-    (README Errors: `script_error`)."""
+    (README Errors: `script_error`).
+    docs/serving.md, Errors: "an exception in a script's hook (script mode; logged with
+    its traceback)". docs/serving.md, Script mode: better: "JSON `{"detail", "code"}`:
+    500 with the message".
+    """
     base = script_base(tmp_path / "base", iris_model, "", in_model=False)
     code = source_dir(tmp_path / "src", {"inference.py": FOUR_HOOKS_PY})
     server = serve_factory(
@@ -242,6 +250,9 @@ def test_transform_fn_from_s3_with_requirements(tmp_path, iris_model, serve_fact
 def test_a_broken_script_keeps_ping_503_naming_file_and_line(
     tmp_path, iris_model, serve_factory
 ):
+    """docs/serving.md, Script mode: better: "once"; "before the workers fork"; "`/ping`
+    200 only when it worked"; "503 with the reason otherwise".
+    """
     base = script_base(tmp_path / "base", iris_model, BROKEN_PY)
     server = serve_factory(
         base, expect_status=503, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=1

@@ -118,7 +118,10 @@ def test_failed_warm_up_is_503(serve_factory, tmp_path):
     """A model that loads but fails its warm-up prediction is not served.
 
     README Errors: "model ... failing its warm-up (on ``/ping`` and ``/invocations``,
-    with the reason)" 503 ``model_not_ready``."""
+    with the reason)" 503 ``model_not_ready``.
+    docs/serving.md, Errors: "or failing its warm-up (on `/ping` and `/invocations`,
+    with the reason)".
+    """
     base = tmp_path / "ml"
     write_model(base, WarmUpFailingClassifier().fit(X4, Y4))
     server = serve_factory(base, expect_status=503)
@@ -132,7 +135,10 @@ def test_lone_pickle_beside_tarball_loads(serve_factory, tmp_path, regressor_1f)
 
     README Formats: ``application/json`` "one value per record for a single-feature
     model"; ``application/jsonlines`` "a single number" per line; Serving: "a lone
-    ``*.joblib``/``*.pkl`` trained elsewhere"."""
+    ``*.joblib``/``*.pkl`` trained elsewhere".
+    docs/serving.md, Formats: Content-Type: "a flat `[...]` is one record (or one value
+    per record for a single-feature model)".
+    """
     base = tmp_path / "ml"
     write_model(base, regressor_1f, name="regressor.pkl")
     (base / "model" / "model.tar.gz").write_bytes(b"left by local mode")
@@ -161,7 +167,12 @@ def test_feature_names_model(serve_factory, tmp_path, iris):
     line; ``text/csv`` "``header=present`` skips (and uses) a header line", "blank fields
     are missing values (NaN)"; ``Accept: application/x-npy`` "(string labels as a unicode
     array)"; methods: ``decision_function``. README Errors: "missing/unknown feature
-    names" 400 ``invalid_input``."""
+    names" 400 ``invalid_input``.
+    docs/serving.md, Formats: Content-Type: "`header=present` uses a header line to name
+    (and reorder) the columns". docs/serving.md, Formats: Accept: "`numpy.save` of the
+    predictions (string labels as a unicode array)". docs/serving.md, Errors: "objects
+    without feature names".
+    """
     X, y = iris
     labels = np.array(["setosa", "versicolor", "virginica"])[y]
     names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]

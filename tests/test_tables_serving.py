@@ -130,7 +130,9 @@ def trained(request, channels, tmp_path_factory) -> Iterator:
 
 def test_every_format_answers_what_the_model_answers(trained):
     """CSV (positional and with a header in another order), JSON arrays and objects,
-    JSON Lines: labels and probabilities equal the model's own on the DataFrame."""
+    JSON Lines: labels and probabilities equal the model's own on the DataFrame.
+    docs/serving.md, Formats: Content-Type: "text fields for a model with text columns".
+    """
     server, model = trained
     rows = requests_rows()
     labels = own_answer(model, "predict", rows).tolist()
@@ -153,7 +155,10 @@ def test_text_in_a_number_column_is_a_400(trained):
 
 def test_bare_column_transformer_pipeline_serves(tmp_path, serve_factory):
     """The issue's pipeline, joblib.dump'ed elsewhere with no metadata.json: /ping turns
-    200, records by position or by name get its predictions, bad fields are 400s."""
+    200, records by position or by name get its predictions, bad fields are 400s.
+    docs/serving.md, Errors: "a record the model itself rejects (its `ValueError`, e.g.
+    an unknown category for an encoder that refuses them: the record is named)".
+    """
     model = fitted_elsewhere()
     write_model(tmp_path, model)
     server = serve_factory(tmp_path, workers=1)

@@ -81,7 +81,26 @@ def test_csv_classification_end_to_end(tmp_path, splits):
     """A headerless CSV job with SageMaker-style string hyperparameters trains the model
     serving loads, predicting exactly as the same estimator fitted in-process.
 
-    README Failure semantics: exit 0 "trained", ``output/success`` exists (empty)."""
+    README Failure semantics: exit 0 "trained", ``output/success`` exists (empty).
+    docs/training.md, What it reads: "`{"key": "string", ...}`". docs/training.md,
+    Reserved keys: "a short name (below)"; "`0` (the first column)"; "unset"; "sets
+    every `random_state` parameter (nested ones too) that is not set explicitly"; "and
+    seeds numpy". docs/training.md, Channel ContentType: "one record per line"; "the
+    label in the first column (as SageMaker's built-in algorithms expect)".
+    docs/training.md, What it writes: "the fitted estimator (`joblib.dump`)";
+    "`estimator` (dotted path)"; "`params` (`get_params()`)"; "`hyperparameters` (as
+    given)"; "`n_features`"; "`feature_names`"; "`features` (the input schema: per
+    column its `name`, `kind` `numeric`/`categorical`, the `categories` seen, most
+    frequent first, capped at 100, with `n_categories`, the share `missing` and a
+    `typical` number, the median)"; "`preprocessing` (the encoding and imputation chosen
+    for a table)"; "`target`"; "`classes`"; "`task` (`classification`/`regression`)";
+    "`metrics`"; "`rows` (`{"train": n, "validation": n or null}`)"; "`channels`";
+    "`versions` (`python`, `sklearn`, `numpy`, `smserve`)"; "`sha256` (of
+    model.joblib)"; "`started_at`"; "`finished_at` (ISO 8601, UTC)";
+    "`training_job_name`"; "`duration_seconds`"; "`{"train:accuracy": 0.98,
+    "validation:accuracy": 0.96, ...}`"; "when the job succeeded". docs/training.md,
+    Failure semantics: "— (`output/success` exists)".
+    """
     (X, y), (X_val, y_val) = splits
     base = sagemaker_tree(
         tmp_path,
@@ -149,7 +168,10 @@ def test_csv_classification_end_to_end(tmp_path, splits):
 
 def test_header_csv_gzip_regression(tmp_path, regression):
     """A gzipped CSV with a header trains a regressor on named features, the target found
-    by name; serving knows the names, and R², RMSE and MAE are reported."""
+    by name; serving knows the names, and R², RMSE and MAE are reported.
+    docs/training.md, Reserved keys: "the label column: an index (`0` first, `-1` last)
+    or"; "when the data has column names"; "a name".
+    """
     X, y = regression
     names = ["price", "rooms", "area", "age"]
     base = sagemaker_tree(
@@ -191,7 +213,12 @@ def test_header_csv_gzip_regression(tmp_path, regression):
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl-objects", "jsonl-arrays-gzip"])
 def test_parquet_and_json_lines(tmp_path, splits, fmt):
     """Parquet and JSON Lines (objects: named features; arrays: positional), with or
-    without ContentType, gzipped or not, train the same model as the CSV would."""
+    without ContentType, gzipped or not, train the same model as the CSV would.
+    docs/training.md, What it reads: "optional `ContentType`"; "`CompressionType`".
+    docs/training.md, Channel ContentType: "one or more Parquet files"; "column names
+    are the feature names"; "one JSON array (positional) or object (named features) per
+    line".
+    """
     (X, y), _ = splits
     names = ["species", "sl", "sw", "pl", "pw"]
     df = frame(X, y, names)
@@ -230,7 +257,10 @@ def test_parquet_and_json_lines(tmp_path, splits, fmt):
 
 
 def test_pipe_mode_reads_the_fifo_once_as_a_stream(tmp_path, splits):
-    """Pipe mode reads input/data/train_0, a real FIFO fed by a writer, in one pass."""
+    """Pipe mode reads input/data/train_0, a real FIFO fed by a writer, in one pass.
+    docs/training.md, What it reads: "channels: `TrainingInputMode` (`File`, `Pipe`,
+    `FastFile`)"; "Pipe data: a FIFO"; "read once"; "as a stream".
+    """
     (X, y), (X_val, y_val) = splits
     base = sagemaker_tree(
         tmp_path,
@@ -276,7 +306,9 @@ def test_pipe_mode_reads_the_fifo_once_as_a_stream(tmp_path, splits):
 
 
 def test_pipeline_with_nested_params(tmp_path, splits):
-    """A JSON list of estimators is a pipeline; ``step__param`` keys reach its steps."""
+    """A JSON list of estimators is a pipeline; ``step__param`` keys reach its steps.
+    docs/training.md, Reserved keys: "or a JSON list of those: a pipeline".
+    """
     (X, y), (X_val, _) = splits
     base = sagemaker_tree(
         tmp_path,
@@ -320,7 +352,11 @@ def test_second_host_exits_0_and_writes_nothing(tmp_path, splits):
     writing nothing: no model, no ``output/`` (so no ``output/success`` either).
 
     README Failure semantics: exit 0 "not the first host" row; What it writes: "only
-    the first in ``hosts`` trains and writes"."""
+    the first in ``hosts`` trains and writes".
+    docs/training.md, What it reads: "`current_host`". docs/training.md, Failure
+    semantics: "not the first host (several hosts)"; "— (nothing is written: no
+    `model/`, no `output/`)".
+    """
     (X, y), _ = splits
     base = sagemaker_tree(
         tmp_path,
@@ -344,7 +380,11 @@ def test_second_host_exits_0_and_writes_nothing(tmp_path, splits):
 def test_base_dir_from_environment_and_inferred_channels(tmp_path, splits):
     """SAGEMAKER_BASE_DIR is used without --base-dir; with no inputdataconfig.json the
     channels are inferred from input/data, skipping manifests, hidden files and extra
-    config files."""
+    config files.
+    docs/training.md, What it reads: "missing = channels inferred from `input/data`
+    (directories are File channels, FIFOs `<name>_<n>` Pipe channels)"; "recursively";
+    "in sorted order".
+    """
     (X, y), (X_val, y_val) = splits
     base = sagemaker_tree(tmp_path, channels=None)
     (base / "input/config/trainingjobconfig.json").write_text(
@@ -472,7 +512,12 @@ def test_job_to_fix_exits_1_through_the_executable(tmp_path, breakage, message):
     README Failure semantics: exit 1 "missing or empty channel, wrong column count,
     non-numeric data, bad or unknown hyperparameter, unknown estimator (below),
     unreadable file"; exit 2's "``fit`` raising something other than ``ValueError``" read
-    the other way: ``fit`` raising ``ValueError`` on the data is the job's to fix."""
+    the other way: ``fit`` raising ``ValueError`` on the data is the job's to fix.
+    docs/training.md, What it writes: "the reason"; "when it failed". docs/training.md,
+    Failure semantics: "the job's configuration or data needs fixing: missing or empty
+    channel"; "text in a column of numbers"; "an estimator's `fit` raising `ValueError`
+    on the data (e.g. NaN for one that refuses it)"; "what to fix first".
+    """
     base = sagemaker_tree(tmp_path, channels={"train": file_channel("text/csv")})
     (base / "input/data/train").mkdir(parents=True)
     (base / "input/data/train/data.csv").write_text(
@@ -541,7 +586,10 @@ def test_bug_exits_2_with_the_traceback(tmp_path, splits):
     file carries the traceback after the one-line reason.
 
     README Failure semantics: exit 2 "an estimator's ``fit`` raising something other
-    than ``ValueError``", "a one-line reason, then the traceback"."""
+    than ``ValueError``", "a one-line reason, then the traceback".
+    docs/training.md, Failure semantics: "a bug (in smserve, or an estimator's `fit`
+    raising something other than `ValueError`)".
+    """
     (X, y), _ = splits
     base = sagemaker_tree(
         tmp_path,
@@ -571,7 +619,11 @@ def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, spli
     fit would have: exit 143, no model, no temporary file, a failure file saying it was
     stopped. (No bound in seconds here: this machine's load is not the product's.)
 
-    README Failure semantics: 143 "stopped by SIGTERM" with its ``output/failure`` text."""
+    README Failure semantics: 143 "stopped by SIGTERM" with its ``output/failure`` text.
+    docs/training.md, Failure semantics: "stopped by SIGTERM (SageMaker's
+    StopTrainingJob)"; "`Training was stopped (SIGTERM) before it finished; no model was
+    written.`".
+    """
     (X, y), _ = splits
     started = tmp_path / "fit-started"
     base = sagemaker_tree(

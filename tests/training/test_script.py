@@ -219,7 +219,12 @@ def test_source_from_s3_on_a_local_server(tmp_path, iris_csv):
 
 def test_a_broken_script_fails_the_job_with_its_exception_first(tmp_path, iris_csv):
     """The script's exit code is the job's; output/failure starts with its last
-    exception line, then the end of its stderr; its stderr reaches the log unchanged."""
+    exception line, then the end of its stderr; its stderr reaches the log unchanged.
+    docs/training.md, Script mode: differences: "the script's own (`sys.exit(3)` → 3;
+    killed by signal N → 128 + N)"; "the script's last exception line (`ValueError:
+    ...`; without a traceback, its last stderr line)"; "then how it ended and the last
+    40 lines of its stderr".
+    """
     src = source_dir(tmp_path / "src", {"train.py": BROKEN_PY})
     base = job(tmp_path, iris_csv, str(src))
     done = run_train(base)
@@ -259,7 +264,10 @@ def test_a_shell_script_runs_with_the_shell_and_its_exit_code(tmp_path, iris_csv
 
 def test_sigterm_reaches_the_script_and_ends_the_job(tmp_path, iris_csv):
     """StopTrainingJob's SIGTERM is passed on: the script's handler saves its checkpoint,
-    the job ends as stopped (143) with a failure file saying so."""
+    the job ends as stopped (143) with a failure file saying so.
+    docs/training.md, Script mode: differences: "passed to the script's process group (a
+    handler can save a checkpoint)"; "the job exits 143".
+    """
     src = source_dir(tmp_path / "src", {"train.py": SLOW_PY})
     base = job(tmp_path, iris_csv, str(src))
     proc, stderr = sigterm_train(base, base / "model/started")

@@ -62,7 +62,11 @@ def job(
 def test_grid_search_saves_the_best_estimator_and_the_search(tmp_path, iris_split):
     """The best candidate, refitted on all of train, is the model; metadata.json holds
     every candidate's scores; #metric gains the best cross-validation score; validation
-    metrics are computed as without a search."""
+    metrics are computed as without a search.
+    docs/training.md, Reserved keys: "unset (no search)"; "a hyperparameter search:
+    `grid`"; "—"; "the space"; "JSON: `{"max_depth": [2, 4, 8]}` (names as `set_params`
+    takes them)"; "`accuracy` (classifier)".
+    """
     train, validation = iris_split
     base = job(
         tmp_path,
@@ -110,7 +114,10 @@ def test_grid_search_saves_the_best_estimator_and_the_search(tmp_path, iris_spli
 
 def test_random_search_with_distributions_in_a_pipeline(tmp_path, iris_split):
     """A random search samples the given number of candidates from distributions, with
-    pipeline steps' parameters named as set_params takes them, and a chosen scorer."""
+    pipeline steps' parameters named as set_params takes them, and a chosen scorer.
+    docs/training.md, Reserved keys: "`{"loguniform": [a, b]}`"; "candidates the random
+    kinds draw"; "a scikit-learn scorer name".
+    """
     base = job(
         tmp_path,
         iris_split[0],
@@ -135,7 +142,9 @@ def test_random_search_with_distributions_in_a_pipeline(tmp_path, iris_split):
 
 
 def test_successive_halving(tmp_path, iris_split):
-    """A halving search runs round by round; each kept result says its round."""
+    """A halving search runs round by round; each kept result says its round.
+    docs/training.md, Reserved keys: "`halving_grid`".
+    """
     base = job(
         tmp_path,
         iris_split[0],
@@ -183,7 +192,12 @@ def test_bad_search_hyperparameters_fail_with_exit_1(
     tmp_path, iris_split, hyperparameters, message
 ):
     """A mistake in the search's hyperparameters is the user's to fix: exit 1, the
-    message in output/failure, no model."""
+    message in output/failure, no model.
+    docs/training.md, Distributed failures: "a search hyperparameter is wrong (malformed
+    JSON, unknown parameter name, empty list, unknown scorer or kind)"; "or its
+    `smserve_search_space_file` (missing, not JSON, both ways given)"; "before any data
+    is read"; "the message says what to fix".
+    """
     base = job(tmp_path, iris_split[0], **hyperparameters)
 
     proc = run_train(base)
@@ -280,7 +294,13 @@ CANDIDATES = [
 def test_the_space_from_a_file_in_a_channel(tmp_path, iris_split):
     """``smserve_search_space_file`` reads a space too long for a hyperparameter from a
     channel of its own (``config/space.json``); the search is the one the file spells,
-    and the channel is not taken for data."""
+    and the channel is not taken for data.
+    docs/training.md, Reserved keys: "unset"; "the space from a JSON file instead (same
+    content as `smserve_search_space`)"; "for a space longer than SageMaker's 256
+    characters per hyperparameter value: `<channel>/<path>`"; "a file of a File-mode
+    channel of its own"; "e.g. `config/space.json` ([The search space in a
+    file](#the-search-space-in-a-file))".
+    """
     space = json.dumps(CANDIDATES)
     assert len(space) > 256
     base = job(
@@ -337,7 +357,16 @@ def test_a_bad_space_file_fails_with_exit_1(
     tmp_path, iris_split, space, hyperparameters, message
 ):
     """A missing file, a file that is not JSON, or the space given both ways: exit 1
-    with the reason in output/failure, no model."""
+    with the reason in output/failure, no model.
+    docs/training.md, Space file failures: "both `smserve_search_space` and
+    `smserve_search_space_file`"; ""... are both set: give the space one way""; "no such
+    file in the channel"; ""there is no file /opt/ml/input/data/config/space.json" (and
+    the FullyReplicated hint)"; "the file is not JSON"; ""... (path) is not valid JSON:
+    <the JSON error>"". docs/training.md, Distributed failures: "a search hyperparameter
+    is wrong (malformed JSON, unknown parameter name, empty list, unknown scorer or
+    kind)"; "or its `smserve_search_space_file` (missing, not JSON, both ways given)";
+    "before any data is read"; "the message says what to fix".
+    """
     base = job(
         tmp_path, iris_split[0], space=space, smserve_search="grid", **hyperparameters
     )
