@@ -463,6 +463,17 @@ def _nan_for_an_estimator_that_refuses_it(base: Path) -> None:
     )
 
 
+def _typed_differently_across_files(base: Path) -> None:
+    (base / "input/data/train/data.csv").write_text("y,a,b\n0,1.0,2.0\n1,2.0,1.0\n")
+    (base / "input/data/train/more.csv").write_text("y,a,b\n0,low,2.0\n1,high,1.0\n")
+
+
+def _record_wrapped(base: Path) -> None:
+    (base / "input/config/inputdataconfig.json").write_text(
+        json.dumps({"train": file_channel("text/csv", RecordWrapperType="RecordIO")})
+    )
+
+
 EXIT_1 = [
     (
         "missing channel",
@@ -492,6 +503,16 @@ EXIT_1 = [
     ),
     ("unreadable file", _corrupt_gzip, "data.csv is not a valid gzip file:"),
     (
+        "typed differently across files",
+        _typed_differently_across_files,
+        "Channel 'train': column 'a' holds numbers in data.csv but text in more.csv",
+    ),
+    (
+        "record wrapper",
+        _record_wrapped,
+        "Channel 'train' uses RecordWrapperType RecordIO; smserve reads unwrapped",
+    ),
+    (
         "fit raising ValueError",
         _nan_for_an_estimator_that_refuses_it,
         "LogisticRegression could not be fitted: Input X contains NaN.",
@@ -516,7 +537,9 @@ def test_job_to_fix_exits_1_through_the_executable(tmp_path, breakage, message):
     docs/training.md, What it writes: "the reason"; "when it failed". docs/training.md,
     Failure semantics: "the job's configuration or data needs fixing: missing or empty
     channel"; "text in a column of numbers"; "an estimator's `fit` raising `ValueError`
-    on the data (e.g. NaN for one that refuses it)"; "what to fix first".
+    on the data (e.g. NaN for one that refuses it)"; "what to fix first"; "a column typed
+    differently across files". docs/training.md, What it reads: "`RecordWrapperType`
+    (must be `None`)".
     """
     base = sagemaker_tree(tmp_path, channels={"train": file_channel("text/csv")})
     (base / "input/data/train").mkdir(parents=True)
@@ -645,3 +668,80 @@ def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, spli
     assert list((base / "model").iterdir()) == []
     assert not (base / "output/success").exists()
     assert not (base / "output/data/metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("header", "first_line", "outcome"),
+    [
+        ("present", "9,9.5", {"rows": 4, "feature_names": ["9.5"]}),
+        ("auto", "label,size", {"rows": 4, "feature_names": ["size"]}),
+        ("absent", "label,size", "column 1 (0 is the first) holds 'size'"),
+    ],
+)
+def test_header_present_and_absent(tmp_path, header, first_line, outcome):
+    """docs/training.md, Reserved keys, ``smserve_header``: "`auto`"; "CSV header
+    handling: `auto` (a first line with no number in it, above a line with numbers, is
+    a header)"; "`present`" (even a line of numbers is the header); "`absent`" (the
+    first line is a record, so a header line is text in a column of numbers). Channel
+    ContentType, CSV: "with or without a header"."""
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={"smserve_header": header},
+        channels={"train": file_channel("text/csv")},
+    )
+    data = base / "input/data/train/data.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text(f"{first_line}\n0,1.0\n1,2.0\n0,1.5\n1,2.5\n")
+
+    proc = run_train(base)
+
+    if isinstance(outcome, str):
+        assert proc.returncode == 1, proc.stderr
+        assert outcome in (base / "output/failure").read_text()
+        return
+    assert proc.returncode == 0, proc.stderr
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"]["train"] == outcome["rows"]
+    assert metadata["feature_names"] == outcome["feature_names"]
+
+
+def test_fast_file_mode_reads_like_file_mode(tmp_path, splits):
+    """docs/training.md, What it reads: "channels: `TrainingInputMode` (`File`, `Pipe`,
+    `FastFile`)"; "File/FastFile data: every file below"; "recursively"; "in sorted
+    order" (a FastFile channel is a directory, read as File mode reads it)."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path,
+        channels={"train": file_channel("text/csv", TrainingInputMode="FastFile")},
+    )
+    write_csv(base / "input/data/train/b/part.csv", X[60:], y[60:])
+    write_csv(base / "input/data/train/a.csv", X[:60], y[:60])
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"]["train"] == 120
+    assert metadata["channels"]["train"]["sources"] == ["a.csv", "b/part.csv"]
+
+
+def test_a_factory_function_is_an_estimator(tmp_path, splits):
+    """docs/training.md, Reserved keys, ``smserve_estimator``: "a dotted path to an
+    estimator class or to a function returning an estimator" (here a function of the
+    test suite's), its parameters then set as hyperparameters."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            "smserve_estimator": "tests.support.training.small_forest",
+            "n_estimators": "4",
+        },
+    )
+    write_csv(base / "input/data/train/iris.csv", X, y)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base).predictor.model
+    assert type(model).__name__ == "RandomForestClassifier"
+    assert (model.n_estimators, model.max_depth) == (4, 2)
