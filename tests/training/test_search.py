@@ -419,3 +419,50 @@ def test_a_space_file_of_the_wrong_shape(tmp_path, iris_split):
         ClientError, match=r"space\.json \(smserve_search_space_file\): 'C'"
     ):
         SearchSpec.of(env)
+
+
+def test_halving_random_on_a_regressor_with_the_defaults(tmp_path):
+    """docs/training.md, Reserved keys, through the real ``./train``: "`halving_random`
+    ([Distributed training](#distributed-training-searches-and-forests-over-the-jobs-hosts))";
+    "random kinds also `{"uniform": [a, b]}`"; "`{"randint": [a, b]}`"; and, none of
+    them given, the defaults "`10`" candidates, "`5`" folds, "cross-validation folds",
+    and the scorer "`r2` (regressor)"."""
+    rng = np.random.default_rng(3)
+    X = rng.random((200, 3))
+    y = X @ np.array([3.0, -2.0, 1.0]) + rng.normal(0, 0.05, 200)
+    base = job(
+        tmp_path,
+        (X, np.round(y, 5)),
+        estimator={
+            "smserve_estimator": "decision_tree_regressor",
+            "smserve_random_seed": "0",
+        },
+        smserve_search="halving_random",
+        smserve_search_space=json.dumps(
+            {
+                "max_depth": {"randint": [2, 8]},
+                "min_impurity_decrease": {"uniform": [0, 0.01]},
+            }
+        ),
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    metadata = json.loads(SageMakerPaths(base).metadata_file.read_text())
+    search = metadata["search"]
+    assert (search["kind"], search["scoring"], search["folds"]) == (
+        "halving_random",
+        "r2",
+        5,
+    )
+    # The first round fits every candidate drawn; later rounds the best of them.
+    first_round = [r for r in search["results"] if r["iteration"] == 0]
+    assert len(first_round) == 10
+    assert search["candidates"] == len(search["results"]) > 10
+    for result in search["results"]:
+        assert 2 <= result["params"]["max_depth"] <= 9
+        assert isinstance(result["params"]["max_depth"], int)
+        assert 0 <= result["params"]["min_impurity_decrease"] <= 0.01
+    assert len({r["params"]["min_impurity_decrease"] for r in search["results"]}) > 3
+    assert "#metric cv:r2=" in proc.stdout
