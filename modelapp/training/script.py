@@ -169,7 +169,7 @@ class ScriptRunner:
         # The toolkit's rule: a failure file the script wrote itself is kept.
         failure_file = self.paths.failure_file
         if failure_file.is_file():
-            text = failure_file.readtext(errors="replace").strip()
+            text = failure_file.read_text(errors="replace").strip()
             if text:
                 return text
         return failure_message(program, code, stderr)
