@@ -25,6 +25,7 @@ from tests.support.inference_scripts import (
     BROKEN_PY,
     DEFAULTS_PY,
     FOUR_HOOKS_PY,
+    NO_MODEL_FN_PY,
     TRANSFORM_PY,
 )
 from tests.support.models import write_model
@@ -264,3 +265,60 @@ def test_a_broken_script_keeps_ping_503_naming_file_and_line(
     assert "code/inference.py:6" in detail
     status, _, body = server.invoke(b"1,2,3,4\n", "text/csv")
     assert status == HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def test_a_script_without_model_fn_shapes_its_response(
+    tmp_path, iris_model, serve_factory
+):
+    """An ``inference.py`` without ``model_fn``, served with
+    SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT=text/csv. docs/serving.md, Script mode:
+    "Without `model_fn`, smserve loads the joblib itself" (Script mode: better: "smserve
+    loads the joblib"); "Accept absent or `*/*` means
+    `SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`, else JSON"; `set_response_content_type` and
+    `set_response_status` "shape the response"; "or any exception with an integer
+    `status_code`" answers that status (Script mode: better: "`HTTPError(status, ...)`
+    or any `status_code`"); the default input_fn takes "also JSON Lines"; "CSV
+    headers"; "media-type parameters accepted", and gives ``float32`` for CSV and JSON,
+    ``float64`` for NPY ("With the default `input_fn`, NPY input reaches `predict_fn`
+    as `float64`")."""
+    base = script_base(tmp_path, iris_model, NO_MODEL_FN_PY)
+    server = serve_factory(
+        base,
+        env={
+            "SAGEMAKER_PROGRAM": "inference.py",
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
+        },
+        workers=1,
+    )
+    row = b"6.7,3.0,5.2,2.3\n"
+    for accept in ({}, {"Accept": "*/*"}):
+        status, headers, body = server.invoke(row, "text/csv", **accept)
+        assert (status, headers["content-type"], body) == (
+            HTTPStatus.OK,
+            "text/csv",
+            b"2:float32\n",
+        )
+    for body, content_type in (
+        (b"[6.7,3.0,5.2,2.3]\n", "application/jsonlines"),
+        (b"a,b,c,d\n6.7,3.0,5.2,2.3\n", "text/csv; header=present; charset=utf-8"),
+        (b"[[6.7,3.0,5.2,2.3]]", "application/json"),
+    ):
+        status, _, answer = server.invoke(body, content_type, Accept="application/json")
+        assert (status, json.loads(answer)) == (HTTPStatus.OK, ["2:float32"]), body
+    status, _, answer = server.invoke(
+        npy_serialize(np.array([ROWS[1]], dtype=np.float32)),
+        "application/x-npy",
+        Accept="application/json",
+    )
+    assert (status, json.loads(answer)) == (HTTPStatus.OK, ["2:float64"])
+    status, headers, body = server.invoke(row, "text/csv", **{"X-Status": "202"})
+    assert (status, headers["content-type"], body) == (
+        HTTPStatus.ACCEPTED,
+        "text/vnd.iris",
+        b"2:float32\n",
+    )
+    status, _, body = server.invoke(
+        row, "text/csv", Accept="application/json", **{"X-Teapot": "1"}
+    )
+    assert status == 418
+    assert json.loads(body) == {"detail": "short and stout", "code": "script_error"}
