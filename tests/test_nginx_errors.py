@@ -86,6 +86,16 @@ def assert_json_error(
             "over 8 KB",
         ),
         (
+            # Each header under 8 KB, 35 KB in all: over the four 8 KB buffers.
+            "headers over 32 KB in all",
+            b"GET /ping HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-Part-%d: " % i + b"a" * 7000 + b"\r\n" for i in range(5))
+            + b"\r\n",
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "over 32 KB in all",
+        ),
+        (
             "request line over 8 KB",
             b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
             HTTPStatus.REQUEST_URI_TOO_LONG,
