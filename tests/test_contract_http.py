@@ -185,6 +185,8 @@ def npy(array: np.ndarray) -> bytes:
     [
         # Blank fields are NaN, which the tree accepts: predicted as the model does.
         (b"5.1,,1.4,0.2\n,3.0,5.2,2.3\n", "text/csv", "nan"),
+        # JSON null is a missing value, as a blank CSV field is.
+        (b"[[5.1,null,1.4,0.2],[null,3.0,5.2,2.3]]", "application/json", "nan"),
         # Quoted fields.
         (b'"5.1","3.5",1.4,0.2\n6.7,3.0,"5.2",2.3\n', "text/csv", [0, 2]),
         # A charset that is not ASCII-compatible is honoured (an ignored one is a 400).
@@ -204,15 +206,22 @@ def npy(array: np.ndarray) -> bytes:
         # NPY: a 1-D array is one record.
         (npy(np.array([6.7, 3.0, 5.2, 2.3])), "application/x-npy", [2]),
     ],
-    ids=["csv-blank", "csv-quoted", "utf-16", "latin-1", "jsonl-arrays", "npy-1d"],
+    ids=[
+        "csv-blank",
+        "json-null",
+        "csv-quoted",
+        "utf-16",
+        "latin-1",
+        "jsonl-arrays",
+        "npy-1d",
+    ],
 )
 def test_format_rows(server, iris_model, body, content_type, expected):
     """README Formats, request ``Content-Type``: ``text/csv`` "blank fields are missing
     values (NaN); quoted fields allowed; ``charset`` honoured"; ``application/jsonlines``
     "an array" per line; ``application/x-npy`` "a 1-D (one record)".
-    docs/serving.md, Formats: Content-Type: "quoted fields keep their commas"; "`null`
-    is a missing value"; "one record per line: an array"; "an object"; "or a single
-    number"; "a 1-D (one record) or 2-D numeric array saved by `numpy.save`".
+    docs/serving.md, Formats: Content-Type: "`null` is a missing value"; "one record per
+    line: an array"; "a 1-D (one record) or 2-D numeric array saved by `numpy.save`".
     """
     status, _, response = server.invoke(body, content_type, Accept="application/json")
     assert status == HTTPStatus.OK, response

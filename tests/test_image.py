@@ -463,9 +463,7 @@ def test_image_metadata_is_what_sagemaker_expects(image: str):
     """The image accepts SageMaker's bind-to-port and multi-model endpoints, exposes 8080,
     has no ENTRYPOINT (so
     `train` and `serve` are commands on PATH) and runs as root.
-    docs/image-and-sagemaker.md, Image: "`debian:bookworm-slim` (`ARG BASE_IMAGE`)";
-    "Debian's `python3` (3.11) and `nginx-light`"; "`/opt/program` (SageMaker mounts
-    over `/opt/ml`)"; "static files collected at build time";
+    docs/image-and-sagemaker.md, Image:
     "`com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true` (needed for
     inference pipelines: `serve` listens on `SAGEMAKER_BIND_TO_PORT`)"; "`EXPOSE 8080`
     (the default of `SAGEMAKER_BIND_TO_PORT`)"; "as SageMaker expects".
@@ -492,11 +490,9 @@ def test_image_holds_no_secret_key_test_tools_or_compilers(
     neither test tools, a pip command nor a compiler are left in the image (pip stays as
     ``python -m pip`` for script mode's requirements.txt); the code is on PATH outside
     /opt/ml.
-    docs/image-and-sagemaker.md, Image: "exactly `requirements.txt`"; "from wheels
-    only"; "in `/opt/venv` (first on `PATH`)"; "no pip"; "compiler or test tool in the
-    image"; "`SMSERVE_STATE_DIR=/var/lib/smserve`: the SQLite database and the
-    `SECRET_KEY` generated at first start of each container. Nothing secret is in the
-    image"; "set `SECRET_KEY` or `DATABASE_URL` through the environment to share them".
+    docs/image-and-sagemaker.md, Image: "no pip"; "compiler or test tool in the image";
+    "`SMSERVE_STATE_DIR=/var/lib/smserve`: the SQLite database and the `SECRET_KEY`
+    generated at first start of each container. Nothing secret is in the image".
     """
     script = (
         'ls -A "$SMSERVE_STATE_DIR";'

@@ -275,8 +275,6 @@ def test_corrupt_artifact_fails_only_its_own_load(mme, tmp_path):
 def test_forty_invocations_spread_over_the_workers(mme, iris_base):
     """Every worker answers a model loaded through another one.
     docs/serving.md, Multi-model API: "warmed up and registered for every worker".
-    docs/serving.md, Multi-model choices: "against a copy of every model in every worker
-    and a load that waits for busy workers".
     """
     assert mme.load("spread", iris_base / "model")[0] == HTTPStatus.OK
     with ThreadPoolExecutor(8) as pool:

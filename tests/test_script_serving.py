@@ -251,8 +251,8 @@ def test_transform_fn_from_s3_with_requirements(tmp_path, iris_model, serve_fact
 def test_a_broken_script_keeps_ping_503_naming_file_and_line(
     tmp_path, iris_model, serve_factory
 ):
-    """docs/serving.md, Script mode: better: "once"; "before the workers fork"; "`/ping`
-    200 only when it worked"; "503 with the reason otherwise".
+    """docs/serving.md, Script mode: better: "`/ping` 200 only when it worked"; "503 with
+    the reason otherwise".
     """
     base = script_base(tmp_path / "base", iris_model, BROKEN_PY)
     server = serve_factory(

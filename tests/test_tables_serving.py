@@ -155,10 +155,7 @@ def test_text_in_a_number_column_is_a_400(trained):
 
 def test_bare_column_transformer_pipeline_serves(tmp_path, serve_factory):
     """The issue's pipeline, joblib.dump'ed elsewhere with no metadata.json: /ping turns
-    200, records by position or by name get its predictions, bad fields are 400s.
-    docs/serving.md, Errors: "a record the model itself rejects (its `ValueError`, e.g.
-    an unknown category for an encoder that refuses them: the record is named)".
-    """
+    200, records by position or by name get its predictions, bad fields are 400s."""
     model = fitted_elsewhere()
     write_model(tmp_path, model)
     server = serve_factory(tmp_path, workers=1)

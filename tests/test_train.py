@@ -83,23 +83,18 @@ def test_csv_classification_end_to_end(tmp_path, splits):
 
     README Failure semantics: exit 0 "trained", ``output/success`` exists (empty).
     docs/training.md, What it reads: "`{"key": "string", ...}`". docs/training.md,
-    Reserved keys: "a short name (below)"; "`0` (the first column)"; "unset"; "sets
-    every `random_state` parameter (nested ones too) that is not set explicitly"; "and
-    seeds numpy". docs/training.md, Channel ContentType: "one record per line"; "the
-    label in the first column (as SageMaker's built-in algorithms expect)".
-    docs/training.md, What it writes: "the fitted estimator (`joblib.dump`)";
-    "`estimator` (dotted path)"; "`params` (`get_params()`)"; "`hyperparameters` (as
-    given)"; "`n_features`"; "`feature_names`"; "`features` (the input schema: per
-    column its `name`, `kind` `numeric`/`categorical`, the `categories` seen, most
-    frequent first, capped at 100, with `n_categories`, the share `missing` and a
-    `typical` number, the median)"; "`preprocessing` (the encoding and imputation chosen
-    for a table)"; "`target`"; "`classes`"; "`task` (`classification`/`regression`)";
-    "`metrics`"; "`rows` (`{"train": n, "validation": n or null}`)"; "`channels`";
-    "`versions` (`python`, `sklearn`, `numpy`, `smserve`)"; "`sha256` (of
-    model.joblib)"; "`started_at`"; "`finished_at` (ISO 8601, UTC)";
-    "`training_job_name`"; "`duration_seconds`"; "`{"train:accuracy": 0.98,
-    "validation:accuracy": 0.96, ...}`"; "when the job succeeded". docs/training.md,
-    Failure semantics: "— (`output/success` exists)".
+    Reserved keys: "`sklearn.tree.DecisionTreeClassifier`"; "`0` (the first column)".
+    docs/training.md, Channel ContentType: "one record per line"; "the label in the
+    first column (as SageMaker's built-in algorithms expect)". docs/training.md, What it
+    writes: "the fitted estimator (`joblib.dump`)"; "`estimator` (dotted path)";
+    "`params` (`get_params()`)"; "`hyperparameters` (as given)"; "`n_features`";
+    "`feature_names`"; "`classes`"; "`task` (`classification`/`regression`)";
+    "`metrics`"; "`rows` (`{"train": n, "validation": n or null}`)"; "`versions`
+    (`python`, `sklearn`, `numpy`, `smserve`)"; "`sha256` (of model.joblib)";
+    "`started_at`"; "`finished_at` (ISO 8601, UTC)"; "`training_job_name`";
+    "`duration_seconds`"; "`{"train:accuracy": 0.98, "validation:accuracy": 0.96,
+    ...}`"; "when the job succeeded". docs/training.md, Failure semantics: "—
+    (`output/success` exists)".
     """
     (X, y), (X_val, y_val) = splits
     base = sagemaker_tree(
@@ -169,8 +164,7 @@ def test_csv_classification_end_to_end(tmp_path, splits):
 def test_header_csv_gzip_regression(tmp_path, regression):
     """A gzipped CSV with a header trains a regressor on named features, the target found
     by name; serving knows the names, and R², RMSE and MAE are reported.
-    docs/training.md, Reserved keys: "the label column: an index (`0` first, `-1` last)
-    or"; "when the data has column names"; "a name".
+    docs/training.md, Reserved keys: "when the data has column names"; "a name".
     """
     X, y = regression
     names = ["price", "rooms", "area", "age"]
@@ -307,7 +301,8 @@ def test_pipe_mode_reads_the_fifo_once_as_a_stream(tmp_path, splits):
 
 def test_pipeline_with_nested_params(tmp_path, splits):
     """A JSON list of estimators is a pipeline; ``step__param`` keys reach its steps.
-    docs/training.md, Reserved keys: "or a JSON list of those: a pipeline".
+    docs/training.md, Reserved keys: "a short name (below)"; "or a JSON list of those: a
+    pipeline".
     """
     (X, y), (X_val, _) = splits
     base = sagemaker_tree(
@@ -540,6 +535,7 @@ def test_job_to_fix_exits_1_through_the_executable(tmp_path, breakage, message):
     on the data (e.g. NaN for one that refuses it)"; "what to fix first"; "a column typed
     differently across files". docs/training.md, What it reads: "`RecordWrapperType`
     (must be `None`)".
+    docs/training.md, Reserved keys: "`none` never".
     """
     base = sagemaker_tree(tmp_path, channels={"train": file_channel("text/csv")})
     (base / "input/data/train").mkdir(parents=True)

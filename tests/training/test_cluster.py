@@ -100,8 +100,7 @@ def test_three_hosts_search_as_one_host_does(tmp_path, jobs, data):
     workers have joined"; "runs the search (candidates × folds on the cluster, the data
     sent once to every worker) and the final refit of the best candidate (a forest's
     trees on the cluster too)"; "then closes the cluster"; "`model/`"; "`output/` as on
-    one host"; "Dask workers only"; "connected to `algo-1:8786`"; "exits 0 when the
-    leader closes the cluster".
+    one host"; "Dask workers only"; "exits 0 when the leader closes the cluster".
     """
     single = sagemaker_tree(
         tmp_path / "single", hyperparameters=SEARCH, channels={"train": file_channel()}

@@ -63,9 +63,9 @@ def test_grid_search_saves_the_best_estimator_and_the_search(tmp_path, iris_spli
     """The best candidate, refitted on all of train, is the model; metadata.json holds
     every candidate's scores; #metric gains the best cross-validation score; validation
     metrics are computed as without a search.
-    docs/training.md, Reserved keys: "unset (no search)"; "a hyperparameter search:
-    `grid`"; "—"; "the space"; "JSON: `{"max_depth": [2, 4, 8]}` (names as `set_params`
-    takes them)"; "`accuracy` (classifier)".
+    docs/training.md, Reserved keys: "a hyperparameter search: `grid`"; "—"; "the
+    space"; "JSON: `{"max_depth": [2, 4, 8]}` (names as `set_params` takes them)";
+    "`accuracy` (classifier)".
     """
     train, validation = iris_split
     base = job(
@@ -194,8 +194,7 @@ def test_bad_search_hyperparameters_fail_with_exit_1(
     """A mistake in the search's hyperparameters is the user's to fix: exit 1, the
     message in output/failure, no model.
     docs/training.md, Distributed failures: "a search hyperparameter is wrong (malformed
-    JSON, unknown parameter name, empty list, unknown scorer or kind)"; "or its
-    `smserve_search_space_file` (missing, not JSON, both ways given)"; "before any data
+    JSON, unknown parameter name, empty list, unknown scorer or kind)"; "before any data
     is read"; "the message says what to fix".
     """
     base = job(tmp_path, iris_split[0], **hyperparameters)
@@ -362,10 +361,9 @@ def test_a_bad_space_file_fails_with_exit_1(
     `smserve_search_space_file`"; ""... are both set: give the space one way""; "no such
     file in the channel"; ""there is no file /opt/ml/input/data/config/space.json" (and
     the FullyReplicated hint)"; "the file is not JSON"; ""... (path) is not valid JSON:
-    <the JSON error>"". docs/training.md, Distributed failures: "a search hyperparameter
-    is wrong (malformed JSON, unknown parameter name, empty list, unknown scorer or
-    kind)"; "or its `smserve_search_space_file` (missing, not JSON, both ways given)";
-    "before any data is read"; "the message says what to fix".
+    <the JSON error>"". docs/training.md, Distributed failures: "or its
+    `smserve_search_space_file` (missing, not JSON, both ways given)"; "before any data
+    is read"; "the message says what to fix".
     """
     base = job(
         tmp_path, iris_split[0], space=space, smserve_search="grid", **hyperparameters

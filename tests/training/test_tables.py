@@ -244,11 +244,28 @@ def test_auto_encoding_per_estimator_through_train(
     max_categories=50)`: rare categories share a column"; "and so does one first seen at
     serving time"; "a missing category is a category of its own"; a pipeline of yours
     "`none`"; "—". Each model then predicts a record with an unseen and a missing
-    category."""
+    category. docs/training.md, What it writes: "`features` (the input schema: per
+    column its `name`, `kind` `numeric`/`categorical`, the `categories` seen, most
+    frequent first, capped at 100, with `n_categories`, the share `missing` and a
+    `typical` number, the median)" (all but the cap); "`preprocessing` (the encoding and
+    imputation chosen for a table)".
+    docs/training.md, Reserved keys: "`auto`"; "how text columns reach the estimator
+    (table below): `auto`"; "`native` (HistGradientBoosting only)"; "`none` (as they
+    are: the estimator, e.g. a pipeline of your own that starts with a
+    `ColumnTransformer`, encodes them)"; "numeric gaps: `auto` fills them with the
+    median only for an estimator that cannot take NaN".
+    """
     _, model, metadata = run(
         tmp_path, csv_channel(tmp_path, frame), real=True, smserve_estimator=estimator
     )
     assert metadata.preprocessing == preprocessing
+    plan = metadata.features[FEATURES.index("plan")]
+    assert (plan.name, plan.kind, plan.n_categories) == ("plan", "categorical", 3)
+    counts = frame["plan"].value_counts()
+    assert plan.categories == list(counts.index)  # most frequent first
+    assert plan.missing == pytest.approx(frame["plan"].isna().mean())
+    tenure = metadata.features[FEATURES.index("tenure")]
+    assert (tenure.kind, tenure.typical) == ("numeric", frame["tenure"].median())
     transformer = model.steps[0][1]
     if encoder is None:
         assert [name for name, _, _ in transformer.transformers] == ["text", "numbers"]
