@@ -121,7 +121,7 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 WHOLE = {"Speed"}
 KINDS = ("runtime", "config", "not here", "to do")
-TO_DO = 27
+TO_DO = 22
 
 
 @dataclass(frozen=True)
@@ -1010,7 +1010,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (TRAINING, "Reserved keys", "`smserve_target_column`"): {
         "`0` (the first column)": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
-        "the label column: an index (`0` first, `-1` last) or": TODO,
+        "the label column: an index (`0` first, `-1` last) or": proof(
+            f"{TRAIN}::test_channel_content_type_aliases_and_the_last_column_as_label"
+        ),
         "when the data has column names": proof(
             f"{TRAIN}::test_header_csv_gzip_regression"
         ),
@@ -1153,7 +1155,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "Channel ContentType",
         "`text/csv` (also `application/csv`, `text/plain`)",
     ): {
-        "`text/csv` (also `application/csv`, `text/plain`)": TODO,
+        "`text/csv` (also `application/csv`, `text/plain`)": proof(
+            f"{TRAIN}::test_channel_content_type_aliases_and_the_last_column_as_label"
+        ),
         "one record per line": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
         "the label in the first column (as SageMaker's built-in algorithms expect)": proof(
             f"{TRAIN}::test_csv_classification_end_to_end"
@@ -1165,7 +1169,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "Channel ContentType",
         "`application/x-parquet` (also `application/parquet`, `application/vnd.apache.parquet`)",
     ): {
-        "`application/x-parquet` (also `application/parquet`, `application/vnd.apache.parquet`)": TODO,
+        "`application/x-parquet` (also `application/parquet`, `application/vnd.apache.parquet`)": proof(
+            f"{TRAIN}::test_channel_content_type_aliases_and_the_last_column_as_label"
+        ),
         "one or more Parquet files": proof(f"{TRAIN}::test_parquet_and_json_lines"),
         "column names are the feature names": proof(
             f"{TRAIN}::test_parquet_and_json_lines"
@@ -1176,7 +1182,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "Channel ContentType",
         "`application/jsonlines` (also `application/x-jsonlines`, `application/jsonl`, `application/x-ndjson`, `application/json`)",
     ): {
-        "`application/jsonlines` (also `application/x-jsonlines`, `application/jsonl`, `application/x-ndjson`, `application/json`)": TODO,
+        "`application/jsonlines` (also `application/x-jsonlines`, `application/jsonl`, `application/x-ndjson`, `application/json`)": proof(
+            f"{TRAIN}::test_channel_content_type_aliases_and_the_last_column_as_label"
+        ),
         "one JSON array (positional) or object (named features) per line": proof(
             f"{TRAIN}::test_parquet_and_json_lines"
         ),
@@ -1557,7 +1565,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "or its `smserve_search_space_file` (missing, not JSON, both ways given)": proof(
             f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
-        "exit 1 on every host": TODO,
+        "exit 1 on every host": proof(
+            f"{SEARCH}::test_a_bad_search_fails_every_host_alike"
+        ),
         "before any data is read": proof(
             f"{SEARCH}::test_bad_search_hyperparameters_fail_with_exit_1",
             f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1",

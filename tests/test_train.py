@@ -15,6 +15,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import make_regression
 from sklearn.tree import DecisionTreeClassifier
@@ -741,3 +742,55 @@ def test_a_factory_function_is_an_estimator(tmp_path, splits):
     model = served(base).predictor.model
     assert type(model).__name__ == "RandomForestClassifier"
     assert (model.n_estimators, model.max_depth) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "layout"),
+    [
+        ("application/csv", "csv"),
+        ("text/plain", "csv"),
+        ("application/parquet", "parquet"),
+        ("application/vnd.apache.parquet", "parquet"),
+        ("application/x-ndjson", "jsonl"),
+        ("application/json", "jsonl"),
+    ],
+)
+def test_channel_content_type_aliases_and_the_last_column_as_label(
+    tmp_path, splits, content_type, layout
+):
+    """docs/training.md, Channel ContentType: "`text/csv` (also `application/csv`,
+    `text/plain`)"; "`application/x-parquet` (also `application/parquet`,
+    `application/vnd.apache.parquet`)"; "`application/jsonlines` (also
+    `application/x-jsonlines`, `application/jsonl`, `application/x-ndjson`,
+    `application/json`)" (one alias of each group and two of JSON Lines here; every
+    alias is in ``modelapp/formats.py``'s table); and Reserved keys,
+    ``smserve_target_column``: "the label column: an index (`0` first, `-1` last) or"
+    (here -1: the label is the last column)."""
+    (X, y), _ = splits
+    table = np.column_stack([X, y])
+    data = base = None
+    if layout == "csv":
+        data = "".join(",".join(map(repr, row)) + "\n" for row in table.tolist())
+        data = data.encode()
+    elif layout == "parquet":
+        names = ["sl", "sw", "pl", "pw", "species"]
+        data = parquet_bytes(pd.DataFrame(table, columns=names))
+    else:
+        data = "".join(json.dumps(row) + "\n" for row in table.tolist()).encode()
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={"smserve_random_seed": "0", "smserve_target_column": "-1"},
+        channels={"train": file_channel(content_type)},
+    )
+    (base / "input/data/train").mkdir(parents=True)
+    (base / "input/data/train/data").write_bytes(data)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    expected = DecisionTreeClassifier(random_state=0).fit(X, y)
+    predicted = served(base).predictor.predict(Batch(values=X))
+    assert predicted.tolist() == expected.predict(X).tolist()
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"]["train"] == 120
+    assert metadata["n_features"] == 4

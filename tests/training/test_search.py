@@ -464,3 +464,30 @@ def test_halving_random_on_a_regressor_with_the_defaults(tmp_path):
         assert 0 <= result["params"]["min_impurity_decrease"] <= 0.01
     assert len({r["params"]["min_impurity_decrease"] for r in search["results"]}) > 3
     assert "#metric cv:r2=" in proc.stdout
+
+
+def test_a_bad_search_fails_every_host_alike(tmp_path, iris_split):
+    """docs/training.md, Distributed failures: a wrong search hyperparameter gives "exit
+    1 on every host": a host that is not the leader (algo-2 of two) fails with the same
+    message before it looks for the cluster, instead of exiting 0 as a non-leader
+    does."""
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            **FOREST,
+            "smserve_search": "grid",
+            "smserve_search_space": '{"max_depth": []}',
+        },
+        channels={"train": file_channel()},
+        hosts=["algo-1", "algo-2"],
+        current_host="algo-2",
+    )
+    write_csv(base / "input/data/train/d.csv", *iris_split[0])
+
+    proc = run_train(base)
+
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        "'max_depth' must be a non-empty list of values"
+        in (base / "output/failure").read_text()
+    )
