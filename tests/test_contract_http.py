@@ -295,7 +295,9 @@ def test_ten_thousand_records_in_order(server, iris, iris_model):
 def test_execution_parameters(server):
     """Batch transform asks how to call the container.
 
-    README Calling it: ``/execution-parameters``; Settings: ``MaxPayloadInMB``."""
+    README Calling it: ``/execution-parameters``; Settings: ``MaxPayloadInMB``.
+    docs/settings.md, Settings: "`MODEL_SERVER_WORKERS`".
+    """
     status, headers, body = server.request("GET", "/execution-parameters")
     assert status == HTTPStatus.OK
     assert headers["content-type"] == "application/json"

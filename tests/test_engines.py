@@ -225,6 +225,7 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
     the [compiled engine](speed.md#compiled-predictions-onnx-runtime) on". The
     probabilities come back in float32 with the engine (CSV digits, an NPY dtype),
     float64 without.
+    docs/settings.md, Settings: "`SMSERVE_COMPILED_ENGINE`".
     """
     base = sagemaker_tree(
         tmp_path / "ml",

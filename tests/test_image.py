@@ -213,7 +213,9 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
 ):
     """`docker run IMAGE serve` with the trained model mounted read-only: /ping turns 200,
     CSV and JSON invocations answer from the host, and SIGTERM (`podman stop`) ends it
-    with exit code 0 well inside SageMaker's 30 s grace period."""
+    with exit code 0 well inside SageMaker's 30 s grace period.
+    docs/settings.md, Settings: "`SAGEMAKER_MODEL_SERVER_WORKERS`".
+    """
     port = free_port()
     started = time.monotonic()
     result = container.serve(

@@ -245,6 +245,7 @@ def test_loads_unloads_and_invocations_are_recorded(mme, iris_base):
 def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
     """docs/serving.md, Multi-model API: "507 `insufficient_memory` (SageMaker then unloads
     idle models and retries)".
+    docs/settings.md, Settings: "`SMSERVE_MME_MEMORY_MB`".
     """
     big = tmp_path / "big"
     big.mkdir()
@@ -476,6 +477,7 @@ def test_every_status_of_the_model_api_with_its_code(mme, iris_base, tmp_path):
     size)".
     docs/serving.md, Multi-model API: "200 `{"modelName", "modelUrl", "status":
     "loaded"}` once the model is loaded".
+    docs/settings.md, Settings: "`SAGEMAKER_MULTI_MODEL`".
     """
     (tmp_path / "empty" / "model").mkdir(parents=True)
     failing = tmp_path / "failing"

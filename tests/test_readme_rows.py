@@ -751,21 +751,31 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     # --- docs/settings.md: Settings --------------------
     (SETTINGS, "Settings", "`SAGEMAKER_BASE_DIR`"): {
-        "`SAGEMAKER_BASE_DIR`": SCANNED,
+        "`SAGEMAKER_BASE_DIR`": proof(
+            "tests/test_train.py::test_base_dir_from_environment_and_inferred_channels"
+        ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_BIND_TO_PORT`"): {
-        "`SAGEMAKER_BIND_TO_PORT`": SCANNED,
+        "`SAGEMAKER_BIND_TO_PORT`": proof(
+            f"{SETTINGS_T}::test_process_settings_through_the_real_server"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_BIND_HOST`"): {
-        "`SMSERVE_BIND_HOST`": SCANNED,
+        "`SMSERVE_BIND_HOST`": proof(
+            f"{SETTINGS_T}::test_process_settings_through_the_real_server"
+        ),
     },
     (
         SETTINGS,
         "Settings",
         "`SAGEMAKER_MODEL_SERVER_WORKERS`, `MODEL_SERVER_WORKERS`",
     ): {
-        "`SAGEMAKER_MODEL_SERVER_WORKERS`": SCANNED,
-        "`MODEL_SERVER_WORKERS`": SCANNED,
+        "`SAGEMAKER_MODEL_SERVER_WORKERS`": proof(
+            "tests/test_image.py::test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm"
+        ),
+        "`MODEL_SERVER_WORKERS`": proof(
+            "tests/test_contract_http.py::test_execution_parameters"
+        ),
     },
     (
         SETTINGS,
@@ -780,13 +790,21 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_BATCH`"): {
-        "`SAGEMAKER_BATCH`": SCANNED,
+        "`SAGEMAKER_BATCH`": proof(
+            "tests/test_serve_process.py::TestBatchMode::test_batch_server"
+        ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_MAX_PAYLOAD_IN_MB`"): {
-        "`SAGEMAKER_MAX_PAYLOAD_IN_MB`": SCANNED,
+        "`SAGEMAKER_MAX_PAYLOAD_IN_MB`": proof(
+            "tests/test_serve_process.py::TestBatchMode::test_batch_server",
+            "tests/test_serve_process.py::test_without_nginx_gunicorn_takes_the_port",
+        ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`"): {
-        "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`": SCANNED,
+        "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`": proof(
+            "tests/test_serve_process.py::TestBatchMode::test_batch_server",
+            "tests/test_script_serving.py::test_a_script_without_model_fn_shapes_its_response",
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_DEFAULT_CONTENT_TYPE`"): {
         "`SMSERVE_DEFAULT_CONTENT_TYPE`": proof(
@@ -794,7 +812,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_STATE_DIR`"): {
-        "`SMSERVE_STATE_DIR`": SCANNED,
+        "`SMSERVE_STATE_DIR`": proof(
+            "tests/training/test_record.py::test_train_records_the_run_in_its_database"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_SQLITE_PATH`"): {
         "`SMSERVE_SQLITE_PATH`": proof(
@@ -802,7 +822,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SETTINGS, "Settings", "`DATABASE_URL`"): {
-        "`DATABASE_URL`": SCANNED,
+        "`DATABASE_URL`": proof(
+            "tests/test_faults.py::test_database_down_from_the_start_leaves_serving_up"
+        ),
     },
     (SETTINGS, "Settings", "`SECRET_KEY` (or `DJANGO_SECRET_KEY`)"): {
         "`SECRET_KEY` (or `DJANGO_SECRET_KEY`)": proof(
@@ -810,12 +832,20 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_ADMIN_ENABLED`"): {
-        "`SMSERVE_ADMIN_ENABLED`": SCANNED,
+        "`SMSERVE_ADMIN_ENABLED`": proof(
+            "tests/test_admin_security.py::test_admin_pages_carry_security_headers_and_strict_cookies"
+        ),
     },
     (SETTINGS, "Settings", "`DJANGO_SUPERUSER_USERNAME`, `_PASSWORD`, `_EMAIL`"): {
-        "`DJANGO_SUPERUSER_USERNAME`": SCANNED,
-        "`_PASSWORD`": SCANNED,
-        "`_EMAIL`": SCANNED,
+        "`DJANGO_SUPERUSER_USERNAME`": proof(
+            "tests/test_admin_security.py::test_admin_pages_carry_security_headers_and_strict_cookies"
+        ),
+        "`_PASSWORD`": proof(
+            "tests/test_admin_security.py::test_admin_pages_carry_security_headers_and_strict_cookies"
+        ),
+        "`_EMAIL`": proof(
+            "tests/test_admin_security.py::test_admin_pages_carry_security_headers_and_strict_cookies"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_ALLOWED_HOSTS`"): {
         "`SMSERVE_ALLOWED_HOSTS`": proof(
@@ -836,22 +866,34 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`SMSERVE_DEBUG`": proof(f"{SETTINGS_T}::test_debug_is_djangos_debug"),
     },
     (SETTINGS, "Settings", "`SMSERVE_LOG_LEVEL`"): {
-        "`SMSERVE_LOG_LEVEL`": SCANNED,
+        "`SMSERVE_LOG_LEVEL`": proof(
+            "tests/test_serve_process.py::test_log_level_warning_drops_invocation_lines"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_STATS_FLUSH_SECONDS`"): {
-        "`SMSERVE_STATS_FLUSH_SECONDS`": SCANNED,
+        "`SMSERVE_STATS_FLUSH_SECONDS`": proof(
+            "tests/test_stats.py::test_counts_across_workers_are_exact"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_STATIC_ROOT`"): {
-        "`SMSERVE_STATIC_ROOT`": SCANNED,
+        "`SMSERVE_STATIC_ROOT`": proof(
+            "tests/test_admin_security.py::test_admin_pages_carry_security_headers_and_strict_cookies"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_PYTHON`"): {
-        "`SMSERVE_PYTHON`": SCANNED,
+        "`SMSERVE_PYTHON`": proof(
+            f"{SETTINGS_T}::test_process_settings_through_the_real_server"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_DASK_SCHEDULER_PORT`"): {
-        "`SMSERVE_DASK_SCHEDULER_PORT`": SCANNED,
+        "`SMSERVE_DASK_SCHEDULER_PORT`": proof(
+            "tests/training/test_cluster.py::test_three_hosts_search_as_one_host_does"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_HOST_ADDRESSES`"): {
-        "`SMSERVE_HOST_ADDRESSES`": SCANNED,
+        "`SMSERVE_HOST_ADDRESSES`": proof(
+            "tests/training/test_cluster.py::test_three_hosts_search_as_one_host_does"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_APP_DIR`"): {
         "`SMSERVE_APP_DIR`": proof(
@@ -864,7 +906,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_CLIENT_TIMEOUT`"): {
-        "`SMSERVE_CLIENT_TIMEOUT`": SCANNED,
+        "`SMSERVE_CLIENT_TIMEOUT`": proof(
+            "tests/test_nginx_errors.py::test_slow_client_is_dropped"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_NGINX_ACCESS_LOG`"): {
         "`SMSERVE_NGINX_ACCESS_LOG`": proof(
@@ -872,7 +916,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_COMPILED_ENGINE`"): {
-        "`SMSERVE_COMPILED_ENGINE`": SCANNED,
+        "`SMSERVE_COMPILED_ENGINE`": proof(
+            "tests/test_engines.py::test_train_compiles_and_the_server_serves_it"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_COMPILED_THREADS`"): {
         "`SMSERVE_COMPILED_THREADS`": proof(
@@ -880,16 +926,24 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_FAST_PATHS_OFF`"): {
-        "`SMSERVE_FAST_PATHS_OFF`": SCANNED,
+        "`SMSERVE_FAST_PATHS_OFF`": proof(
+            "tests/test_fastpaths.py::test_every_trick_off_answers_the_same"
+        ),
     },
     (SETTINGS, "Settings", "`TRAINING_JOB_NAME`"): {
-        "`TRAINING_JOB_NAME`": SCANNED,
+        "`TRAINING_JOB_NAME`": proof(
+            "tests/test_train.py::test_csv_classification_end_to_end"
+        ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_PROGRAM`"): {
-        "`SAGEMAKER_PROGRAM`": SCANNED,
+        "`SAGEMAKER_PROGRAM`": proof(
+            "tests/test_script_serving.py::test_four_hooks_from_a_file_uri"
+        ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_SUBMIT_DIRECTORY`"): {
-        "`SAGEMAKER_SUBMIT_DIRECTORY`": SCANNED,
+        "`SAGEMAKER_SUBMIT_DIRECTORY`": proof(
+            "tests/test_script_serving.py::test_four_hooks_from_a_file_uri"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_READY_FILE`, `SMSERVE_GUNICORN_BIND`"): {
         "`SMSERVE_READY_FILE`": proof(
@@ -903,10 +957,14 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`SMSERVE_INVOCATION_LOG`": SCANNED,
     },
     (SETTINGS, "Settings", "`SAGEMAKER_MULTI_MODEL`"): {
-        "`SAGEMAKER_MULTI_MODEL`": SCANNED,
+        "`SAGEMAKER_MULTI_MODEL`": proof(
+            "tests/test_mme_http.py::test_every_status_of_the_model_api_with_its_code"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_MME_MEMORY_MB`"): {
-        "`SMSERVE_MME_MEMORY_MB`": SCANNED,
+        "`SMSERVE_MME_MEMORY_MB`": proof(
+            "tests/test_mme_http.py::test_a_model_over_the_budget_is_a_507"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_MME_REGISTRY_DIR`"): {
         "`SMSERVE_MME_REGISTRY_DIR`": proof(

@@ -165,6 +165,7 @@ def test_four_hooks_from_a_file_uri(tmp_path, iris_model, serve_factory):
     docs/serving.md, Errors: "an exception in a script's hook (script mode; logged with
     its traceback)". docs/serving.md, Script mode: better: "JSON `{"detail", "code"}`:
     500 with the message".
+    docs/settings.md, Settings: "`SAGEMAKER_PROGRAM`"; "`SAGEMAKER_SUBMIT_DIRECTORY`".
     """
     base = script_base(tmp_path / "base", iris_model, "", in_model=False)
     code = source_dir(tmp_path / "src", {"inference.py": FOUR_HOOKS_PY})

@@ -434,7 +434,9 @@ def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
     so, and Django enforces the same payload limit with a 413.
 
     README Errors: "body over the payload limit (nginx, and Django with the same value)"
-    413 ``payload_too_large``."""
+    413 ``payload_too_large``.
+    docs/settings.md, Settings: "`SAGEMAKER_MAX_PAYLOAD_IN_MB`".
+    """
     server = serve_factory(
         iris_base, env={"SMSERVE_NGINX": "off", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}
     )
@@ -612,7 +614,10 @@ class TestBatchMode:
 
         README Formats: ``application/json`` "several documents one per line (batch
         transform with ``SplitType=Line``) are read as JSON Lines"; ``Accept`` absent:
-        "``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` if set"."""
+        "``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` if set".
+        docs/settings.md, Settings: "`SAGEMAKER_BATCH`";
+        "`SAGEMAKER_MAX_PAYLOAD_IN_MB`".
+        """
         status, _, body = batch_server.request("GET", "/execution-parameters")
         assert json.loads(body)["MaxPayloadInMB"] == 0
 

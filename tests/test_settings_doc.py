@@ -200,7 +200,10 @@ def test_process_settings_through_the_real_server(configured):
     `SMSERVE_COMPILED_THREADS` (accepted; the engine's threads), and the internal
     `SMSERVE_READY_FILE`, `SMSERVE_GUNICORN_BIND`, `SMSERVE_MME_REGISTRY_DIR` (serve sets
     them itself: a caller's values are not used), `SMSERVE_APP_DIR`, and
-    `SMSERVE_DEFAULT_CONTENT_TYPE` (a body without Content-Type is read as JSON).
+    `SMSERVE_DEFAULT_CONTENT_TYPE` (a body without Content-Type is read as JSON). Like
+    every ``ServeProcess``, it also sets `SAGEMAKER_BIND_TO_PORT` and `SMSERVE_BIND_HOST`
+    (the server answers on that loopback port) and `SMSERVE_PYTHON` (serve runs the
+    suite's interpreter).
     docs/settings.md, Settings: "`SECRET_KEY` (or `DJANGO_SECRET_KEY`)".
     """
     server, work = configured, configured.work

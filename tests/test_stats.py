@@ -154,6 +154,7 @@ def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
     docs/admin.md, Admin variables: "where the SQLite database and the generated key
     live (default `var/` in the app dir)"; "how often each worker writes its counts
     (default 5)".
+    docs/settings.md, Settings: "`SMSERVE_STATS_FLUSH_SECONDS`".
     """
     server = serve_factory(
         iris_base,

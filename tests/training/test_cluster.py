@@ -101,6 +101,8 @@ def test_three_hosts_search_as_one_host_does(tmp_path, jobs, data):
     sent once to every worker) and the final refit of the best candidate (a forest's
     trees on the cluster too)"; "then closes the cluster"; "`model/`"; "`output/` as on
     one host"; "Dask workers only"; "exits 0 when the leader closes the cluster".
+    docs/settings.md, Settings: "`SMSERVE_DASK_SCHEDULER_PORT`";
+    "`SMSERVE_HOST_ADDRESSES`".
     """
     single = sagemaker_tree(
         tmp_path / "single", hyperparameters=SEARCH, channels={"train": file_channel()}
