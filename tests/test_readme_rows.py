@@ -121,7 +121,7 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 WHOLE = {"Speed"}
 KINDS = ("runtime", "config", "not here", "to do")
-TO_DO = 22
+TO_DO = 14
 
 
 @dataclass(frozen=True)
@@ -428,7 +428,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`application/jsonlines`": proof(f"{HTTP}::test_format_rows"),
         "one record per line: an array": proof(f"{HTTP}::test_format_rows"),
         "an object": proof(f"{PROCESS}::test_feature_names_model"),
-        "or a single number": TODO,
+        "or a single number": proof(
+            f"{PROCESS}::test_lone_pickle_beside_tarball_loads"
+        ),
     },
     (SERVING, "Formats: Content-Type", "`application/x-npy`"): {
         "`application/x-npy`": proof(f"{HTTP}::test_format_rows"),
@@ -627,8 +629,12 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (SERVING, "Script mode: better", "when the model loads"): {
-        "once": TODO,
-        "before the workers fork": TODO,
+        "once": proof(
+            f"{SCRIPTS}::test_model_fn_runs_once_in_the_master_before_the_fork"
+        ),
+        "before the workers fork": proof(
+            f"{SCRIPTS}::test_model_fn_runs_once_in_the_master_before_the_fork"
+        ),
         "`/ping` 200 only when it worked": proof(
             f"{SCRIPTS}::test_a_broken_script_keeps_ping_503_naming_file_and_line"
         ),
@@ -1011,7 +1017,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         '`{"key": "string", ...}`': proof(
             f"{TRAIN}::test_csv_classification_end_to_end"
         ),
-        "missing = no hyperparameters": TODO,
+        "missing = no hyperparameters": proof(
+            f"{TRAIN}::test_random_seed_reaches_nested_random_states"
+        ),
     },
     (TRAINING, "What it reads", "`input/config/inputdataconfig.json`"): {
         "channels: `TrainingInputMode` (`File`, `Pipe`, `FastFile`)": proof(
@@ -1031,7 +1039,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{TRAIN}::test_second_host_exits_0_and_writes_nothing"
         ),
         "`hosts`": proof(f"{TRAIN}::test_second_host_exits_0_and_writes_nothing"),
-        "missing = one host": TODO,
+        "missing = one host": proof(
+            f"{TRAIN}::test_random_seed_reaches_nested_random_states"
+        ),
     },
     (TRAINING, "What it reads", "`input/data/<channel>/`"): {
         "File/FastFile data: every file below": proof(
@@ -1085,8 +1095,10 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`absent`": proof(f"{TRAIN}::test_header_present_and_absent"),
     },
     (TRAINING, "Reserved keys", "`smserve_random_seed`"): {
-        "unset": TODO,
-        "sets every `random_state` parameter (nested ones too) that is not set explicitly": TODO,
+        "unset": proof(f"{TRAIN}::test_a_factory_function_is_an_estimator"),
+        "sets every `random_state` parameter (nested ones too) that is not set explicitly": proof(
+            f"{TRAIN}::test_random_seed_reaches_nested_random_states"
+        ),
         "and seeds numpy": TODO,
     },
     (TRAINING, "Reserved keys", "`smserve_categorical_encoding`"): {
@@ -1331,7 +1343,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`preprocessing` (the encoding and imputation chosen for a table)": proof(
             f"{TABLES_T}::test_auto_encoding_per_estimator_through_train"
         ),
-        "`target`": TODO,
+        "`target`": proof(f"{TRAIN}::test_header_csv_gzip_regression"),
         "`classes`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
         "`task` (`classification`/`regression`)": proof(
             f"{TRAIN}::test_csv_classification_end_to_end"

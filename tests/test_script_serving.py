@@ -323,3 +323,32 @@ def test_a_script_without_model_fn_shapes_its_response(
     )
     assert status == 418
     assert json.loads(body) == {"detail": "short and stout", "code": "script_error"}
+
+
+# model_fn that says which process ran it, and how often.
+COUNTED_MODEL_FN_PY = """\
+import os
+
+import joblib
+
+
+def model_fn(model_dir):
+    with open(os.path.join(model_dir, "loaded-by"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+"""
+
+
+def test_model_fn_runs_once_in_the_master_before_the_fork(
+    tmp_path, iris_model, serve_factory
+):
+    """docs/serving.md, Script mode: better, when the model loads: "once"; "before the
+    workers fork": with two workers, after invocations through both, ``model_fn`` ran
+    one time, in gunicorn's master."""
+    base = script_base(tmp_path, iris_model, COUNTED_MODEL_FN_PY)
+    server = serve_factory(base, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=2)
+    for _ in range(10):
+        assert server.invoke(b"6.7,3.0,5.2,2.3\n", "text/csv")[0] == HTTPStatus.OK
+    loaded_by = (base / "model" / "loaded-by").read_text().split()
+    assert loaded_by == [str(server.gunicorn_master())]
+    assert len(server.gunicorn_workers()) == 2

@@ -138,6 +138,7 @@ def test_lone_pickle_beside_tarball_loads(serve_factory, tmp_path, regressor_1f)
     ``*.joblib``/``*.pkl`` trained elsewhere".
     docs/serving.md, Formats: Content-Type: "a flat `[...]` is one record (or one value
     per record for a single-feature model)".
+    docs/serving.md, Formats: Content-Type: "or a single number".
     """
     base = tmp_path / "ml"
     write_model(base, regressor_1f, name="regressor.pkl")

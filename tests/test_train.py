@@ -201,6 +201,7 @@ def test_header_csv_gzip_regression(tmp_path, regression):
     assert metadata["task"] == "regression"
     assert metadata["classes"] is None
     assert metadata["feature_names"] == ["rooms", "area", "age"]
+    assert metadata["target"] == "price"
     assert set(metric_lines(proc.stdout)) == {"train:r2", "train:rmse", "train:mae"}
     assert metric_lines(proc.stdout)["train:r2"] > 0.99
 
@@ -725,7 +726,8 @@ def test_fast_file_mode_reads_like_file_mode(tmp_path, splits):
 def test_a_factory_function_is_an_estimator(tmp_path, splits):
     """docs/training.md, Reserved keys, ``smserve_estimator``: "a dotted path to an
     estimator class or to a function returning an estimator" (here a function of the
-    test suite's), its parameters then set as hyperparameters."""
+    test suite's), its parameters then set as hyperparameters. Without
+    ``smserve_random_seed`` (Reserved keys: "unset") its ``random_state`` stays None."""
     (X, y), _ = splits
     base = sagemaker_tree(
         tmp_path,
@@ -742,6 +744,7 @@ def test_a_factory_function_is_an_estimator(tmp_path, splits):
     model = served(base).predictor.model
     assert type(model).__name__ == "RandomForestClassifier"
     assert (model.n_estimators, model.max_depth) == (4, 2)
+    assert model.random_state is None  # no smserve_random_seed: left unset
 
 
 @pytest.mark.parametrize(
@@ -794,3 +797,44 @@ def test_channel_content_type_aliases_and_the_last_column_as_label(
     metadata = json.loads((base / "model/metadata.json").read_text())
     assert metadata["rows"]["train"] == 120
     assert metadata["n_features"] == 4
+
+
+def test_random_seed_reaches_nested_random_states(tmp_path, splits):
+    """docs/training.md, Reserved keys, ``smserve_random_seed``: "sets every
+    `random_state` parameter (nested ones too) that is not set explicitly": a pipeline's
+    forest gets the seed, its PCA keeps the ``random_state`` the job set; and without
+    ``hyperparameters.json`` or ``resourceconfig.json`` (What it reads: "missing = no
+    hyperparameters"; "missing = one host") the job trains with the defaults on one
+    host (here with ``--hp`` only)."""
+    (X, y), _ = splits
+    base = sagemaker_tree(tmp_path)
+    (base / "input/config/hyperparameters.json").unlink()
+    (base / "input/config/resourceconfig.json").unlink()
+    write_csv(base / "input/data/train/iris.csv", X, y)
+    plain = tmp_path / "plain"
+    sagemaker_tree(plain)
+    (plain / "input/config/hyperparameters.json").unlink()
+    (plain / "input/config/resourceconfig.json").unlink()
+    write_csv(plain / "input/data/train/iris.csv", X, y)
+
+    proc = run_train(
+        base,
+        "--hp",
+        'smserve_estimator=["pca", "random_forest"]',
+        "--hp",
+        "smserve_random_seed=5",
+        "--hp",
+        "pca__random_state=1",
+        "--hp",
+        "randomforestclassifier__n_estimators=3",
+    )
+    default = run_train(plain)
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base).predictor.model
+    assert model.named_steps["randomforestclassifier"].random_state == 5
+    assert model.named_steps["pca"].random_state == 1
+    assert default.returncode == 0, default.stderr
+    assert type(served(plain).predictor.model).__name__ == "DecisionTreeClassifier"
+    metadata = json.loads((plain / "model/metadata.json").read_text())
+    assert metadata["hyperparameters"] == {}
