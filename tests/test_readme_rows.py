@@ -121,7 +121,7 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 WHOLE = {"Speed"}
 KINDS = ("runtime", "config", "not here", "to do")
-TO_DO = 11
+TO_DO = 12
 
 
 @dataclass(frozen=True)
@@ -1582,45 +1582,41 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "Space file failures",
         "the JSON is not a space (e.g. a list of numbers, an empty list of values)",
     ): {
-        "the JSON is not a space (e.g. a list of numbers, an empty list of values)": IN_PROCESS(
-            f"{SEARCH}::test_a_space_file_of_the_wrong_shape"
+        "the JSON is not a space (e.g. a list of numbers, an empty list of values)": proof(
+            f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
-        "as for `smserve_search_space`": IN_PROCESS(
-            f"{SEARCH}::test_a_space_file_of_the_wrong_shape"
+        "as for `smserve_search_space`": proof(
+            f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
-        "naming the file": IN_PROCESS(
-            f"{SEARCH}::test_a_space_file_of_the_wrong_shape"
-        ),
+        "naming the file": proof(f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"),
     },
     (
         TRAINING,
         "Space file failures",
         "a path that is not `<channel>/<file>`: no channel, absolute, or with `..`",
     ): {
-        "a path that is not `<channel>/<file>`: no channel": IN_PROCESS(
-            f"{SEARCH}::test_space_file_paths_are_checked"
+        "a path that is not `<channel>/<file>`: no channel": proof(
+            f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
-        "absolute": IN_PROCESS(f"{SEARCH}::test_space_file_paths_are_checked"),
-        "or with `..`": IN_PROCESS(f"{SEARCH}::test_space_file_paths_are_checked"),
-        '"must be <channel>/<path to a JSON file in it>"': IN_PROCESS(
-            f"{SEARCH}::test_space_file_paths_are_checked"
+        "absolute": proof(f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"),
+        "or with `..`": proof(f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"),
+        '"must be <channel>/<path to a JSON file in it>"': proof(
+            f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
     },
     (TRAINING, "Space file failures", "a channel the job does not have"): {
-        "a channel the job does not have": IN_PROCESS(
-            f"{SEARCH}::test_space_file_paths_are_checked"
+        "a channel the job does not have": proof(
+            f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
-        "\"names the channel 'x', which the job does not have (its channels: ...)\"": IN_PROCESS(
-            f"{SEARCH}::test_space_file_paths_are_checked"
+        "\"names the channel 'x', which the job does not have (its channels: ...)\"": proof(
+            f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
     },
     (TRAINING, "Space file failures", "`train`, `validation` or `test`"): {
-        "`train`": IN_PROCESS(f"{SEARCH}::test_space_file_paths_are_checked"),
-        "`validation` or `test`": IN_PROCESS(
-            f"{SEARCH}::test_space_file_paths_are_checked"
-        ),
-        '"whose every file smserve reads as data: put the space in a channel of its own"': IN_PROCESS(
-            f"{SEARCH}::test_space_file_paths_are_checked"
+        "`train`": proof(f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"),
+        "`validation` or `test`": TODO,
+        '"whose every file smserve reads as data: put the space in a channel of its own"': proof(
+            f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
     },
     (TRAINING, "Space file failures", "a `Pipe` channel"): {

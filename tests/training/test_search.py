@@ -195,7 +195,13 @@ def test_bad_search_hyperparameters_fail_with_exit_1(
     message in output/failure, no model.
     docs/training.md, Distributed failures: "a search hyperparameter is wrong (malformed
     JSON, unknown parameter name, empty list, unknown scorer or kind)"; "before any data
-    is read"; "the message says what to fix".
+    is read"; "the message says what to fix". And, through ``./train`` too: "a path
+    that is not `<channel>/<file>`: no channel"; "absolute"; "or with `..`"; ""must be
+    <channel>/<path to a JSON file in it>""; "a channel the job does not have";
+    ""names the channel 'x', which the job does not have (its channels: ...)"";
+    "`train`"; ""whose every file smserve reads as data: put the space in a channel of
+    its own""; "the JSON is not a space (e.g. a list of numbers, an empty list of
+    values)"; "as for `smserve_search_space`"; "naming the file".
     """
     base = job(tmp_path, iris_split[0], **hyperparameters)
 
@@ -349,8 +355,37 @@ def test_the_space_from_a_file_in_a_channel(tmp_path, iris_split):
             },
             "smserve_search_space and smserve_search_space_file are both set",
         ),
+        *(
+            (
+                json.dumps(GRID),
+                {"smserve_search_space_file": path},
+                message,
+            )
+            for path, message in (
+                ("space.json", "must be <channel>/<path to a JSON file in it>"),
+                ("/config/space.json", "must be <channel>/<path"),
+                ("config/../train/d.csv", "must be <channel>/<path"),
+                ("search/space.json", "names the channel 'search', which the job"),
+                ("train/d.csv", "whose every file smserve reads as data"),
+            )
+        ),
+        (
+            json.dumps({"C": []}),
+            {"smserve_search_space_file": "config/space.json"},
+            "space.json (smserve_search_space_file): 'C'",
+        ),
     ],
-    ids=["missing", "not-json", "both-ways"],
+    ids=[
+        "missing",
+        "not-json",
+        "both-ways",
+        "no-channel",
+        "absolute",
+        "dot-dot",
+        "unknown-channel",
+        "data-channel",
+        "wrong-shape",
+    ],
 )
 def test_a_bad_space_file_fails_with_exit_1(
     tmp_path, iris_split, space, hyperparameters, message
@@ -363,7 +398,13 @@ def test_a_bad_space_file_fails_with_exit_1(
     the FullyReplicated hint)"; "the file is not JSON"; ""... (path) is not valid JSON:
     <the JSON error>"". docs/training.md, Distributed failures: "or its
     `smserve_search_space_file` (missing, not JSON, both ways given)"; "before any data
-    is read"; "the message says what to fix".
+    is read"; "the message says what to fix". And, through ``./train`` too: "a path
+    that is not `<channel>/<file>`: no channel"; "absolute"; "or with `..`"; ""must be
+    <channel>/<path to a JSON file in it>""; "a channel the job does not have";
+    ""names the channel 'x', which the job does not have (its channels: ...)"";
+    "`train`"; ""whose every file smserve reads as data: put the space in a channel of
+    its own""; "the JSON is not a space (e.g. a list of numbers, an empty list of
+    values)"; "as for `smserve_search_space`"; "naming the file".
     """
     base = job(
         tmp_path, iris_split[0], space=space, smserve_search="grid", **hyperparameters
