@@ -6,8 +6,12 @@
   in its docstring, and each reaches one of those (checked on its source, below);
 - ``config(why, ...)``: tests that only read configuration or text: listed, never counted
   as proof;
-- ``not_here(why)``: a clause no test here can prove (a benchmark figure, a SageMaker
-  service, a cross-reference).
+- ``in_process(...)``: tests that prove it in-process only (``call_command``,
+  ``run.train``): a ``config`` kind, never counted as proof;
+- ``not_here(why)``: a clause no test here can prove (a benchmark figure, a timing, the
+  image's size);
+- ``UNPROVED``: provable, with no end-to-end test yet; ``TO_DO`` counts them and may only
+  go down.
 
 The tables are read from the pages themselves (``tests.support.docs.tables``) and cut into
 clauses at their top-level commas and semicolons (``clauses``). A table, row or clause
@@ -159,10 +163,10 @@ SCANNED = config(
     " proved, where it is, under the row of the page that describes it",
     f"{SETTINGS_T}::test_every_documented_variable_is_set_by_a_test",
 )
-TODO = Proof("to do", (), "no end-to-end test yet")
+UNPROVED = Proof("to do", (), "no end-to-end test yet: TO_DO counts these")
 
 
-def IN_PROCESS(*tests: str) -> Proof:  # noqa: N802 (reads as the constants beside it)
+def in_process(*tests: str) -> Proof:
     """Tests that prove the clause in-process only (``call_command``, ``run.train``)."""
     return config("in-process only, not through the real ./train or server", *tests)
 
@@ -203,18 +207,18 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "Admin variables",
         "`DJANGO_SUPERUSER_USERNAME`, `DJANGO_SUPERUSER_PASSWORD`, `DJANGO_SUPERUSER_EMAIL`",
     ): {
-        "`serve` creates this superuser on start-up": IN_PROCESS(
+        "`serve` creates this superuser on start-up": in_process(
             f"{ADMIN_T}::test_superuser_creation_is_idempotent"
         ),
-        "if the user exists it is left as it is (password included)": IN_PROCESS(
+        "if the user exists it is left as it is (password included)": in_process(
             f"{ADMIN_T}::test_superuser_creation_is_idempotent"
         ),
     },
     (ADMIN, "Admin variables", "`SECRET_KEY`"): {
-        "the session signing key": IN_PROCESS(
+        "the session signing key": in_process(
             "tests/test_settings.py::test_secret_key_generated_once_and_shared"
         ),
-        "when absent one is generated once into `SMSERVE_STATE_DIR/secret_key`": IN_PROCESS(
+        "when absent one is generated once into `SMSERVE_STATE_DIR/secret_key`": in_process(
             "tests/test_settings.py::test_secret_key_generated_once_and_shared"
         ),
     },
@@ -247,13 +251,13 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     # --- docs/image-and-sagemaker.md: Image --------------------
     (IMAGE, "Image", "base"): {
-        "`debian:bookworm-slim` (`ARG BASE_IMAGE`)": TODO,
-        "Debian's `python3` (3.11) and `nginx-light`": TODO,
+        "`debian:bookworm-slim` (`ARG BASE_IMAGE`)": UNPROVED,
+        "Debian's `python3` (3.11) and `nginx-light`": UNPROVED,
     },
     (IMAGE, "Image", "Python packages"): {
-        "exactly `requirements.txt`": TODO,
-        "from wheels only": TODO,
-        "in `/opt/venv` (first on `PATH`)": TODO,
+        "exactly `requirements.txt`": UNPROVED,
+        "from wheels only": UNPROVED,
+        "in `/opt/venv` (first on `PATH`)": UNPROVED,
         "no pip": proof(
             f"{IMG}::test_image_holds_no_secret_key_test_tools_or_compilers"
         ),
@@ -262,14 +266,14 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (IMAGE, "Image", "code"): {
-        "`/opt/program` (SageMaker mounts over `/opt/ml`)": TODO,
-        "static files collected at build time": TODO,
+        "`/opt/program` (SageMaker mounts over `/opt/ml`)": UNPROVED,
+        "static files collected at build time": UNPROVED,
     },
     (IMAGE, "Image", "state"): {
         "`SMSERVE_STATE_DIR=/var/lib/smserve`: the SQLite database and the `SECRET_KEY` generated at first start of each container. Nothing secret is in the image": proof(
             f"{IMG}::test_image_holds_no_secret_key_test_tools_or_compilers"
         ),
-        "set `SECRET_KEY` or `DATABASE_URL` through the environment to share them": TODO,
+        "set `SECRET_KEY` or `DATABASE_URL` through the environment to share them": UNPROVED,
     },
     (IMAGE, "Image", "label"): {
         "`com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true` (needed for inference pipelines: `serve` listens on `SAGEMAKER_BIND_TO_PORT`)": proof(
@@ -364,15 +368,15 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     # --- docs/reliability.md: Deploy checks silenced --------------------
     (RELIABILITY, "Deploy checks silenced", "`security.W004`"): {
-        "HSTS belongs to whatever terminates TLS": IN_PROCESS(
+        "HSTS belongs to whatever terminates TLS": in_process(
             f"{SECURITY}::test_check_deploy_is_clean_with_the_admin_on"
         ),
     },
     (RELIABILITY, "Deploy checks silenced", "`security.W008`"): {
-        "the container never sees HTTPS": IN_PROCESS(
+        "the container never sees HTTPS": in_process(
             f"{SECURITY}::test_check_deploy_is_clean_with_the_admin_on"
         ),
-        "redirecting would loop": IN_PROCESS(
+        "redirecting would loop": in_process(
             f"{SECURITY}::test_check_deploy_is_clean_with_the_admin_on"
         ),
     },
@@ -625,7 +629,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`HTTPError(status, ...)` or any `status_code`": proof(
             f"{SCRIPTS}::test_a_script_without_model_fn_shapes_its_response"
         ),
-        "a returned Flask `Response` with a 4xx/5xx status is honoured too": IN_PROCESS(
+        "a returned Flask `Response` with a 4xx/5xx status is honoured too": in_process(
             "tests/test_script_predictor.py::test_a_returned_flask_response_keeps_its_status"
         ),
     },
@@ -660,7 +664,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "CSV headers": proof(
             f"{SCRIPTS}::test_a_script_without_model_fn_shapes_its_response"
         ),
-        "JSON records with feature names": TODO,
+        "JSON records with feature names": UNPROVED,
         "media-type parameters accepted": proof(
             f"{SCRIPTS}::test_a_script_without_model_fn_shapes_its_response"
         ),
@@ -1105,14 +1109,14 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "sets every `random_state` parameter (nested ones too) that is not set explicitly": proof(
             f"{TRAIN}::test_random_seed_reaches_nested_random_states"
         ),
-        "and seeds numpy": TODO,
+        "and seeds numpy": UNPROVED,
     },
     (TRAINING, "Reserved keys", "`smserve_categorical_encoding`"): {
         "`auto`": proof(f"{TABLES_T}::test_auto_encoding_per_estimator_through_train"),
         "how text columns reach the estimator (table below): `auto`": proof(
             f"{TABLES_T}::test_auto_encoding_per_estimator_through_train"
         ),
-        "`onehot`": IN_PROCESS(f"{TABLES_T}::test_overrides"),
+        "`onehot`": in_process(f"{TABLES_T}::test_overrides"),
         "`ordinal`": proof(
             f"{TABLES_T}::test_auto_encoding_per_estimator_through_train"
         ),
@@ -1128,21 +1132,21 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "numeric gaps: `auto` fills them with the median only for an estimator that cannot take NaN": proof(
             f"{TABLES_T}::test_auto_encoding_per_estimator_through_train"
         ),
-        "`median`": IN_PROCESS(f"{TABLES_T}::test_overrides"),
-        "`mean`": IN_PROCESS(f"{TABLES_T}::test_overrides"),
-        "`most_frequent` always": IN_PROCESS(f"{TABLES_T}::test_overrides"),
+        "`median`": in_process(f"{TABLES_T}::test_overrides"),
+        "`mean`": in_process(f"{TABLES_T}::test_overrides"),
+        "`most_frequent` always": in_process(f"{TABLES_T}::test_overrides"),
         "`none` never": proof(
             f"{TRAIN}::test_job_to_fix_exits_1_through_the_executable"
         ),
     },
     (TRAINING, "Reserved keys", "`smserve_categorical_columns`"): {
-        "`[]`": IN_PROCESS(f"{TABLES_T}::test_declared_categorical_columns"),
-        'a JSON list of columns to treat as categorical although they hold numbers (`["zip", "store_id"]`; indices for headerless data)': IN_PROCESS(
+        "`[]`": in_process(f"{TABLES_T}::test_declared_categorical_columns"),
+        'a JSON list of columns to treat as categorical although they hold numbers (`["zip", "store_id"]`; indices for headerless data)': in_process(
             f"{TABLES_T}::test_declared_categorical_columns"
         ),
     },
     (TRAINING, "Reserved keys", "`smserve_search`"): {
-        "unset (no search)": IN_PROCESS(
+        "unset (no search)": in_process(
             f"{SEARCH}::test_no_search_without_its_hyperparameters"
         ),
         "a hyperparameter search: `grid`": proof(
@@ -1175,7 +1179,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         '`{"randint": [a, b]}`': proof(
             f"{SEARCH}::test_halving_random_on_a_regressor_with_the_defaults"
         ),
-        "a list of objects is several grids": IN_PROCESS(
+        "a list of objects is several grids": in_process(
             f"{SEARCH}::test_grid_of_several_spaces"
         ),
     },
@@ -1220,7 +1224,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (TRAINING, "Reserved keys", "`smserve_cluster_timeout`"): {
-        "`300`": TODO,
+        "`300`": UNPROVED,
         "seconds hosts wait for each other (the leader for every host's workers, the others for the leader)": proof(
             f"{CLUSTER}::test_a_leader_that_never_comes"
         ),
@@ -1507,7 +1511,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (TRAINING, "Script mode: differences", "unsafe archive members"): {
-        "refused": IN_PROCESS(
+        "refused": in_process(
             f"{SCRIPT_TRAIN}::test_an_archive_escaping_its_directory_is_refused"
         ),
     },
@@ -1614,14 +1618,14 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (TRAINING, "Space file failures", "`train`, `validation` or `test`"): {
         "`train`": proof(f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"),
-        "`validation` or `test`": TODO,
+        "`validation` or `test`": UNPROVED,
         '"whose every file smserve reads as data: put the space in a channel of its own"': proof(
             f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
     },
     (TRAINING, "Space file failures", "a `Pipe` channel"): {
-        "a `Pipe` channel": IN_PROCESS(f"{SEARCH}::test_space_file_paths_are_checked"),
-        '"is in Pipe mode ... give it TrainingInputMode File"': IN_PROCESS(
+        "a `Pipe` channel": in_process(f"{SEARCH}::test_space_file_paths_are_checked"),
+        '"is in Pipe mode ... give it TrainingInputMode File"': in_process(
             f"{SEARCH}::test_space_file_paths_are_checked"
         ),
     },
