@@ -60,7 +60,10 @@ def test_admin_is_off_unless_enabled(server):
     """Without SMSERVE_ADMIN_ENABLED there is no /admin/: a JSON 404 like any unknown path.
 
     README admin: ``SMSERVE_ADMIN_ENABLED`` "off by default: ``/admin/`` is then a JSON
-    404 like any unknown path"."""
+    404 like any unknown path".
+    docs/admin.md, Admin variables: "mounts `/admin/` (off by default: `/admin/` is then
+    a JSON 404 like any unknown path)".
+    """
     for path in ("/admin/", "/admin/login/"):
         status, headers, body = server.request("GET", path)
         assert status == HTTPStatus.NOT_FOUND
@@ -96,7 +99,10 @@ def test_pages_render_for_a_staff_login(client, path):
 
 def test_trained_model_list_and_page(client, admin_server):
     """The served model is listed (recorded from its metadata.json at start-up); its page
-    shows metrics, hyperparameters, features, classes and the traffic chart."""
+    shows metrics, hyperparameters, features, classes and the traffic chart.
+    docs/admin.md, Admin pages: "model artifact (its sha256)"; "the serving side"; "from
+    `model/metadata.json` (or from the estimator itself when there is none)".
+    """
     _, db, sha = admin_server
     _, _, listing = client.get("/admin/modelapp/trainedmodel/")
     assert sha[:12] in listing
@@ -132,7 +138,10 @@ def test_stats_list_shows_requests_and_records(client, admin_server):
 
 
 def test_training_run_list_and_page(client, admin_server):
-    """The training run that produced the model is listed as succeeded, with its rows."""
+    """The training run that produced the model is listed as succeeded, with its rows.
+    docs/admin.md, Admin pages: "`train` run"; "`manage.py train`"; "when a database
+    answers".
+    """
     _, db, sha = admin_server
     _, _, listing = client.get("/admin/modelapp/trainingrun/?status__exact=succeeded")
     assert "succeeded" in listing

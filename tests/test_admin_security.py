@@ -90,7 +90,10 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
 @pytest.mark.server
 def test_admin_pages_carry_security_headers_and_strict_cookies(locked_server):
     """The login page forbids framing, sniffing, foreign scripts and caching; its CSRF
-    cookie is HttpOnly and SameSite=Strict, and so is the session cookie after login."""
+    cookie is HttpOnly and SameSite=Strict, and so is the session cookie after login.
+    docs/settings.md, Settings: "`SMSERVE_ADMIN_ENABLED`";
+    "`DJANGO_SUPERUSER_USERNAME`"; "`_PASSWORD`"; "`_EMAIL`"; "`SMSERVE_STATIC_ROOT`".
+    """
     client = AdminClient(locked_server.port)
     status, headers, _ = client.get("/admin/login/")
     assert status == HTTPStatus.OK

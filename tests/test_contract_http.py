@@ -59,7 +59,12 @@ def test_every_content_type_and_accept(
 
     README Formats: every request ``Content-Type`` row (CSV, JSON ``[[...]]``, JSON
     Lines arrays, NPY 2-D) against every ``Accept`` row (CSV labels, JSON
-    ``{"predictions"}``, JSON Lines, NPY); "the exact media type, never a ``; charset=``"."""
+    ``{"predictions"}``, JSON Lines, NPY); "the exact media type, never a ``; charset=``".
+    docs/serving.md, Formats: Accept: "`text/csv`"; "one line per record: the label";
+    "`application/json`"; "`application/jsonlines`"; "one JSON value per line";
+    "`application/x-npy`"; "`numpy.save` of the predictions (string labels as a unicode
+    array)".
+    """
     status, headers, body = server.invoke(
         encode(sample, content_type), content_type, Accept=accept
     )
@@ -76,7 +81,10 @@ def test_content_type_variants_read_as_csv(server, content_type):
     """No Content-Type and application/octet-stream mean CSV; parameters and case are
     accepted.
 
-    README Formats: ``text/csv`` "(also when absent, or ``application/octet-stream``)"."""
+    README Formats: ``text/csv`` "(also when absent, or ``application/octet-stream``)".
+    docs/serving.md, Formats: Content-Type: "`text/csv` (also when absent, or
+    `application/octet-stream`)".
+    """
     status, _, body = server.invoke(
         b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n", content_type, Accept="text/csv"
     )
@@ -99,7 +107,10 @@ def test_content_type_variants_read_as_csv(server, content_type):
 def test_accept_rules(server, sample, content_type, accept, expected):
     """Absent Accept or */* answers in the request's own type; lists go by q-value.
 
-    README Formats, ``Accept``: "absent or ``*/*``" (the request's own type), "a list"."""
+    README Formats, ``Accept``: "absent or ``*/*``" (the request's own type), "a list".
+    docs/serving.md, Formats: Accept: "else the request's own type"; "a list
+    (`text/csv;q=0.5, application/json`)"; "the best supported one by q-value".
+    """
     headers = {"Accept": accept} if accept else {}
     status, response_headers, body = server.invoke(
         encode(sample[:2], content_type), content_type, **headers
@@ -121,7 +132,10 @@ def test_accept_falls_back_to_json(server):
 def test_csv_header_present(server):
     """``header=present`` skips the first line.
 
-    README Formats: ``text/csv`` "``header=present`` skips ... a header line"."""
+    README Formats: ``text/csv`` "``header=present`` skips ... a header line".
+    docs/serving.md, Formats: Content-Type: "`header=present` uses a header line to name
+    (and reorder) the columns".
+    """
     body = b"sl,sw,pl,pw\n5.1,3.5,1.4,0.2\n"
     status, _, response = server.invoke(
         body, "text/csv; header=present", Accept="application/json"
@@ -151,7 +165,10 @@ def test_json_shapes(server, body):
 def test_single_flat_record(server):
     """A flat JSON list is one record (the official container says "Expected 2D array").
 
-    README Formats: ``application/json`` "a flat ``[...]`` is one record"."""
+    README Formats: ``application/json`` "a flat ``[...]`` is one record".
+    docs/serving.md, Formats: Content-Type: "a flat `[...]` is one record (or one value
+    per record for a single-feature model)".
+    """
     status, _, response = server.invoke(b"[6.7, 3.0, 5.2, 2.3]", "application/json")
     assert status == HTTPStatus.OK, response
     assert json.loads(response) == {"predictions": [2]}
@@ -168,6 +185,8 @@ def npy(array: np.ndarray) -> bytes:
     [
         # Blank fields are NaN, which the tree accepts: predicted as the model does.
         (b"5.1,,1.4,0.2\n,3.0,5.2,2.3\n", "text/csv", "nan"),
+        # JSON null is a missing value, as a blank CSV field is.
+        (b"[[5.1,null,1.4,0.2],[null,3.0,5.2,2.3]]", "application/json", "nan"),
         # Quoted fields.
         (b'"5.1","3.5",1.4,0.2\n6.7,3.0,"5.2",2.3\n', "text/csv", [0, 2]),
         # A charset that is not ASCII-compatible is honoured (an ignored one is a 400).
@@ -187,12 +206,23 @@ def npy(array: np.ndarray) -> bytes:
         # NPY: a 1-D array is one record.
         (npy(np.array([6.7, 3.0, 5.2, 2.3])), "application/x-npy", [2]),
     ],
-    ids=["csv-blank", "csv-quoted", "utf-16", "latin-1", "jsonl-arrays", "npy-1d"],
+    ids=[
+        "csv-blank",
+        "json-null",
+        "csv-quoted",
+        "utf-16",
+        "latin-1",
+        "jsonl-arrays",
+        "npy-1d",
+    ],
 )
 def test_format_rows(server, iris_model, body, content_type, expected):
     """README Formats, request ``Content-Type``: ``text/csv`` "blank fields are missing
     values (NaN); quoted fields allowed; ``charset`` honoured"; ``application/jsonlines``
-    "an array" per line; ``application/x-npy`` "a 1-D (one record)"."""
+    "an array" per line; ``application/x-npy`` "a 1-D (one record)".
+    docs/serving.md, Formats: Content-Type: "`null` is a missing value"; "one record per
+    line: an array"; "a 1-D (one record) or 2-D numeric array saved by `numpy.save`".
+    """
     status, _, response = server.invoke(body, content_type, Accept="application/json")
     assert status == HTTPStatus.OK, response
     if expected == "nan":
@@ -208,7 +238,10 @@ def test_method_by_custom_attributes(server, iris_model, sample, method):
 
     README Formats: "``method=predict_proba`` ... ``predict_log_proba`` ... the response
     echoes the attributes"; ``Accept: application/json`` "NaN and infinity become
-    ``null``"."""
+    ``null``".
+    docs/serving.md, Formats: Accept: "`{"predictions": [...]}` (NaN and infinity become
+    `null`)".
+    """
     status, headers, body = server.invoke(
         encode(sample, "text/csv"),
         "text/csv",
@@ -244,7 +277,9 @@ def test_ten_thousand_records_in_order(server, iris, iris_model):
     """A 10,000-record CSV batch returns 10,000 lines, in input order.
 
     README Formats: ``text/csv`` "one record per line"; ``Accept: text/csv`` "one line
-    per record"."""
+    per record".
+    docs/serving.md, Formats: Content-Type: "no header".
+    """
     X, _ = iris
     rng = np.random.default_rng(0)
     rows = X[rng.integers(0, len(X), 10_000)]
@@ -260,7 +295,9 @@ def test_ten_thousand_records_in_order(server, iris, iris_model):
 def test_execution_parameters(server):
     """Batch transform asks how to call the container.
 
-    README Calling it: ``/execution-parameters``; Settings: ``MaxPayloadInMB``."""
+    README Calling it: ``/execution-parameters``; Settings: ``MaxPayloadInMB``.
+    docs/settings.md, Settings: "`MODEL_SERVER_WORKERS`".
+    """
     status, headers, body = server.request("GET", "/execution-parameters")
     assert status == HTTPStatus.OK
     assert headers["content-type"] == "application/json"
@@ -383,7 +420,12 @@ def test_error_table(server, body, content_type, accept, status, code, words):
     README Errors: empty body; malformed CSV (an unclosed quote)/JSON/NPY (pickled object
     arrays refused: README Formats, ``application/x-npy``), ragged records (CSV, JSON),
     non-numeric value, blank line, unknown JSON shape, wrong feature count, objects
-    without feature names, infinity; 415; 406."""
+    without feature names, infinity; 415; 406.
+    docs/serving.md, Formats: Content-Type: "pickled object arrays are refused".
+    docs/serving.md, Errors: "malformed CSV/JSON/NPY"; "text where the model takes a
+    number"; "unsupported `Content-Type` (lists the supported ones)"; "unsatisfiable
+    `Accept` (lists the supported ones)".
+    """
     headers = {"Accept": accept or "application/json"}
     got, response_headers, response = server.invoke(body, content_type, **headers)
     assert got == status, response
@@ -446,7 +488,10 @@ def test_unknown_method(server):
 def test_oversize_body_is_413_from_nginx(server):
     """A body over 6 MB never reaches the app: nginx answers 413 in JSON.
 
-    README Errors: "body over the payload limit (nginx ...)" 413 ``payload_too_large``."""
+    README Errors: "body over the payload limit (nginx ...)" 413 ``payload_too_large``.
+    docs/serving.md, Errors: "body over the payload limit (nginx, and Django with the
+    same value)".
+    """
     body = b"1,2,3,4\n" * (6 * 1024 * 1024 // 8 + 10)
     status, headers, response = server.invoke(body, "text/csv")
     assert status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE

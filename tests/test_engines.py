@@ -3,6 +3,7 @@ verified to answer as scikit-learn does, for every family the short names offer.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -218,7 +219,15 @@ def test_text_columns_are_not_compiled():
 def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
     """The real train writes model.onnx and the verification rows; the real server
     (2 workers, each with its own session) answers held-out records as the saved model
-    does, for predict and predict_proba; with the engine off it answers the same."""
+    does, for predict and predict_proba; with the engine off it answers the same.
+    docs/training.md, What it writes: "the model converted to ONNX (skl2onnx)"; "when it
+    converts"; "`metadata.json`'s `compiled` says so (or why not, in `onnx_error`)"; "up
+    to 1,000 training rows (float64, the model's feature order): what serving verifies
+    the [compiled engine](speed.md#compiled-predictions-onnx-runtime) on". The
+    probabilities come back in float32 with the engine (CSV digits, an NPY dtype),
+    float64 without.
+    docs/settings.md, Settings: "`SMSERVE_COMPILED_ENGINE`".
+    """
     base = sagemaker_tree(
         tmp_path / "ml",
         hyperparameters={
@@ -266,6 +275,23 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
             rtol=compiled_engine.RTOL,
             atol=compiled_engine.ATOL,
         )
+    # Probabilities in float32 from the graph (docs/speed.md, "Numbers"), float64 from
+    # scikit-learn: in CSV every value is a float32 written out in full, and NPY keeps
+    # the dtype.
+    proba = {"X-Amzn-SageMaker-Custom-Attributes": "method=predict_proba"}
+    answers = {}
+    for name, server in (("compiled", compiled), ("plain", plain)):
+        _, _, csv = server.invoke(body.encode(), Accept="text/csv", **proba)
+        values = np.loadtxt(io.StringIO(csv.decode()), delimiter=",")
+        _, _, npy = server.invoke(body.encode(), Accept="application/x-npy", **proba)
+        answers[name] = (values, np.load(io.BytesIO(npy)).dtype)
+    values, dtype = answers["compiled"]
+    assert dtype == np.float32
+    np.testing.assert_array_equal(values, values.astype(np.float32))
+    assert any(len(repr(v)) > 10 for v in values.ravel())  # e.g. 0.4000000059604645
+    values, dtype = answers["plain"]
+    assert dtype == np.float64
+    assert not np.array_equal(values, values.astype(np.float32))
     assert re.search(
         r"Engines for RandomForestClassifier: predict by onnxruntime, predict_proba by "
         r"onnxruntime, predict_log_proba by scikit-learn \(verified on every record; "

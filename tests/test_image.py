@@ -227,7 +227,9 @@ def test_serve_answers_ping_and_invocations_then_stops_cleanly_on_sigterm(
 ):
     """`docker run IMAGE serve` with the trained model mounted read-only: /ping turns 200,
     CSV and JSON invocations answer from the host, and SIGTERM (`podman stop`) ends it
-    with exit code 0 well inside SageMaker's 30 s grace period."""
+    with exit code 0 well inside SageMaker's 30 s grace period.
+    docs/settings.md, Settings: "`SAGEMAKER_MODEL_SERVER_WORKERS`".
+    """
     port = free_port()
     started = time.monotonic()
     result = container.serve(
@@ -476,7 +478,12 @@ def test_serve_the_script_trained_model_with_its_inference_py(
 def test_image_metadata_is_what_sagemaker_expects(image: str):
     """The image accepts SageMaker's bind-to-port and multi-model endpoints, exposes 8080,
     has no ENTRYPOINT (so
-    `train` and `serve` are commands on PATH) and runs as root."""
+    `train` and `serve` are commands on PATH) and runs as root.
+    docs/image-and-sagemaker.md, Image:
+    "`com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true` (needed for
+    inference pipelines: `serve` listens on `SAGEMAKER_BIND_TO_PORT`)"; "`EXPOSE 8080`
+    (the default of `SAGEMAKER_BIND_TO_PORT`)"; "as SageMaker expects".
+    """
     result = podman("image", "inspect", image)
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)[0]["Config"]
@@ -498,7 +505,11 @@ def test_image_holds_no_secret_key_test_tools_or_compilers(
     """Nothing secret is baked in (the SECRET_KEY is made per container at start), and
     neither test tools, a pip command nor a compiler are left in the image (pip stays as
     ``python -m pip`` for script mode's requirements.txt); the code is on PATH outside
-    /opt/ml."""
+    /opt/ml.
+    docs/image-and-sagemaker.md, Image: "no pip"; "compiler or test tool in the image";
+    "`SMSERVE_STATE_DIR=/var/lib/smserve`: the SQLite database and the `SECRET_KEY`
+    generated at first start of each container. Nothing secret is in the image".
+    """
     script = (
         'ls -A "$SMSERVE_STATE_DIR";'
         "find / -xdev -name secret_key -print;"

@@ -22,7 +22,7 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import ExtraTreesClassifier
 
-from tests.support.models import write_model
+from tests.support.models import WarmUpFailingClassifier, write_model
 from tests.support.packages import OFFLINE_PIP, local_package
 from tests.support.script_mode import source_dir, tarball
 from tests.support.servers import ServeProcess, ServerDatabase, wait_for
@@ -119,6 +119,10 @@ def test_ping_and_list_answer_from_the_first_moment(mme):
 
 
 def test_every_call_and_error(mme, iris_base):
+    """docs/serving.md, Multi-model API: "409 `model_already_loaded`"; "200 `{"modelName",
+    "modelUrl"}`"; "exactly `/invocations`: the same negotiation"; "formats"; "errors
+    and custom attributes".
+    """
     url = str(iris_base / "model")
     assert mme.load("iris", url) == (
         HTTPStatus.OK,
@@ -279,6 +283,10 @@ def test_loads_unloads_and_invocations_are_recorded(mme, iris_base):
 
 
 def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
+    """docs/serving.md, Multi-model API: "507 `insufficient_memory` (SageMaker then unloads
+    idle models and retries)".
+    docs/settings.md, Settings: "`SMSERVE_MME_MEMORY_MB`".
+    """
     big = tmp_path / "big"
     big.mkdir()
     with open(big / "model.joblib", "wb") as fh:
@@ -306,7 +314,9 @@ def test_corrupt_artifact_fails_only_its_own_load(mme, tmp_path):
 
 
 def test_forty_invocations_spread_over_the_workers(mme, iris_base):
-    """Every worker answers a model loaded through another one."""
+    """Every worker answers a model loaded through another one.
+    docs/serving.md, Multi-model API: "warmed up and registered for every worker".
+    """
     assert mme.load("spread", iris_base / "model")[0] == HTTPStatus.OK
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: mme.invoke("spread"), range(40)))
@@ -335,7 +345,10 @@ def test_concurrent_loads_of_one_name_load_it_once(mme, iris_base):
 
 
 def test_list_is_paginated(mme, iris_base):
-    """SageMaker calls again with nextPageToken until there is none."""
+    """SageMaker calls again with nextPageToken until there is none.
+    docs/serving.md, Multi-model API: "200 `{"models": [{"modelName", "modelUrl"}, ...],
+    "nextPageToken"?}`"; "100 a page".
+    """
     names = [f"page{i:03d}" for i in range(105)]
     for name in names:
         assert mme.load(name, iris_base / "model")[0] == HTTPStatus.OK
@@ -352,7 +365,9 @@ def test_list_is_paginated(mme, iris_base):
 def test_loads_and_unloads_racing_invocations(mme, tmp_path):
     """One name loaded with model 1, unloaded, loaded with model 2, ... while three
     threads invoke it: every answer is a 200 from the model loaded at that time, or a
-    404 — never the other model, never a 5xx."""
+    404 — never the other model, never a 5xx.
+    docs/serving.md, Multi-model choices: "and exact".
+    """
     dirs = {1: constant_model_dir(tmp_path / "one", 1)}
     dirs[2] = constant_model_dir(tmp_path / "two", 2)
     loaded_spans: list[
@@ -458,7 +473,11 @@ def test_unloading_gives_the_memory_back(
     serve_factory, tmp_path, tmp_path_factory, big_forest_dir, iris_base
 ):
     """A large forest held by both workers; after DELETE answers, the server's PSS is
-    back near where it was before the load."""
+    back near where it was before the load.
+    docs/serving.md, Multi-model API: "200 once no worker holds the model's memory any
+    more". docs/serving.md, Multi-model choices: "unload frees it in every worker before
+    answering".
+    """
     size_kb = (big_forest_dir / "model.joblib").stat().st_size // 1024
     assert size_kb > 40_000
     base = tmp_path / "empty"
@@ -592,3 +611,128 @@ def test_a_requirement_changing_an_image_package_fails_the_load(mme_code, tmp_pa
     assert mme_code.get("/models/old-numpy")[0] == HTTPStatus.NOT_FOUND
     code = mme_code.registry_dir / "code"
     assert not code.exists() or [p for p in code.iterdir() if p.is_dir()] == []
+def no_predict_dir(base: Path) -> Path:
+    """A pickle that loads but is no model: a dict."""
+    (base / "model").mkdir(parents=True)
+    joblib.dump({"weights": [1, 2, 3]}, base / "model" / "model.joblib")
+    return base / "model"
+
+
+def test_every_status_of_the_model_api_with_its_code(mme, iris_base, tmp_path):
+    """Each answer of docs/serving.md's Multi-model API table with its code, through the
+    real server: "200 once the model is loaded"; "400 `model_load_failed` with the reason
+    (a path the file system refuses, e.g. too long; no such directory, no artifact, not a
+    pickle, no `predict`, warm-up failed)"; "400 `invalid_load_request` for a body that is
+    not that JSON"; "or whose `model_name` or `url` holds a NUL character or an unpaired
+    surrogate"; on POST /invocations "404 `multi_model`"; "naming `POST
+    /models/<name>/invoke` (in the negotiated format): a multi-model container has no
+    default model (it was a 503 "not loaded", which tells a caller to retry)"; GET
+    /models/<name> "404 `model_not_found`"; DELETE "404"; invoke "404 when not loaded";
+    "in the negotiated format"; the list "by name (`limit=` asks for another page
+    size)".
+    docs/serving.md, Multi-model API: "200 `{"modelName", "modelUrl", "status":
+    "loaded"}` once the model is loaded".
+    docs/settings.md, Settings: "`SAGEMAKER_MULTI_MODEL`".
+    """
+    (tmp_path / "empty" / "model").mkdir(parents=True)
+    failing = tmp_path / "failing"
+    write_model(failing, WarmUpFailingClassifier().fit(np.zeros((2, 4)), [0, 1]))
+    (tmp_path / "garbage" / "model").mkdir(parents=True)
+    (tmp_path / "garbage" / "model" / "model.joblib").write_bytes(b"not a pickle")
+    reasons = {
+        # Inside the test's own directory, so only the file system refuses it.
+        str(tmp_path / ("x" * 300)): "File name too long",
+        str(tmp_path / "nowhere"): "does not exist",
+        str(tmp_path / "empty" / "model"): "model.joblib",
+        str(no_predict_dir(tmp_path / "dict")): "no predict",
+        str(failing / "model"): "this model was saved broken",
+        str(tmp_path / "garbage" / "model"): "model.joblib",
+    }
+    for url, reason in reasons.items():
+        status, body = mme.load("bad", url)
+        assert (status, body["code"]) == (HTTPStatus.BAD_REQUEST, "model_load_failed")
+        assert reason in body["detail"], (url[:80], body)
+    for raw in (
+        b"{",
+        b'{"model_name": "a"}',
+        b'{"model_name": "a\\u0000b", "url": "/x"}',
+        b'{"model_name": "a", "url": "/x\\ud800"}',
+    ):
+        status, _, body = mme.server.request(
+            "POST", "/models", raw, {"Content-Type": "application/json"}
+        )
+        assert (status, json.loads(body)["code"]) == (
+            HTTPStatus.BAD_REQUEST,
+            "invalid_load_request",
+        ), raw
+    for accept, parse in (
+        ("application/json", lambda b: json.loads(b)["detail"]),
+        ("text/csv", bytes.decode),
+    ):
+        status, headers, body = mme.server.invoke(IRIS_ROW, Accept=accept)
+        assert (status, headers["content-type"]) == (HTTPStatus.NOT_FOUND, accept)
+        assert "POST /models/<name>/invoke" in parse(body)
+    status, _, body = mme.server.invoke(IRIS_ROW, Accept="application/json")
+    assert json.loads(body)["code"] == "multi_model"
+    status, body = mme.get("/models/nope")
+    assert (status, body["code"]) == (HTTPStatus.NOT_FOUND, "model_not_found")
+    status, _, body = mme.server.request("DELETE", "/models/nope")
+    assert (status, json.loads(body)["code"]) == (
+        HTTPStatus.NOT_FOUND,
+        "model_not_found",
+    )
+    status, headers, body = mme.invoke("nope", Accept="text/csv")
+    assert (status, headers["content-type"]) == (HTTPStatus.NOT_FOUND, "text/csv")
+    assert body.startswith(b"No model is loaded under the name 'nope'")
+    url = str(iris_base / "model")
+    for name in ("paged-c", "paged-a", "paged-b"):
+        assert mme.load(name, url)[0] == HTTPStatus.OK
+    try:
+        status, page = mme.get("/models?limit=2")
+        names = [m["modelName"] for m in page["models"]]
+        assert status == HTTPStatus.OK
+        assert len(names) == 2
+        assert names == sorted(names)
+        assert page["nextPageToken"]
+    finally:
+        for name in ("paged-a", "paged-b", "paged-c"):
+            mme.unload(name)
+
+
+def test_a_worker_that_cannot_read_a_loaded_model_answers_503(
+    mme, iris_model, tmp_path
+):
+    """docs/serving.md, Multi-model API, invoke: "503 with the reason when this worker
+    cannot read a loaded model's files any more". The model is loaded (by one worker), its
+    artifact deleted; the other worker, which has no copy yet, answers 503 with the
+    reason, while the loading worker answers from its copy."""
+    write_model(tmp_path, iris_model)
+    assert mme.load("vanishing", tmp_path / "model")[0] == HTTPStatus.OK
+    try:
+        (tmp_path / "model" / "model.joblib").unlink()
+        answers = [mme.invoke("vanishing") for _ in range(40)]
+        statuses = {status for status, _, _ in answers}
+        assert statuses <= {HTTPStatus.OK, HTTPStatus.SERVICE_UNAVAILABLE}
+        assert HTTPStatus.SERVICE_UNAVAILABLE in statuses, statuses
+        body = next(b for s, _, b in answers if s == HTTPStatus.SERVICE_UNAVAILABLE)
+        assert b"is loaded but this worker cannot load it" in body  # CSV: the detail
+    finally:
+        mme.unload("vanishing")
+
+
+def test_models_outside_multi_model_mode_are_not_multi_model(server):
+    """docs/serving.md, Multi-model endpoints: "Outside this mode the `/models` paths
+    answer 404 `not_multi_model`" (the plain iris server)."""
+    for method, path in (
+        ("GET", "/models"),
+        ("GET", "/models/iris"),
+        ("DELETE", "/models/iris"),
+        ("POST", "/models/iris/invoke"),
+    ):
+        status, _, body = server.request(
+            method, path, b"", {"Accept": "application/json"}
+        )
+        assert (status, json.loads(body)["code"]) == (
+            HTTPStatus.NOT_FOUND,
+            "not_multi_model",
+        ), (method, path)

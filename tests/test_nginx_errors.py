@@ -87,6 +87,16 @@ def assert_json_error(
             "over 8 KB",
         ),
         (
+            # Each header under 8 KB, 35 KB in all: over the four 8 KB buffers.
+            "headers over 32 KB in all",
+            b"GET /ping HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-Part-%d: " % i + b"a" * 7000 + b"\r\n" for i in range(5))
+            + b"\r\n",
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "over 32 KB in all",
+        ),
+        (
             "request line over 8 KB",
             b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
             HTTPStatus.REQUEST_URI_TOO_LONG,
@@ -126,7 +136,12 @@ def assert_json_error(
     ids=lambda value: value if isinstance(value, str) else "",
 )
 def test_nginx_errors_are_json(nginx_server, name, request_bytes, status, code, detail):
-    """What nginx rejects before the app sees it is still the API's JSON error. README Errors rows: `bad_request`, the 405 nginx answers itself, 414/431, 411/501/505."""
+    """What nginx rejects before the app sees it is still the API's JSON error. README Errors rows: `bad_request`, the 405 nginx answers itself, 414/431, 411/501/505.
+    docs/serving.md, Errors: "request nginx cannot read: a broken request line or
+    header"; "a path climbing above `/` (`/../etc/passwd`)"; "a method nginx answers
+    itself refuses (`PUT /ping`)"; "request line over 8 KB / a header over 8 KB (32 KB
+    in all)"; "`Transfer-Encoding` other than chunked"; "HTTP other than 1.0/1.1".
+    """
     assert_json_error(
         raw_request(nginx_server.port, request_bytes), status, code, detail
     )
@@ -170,7 +185,10 @@ def test_body_streamed_over_the_limit_is_413(nginx_server):
 def test_slow_client_is_dropped(nginx_server):
     """A client that stops half-way through its body is dropped after the client
     timeout, without an HTML page (nginx sends no answer for a 408, it closes), and
-    the server goes on answering. README Errors row: a client that stalls (no answer, a logged 408)."""
+    the server goes on answering. README Errors row: a client that stalls (no answer, a logged 408).
+    docs/serving.md, Errors: "a client that stalls while sending its headers or body for
+    `SMSERVE_CLIENT_TIMEOUT` (60 s)".
+    """
     with socket.create_connection(("127.0.0.1", nginx_server.port), 30) as sock:
         sock.sendall(
             b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
@@ -185,7 +203,10 @@ def test_slow_client_is_dropped(nginx_server):
 
 
 def test_slow_headers_are_dropped(nginx_server):
-    """A client that never finishes its headers is dropped the same way. README Errors row: a client that stalls (no answer, a logged 408)."""
+    """A client that never finishes its headers is dropped the same way. README Errors row: a client that stalls (no answer, a logged 408).
+    docs/serving.md, Errors: "a client that stalls while sending its headers or body for
+    `SMSERVE_CLIENT_TIMEOUT` (60 s)".
+    """
     with socket.create_connection(("127.0.0.1", nginx_server.port), 30) as sock:
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
         assert read_response(sock) is None
@@ -240,7 +261,10 @@ def test_every_nginx_error_has_a_json_page():
 @pytest.mark.parametrize("value", [b"method=predict\x7f", b"a\x01b"])
 def test_header_gunicorn_refuses_is_json(nginx_server, value):
     """A header value with a control character passes nginx, and gunicorn refuses it:
-    in JSON too (``smserve.workers.JSONErrorsMixin``), not gunicorn's HTML page. README Errors row: `bad_request` (a control character in a header)."""
+    in JSON too (``smserve.workers.JSONErrorsMixin``), not gunicorn's HTML page. README Errors row: `bad_request` (a control character in a header).
+    docs/serving.md, Errors: "a header value with a control character (gunicorn refuses
+    it, in JSON too)".
+    """
     response = raw_request(
         nginx_server.port,
         b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"

@@ -25,6 +25,7 @@ from tests.support.inference_scripts import (
     BROKEN_PY,
     DEFAULTS_PY,
     FOUR_HOOKS_PY,
+    NO_MODEL_FN_PY,
     TRANSFORM_PY,
 )
 from tests.support.models import write_model
@@ -91,7 +92,9 @@ def defaults_server(tmp_path_factory, iris_model):
 
 def test_defaults_answer_the_official_bytes(defaults_server, iris_model):
     """JSON (a bare list), CSV and NPY bodies are the official encoders' bytes, and the
-    SDK's NumpyDeserializer and JSONDeserializer read them back as the predictions."""
+    SDK's NumpyDeserializer and JSONDeserializer read them back as the predictions.
+    docs/serving.md, Script mode: better: "`text/csv`".
+    """
     X = np.array(ROWS)
     labels = iris_model.predict(X)
     proba = iris_model.predict_proba(X)
@@ -130,7 +133,9 @@ def test_defaults_answer_the_official_bytes(defaults_server, iris_model):
 
 def test_defaults_fix_what_the_official_container_gets_wrong(defaults_server):
     """One CSV row is one record (the official container squeezes it to 1-D and fails);
-    Accept */* is JSON; an unsupported type is a JSON 415/406, never an HTML 500."""
+    Accept */* is JSON; an unsupported type is a JSON 415/406, never an HTML 500.
+    docs/serving.md, Script mode: better: "415/406 listing the supported types".
+    """
     status, _, body = defaults_server.invoke(b"5.1,3.5,1.4,0.2\n", "text/csv")
     assert (status, body) == (HTTPStatus.OK, b"[0]")
     status, headers, body = defaults_server.invoke(
@@ -156,7 +161,12 @@ def test_four_hooks_from_a_file_uri(tmp_path, iris_model, serve_factory):
     """input_fn gets any Content-Type (no 415), predict_fn and output_fn run, context
     carries the custom attributes both ways; a hook's HTTPError answers its status and
     any other exception a JSON 500 whose body holds the message but no traceback
-    (README Errors: `script_error`)."""
+    (README Errors: `script_error`).
+    docs/serving.md, Errors: "an exception in a script's hook (script mode; logged with
+    its traceback)". docs/serving.md, Script mode: better: "JSON `{"detail", "code"}`:
+    500 with the message".
+    docs/settings.md, Settings: "`SAGEMAKER_PROGRAM`"; "`SAGEMAKER_SUBMIT_DIRECTORY`".
+    """
     base = script_base(tmp_path / "base", iris_model, "", in_model=False)
     code = source_dir(tmp_path / "src", {"inference.py": FOUR_HOOKS_PY})
     server = serve_factory(
@@ -242,6 +252,9 @@ def test_transform_fn_from_s3_with_requirements(tmp_path, iris_model, serve_fact
 def test_a_broken_script_keeps_ping_503_naming_file_and_line(
     tmp_path, iris_model, serve_factory
 ):
+    """docs/serving.md, Script mode: better: "`/ping` 200 only when it worked"; "503 with
+    the reason otherwise".
+    """
     base = script_base(tmp_path / "base", iris_model, BROKEN_PY)
     server = serve_factory(
         base, expect_status=503, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=1
@@ -253,3 +266,89 @@ def test_a_broken_script_keeps_ping_503_naming_file_and_line(
     assert "code/inference.py:6" in detail
     status, _, body = server.invoke(b"1,2,3,4\n", "text/csv")
     assert status == HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def test_a_script_without_model_fn_shapes_its_response(
+    tmp_path, iris_model, serve_factory
+):
+    """An ``inference.py`` without ``model_fn``, served with
+    SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT=text/csv. docs/serving.md, Script mode:
+    "Without `model_fn`, smserve loads the joblib itself" (Script mode: better: "smserve
+    loads the joblib"); "Accept absent or `*/*` means
+    `SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`, else JSON"; `set_response_content_type` and
+    `set_response_status` "shape the response"; "or any exception with an integer
+    `status_code`" answers that status (Script mode: better: "`HTTPError(status, ...)`
+    or any `status_code`"); the default input_fn takes "also JSON Lines"; "CSV
+    headers"; "media-type parameters accepted", and gives ``float32`` for CSV and JSON,
+    ``float64`` for NPY ("With the default `input_fn`, NPY input reaches `predict_fn`
+    as `float64`")."""
+    base = script_base(tmp_path, iris_model, NO_MODEL_FN_PY)
+    server = serve_factory(
+        base,
+        env={
+            "SAGEMAKER_PROGRAM": "inference.py",
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
+        },
+        workers=1,
+    )
+    row = b"6.7,3.0,5.2,2.3\n"
+    for accept in ({}, {"Accept": "*/*"}):
+        status, headers, body = server.invoke(row, "text/csv", **accept)
+        assert (status, headers["content-type"], body) == (
+            HTTPStatus.OK,
+            "text/csv",
+            b"2:float32\n",
+        )
+    for body, content_type in (
+        (b"[6.7,3.0,5.2,2.3]\n", "application/jsonlines"),
+        (b"a,b,c,d\n6.7,3.0,5.2,2.3\n", "text/csv; header=present; charset=utf-8"),
+        (b"[[6.7,3.0,5.2,2.3]]", "application/json"),
+    ):
+        status, _, answer = server.invoke(body, content_type, Accept="application/json")
+        assert (status, json.loads(answer)) == (HTTPStatus.OK, ["2:float32"]), body
+    status, _, answer = server.invoke(
+        npy_serialize(np.array([ROWS[1]], dtype=np.float32)),
+        "application/x-npy",
+        Accept="application/json",
+    )
+    assert (status, json.loads(answer)) == (HTTPStatus.OK, ["2:float64"])
+    status, headers, body = server.invoke(row, "text/csv", **{"X-Status": "202"})
+    assert (status, headers["content-type"], body) == (
+        HTTPStatus.ACCEPTED,
+        "text/vnd.iris",
+        b"2:float32\n",
+    )
+    status, _, body = server.invoke(
+        row, "text/csv", Accept="application/json", **{"X-Teapot": "1"}
+    )
+    assert status == 418
+    assert json.loads(body) == {"detail": "short and stout", "code": "script_error"}
+
+
+# model_fn that says which process ran it, and how often.
+COUNTED_MODEL_FN_PY = """\
+import os
+
+import joblib
+
+
+def model_fn(model_dir):
+    with open(os.path.join(model_dir, "loaded-by"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+"""
+
+
+def test_model_fn_runs_once_in_the_master_before_the_fork(
+    tmp_path, iris_model, serve_factory
+):
+    """docs/serving.md, Script mode: better, when the model loads: "once"; "before the
+    workers fork": with two workers, after invocations through both, ``model_fn`` ran
+    one time, in gunicorn's master."""
+    base = script_base(tmp_path, iris_model, COUNTED_MODEL_FN_PY)
+    server = serve_factory(base, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=2)
+    for _ in range(10):
+        assert server.invoke(b"6.7,3.0,5.2,2.3\n", "text/csv")[0] == HTTPStatus.OK
+    loaded_by = (base / "model" / "loaded-by").read_text().split()
+    assert loaded_by == [str(server.gunicorn_master())]
+    assert len(server.gunicorn_workers()) == 2

@@ -119,7 +119,10 @@ def test_failed_warm_up_is_503(serve_factory, tmp_path):
     """A model that loads but fails its warm-up prediction is not served.
 
     README Errors: "model ... failing its warm-up (on ``/ping`` and ``/invocations``,
-    with the reason)" 503 ``model_not_ready``."""
+    with the reason)" 503 ``model_not_ready``.
+    docs/serving.md, Errors: "or failing its warm-up (on `/ping` and `/invocations`,
+    with the reason)".
+    """
     base = tmp_path / "ml"
     write_model(base, WarmUpFailingClassifier().fit(X4, Y4))
     server = serve_factory(base, expect_status=503)
@@ -156,7 +159,11 @@ def test_lone_pickle_beside_tarball_loads(serve_factory, tmp_path, regressor_1f)
 
     README Formats: ``application/json`` "one value per record for a single-feature
     model"; ``application/jsonlines`` "a single number" per line; Serving: "a lone
-    ``*.joblib``/``*.pkl`` trained elsewhere"."""
+    ``*.joblib``/``*.pkl`` trained elsewhere".
+    docs/serving.md, Formats: Content-Type: "a flat `[...]` is one record (or one value
+    per record for a single-feature model)".
+    docs/serving.md, Formats: Content-Type: "or a single number".
+    """
     base = tmp_path / "ml"
     write_model(base, regressor_1f, name="regressor.pkl")
     (base / "model" / "model.tar.gz").write_bytes(b"left by local mode")
@@ -185,7 +192,12 @@ def test_feature_names_model(serve_factory, tmp_path, iris):
     line; ``text/csv`` "``header=present`` skips (and uses) a header line", "blank fields
     are missing values (NaN)"; ``Accept: application/x-npy`` "(string labels as a unicode
     array)"; methods: ``decision_function``. README Errors: "missing/unknown feature
-    names" 400 ``invalid_input``."""
+    names" 400 ``invalid_input``.
+    docs/serving.md, Formats: Content-Type: "`header=present` uses a header line to name
+    (and reorder) the columns". docs/serving.md, Formats: Accept: "`numpy.save` of the
+    predictions (string labels as a unicode array)". docs/serving.md, Errors: "objects
+    without feature names".
+    """
     X, y = iris
     labels = np.array(["setosa", "versicolor", "virginica"])[y]
     names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -447,7 +459,9 @@ def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
     so, and Django enforces the same payload limit with a 413.
 
     README Errors: "body over the payload limit (nginx, and Django with the same value)"
-    413 ``payload_too_large``."""
+    413 ``payload_too_large``.
+    docs/settings.md, Settings: "`SAGEMAKER_MAX_PAYLOAD_IN_MB`".
+    """
     server = serve_factory(
         iris_base, env={"SMSERVE_NGINX": "off", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}
     )
@@ -625,7 +639,10 @@ class TestBatchMode:
 
         README Formats: ``application/json`` "several documents one per line (batch
         transform with ``SplitType=Line``) are read as JSON Lines"; ``Accept`` absent:
-        "``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` if set"."""
+        "``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` if set".
+        docs/settings.md, Settings: "`SAGEMAKER_BATCH`";
+        "`SAGEMAKER_MAX_PAYLOAD_IN_MB`".
+        """
         status, _, body = batch_server.request("GET", "/execution-parameters")
         assert json.loads(body)["MaxPayloadInMB"] == 0
 

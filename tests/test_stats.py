@@ -147,7 +147,13 @@ def test_flush_bumps_last_seen_of_the_model():
 # --- through the real server ---------------------------------------------------------------
 def test_counts_across_workers_are_exact(serve_factory, iris_base, server_db):
     """N invocations spread over three workers add up to exactly N in the database, flushed
-    in the background while the server runs; the model is recorded on start-up."""
+    in the background while the server runs; the model is recorded on start-up.
+    docs/admin.md, Admin pages: "model and minute (UTC)"; "each gunicorn worker".
+    docs/admin.md, Admin variables: "where the SQLite database and the generated key
+    live (default `var/` in the app dir)"; "how often each worker writes its counts
+    (default 5)".
+    docs/settings.md, Settings: "`SMSERVE_STATS_FLUSH_SECONDS`".
+    """
     server = serve_factory(
         iris_base,
         workers=3,
@@ -259,7 +265,10 @@ def test_database_outage_costs_invocations_nothing(
     outage costs invocations no time is a latency figure: ``bench/run.py``, not here.)
 
     README admin: "If the database is down, the flush is logged ... the counts wait in
-    memory; invocations do not slow down"."""
+    memory; invocations do not slow down".
+    docs/admin.md, Admin variables: "another database"; "e.g.
+    `postgres://user:password@host:5432/smserve`".
+    """
     server_db = ServerDatabase(tmp_path / "db")
     outage = _sqlite_outage if backend == "sqlite" else _postgres_outage
     env, take_away, bring_back = outage(pg_dir, server_db)

@@ -130,7 +130,9 @@ def trained(request, channels, tmp_path_factory) -> Iterator:
 
 def test_every_format_answers_what_the_model_answers(trained):
     """CSV (positional and with a header in another order), JSON arrays and objects,
-    JSON Lines: labels and probabilities equal the model's own on the DataFrame."""
+    JSON Lines: labels and probabilities equal the model's own on the DataFrame.
+    docs/serving.md, Formats: Content-Type: "text fields for a model with text columns".
+    """
     server, model = trained
     rows = requests_rows()
     labels = own_answer(model, "predict", rows).tolist()
@@ -170,3 +172,30 @@ def test_bare_column_transformer_pipeline_serves(tmp_path, serve_factory):
     status, _, body = server.invoke(b"3,pro,x,DE,1,card\n", "text/csv")
     assert status == HTTPStatus.BAD_REQUEST
     assert "Record 1, feature 'spend': 'x' is not a number" in body.decode()
+
+
+def test_a_record_the_model_refuses_is_named(tmp_path, serve_factory):
+    """docs/serving.md, Errors, `invalid_input`: "a record the model itself rejects (its
+    `ValueError`, e.g. an unknown category for an encoder that refuses them: the record
+    is named)": a pipeline trained elsewhere with ``handle_unknown="error"``, a batch
+    whose fourth record has an unseen country. And Formats, CSV: "quoted fields keep
+    their commas" (a quoted country with a comma is one field, a category the model
+    has not seen)."""
+    model = fitted_elsewhere(handle_unknown="error")
+    write_model(tmp_path, model)
+    server = serve_factory(tmp_path, workers=1)
+    rows = churn_frame(6, seed=4)[FEATURES]
+    rows["country"] = "DE"
+    rows.loc[rows.index[3], "country"] = "NZ"
+    body = rows.to_csv(index=False, header=False).encode()
+    status, _, answer = server.invoke(body, "text/csv", Accept="application/json")
+    assert status == HTTPStatus.BAD_REQUEST
+    detail = json.loads(answer)
+    assert detail["code"] == "invalid_input"
+    assert detail["detail"].startswith(
+        "Record 4, feature 'country': 'NZ' is not a category the model was trained with"
+    ), detail
+    quoted = b'3,pro,12.5,"Auckland, NZ",1,card\n'
+    status, _, answer = server.invoke(quoted, "text/csv", Accept="application/json")
+    assert status == HTTPStatus.BAD_REQUEST
+    assert "'Auckland, NZ' is not a category" in json.loads(answer)["detail"]

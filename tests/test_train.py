@@ -15,6 +15,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import make_regression
 from sklearn.tree import DecisionTreeClassifier
@@ -81,7 +82,21 @@ def test_csv_classification_end_to_end(tmp_path, splits):
     """A headerless CSV job with SageMaker-style string hyperparameters trains the model
     serving loads, predicting exactly as the same estimator fitted in-process.
 
-    README Failure semantics: exit 0 "trained", ``output/success`` exists (empty)."""
+    README Failure semantics: exit 0 "trained", ``output/success`` exists (empty).
+    docs/training.md, What it reads: "`{"key": "string", ...}`". docs/training.md,
+    Reserved keys: "`sklearn.tree.DecisionTreeClassifier`"; "`0` (the first column)".
+    docs/training.md, Channel ContentType: "one record per line"; "the label in the
+    first column (as SageMaker's built-in algorithms expect)". docs/training.md, What it
+    writes: "the fitted estimator (`joblib.dump`)"; "`estimator` (dotted path)";
+    "`params` (`get_params()`)"; "`hyperparameters` (as given)"; "`n_features`";
+    "`feature_names`"; "`classes`"; "`task` (`classification`/`regression`)";
+    "`metrics`"; "`rows` (`{"train": n, "validation": n or null}`)"; "`versions`
+    (`python`, `sklearn`, `numpy`, `smserve`)"; "`sha256` (of model.joblib)";
+    "`started_at`"; "`finished_at` (ISO 8601, UTC)"; "`training_job_name`";
+    "`duration_seconds`"; "`{"train:accuracy": 0.98, "validation:accuracy": 0.96,
+    ...}`"; "when the job succeeded". docs/training.md, Failure semantics: "—
+    (`output/success` exists)".
+    """
     (X, y), (X_val, y_val) = splits
     base = sagemaker_tree(
         tmp_path,
@@ -149,7 +164,9 @@ def test_csv_classification_end_to_end(tmp_path, splits):
 
 def test_header_csv_gzip_regression(tmp_path, regression):
     """A gzipped CSV with a header trains a regressor on named features, the target found
-    by name; serving knows the names, and R², RMSE and MAE are reported."""
+    by name; serving knows the names, and R², RMSE and MAE are reported.
+    docs/training.md, Reserved keys: "when the data has column names"; "a name".
+    """
     X, y = regression
     names = ["price", "rooms", "area", "age"]
     base = sagemaker_tree(
@@ -184,6 +201,7 @@ def test_header_csv_gzip_regression(tmp_path, regression):
     assert metadata["task"] == "regression"
     assert metadata["classes"] is None
     assert metadata["feature_names"] == ["rooms", "area", "age"]
+    assert metadata["target"] == "price"
     assert set(metric_lines(proc.stdout)) == {"train:r2", "train:rmse", "train:mae"}
     assert metric_lines(proc.stdout)["train:r2"] > 0.99
 
@@ -191,7 +209,12 @@ def test_header_csv_gzip_regression(tmp_path, regression):
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl-objects", "jsonl-arrays-gzip"])
 def test_parquet_and_json_lines(tmp_path, splits, fmt):
     """Parquet and JSON Lines (objects: named features; arrays: positional), with or
-    without ContentType, gzipped or not, train the same model as the CSV would."""
+    without ContentType, gzipped or not, train the same model as the CSV would.
+    docs/training.md, What it reads: "optional `ContentType`"; "`CompressionType`".
+    docs/training.md, Channel ContentType: "one or more Parquet files"; "column names
+    are the feature names"; "one JSON array (positional) or object (named features) per
+    line".
+    """
     (X, y), _ = splits
     names = ["species", "sl", "sw", "pl", "pw"]
     df = frame(X, y, names)
@@ -230,7 +253,10 @@ def test_parquet_and_json_lines(tmp_path, splits, fmt):
 
 
 def test_pipe_mode_reads_the_fifo_once_as_a_stream(tmp_path, splits):
-    """Pipe mode reads input/data/train_0, a real FIFO fed by a writer, in one pass."""
+    """Pipe mode reads input/data/train_0, a real FIFO fed by a writer, in one pass.
+    docs/training.md, What it reads: "channels: `TrainingInputMode` (`File`, `Pipe`,
+    `FastFile`)"; "Pipe data: a FIFO"; "read once"; "as a stream".
+    """
     (X, y), (X_val, y_val) = splits
     base = sagemaker_tree(
         tmp_path,
@@ -276,7 +302,10 @@ def test_pipe_mode_reads_the_fifo_once_as_a_stream(tmp_path, splits):
 
 
 def test_pipeline_with_nested_params(tmp_path, splits):
-    """A JSON list of estimators is a pipeline; ``step__param`` keys reach its steps."""
+    """A JSON list of estimators is a pipeline; ``step__param`` keys reach its steps.
+    docs/training.md, Reserved keys: "a short name (below)"; "or a JSON list of those: a
+    pipeline".
+    """
     (X, y), (X_val, _) = splits
     base = sagemaker_tree(
         tmp_path,
@@ -320,7 +349,11 @@ def test_second_host_exits_0_and_writes_nothing(tmp_path, splits):
     writing nothing: no model, no ``output/`` (so no ``output/success`` either).
 
     README Failure semantics: exit 0 "not the first host" row; What it writes: "only
-    the first in ``hosts`` trains and writes"."""
+    the first in ``hosts`` trains and writes".
+    docs/training.md, What it reads: "`current_host`". docs/training.md, Failure
+    semantics: "not the first host (several hosts)"; "— (nothing is written: no
+    `model/`, no `output/`)".
+    """
     (X, y), _ = splits
     base = sagemaker_tree(
         tmp_path,
@@ -344,7 +377,11 @@ def test_second_host_exits_0_and_writes_nothing(tmp_path, splits):
 def test_base_dir_from_environment_and_inferred_channels(tmp_path, splits):
     """SAGEMAKER_BASE_DIR is used without --base-dir; with no inputdataconfig.json the
     channels are inferred from input/data, skipping manifests, hidden files and extra
-    config files."""
+    config files.
+    docs/training.md, What it reads: "missing = channels inferred from `input/data`
+    (directories are File channels, FIFOs `<name>_<n>` Pipe channels)"; "recursively";
+    "in sorted order".
+    """
     (X, y), (X_val, y_val) = splits
     base = sagemaker_tree(tmp_path, channels=None)
     (base / "input/config/trainingjobconfig.json").write_text(
@@ -423,6 +460,17 @@ def _nan_for_an_estimator_that_refuses_it(base: Path) -> None:
     )
 
 
+def _typed_differently_across_files(base: Path) -> None:
+    (base / "input/data/train/data.csv").write_text("y,a,b\n0,1.0,2.0\n1,2.0,1.0\n")
+    (base / "input/data/train/more.csv").write_text("y,a,b\n0,low,2.0\n1,high,1.0\n")
+
+
+def _record_wrapped(base: Path) -> None:
+    (base / "input/config/inputdataconfig.json").write_text(
+        json.dumps({"train": file_channel("text/csv", RecordWrapperType="RecordIO")})
+    )
+
+
 EXIT_1 = [
     (
         "missing channel",
@@ -452,6 +500,16 @@ EXIT_1 = [
     ),
     ("unreadable file", _corrupt_gzip, "data.csv is not a valid gzip file:"),
     (
+        "typed differently across files",
+        _typed_differently_across_files,
+        "Channel 'train': column 'a' holds numbers in data.csv but text in more.csv",
+    ),
+    (
+        "record wrapper",
+        _record_wrapped,
+        "Channel 'train' uses RecordWrapperType RecordIO; smserve reads unwrapped",
+    ),
+    (
         "fit raising ValueError",
         _nan_for_an_estimator_that_refuses_it,
         "LogisticRegression could not be fitted: Input X contains NaN.",
@@ -472,7 +530,15 @@ def test_job_to_fix_exits_1_through_the_executable(tmp_path, breakage, message):
     README Failure semantics: exit 1 "missing or empty channel, wrong column count,
     non-numeric data, bad or unknown hyperparameter, unknown estimator (below),
     unreadable file"; exit 2's "``fit`` raising something other than ``ValueError``" read
-    the other way: ``fit`` raising ``ValueError`` on the data is the job's to fix."""
+    the other way: ``fit`` raising ``ValueError`` on the data is the job's to fix.
+    docs/training.md, What it writes: "the reason"; "when it failed". docs/training.md,
+    Failure semantics: "the job's configuration or data needs fixing: missing or empty
+    channel"; "text in a column of numbers"; "an estimator's `fit` raising `ValueError`
+    on the data (e.g. NaN for one that refuses it)"; "what to fix first"; "a column typed
+    differently across files". docs/training.md, What it reads: "`RecordWrapperType`
+    (must be `None`)".
+    docs/training.md, Reserved keys: "`none` never".
+    """
     base = sagemaker_tree(tmp_path, channels={"train": file_channel("text/csv")})
     (base / "input/data/train").mkdir(parents=True)
     (base / "input/data/train/data.csv").write_text(
@@ -541,7 +607,10 @@ def test_bug_exits_2_with_the_traceback(tmp_path, splits):
     file carries the traceback after the one-line reason.
 
     README Failure semantics: exit 2 "an estimator's ``fit`` raising something other
-    than ``ValueError``", "a one-line reason, then the traceback"."""
+    than ``ValueError``", "a one-line reason, then the traceback".
+    docs/training.md, Failure semantics: "a bug (in smserve, or an estimator's `fit`
+    raising something other than `ValueError`)".
+    """
     (X, y), _ = splits
     base = sagemaker_tree(
         tmp_path,
@@ -571,7 +640,11 @@ def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, spli
     fit would have: exit 143, no model, no temporary file, a failure file saying it was
     stopped. (No bound in seconds here: this machine's load is not the product's.)
 
-    README Failure semantics: 143 "stopped by SIGTERM" with its ``output/failure`` text."""
+    README Failure semantics: 143 "stopped by SIGTERM" with its ``output/failure`` text.
+    docs/training.md, Failure semantics: "stopped by SIGTERM (SageMaker's
+    StopTrainingJob)"; "`Training was stopped (SIGTERM) before it finished; no model was
+    written.`".
+    """
     (X, y), _ = splits
     started = tmp_path / "fit-started"
     base = sagemaker_tree(
@@ -593,3 +666,175 @@ def test_sigterm_mid_fit_stops_within_seconds_and_leaves_no_model(tmp_path, spli
     assert list((base / "model").iterdir()) == []
     assert not (base / "output/success").exists()
     assert not (base / "output/data/metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("header", "first_line", "outcome"),
+    [
+        ("present", "9,9.5", {"rows": 4, "feature_names": ["9.5"]}),
+        ("auto", "label,size", {"rows": 4, "feature_names": ["size"]}),
+        ("absent", "label,size", "column 1 (0 is the first) holds 'size'"),
+    ],
+)
+def test_header_present_and_absent(tmp_path, header, first_line, outcome):
+    """docs/training.md, Reserved keys, ``smserve_header``: "`auto`"; "CSV header
+    handling: `auto` (a first line with no number in it, above a line with numbers, is
+    a header)"; "`present`" (even a line of numbers is the header); "`absent`" (the
+    first line is a record, so a header line is text in a column of numbers). Channel
+    ContentType, CSV: "with or without a header"."""
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={"smserve_header": header},
+        channels={"train": file_channel("text/csv")},
+    )
+    data = base / "input/data/train/data.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text(f"{first_line}\n0,1.0\n1,2.0\n0,1.5\n1,2.5\n")
+
+    proc = run_train(base)
+
+    if isinstance(outcome, str):
+        assert proc.returncode == 1, proc.stderr
+        assert outcome in (base / "output/failure").read_text()
+        return
+    assert proc.returncode == 0, proc.stderr
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"]["train"] == outcome["rows"]
+    assert metadata["feature_names"] == outcome["feature_names"]
+
+
+def test_fast_file_mode_reads_like_file_mode(tmp_path, splits):
+    """docs/training.md, What it reads: "channels: `TrainingInputMode` (`File`, `Pipe`,
+    `FastFile`)"; "File/FastFile data: every file below"; "recursively"; "in sorted
+    order" (a FastFile channel is a directory, read as File mode reads it)."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path,
+        channels={"train": file_channel("text/csv", TrainingInputMode="FastFile")},
+    )
+    write_csv(base / "input/data/train/b/part.csv", X[60:], y[60:])
+    write_csv(base / "input/data/train/a.csv", X[:60], y[:60])
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"]["train"] == 120
+    assert metadata["channels"]["train"]["sources"] == ["a.csv", "b/part.csv"]
+
+
+def test_a_factory_function_is_an_estimator(tmp_path, splits):
+    """docs/training.md, Reserved keys, ``smserve_estimator``: "a dotted path to an
+    estimator class or to a function returning an estimator" (here a function of the
+    test suite's), its parameters then set as hyperparameters. Without
+    ``smserve_random_seed`` (Reserved keys: "unset") its ``random_state`` stays None."""
+    (X, y), _ = splits
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            "smserve_estimator": "tests.support.training.small_forest",
+            "n_estimators": "4",
+        },
+    )
+    write_csv(base / "input/data/train/iris.csv", X, y)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base).predictor.model
+    assert type(model).__name__ == "RandomForestClassifier"
+    assert (model.n_estimators, model.max_depth) == (4, 2)
+    assert model.random_state is None  # no smserve_random_seed: left unset
+
+
+@pytest.mark.parametrize(
+    ("content_type", "layout"),
+    [
+        ("application/csv", "csv"),
+        ("text/plain", "csv"),
+        ("application/parquet", "parquet"),
+        ("application/vnd.apache.parquet", "parquet"),
+        ("application/x-ndjson", "jsonl"),
+        ("application/json", "jsonl"),
+    ],
+)
+def test_channel_content_type_aliases_and_the_last_column_as_label(
+    tmp_path, splits, content_type, layout
+):
+    """docs/training.md, Channel ContentType: "`text/csv` (also `application/csv`,
+    `text/plain`)"; "`application/x-parquet` (also `application/parquet`,
+    `application/vnd.apache.parquet`)"; "`application/jsonlines` (also
+    `application/x-jsonlines`, `application/jsonl`, `application/x-ndjson`,
+    `application/json`)" (one alias of each group and two of JSON Lines here; every
+    alias is in ``modelapp/formats.py``'s table); and Reserved keys,
+    ``smserve_target_column``: "the label column: an index (`0` first, `-1` last) or"
+    (here -1: the label is the last column)."""
+    (X, y), _ = splits
+    table = np.column_stack([X, y])
+    data = base = None
+    if layout == "csv":
+        data = "".join(",".join(map(repr, row)) + "\n" for row in table.tolist())
+        data = data.encode()
+    elif layout == "parquet":
+        names = ["sl", "sw", "pl", "pw", "species"]
+        data = parquet_bytes(pd.DataFrame(table, columns=names))
+    else:
+        data = "".join(json.dumps(row) + "\n" for row in table.tolist()).encode()
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={"smserve_random_seed": "0", "smserve_target_column": "-1"},
+        channels={"train": file_channel(content_type)},
+    )
+    (base / "input/data/train").mkdir(parents=True)
+    (base / "input/data/train/data").write_bytes(data)
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    expected = DecisionTreeClassifier(random_state=0).fit(X, y)
+    predicted = served(base).predictor.predict(Batch(values=X))
+    assert predicted.tolist() == expected.predict(X).tolist()
+    metadata = json.loads((base / "model/metadata.json").read_text())
+    assert metadata["rows"]["train"] == 120
+    assert metadata["n_features"] == 4
+
+
+def test_random_seed_reaches_nested_random_states(tmp_path, splits):
+    """docs/training.md, Reserved keys, ``smserve_random_seed``: "sets every
+    `random_state` parameter (nested ones too) that is not set explicitly": a pipeline's
+    forest gets the seed, its PCA keeps the ``random_state`` the job set; and without
+    ``hyperparameters.json`` or ``resourceconfig.json`` (What it reads: "missing = no
+    hyperparameters"; "missing = one host") the job trains with the defaults on one
+    host (here with ``--hp`` only)."""
+    (X, y), _ = splits
+    base = sagemaker_tree(tmp_path)
+    (base / "input/config/hyperparameters.json").unlink()
+    (base / "input/config/resourceconfig.json").unlink()
+    write_csv(base / "input/data/train/iris.csv", X, y)
+    plain = tmp_path / "plain"
+    sagemaker_tree(plain)
+    (plain / "input/config/hyperparameters.json").unlink()
+    (plain / "input/config/resourceconfig.json").unlink()
+    write_csv(plain / "input/data/train/iris.csv", X, y)
+
+    proc = run_train(
+        base,
+        "--hp",
+        'smserve_estimator=["pca", "random_forest"]',
+        "--hp",
+        "smserve_random_seed=5",
+        "--hp",
+        "pca__random_state=1",
+        "--hp",
+        "randomforestclassifier__n_estimators=3",
+    )
+    default = run_train(plain)
+
+    assert proc.returncode == 0, proc.stderr
+    model = served(base).predictor.model
+    assert model.named_steps["randomforestclassifier"].random_state == 5
+    assert model.named_steps["pca"].random_state == 1
+    assert default.returncode == 0, default.stderr
+    assert type(served(plain).predictor.model).__name__ == "DecisionTreeClassifier"
+    metadata = json.loads((plain / "model/metadata.json").read_text())
+    assert metadata["hyperparameters"] == {}

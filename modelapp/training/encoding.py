@@ -68,7 +68,8 @@ def prepare(
     if not categorical and (impute == "none" or not has_missing):
         return estimator, {}
     if categorical and encoding == "none":
-        return estimator, chosen
+        # The estimator takes the raw table: it fills its own gaps, if it does.
+        return estimator, {**chosen, "impute": "none"}
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
 

@@ -4,6 +4,7 @@ their anchors, relative links, and the text of one section."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import ROOT
@@ -118,3 +119,95 @@ def section(path: Path, title: str) -> str:
         (i for i, lvl, _ in headings(text) if i > start and lvl <= level), len(lines)
     )
     return "\n".join(lines[start + 1 : end])
+
+
+@dataclass(frozen=True)
+class Table:
+    """One Markdown table of a page: where it is (the page, the heading it sits under and
+    its place among that section's tables), its header cells and its body rows' cells."""
+
+    page: str
+    section: str
+    index: int
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def cells(line: str) -> tuple[str, ...]:
+    """A table line's cells, split on the pipes outside code spans."""
+    found, current, code = [], [], False
+    for ch in line.strip().strip("|"):
+        if ch == "`":
+            code = not code
+        if ch == "|" and not code:
+            found.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    found.append("".join(current).strip())
+    return tuple(found)
+
+
+def tables(path: Path) -> list[Table]:
+    """Every table of ``path`` outside code blocks (indented ones too), in order."""
+    name = path.relative_to(ROOT).as_posix()
+    found: list[Table] = []
+    section, per_section = "", {}
+    header: tuple[str, ...] | None = None
+    rows: list[tuple[str, ...]] = []
+
+    def close() -> None:
+        if header is not None:
+            index = per_section.get(section, 0)
+            per_section[section] = index + 1
+            found.append(Table(name, section, index, header, tuple(rows)))
+
+    for line in prose_lines(path.read_text()):
+        match = HEADING.match(line)
+        if match:
+            section = match.group(2)
+        text = line.strip()
+        if not text.startswith("|"):
+            close()
+            header, rows = None, []
+            continue
+        if header is None:
+            header = cells(text)
+        elif not set(text) <= set("|-: "):
+            rows.append(cells(text))
+    close()
+    return found
+
+
+OPENERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def clauses(text: str) -> list[str]:
+    """``text`` cut at each ``;`` and ``,`` (followed by a space: ``1,000`` stays whole)
+    outside brackets, code spans and quotes: the separately checkable statements of a table
+    cell, in order, stripped."""
+    found, current, closers, code, quoted = [], [], [], False, False
+    for at, ch in enumerate(text):
+        if ch == "`":
+            code = not code
+        elif ch == '"' and not code:
+            quoted = not quoted
+        elif not (code or quoted):
+            if ch in OPENERS:
+                closers.append(OPENERS[ch])
+            elif closers and ch == closers[-1]:
+                closers.pop()
+            elif ch in ",;" and not closers and text[at + 1 : at + 2] in (" ", ""):
+                found.append("".join(current).strip())
+                current = []
+                continue
+        current.append(ch)
+    found.append("".join(current).strip())
+    return [clause for clause in found if clause.strip(" .:")]
+
+
+def plain(text: str) -> str:
+    """``text`` as a docstring quotes it: no code or emphasis marks, no doubled
+    backslashes, whitespace collapsed, lower case."""
+    text = text.replace("\\\\", "\\").replace("`", "").replace("*", "")
+    return " ".join(text.split()).lower()

@@ -132,3 +132,23 @@ def output_fn(prediction, accept):
         return json.dumps(prediction.tolist()), accept
     raise ValueError(f"cannot write {accept}")
 """
+
+# No model_fn (smserve loads model.joblib), the default input_fn and output_fn; predict_fn
+# shapes the response through its context, and raises an exception that is not smserve's
+# but carries a status_code, as the toolkit's GenericInferenceToolkitError does.
+NO_MODEL_FN_PY = """\
+class ToolkitError(Exception):
+    def __init__(self, status_code, message):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def predict_fn(input_data, model, context):
+    if context.get_request_header(0, "X-Teapot"):
+        raise ToolkitError(418, "short and stout")
+    if context.get_request_header(0, "X-Status"):
+        context.set_response_status(int(context.get_request_header(0, "X-Status")))
+        context.set_response_content_type(0, "text/vnd.iris")
+    labels = model.predict(input_data)
+    return [f"{label}:{input_data.dtype}" for label in labels]
+"""

@@ -209,3 +209,29 @@ class BrokenClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         raise NotImplementedError
+
+
+def small_forest() -> Any:
+    """A function returning an estimator, for ``smserve_estimator`` by dotted path."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=3, max_depth=2)
+
+
+def own_column_transformer_pipeline() -> Any:
+    """A user's pipeline that encodes the churn table's text columns itself."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    return make_pipeline(
+        ColumnTransformer(
+            [
+                ("text", OneHotEncoder(handle_unknown="ignore"), ["plan", "country"]),
+                ("numbers", SimpleImputer(), ["tenure", "spend", "calls"]),
+            ]
+        ),
+        LogisticRegression(max_iter=500),
+    )

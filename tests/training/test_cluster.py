@@ -99,7 +99,15 @@ def searching(jobs, data, tmp_path) -> Job:
 
 def test_three_hosts_search_as_one_host_does(tmp_path, jobs, data):
     """Three hosts: all exit 0, only the leader writes the model and output, and the
-    search finds the best parameters the same search finds on one host."""
+    search finds the best parameters the same search finds on one host.
+    docs/training.md, Hosts: "Dask workers"; "and the fit: it waits until every host's
+    workers have joined"; "runs the search (candidates × folds on the cluster, the data
+    sent once to every worker) and the final refit of the best candidate (a forest's
+    trees on the cluster too)"; "then closes the cluster"; "`model/`"; "`output/` as on
+    one host"; "Dask workers only"; "exits 0 when the leader closes the cluster".
+    docs/settings.md, Settings: "`SMSERVE_DASK_SCHEDULER_PORT`";
+    "`SMSERVE_HOST_ADDRESSES`".
+    """
     single = sagemaker_tree(
         tmp_path / "single", hyperparameters=SEARCH, channels={"train": file_channel()}
     )
@@ -152,7 +160,13 @@ def test_a_forest_alone_is_fitted_over_two_hosts(tmp_path, jobs, data):
 
 def test_a_leader_that_never_comes(jobs, data):
     """A host whose leader never starts fails after smserve_cluster_timeout, saying so
-    in its failure file."""
+    in its failure file.
+    docs/training.md, Reserved keys: "seconds hosts wait for each other (the leader for
+    every host's workers, the others for the leader)". docs/training.md, Hosts: "nothing
+    (its `output/failure` if it fails)". docs/training.md, Distributed failures: "a host
+    cannot reach the leader (never came, or died) for `smserve_cluster_timeout` s";
+    "that host exits 1: "could not reach the leader algo-1 ..."".
+    """
     job = jobs(2, {**SEARCH, "smserve_cluster_timeout": "3"}, data).start("algo-2")
 
     assert job.wait()["algo-2"] == 1
@@ -162,7 +176,10 @@ def test_a_leader_that_never_comes(jobs, data):
 
 
 def test_hosts_that_never_join(jobs, data):
-    """A leader whose other hosts never join fails, naming them."""
+    """A leader whose other hosts never join fails, naming them.
+    docs/training.md, Distributed failures: "some hosts never join the leader's cluster
+    in `smserve_cluster_timeout` s"; "the leader exits 1 naming them".
+    """
     job = jobs(3, {**SEARCH, "smserve_cluster_timeout": "3"}, data).start("algo-1")
 
     assert job.wait()["algo-1"] == 1, job.logs()
@@ -173,7 +190,10 @@ def test_hosts_that_never_join(jobs, data):
 
 def test_a_host_killed_mid_search(tmp_path, jobs, data):
     """A host that dies mid-search (every process killed): Dask runs its tasks again on
-    the other hosts, and the job completes."""
+    the other hosts, and the job completes.
+    docs/training.md, Distributed failures: "a host dies mid-search (killed, out of
+    memory)".
+    """
     job = searching(jobs, data, tmp_path)
 
     job.host("algo-3").kill()
@@ -344,7 +364,11 @@ def test_a_task_runs_its_own_joblib_calls_in_place():
 
 def test_sigterm_on_the_leader_ends_every_host(tmp_path, jobs, data):
     """SIGTERM on the leader mid-search: it stops (143) with no model, and closing the
-    cluster ends the other hosts (exit 0, nothing written)."""
+    cluster ends the other hosts (exit 0, nothing written).
+    docs/training.md, Distributed failures: "SIGTERM on the leader (StopTrainingJob)";
+    "it stops (exit 143, no model)"; "closing the cluster: the others exit 0 within
+    seconds".
+    """
     job = searching(jobs, data, tmp_path)
 
     job.host("algo-1").signal(signal.SIGTERM)
@@ -357,7 +381,11 @@ def test_sigterm_on_the_leader_ends_every_host(tmp_path, jobs, data):
 
 def test_sigterm_on_another_host_fails_the_leader(tmp_path, jobs, data):
     """SIGTERM on a non-leader mid-search: it stops, the leader's job fails with that
-    host's reason in its failure file, no model, and the third host exits 0."""
+    host's reason in its failure file, no model, and the third host exits 0.
+    docs/training.md, Distributed failures: "SIGTERM on another host"; "it stops (143)
+    and tells the leader"; "whose job fails (exit 1, no model) with "Host algo-2 failed:
+    it was stopped (SIGTERM)" in its `output/failure`".
+    """
     job = searching(jobs, data, tmp_path)
 
     job.host("algo-2").signal(signal.SIGTERM)

@@ -75,7 +75,9 @@ def test_train_without_a_reachable_database_still_trains(tmp_path):
 
 
 def test_train_records_the_run_in_its_database(tmp_path):
-    """``manage.py train`` migrates its (SQLite) database and records the run there."""
+    """``manage.py train`` migrates its (SQLite) database and records the run there.
+    docs/settings.md, Settings: "`SMSERVE_STATE_DIR`".
+    """
     channel = write_channel(tmp_path / "train.csv")
     env = {"DATABASE_URL": "", "SMSERVE_STATE_DIR": str(tmp_path / "st")}
     done = run_train(

@@ -217,7 +217,11 @@ def test_source_from_s3_on_a_local_server(tmp_path, iris_csv):
 
 def test_a_broken_script_fails_the_job_with_its_exception_first(tmp_path, iris_csv):
     """The script's exit code is the job's; output/failure starts with its last
-    exception line, then the end of its stderr; its stderr reaches the log unchanged."""
+    exception line, then the end of its stderr; its stderr reaches the log unchanged.
+    docs/training.md, Script mode: differences: "the script's last exception line
+    (`ValueError: ...`; without a traceback, its last stderr line)"; "then how it ended
+    and the last 40 lines of its stderr".
+    """
     src = source_dir(tmp_path / "src", {"train.py": BROKEN_PY})
     base = job(tmp_path, iris_csv, str(src))
     done = run_train(base)
@@ -237,7 +241,8 @@ def test_a_broken_script_fails_the_job_with_its_exception_first(tmp_path, iris_c
 def test_a_shell_script_runs_with_the_shell_and_its_exit_code(tmp_path, iris_csv):
     """A ``.sh`` entry point (here in a subdirectory of the source) runs with /bin/sh
     from the source directory, arguments quoted as the toolkit passes them; its exit code
-    (3) is the job's."""
+    (3) is the job's: docs/training.md, Script mode: differences: "the script's own
+    (`sys.exit(3)` → 3; killed by signal N → 128 + N)" (the signal: below)."""
     src = source_dir(tmp_path / "src", {"scripts/train.sh": TRAIN_SH})
     base = job(
         tmp_path,
@@ -257,7 +262,10 @@ def test_a_shell_script_runs_with_the_shell_and_its_exit_code(tmp_path, iris_csv
 
 def test_sigterm_reaches_the_script_and_ends_the_job(tmp_path, iris_csv):
     """StopTrainingJob's SIGTERM is passed on: the script's handler saves its checkpoint,
-    the job ends as stopped (143) with a failure file saying so."""
+    the job ends as stopped (143) with a failure file saying so.
+    docs/training.md, Script mode: differences: "passed to the script's process group (a
+    handler can save a checkpoint)"; "the job exits 143".
+    """
     src = source_dir(tmp_path / "src", {"train.py": SLOW_PY})
     base = job(tmp_path, iris_csv, str(src))
     proc, stderr = sigterm_train(base, base / "model/started")
@@ -494,3 +502,27 @@ def test_the_script_runs_without_smserves_secrets(tmp_path, iris_csv):
     names = set(json.loads((base / "model/environ.json").read_text()))
     assert "SM_MODEL_DIR" in names
     assert names & {*secrets, "DATABASE_URL"} == set()
+KILLS_ITSELF_PY = """\
+import os
+import signal
+
+with open(os.path.join(os.environ["SM_OUTPUT_DIR"], "failure"), "w") as f:
+    f.write("MyError: the script's own reason")
+print("about to be killed", flush=True)
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+
+
+def test_a_script_killed_by_a_signal_exits_128_plus_n(tmp_path, iris_csv):
+    """docs/training.md, Script mode: differences: "the script's own (`sys.exit(3)` → 3;
+    killed by signal N → 128 + N)": a script killed by SIGUSR1 (10) ends the job with 138;
+    and "a failure file the script wrote itself is kept"."""
+    src = source_dir(tmp_path / "src", {"train.py": KILLS_ITSELF_PY})
+    base = job(tmp_path, iris_csv, str(src))
+
+    done = run_train(base)
+
+    assert done.returncode == 128 + 10, (done.returncode, done.stderr)
+    assert "about to be killed" in done.stdout
+    assert (base / "output/failure").read_text() == "MyError: the script's own reason"
+    assert not (base / "output/success").exists()

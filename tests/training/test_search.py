@@ -62,7 +62,11 @@ def job(
 def test_grid_search_saves_the_best_estimator_and_the_search(tmp_path, iris_split):
     """The best candidate, refitted on all of train, is the model; metadata.json holds
     every candidate's scores; #metric gains the best cross-validation score; validation
-    metrics are computed as without a search."""
+    metrics are computed as without a search.
+    docs/training.md, Reserved keys: "a hyperparameter search: `grid`"; "—"; "the
+    space"; "JSON: `{"max_depth": [2, 4, 8]}` (names as `set_params` takes them)";
+    "`accuracy` (classifier)".
+    """
     train, validation = iris_split
     base = job(
         tmp_path,
@@ -110,7 +114,10 @@ def test_grid_search_saves_the_best_estimator_and_the_search(tmp_path, iris_spli
 
 def test_random_search_with_distributions_in_a_pipeline(tmp_path, iris_split):
     """A random search samples the given number of candidates from distributions, with
-    pipeline steps' parameters named as set_params takes them, and a chosen scorer."""
+    pipeline steps' parameters named as set_params takes them, and a chosen scorer.
+    docs/training.md, Reserved keys: "`{"loguniform": [a, b]}`"; "candidates the random
+    kinds draw"; "a scikit-learn scorer name".
+    """
     base = job(
         tmp_path,
         iris_split[0],
@@ -135,7 +142,9 @@ def test_random_search_with_distributions_in_a_pipeline(tmp_path, iris_split):
 
 
 def test_successive_halving(tmp_path, iris_split):
-    """A halving search runs round by round; each kept result says its round."""
+    """A halving search runs round by round; each kept result says its round.
+    docs/training.md, Reserved keys: "`halving_grid`".
+    """
     base = job(
         tmp_path,
         iris_split[0],
@@ -183,7 +192,17 @@ def test_bad_search_hyperparameters_fail_with_exit_1(
     tmp_path, iris_split, hyperparameters, message
 ):
     """A mistake in the search's hyperparameters is the user's to fix: exit 1, the
-    message in output/failure, no model."""
+    message in output/failure, no model.
+    docs/training.md, Distributed failures: "a search hyperparameter is wrong (malformed
+    JSON, unknown parameter name, empty list, unknown scorer or kind)"; "before any data
+    is read"; "the message says what to fix". And, through ``./train`` too: "a path
+    that is not `<channel>/<file>`: no channel"; "absolute"; "or with `..`"; ""must be
+    <channel>/<path to a JSON file in it>""; "a channel the job does not have";
+    ""names the channel 'x', which the job does not have (its channels: ...)"";
+    "`train`"; ""whose every file smserve reads as data: put the space in a channel of
+    its own""; "the JSON is not a space (e.g. a list of numbers, an empty list of
+    values)"; "as for `smserve_search_space`"; "naming the file".
+    """
     base = job(tmp_path, iris_split[0], **hyperparameters)
 
     proc = run_train(base)
@@ -280,7 +299,13 @@ CANDIDATES = [
 def test_the_space_from_a_file_in_a_channel(tmp_path, iris_split):
     """``smserve_search_space_file`` reads a space too long for a hyperparameter from a
     channel of its own (``config/space.json``); the search is the one the file spells,
-    and the channel is not taken for data."""
+    and the channel is not taken for data.
+    docs/training.md, Reserved keys: "unset"; "the space from a JSON file instead (same
+    content as `smserve_search_space`)"; "for a space longer than SageMaker's 256
+    characters per hyperparameter value: `<channel>/<path>`"; "a file of a File-mode
+    channel of its own"; "e.g. `config/space.json` ([The search space in a
+    file](#the-search-space-in-a-file))".
+    """
     space = json.dumps(CANDIDATES)
     assert len(space) > 256
     base = job(
@@ -330,14 +355,57 @@ def test_the_space_from_a_file_in_a_channel(tmp_path, iris_split):
             },
             "smserve_search_space and smserve_search_space_file are both set",
         ),
+        *(
+            (
+                json.dumps(GRID),
+                {"smserve_search_space_file": path},
+                message,
+            )
+            for path, message in (
+                ("space.json", "must be <channel>/<path to a JSON file in it>"),
+                ("/config/space.json", "must be <channel>/<path"),
+                ("config/../train/d.csv", "must be <channel>/<path"),
+                ("search/space.json", "names the channel 'search', which the job"),
+                ("train/d.csv", "whose every file smserve reads as data"),
+            )
+        ),
+        (
+            json.dumps({"C": []}),
+            {"smserve_search_space_file": "config/space.json"},
+            "space.json (smserve_search_space_file): 'C'",
+        ),
     ],
-    ids=["missing", "not-json", "both-ways"],
+    ids=[
+        "missing",
+        "not-json",
+        "both-ways",
+        "no-channel",
+        "absolute",
+        "dot-dot",
+        "unknown-channel",
+        "data-channel",
+        "wrong-shape",
+    ],
 )
 def test_a_bad_space_file_fails_with_exit_1(
     tmp_path, iris_split, space, hyperparameters, message
 ):
     """A missing file, a file that is not JSON, or the space given both ways: exit 1
-    with the reason in output/failure, no model."""
+    with the reason in output/failure, no model.
+    docs/training.md, Space file failures: "both `smserve_search_space` and
+    `smserve_search_space_file`"; ""... are both set: give the space one way""; "no such
+    file in the channel"; ""there is no file /opt/ml/input/data/config/space.json" (and
+    the FullyReplicated hint)"; "the file is not JSON"; ""... (path) is not valid JSON:
+    <the JSON error>"". docs/training.md, Distributed failures: "or its
+    `smserve_search_space_file` (missing, not JSON, both ways given)"; "before any data
+    is read"; "the message says what to fix". And, through ``./train`` too: "a path
+    that is not `<channel>/<file>`: no channel"; "absolute"; "or with `..`"; ""must be
+    <channel>/<path to a JSON file in it>""; "a channel the job does not have";
+    ""names the channel 'x', which the job does not have (its channels: ...)"";
+    "`train`"; ""whose every file smserve reads as data: put the space in a channel of
+    its own""; "the JSON is not a space (e.g. a list of numbers, an empty list of
+    values)"; "as for `smserve_search_space`"; "naming the file".
+    """
     base = job(
         tmp_path, iris_split[0], space=space, smserve_search="grid", **hyperparameters
     )
@@ -390,3 +458,77 @@ def test_a_space_file_of_the_wrong_shape(tmp_path, iris_split):
         ClientError, match=r"space\.json \(smserve_search_space_file\): 'C'"
     ):
         SearchSpec.of(env)
+
+
+def test_halving_random_on_a_regressor_with_the_defaults(tmp_path):
+    """docs/training.md, Reserved keys, through the real ``./train``: "`halving_random`
+    ([Distributed training](#distributed-training-searches-and-forests-over-the-jobs-hosts))";
+    "random kinds also `{"uniform": [a, b]}`"; "`{"randint": [a, b]}`"; and, none of
+    them given, the defaults "`10`" candidates, "`5`" folds, "cross-validation folds",
+    and the scorer "`r2` (regressor)"."""
+    rng = np.random.default_rng(3)
+    X = rng.random((200, 3))
+    y = X @ np.array([3.0, -2.0, 1.0]) + rng.normal(0, 0.05, 200)
+    base = job(
+        tmp_path,
+        (X, np.round(y, 5)),
+        estimator={
+            "smserve_estimator": "decision_tree_regressor",
+            "smserve_random_seed": "0",
+        },
+        smserve_search="halving_random",
+        smserve_search_space=json.dumps(
+            {
+                "max_depth": {"randint": [2, 8]},
+                "min_impurity_decrease": {"uniform": [0, 0.01]},
+            }
+        ),
+    )
+
+    proc = run_train(base)
+
+    assert proc.returncode == 0, proc.stderr
+    metadata = json.loads(SageMakerPaths(base).metadata_file.read_text())
+    search = metadata["search"]
+    assert (search["kind"], search["scoring"], search["folds"]) == (
+        "halving_random",
+        "r2",
+        5,
+    )
+    # The first round fits every candidate drawn; later rounds the best of them.
+    first_round = [r for r in search["results"] if r["iteration"] == 0]
+    assert len(first_round) == 10
+    assert search["candidates"] == len(search["results"]) > 10
+    for result in search["results"]:
+        assert 2 <= result["params"]["max_depth"] <= 9
+        assert isinstance(result["params"]["max_depth"], int)
+        assert 0 <= result["params"]["min_impurity_decrease"] <= 0.01
+    assert len({r["params"]["min_impurity_decrease"] for r in search["results"]}) > 3
+    assert "#metric cv:r2=" in proc.stdout
+
+
+def test_a_bad_search_fails_every_host_alike(tmp_path, iris_split):
+    """docs/training.md, Distributed failures: a wrong search hyperparameter gives "exit
+    1 on every host": a host that is not the leader (algo-2 of two) fails with the same
+    message before it looks for the cluster, instead of exiting 0 as a non-leader
+    does."""
+    base = sagemaker_tree(
+        tmp_path,
+        hyperparameters={
+            **FOREST,
+            "smserve_search": "grid",
+            "smserve_search_space": '{"max_depth": []}',
+        },
+        channels={"train": file_channel()},
+        hosts=["algo-1", "algo-2"],
+        current_host="algo-2",
+    )
+    write_csv(base / "input/data/train/d.csv", *iris_split[0])
+
+    proc = run_train(base)
+
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        "'max_depth' must be a non-empty list of values"
+        in (base / "output/failure").read_text()
+    )

@@ -209,3 +209,93 @@ def test_text_in_one_file_numbers_in_another_names_both(tmp_path, frame):
         "Channel 'train': column 'calls' holds numbers in a.csv but text in b.csv "
         "('many')"
     )
+
+
+@pytest.mark.parametrize(
+    ("estimator", "preprocessing", "encoder"),
+    [
+        (
+            "hist_gradient_boosting",
+            {"encoding": "native", "impute": "none"},
+            {"unknown_value": "nan", "encoded_missing_value": "nan"},
+        ),
+        (
+            "random_forest",
+            {"encoding": "ordinal", "impute": "none"},
+            {"unknown_value": "nan", "encoded_missing_value": "nan"},
+        ),
+        (
+            "gradient_boosting",
+            {"encoding": "ordinal", "impute": "median"},
+            {"unknown_value": -1, "encoded_missing_value": -1},
+        ),
+        (
+            "logistic_regression",
+            {"encoding": "onehot", "impute": "median"},
+            {
+                "handle_unknown": "infrequent_if_exist",
+                "min_frequency": 5,
+                "max_categories": 50,
+            },
+        ),
+        (
+            "tests.support.training.own_column_transformer_pipeline",
+            {"encoding": "none", "impute": "none"},
+            None,
+        ),
+    ],
+    ids=["hgb", "forest", "gradient-boosting", "linear", "own-pipeline"],
+)
+def test_auto_encoding_per_estimator_through_train(
+    tmp_path, frame, estimator, preprocessing, encoder
+):
+    """docs/training.md, Categorical encoding, through the real ``./train``:
+    HistGradientBoosting "`native`: an ordinal code per category (at most `max_bins`)
+    given to the estimator's own categorical support (`categorical_features`)"; "unknown =
+    missing"; "left to the estimator"; trees "`ordinal`: `OrdinalEncoder`"; "unknown and
+    missing categories as NaN"; gradient boosting "`ordinal`"; "unknown and missing as
+    `-1` (it cannot take NaN)"; "median"; everything else "`onehot`:
+    `OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5,
+    max_categories=50)`: rare categories share a column"; "and so does one first seen at
+    serving time"; "a missing category is a category of its own"; a pipeline of yours
+    "`none`"; "—". Each model then predicts a record with an unseen and a missing
+    category. docs/training.md, What it writes: "`features` (the input schema: per
+    column its `name`, `kind` `numeric`/`categorical`, the `categories` seen, most
+    frequent first, capped at 100, with `n_categories`, the share `missing` and a
+    `typical` number, the median)" (all but the cap); "`preprocessing` (the encoding and
+    imputation chosen for a table)".
+    docs/training.md, Reserved keys: "`auto`"; "how text columns reach the estimator
+    (table below): `auto`"; "`native` (HistGradientBoosting only)"; "`none` (as they
+    are: the estimator, e.g. a pipeline of your own that starts with a
+    `ColumnTransformer`, encodes them)"; "numeric gaps: `auto` fills them with the
+    median only for an estimator that cannot take NaN".
+    """
+    _, model, metadata = run(
+        tmp_path, csv_channel(tmp_path, frame), real=True, smserve_estimator=estimator
+    )
+    assert metadata.preprocessing == preprocessing
+    plan = metadata.features[FEATURES.index("plan")]
+    assert (plan.name, plan.kind, plan.n_categories) == ("plan", "categorical", 3)
+    counts = frame["plan"].value_counts()
+    assert plan.categories == list(counts.index)  # most frequent first
+    assert plan.missing == pytest.approx(frame["plan"].isna().mean())
+    tenure = metadata.features[FEATURES.index("tenure")]
+    assert (tenure.kind, tenure.typical) == ("numeric", frame["tenure"].median())
+    transformer = model.steps[0][1]
+    if encoder is None:
+        assert [name for name, _, _ in transformer.transformers] == ["text", "numbers"]
+    else:
+        params = transformer.named_transformers_["categorical"].get_params()
+        for name, value in encoder.items():
+            got = params[name]
+            assert (str(got) if value == "nan" else got) == value, (name, got)
+        imputer = transformer.named_transformers_.get("numeric")
+        if preprocessing["impute"] == "median":
+            assert imputer.strategy == "median"
+    if preprocessing["encoding"] == "native":
+        assert list(model.steps[-1][1].categorical_features) == [0, 1, 2]
+        assert params["max_categories"] == model.steps[-1][1].max_bins
+    unseen = frame[FEATURES].head(2).copy()
+    unseen["country"] = "NZ"
+    unseen.loc[unseen.index[0], "plan"] = np.nan
+    assert len(own_answer(model, "predict", unseen)) == 2
