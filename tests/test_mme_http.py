@@ -611,6 +611,8 @@ def test_a_requirement_changing_an_image_package_fails_the_load(mme_code, tmp_pa
     assert mme_code.get("/models/old-numpy")[0] == HTTPStatus.NOT_FOUND
     code = mme_code.registry_dir / "code"
     assert not code.exists() or [p for p in code.iterdir() if p.is_dir()] == []
+
+
 def no_predict_dir(base: Path) -> Path:
     """A pickle that loads but is no model: a dict."""
     (base / "model").mkdir(parents=True)

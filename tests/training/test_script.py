@@ -502,6 +502,8 @@ def test_the_script_runs_without_smserves_secrets(tmp_path, iris_csv):
     names = set(json.loads((base / "model/environ.json").read_text()))
     assert "SM_MODEL_DIR" in names
     assert names & {*secrets, "DATABASE_URL"} == set()
+
+
 KILLS_ITSELF_PY = """\
 import os
 import signal
