@@ -221,7 +221,7 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
     (2 workers, each with its own session) answers held-out records as the saved model
     does, for predict and predict_proba; with the engine off it answers the same.
     docs/training.md, What it writes: "the model converted to ONNX (skl2onnx)"; "when it
-    converts"; "`metadata.json`'s `compiled` says so (or why not, in `onnx_error`)"; "up
+    converts"; "`metadata.json`'s `compiled` says so"; "or why not (`onnx_error`)"; "up
     to 1,000 training rows (float64, the model's feature order): what serving verifies
     the [compiled engine](speed.md#compiled-predictions-onnx-runtime) on". The
     probabilities come back in float32 with the engine (CSV digits, an NPY dtype),
