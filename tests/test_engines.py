@@ -3,6 +3,7 @@ verified to answer as scikit-learn does, for every family the short names offer.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -191,6 +192,26 @@ def test_a_disagreeing_graph_is_caught(tmp_path):
     )
     served = predictor.predict(Batch(values=X_HELD_OUT))
     np.testing.assert_array_equal(served, model.predict(X_HELD_OUT))
+
+
+def test_a_graph_that_is_not_the_one_train_wrote_is_converted_again(tmp_path):
+    """A model.onnx whose sha256 differs from metadata.json's ``onnx_sha256`` is not
+    used: the model is converted again at start-up.
+    docs/training.md, What it writes, `model/model.onnx`: "with its sha256
+    (`onnx_sha256`, checked when serving)".
+    """
+    model = fitted("random_forest")
+    graph = compiled_engine.convert(model, 6)
+    compiled = {"onnx": "model.onnx", "onnx_sha256": hashlib.sha256(graph).hexdigest()}
+    write_model(tmp_path, model, {"n_features": 6, "compiled": compiled})
+    (tmp_path / "model" / "model.onnx").write_bytes(graph)
+    assert load_model(tmp_path / "model").predictor.engine_report.source == (
+        "model.onnx written by train"
+    )
+    (tmp_path / "model" / "model.onnx").write_bytes(graph + b"\0")
+    assert load_model(tmp_path / "model").predictor.engine_report.source == (
+        "converted at start-up"
+    )
 
 
 def test_switched_off(iris_base):
