@@ -260,15 +260,11 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "comma-separated (e.g. `models.internal,localhost`)": proof(
             f"{SETTINGS_T}::test_security_settings_through_the_real_server"
         ),
-        "left at `*`": config(
-            "proved on `manage.py check --deploy --fail-level ERROR` in a subprocess, the"
-            " check serve's prepare_serve makes; not through serve itself",
-            f"{SECURITY}::test_check_deploy_fails_with_the_admin_on_and_any_host",
+        "left at `*`": proof(
+            f"{SECURITY}::test_serve_stops_at_its_deploy_check_with_the_admin_on_and_any_host"
         ),
-        "`serve` stops at its deploy check (`modelapp.E006`)": config(
-            "proved on `manage.py check --deploy --fail-level ERROR` in a subprocess, the"
-            " check serve's prepare_serve makes; not through serve itself",
-            f"{SECURITY}::test_check_deploy_fails_with_the_admin_on_and_any_host",
+        "`serve` stops at its deploy check (`modelapp.E006`)": proof(
+            f"{SECURITY}::test_serve_stops_at_its_deploy_check_with_the_admin_on_and_any_host"
         ),
     },
     (ADMIN, "Admin variables", "`SMSERVE_STATS_FLUSH_SECONDS`"): {
