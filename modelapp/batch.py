@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from modelapp.exceptions import InvalidInput
+from modelapp.text import brief
 
 
 @dataclass
@@ -127,7 +128,7 @@ def to_float_rows(
             except (ValueError, TypeError):
                 feature = repr(names[column - 1]) if names else column
                 raise NotANumber(
-                    f"Record {number}, feature {feature}: {value!r} is not a number; "
+                    f"Record {number}, feature {feature}: {brief(value)} is not a number; "
                     f"{what} must hold numbers only."
                 ) from None
     # Only blank fields were in the way: they are missing values.

@@ -54,3 +54,24 @@ def check_smserve_settings(app_configs: Any = None, **kwargs: Any) -> list[Error
                 )
             )
     return errors
+
+
+@register(deploy=True)
+def check_admin_hosts(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """With the admin on, the Host header must be checked: it shares its origin with
+    the inference API, and a page a colleague visits could otherwise reach both by DNS
+    rebinding."""
+    from django.conf import settings
+
+    if not conf.get("ADMIN_ENABLED") or "*" not in settings.ALLOWED_HOSTS:
+        return []
+    return [
+        Error(
+            "The admin is on (SMSERVE_ADMIN_ENABLED) and any Host header is accepted.",
+            hint=(
+                "Set SMSERVE_ALLOWED_HOSTS to the names the container is reached by, "
+                "comma-separated (e.g. models.internal,localhost), without '*'."
+            ),
+            id="modelapp.E006",
+        )
+    ]

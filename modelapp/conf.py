@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # smserve/settings.py, which knows where that is).
     "STATE_DIR": None,
     "ADMIN_ENABLED": False,
+    # Load-failure reasons and inference-script exceptions in error bodies; off: in the
+    # log only, and callers get a generic reason (modelapp/exceptions.py).
+    "DETAILED_ERRORS": True,
     "STATS_FLUSH_SECONDS": 5.0,
     # Serve the methods verified equal by ONNX Runtime (modelapp/predictors/compiled.py).
     "COMPILED_ENGINE": True,
@@ -97,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
     # The directory every worker reads the loaded models from; None: STATE_DIR/mme
     # (``serve`` sets one in its run dir, new at every start).
     "MME_REGISTRY_DIR": None,
+    # POST /models loads only directories under this one (where SageMaker puts them);
+    # None: BASE_DIR/models, i.e. /opt/ml/models.
+    "MME_MODEL_ROOT": None,
     # --- internal: set by ``serve`` for the processes it starts (smserve/fastpaths.py) ---
     # The file nginx answers /ping from, written once the model is ready.
     "READY_FILE": "",
@@ -112,6 +118,7 @@ COMPUTED: dict[str, Callable[[dict[str, Any]], Any]] = {
     "TIMEOUT": lambda values: 3600 if values["BATCH"] else 60,
     "MME_MEMORY_MB": lambda values: _default_model_memory_mb(),
     "MME_REGISTRY_DIR": lambda values: Path(values["STATE_DIR"] or ".") / "mme",
+    "MME_MODEL_ROOT": lambda values: Path(values["BASE_DIR"]) / "models",
 }
 
 

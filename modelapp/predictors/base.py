@@ -24,6 +24,7 @@ from modelapp.batch import Batch, NotANumber, to_float_rows
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
 from modelapp.predictors.schema import InputSchema
+from modelapp.text import brief_list
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +236,9 @@ class BasePredictor:
                 unknown = sorted(set(record) - expected)
                 parts = []
                 if missing:
-                    parts.append(f"lacks {', '.join(map(repr, missing))}")
+                    parts.append(f"lacks {brief_list(missing)}")
                 if unknown:
-                    parts.append(f"has unknown {', '.join(map(repr, unknown))}")
+                    parts.append(f"has unknown {brief_list(unknown)}")
                 raise InvalidInput(
                     f"Record {number} {' and '.join(parts)}; expected the features "
                     f"{', '.join(names)}."

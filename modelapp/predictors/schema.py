@@ -25,6 +25,7 @@ from modelapp.metadata import (
     category_value,
     schema_of,
 )
+from modelapp.text import brief
 
 # Categories named in an error message, at most.
 SHOWN_CATEGORIES = 8
@@ -104,7 +105,7 @@ class InputSchema:
                     column[i] = float(value)
                 except (ValueError, TypeError):
                     raise InvalidInput(
-                        f"Record {i + 1}, feature {self.label(j)}: {value!r} is not a "
+                        f"Record {i + 1}, feature {self.label(j)}: {brief(value)} is not a "
                         "number."
                     ) from None
         if np.isinf(column).any():
@@ -160,7 +161,7 @@ class InputSchema:
                     shown = ", ".join(map(repr, known[:SHOWN_CATEGORIES]))
                     more = ", ..." if len(known) > SHOWN_CATEGORIES else ""
                     return (
-                        f"{where}, feature {self.label(j)}: {value!r} is not a category "
+                        f"{where}, feature {self.label(j)}: {brief(value)} is not a category "
                         f"the model was trained with ({shown}{more}); the model says: "
                         f"{exc}"
                     )

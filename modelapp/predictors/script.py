@@ -33,7 +33,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tempfile
 from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
@@ -58,9 +57,9 @@ from modelapp.predictors.sklearn import SklearnPredictor
 from modelapp.usercode import (
     Hooks,
     UserCodeError,
-    fetch_source,
+    fetch_for_load,
     find_hooks,
-    install_requirements,
+    install_for_load,
     listing,
     load_user_module,
     local_path,
@@ -237,7 +236,7 @@ class ScriptPredictor(BasePredictor):
         # inference.py, or utils.py, must not find each other's in sys.modules).
         with user_code_scope(source_dir, isolated=_multi_model()):
             try:
-                install_requirements(source_dir)
+                install_for_load(source_dir)
                 module = load_user_module(source_dir, program)
                 hooks = find_hooks(module)
             except UserCodeError as exc:
@@ -473,7 +472,7 @@ def source_directory(model_dir: Path) -> Path:
         path = local_path(uri)
         if path.is_dir():
             return path
-    return fetch_source(uri, Path(tempfile.mkdtemp(prefix="smserve-code-")) / "src")
+    return fetch_for_load(uri)
 
 
 def _multi_model() -> bool:

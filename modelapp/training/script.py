@@ -57,6 +57,7 @@ from modelapp.usercode import (
     Tee,
     UserCodeError,
     binary_stream,
+    child_environment,
     fetch_source,
     install_requirements,
     listing,
@@ -161,7 +162,8 @@ class ScriptRunner:
     def child_environment(
         self, training_env: dict[str, Any], sagemaker: dict[str, Any], source_dir: Path
     ) -> dict[str, str]:
-        child = dict(os.environ)
+        # Without smserve's secrets (SECRET_KEY, DATABASE_URL, ...): the script needs none.
+        child = child_environment()
         child.update(sm_variables(training_env))
         # What the toolkit also exports before it starts the script.
         child["SAGEMAKER_JOB_NAME"] = text(sagemaker.get(JOB_NAME, ""))
