@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelapp.batch import Batch, NotANumber, to_float_rows
+from modelapp.batch import Batch, NotANumber, RecordTable, to_float_rows
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
 from modelapp.tables import Table
@@ -222,13 +222,15 @@ class BasePredictor:
             f"{len(values)} values; send a list of records ([[...], ...]) or one record."
         )
 
-    def _records_to_rows(self, records: list[dict[str, Any]]) -> list[list[Any]]:
+    def _records_to_rows(self, records: Any) -> Any:
         names = self.feature_names
         if names is None:
             raise InvalidInput(
                 "Records were sent as objects, but the model was trained without feature "
                 f"names: send each record as an array of {self.n_features or 'its'} numbers."
             )
+        if isinstance(records, RecordTable):
+            return records.in_order(names)
         expected = set(names)
         for number, record in enumerate(records, 1):
             if record.keys() != expected:

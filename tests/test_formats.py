@@ -161,9 +161,13 @@ def test_csv_crlf_and_trailing_newlines():
 
 
 def test_json_objects_are_records():
-    """JSON objects are kept as records for the predictor to order by feature name."""
+    """JSON objects are kept as records for the predictor to order by feature name:
+    numbers as one float array with the keys (``RecordTable``), text as the objects."""
     batch = JSONParser().parse(io.BytesIO(b'[{"a": 1, "b": 2}]'), "application/json")
-    assert batch.records == [{"a": 1, "b": 2}]
+    assert batch.records.keys == ["a", "b"]
+    assert batch.records.in_order(["b", "a"]).tolist() == [[2.0, 1.0]]
+    batch = JSONParser().parse(io.BytesIO(b'[{"a": "x", "b": 2}]'), "application/json")
+    assert batch.records == [{"a": "x", "b": 2}]
 
 
 def test_json_mixed_records_rejected():
