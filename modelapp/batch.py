@@ -25,14 +25,15 @@ class Batch:
     tell apart. ``rows`` holds the fields as sent (CSV text, JSON scalars) when they are
     not all numbers: text is for the model's schema to accept or refuse (the predictor's
     job), so a parser never converts it; a flat list of them is ``rows=[items]`` with
-    ``flat``. ``records`` holds ``{feature: value}`` objects. ``columns`` are a CSV
-    header's names.
+    ``flat``; CSV's are a 2-D object array (a pointer per field). ``records`` holds
+    ``{feature: value}`` objects, or a ``RecordTable`` when they are all numbers under
+    the same keys. ``columns`` are a CSV header's names.
     """
 
     values: np.ndarray | None = None
-    records: list[dict[str, Any]] | None = None
+    records: list[dict[str, Any]] | RecordTable | None = None
     columns: list[str] | None = None
-    rows: list[list[Any]] | None = None
+    rows: list[list[Any]] | np.ndarray | None = None
     flat: bool = False
 
     def __post_init__(self) -> None:

@@ -281,19 +281,22 @@ def numeric_lines(data: bytes, stop: int, blanks: bool) -> np.ndarray | None:
     field is a missing value (CSV's rule), else it is no number (JSON's).
 
     Each chunk of whole lines becomes one flat JSON array with ``LINE_END`` after every
-    line (two ``bytes.replace``; an empty field becomes ``null``); orjson parses it,
-    numpy reads the floats into the rows of one array allocated up front, and the
-    markers must then fill exactly the last column: so every line had the same width.
-    No Python code runs per line or per value, and the memory beyond the answer is one
-    chunk's.
+    line (two ``bytes.replace``); orjson parses it, numpy reads the floats into the rows
+    of one array (sized from the first chunk), and the markers must then fill the last
+    column: so every line had the same width (a blank line too would be a line of one
+    value). A chunk orjson refuses is tried once more with its empty fields as ``null``
+    (NaN), when ``blanks``: a body without gaps pays nothing for them. No Python code
+    runs per line or per value, and the memory beyond the answer is one chunk's.
     """
-    if not stop or data[0] == NEWLINE or data.find(b"\n\n", 0, stop) >= 0:
+    if not stop or data[0] == NEWLINE:
         return None  # a blank line: the general parser says which
-    if blanks and not data[data.rfind(b"\n", 0, stop) + 1 : stop].strip(b", "):
-        return None  # a last line of blank fields: not a record to the general parser
     newline = data.find(b"\n", 0, stop)
     width = data.count(b",", 0, newline if newline >= 0 else stop) + 1
-    out = np.empty((data.count(b"\n", 0, stop) + 1, width))
+    # One column: an empty field is a blank line, which the general parser refuses.
+    blanks = blanks and width > 1
+    if blanks and not data[data.rfind(b"\n", 0, stop) + 1 : stop].strip(b", "):
+        return None  # a last line of blank fields: not a record to the general parser
+    out = np.empty((0, width))
     line_end = b"," + _LINE_END_JSON + b","
     filled = start = 0
     try:
@@ -302,31 +305,45 @@ def numeric_lines(data: bytes, stop: int, blanks: bool) -> np.ndarray | None:
             end = stop if end < 0 else end
             text = data[start:end].replace(b"\n", line_end)
             text = b"".join((b"[", text, line_end[:-1], b"]"))
-            if blanks and (b",," in text or text[1] == COMMA):
+            try:
+                items = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                if not blanks:
+                    raise
                 # Twice: bytes.replace skips the second pair of ",,,".
                 text = text.replace(b",,", b",null,").replace(b",,", b",null,")
-                text = text.replace(b"[,", b"[null,", 1)
-            items = orjson.loads(text)
-            values = (
-                np.array(items, np.float64)  # None (null) -> NaN
-                if b"null" in text
-                else np.fromiter(items, np.float64, len(items))
-            )
+                items = orjson.loads(text.replace(b"[,", b"[null,", 1))
+            try:
+                values = np.fromiter(items, np.float64, len(items))
+            except TypeError:
+                values = np.array(items, np.float64)  # None (null) -> NaN
             if values.ndim != 1 or len(values) % (width + 1):
                 return None
             table = values.reshape(-1, width + 1)
-            if (
-                filled + len(table) > len(out)
-                or (table[:, width] != LINE_END).any()
-                or np.count_nonzero(values == LINE_END) != len(table)
-            ):
+            if (table[:, width] != LINE_END).any() or np.count_nonzero(
+                values == LINE_END
+            ) != len(table):
                 return None
+            if end >= stop and not filled:
+                return table[:, :width].copy()  # one chunk: the body was small
+            if filled + len(table) > len(out):
+                out = _grown(out, filled, filled + len(table), end + 1, stop)
             out[filled : filled + len(table)] = table[:, :width]
             filled += len(table)
             start = end + 1
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None
-    return out if filled == len(out) else None
+    # An estimate far above the lines there were: give the room back.
+    return out[:filled] if filled > len(out) // 2 else out[:filled].copy()
+
+
+def _grown(out: np.ndarray, filled: int, rows: int, read: int, stop: int) -> np.ndarray:
+    """Room for the rows of a body of ``stop`` bytes, estimated from the ``rows`` in
+    its first ``read`` bytes (counting its lines first would cost a pass over it)."""
+    estimate = rows if read >= stop else int(rows * stop / read * 1.05) + 16
+    grown = np.empty((estimate, out.shape[1]))
+    grown[:filled] = out[:filled]
+    return grown
 
 
 # A document whose records sit under one key: the key, then the list to the last brace.
