@@ -113,7 +113,7 @@ def csv_chunks(text: str) -> Iterator[list[list[str]]]:
     if '"' in text:
         reader = csv.reader(io.StringIO(text))
         try:
-            while chunk := list(itertools.islice(reader, CSV_CHUNK_CHARS // 16)):
+            while chunk := list(itertools.islice(reader, CSV_CHUNK_CHARS // 16 or 1)):
                 yield chunk
         except csv.Error as exc:
             raise FormatError(f"The CSV is malformed: {exc}") from exc

@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from modelapp import parsers
+from modelapp import formats, parsers
 from modelapp.batch import Batch, RecordTable
 from modelapp.exceptions import InvalidInput, NotAcceptable, UnsupportedMediaType
 from modelapp.formats import ALIASES
@@ -408,6 +408,28 @@ def test_fast_csv_equals_the_general_parser_for_near_numeric_text(data, header):
     with general_parser_only():
         general = answer(data, params)
     assert same(fast, general)
+
+
+@seeded(300)
+@given(
+    data=st.text(
+        st.sampled_from('0123456789.,-+eE\n\n\r" \tnaA\x1c\x0b'), max_size=200
+    ),
+    header=st.booleans(),
+)
+def test_general_csv_reads_the_same_in_chunks_of_any_size(data, header):
+    """The general CSV reader takes a body a few rows at a time: cut into chunks of
+    five characters, its answer (values, fields, or the first error) is the same."""
+    params = {"header": "present"} if header else {}
+    with general_parser_only():
+        whole = answer(data.encode(), params)
+        saved = formats.CSV_CHUNK_CHARS
+        formats.CSV_CHUNK_CHARS = 5
+        try:
+            chunked = answer(data.encode(), params)
+        finally:
+            formats.CSV_CHUNK_CHARS = saved
+    assert same(chunked, whole)
 
 
 # --- The numeric JSON paths agree with the general parser ---------------------------
