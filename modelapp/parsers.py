@@ -3,6 +3,12 @@
 A parser only turns bytes into records, by serving's rules (``formats.py`` writes down
 where they differ from training's); it does not know the model. Checks that need the
 model (feature count, names, NaN support) happen in the predictor.
+
+Memory is bounded by the body: numbers (with gaps and nulls, in every format) go into
+one float array a chunk at a time (``numeric_lines``, ``parse_numeric_records``), CSV
+text into one object array with each distinct text once (``read_csv``); what must
+become a Python object per value may take ``PARSED_MULTIPLE`` times the payload limit,
+else it is a 413 before it is made.
 """
 
 from __future__ import annotations
