@@ -31,7 +31,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
 
+from tests.support import free_port  # noqa: E402
+
 HOSTS = ("127.0.16.1", "127.0.16.2")
 WAYS = (
     "serial",
@@ -55,12 +56,6 @@ WAYS = (
     "flat",
     "map",
 )
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def pinned(core: int, command: list[str]) -> list[str]:

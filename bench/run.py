@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
 import django  # noqa: E402
 import joblib  # noqa: E402
 import numpy as np  # noqa: E402
+
+from tests.support import free_port  # noqa: E402
 
 SERVE = ROOT / "docker" / "serve"
 LUA = Path(__file__).resolve().parent / "post.lua"
@@ -144,10 +145,10 @@ def floor_ms(model: Any, body: bytes, fmt: str, budget: float) -> dict[str, floa
                 budget,
             ),
         )
-    # The compiled engine's floor (modelapp/engines.py), as a worker runs it.
-    from modelapp import engines
+    # The compiled engine's floor (modelapp/compiled.py), as a worker runs it.
+    from modelapp.predictors import compiled as compiled_engine
 
-    compiled, _ = engines.compile_model(
+    compiled, _ = compiled_engine.compile_model(
         model, None, matrix.shape[1], ("predict",), False, fallback=None
     )
     predict_onnx = (
@@ -302,12 +303,6 @@ def model_memory_mb(path: Path) -> float:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     return int(out.stdout) / 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

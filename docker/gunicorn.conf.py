@@ -45,7 +45,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 def post_fork(server, worker):
     # Threads do not survive fork: each worker starts its own stats flusher (which also
     # records the loaded model in the database), off the request path, and its own
-    # compiled-engine sessions (modelapp/engines.py).
+    # compiled-engine sessions (modelapp/predictors/compiled.py).
     from modelapp import multimodel
     from modelapp.registry import registry
     from modelapp.stats import collector

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
 from django.template.loader import render_to_string
@@ -20,6 +22,13 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from modelapp.models import InvocationStat, ModelEvent, TrainedModel, TrainingRun
+
+# Users and groups are no smserve table, and their admin pages could add a superuser or
+# change a password: logins come from DJANGO_SUPERUSER_* and `manage.py createsuperuser`.
+# (axes' pages are off: AXES_ENABLE_ADMIN.)
+for _model in (Group, get_user_model()):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
 
 admin.site.site_header = "smserve"
 admin.site.site_title = "smserve admin"

@@ -1,7 +1,7 @@
 """``Batch``: the records of one request, as the parsers hand them to the predictors.
 
 The core type of the serving path, independent of HTTP and of any one format: parsers
-(``parsers.py``) make batches from bytes, predictors (``predictors.py``) check them against
+(``parsers.py``) make batches from bytes, predictors (``predictors/``) check them against
 the model and predict.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from modelapp.exceptions import InvalidInput
+from modelapp.text import brief
 
 
 @dataclass
@@ -45,7 +46,9 @@ class Batch:
             return len(self.records)
         if self.flat:
             return 1
-        return len(self.rows) if self.rows is not None else len(self.values)
+        if self.values is not None:
+            return len(self.values)
+        return len(self.rows or ())
 
 
 def batch_of_rows(
@@ -126,7 +129,7 @@ def to_float_rows(
             except (ValueError, TypeError):
                 feature = repr(names[column - 1]) if names else column
                 raise NotANumber(
-                    f"Record {number}, feature {feature}: {value!r} is not a number; "
+                    f"Record {number}, feature {feature}: {brief(value)} is not a number; "
                     f"{what} must hold numbers only."
                 ) from None
     # Only blank fields were in the way: they are missing values.

@@ -1,5 +1,5 @@
 """smserve's knobs: the one table of defaults for ``settings.SMSERVE``, and checked
-dotted-path resolution.
+dotted-path resolution. A leaf of the app: it imports nothing of ``modelapp``.
 
 ``DEFAULTS`` is the only place a default is written (the settings table in
 ``docs/settings.md`` mirrors it); ``COMPUTED`` fills the defaults that depend on the machine
@@ -13,9 +13,9 @@ cleared when a test changes ``SMSERVE`` (Django's ``setting_changed`` signal).
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -59,8 +59,11 @@ DEFAULTS: dict[str, Any] = {
     # smserve/settings.py, which knows where that is).
     "STATE_DIR": None,
     "ADMIN_ENABLED": False,
+    # Load-failure reasons and inference-script exceptions in error bodies; off: in the
+    # log only, and callers get a generic reason (modelapp/exceptions.py).
+    "DETAILED_ERRORS": True,
     "STATS_FLUSH_SECONDS": 5.0,
-    # Serve the methods verified equal by ONNX Runtime (modelapp/engines.py).
+    # Serve the methods verified equal by ONNX Runtime (modelapp/predictors/compiled.py).
     "COMPILED_ENGINE": True,
     # ONNX Runtime intra-op threads per worker; None: BLAS's share (OMP_NUM_THREADS).
     "COMPILED_THREADS": None,
@@ -81,9 +84,10 @@ DEFAULTS: dict[str, Any] = {
         "modelapp.renderers.JSONLinesRenderer",
         "modelapp.renderers.NPYRenderer",
     ],
-    # Predictor kinds, asked in order which one serves a model directory.
+    # Predictor kinds (modelapp/predictors/), asked in order which one serves a model
+    # directory: SklearnPredictor serves any directory, so it comes last.
     "PREDICTORS": [
-        "modelapp.script_predictor.ScriptPredictor",
+        "modelapp.predictors.ScriptPredictor",
         "modelapp.predictors.SklearnPredictor",
     ],
     # --- multi-model endpoints (modelapp/multimodel.py) ---
@@ -96,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
     # The directory every worker reads the loaded models from; None: STATE_DIR/mme
     # (``serve`` sets one in its run dir, new at every start).
     "MME_REGISTRY_DIR": None,
+    # POST /models loads only directories under this one (where SageMaker puts them);
+    # None: BASE_DIR/models, i.e. /opt/ml/models.
+    "MME_MODEL_ROOT": None,
     # --- internal: set by ``serve`` for the processes it starts (smserve/fastpaths.py) ---
     # The file nginx answers /ping from, written once the model is ready.
     "READY_FILE": "",
@@ -111,6 +118,7 @@ COMPUTED: dict[str, Callable[[dict[str, Any]], Any]] = {
     "TIMEOUT": lambda values: 3600 if values["BATCH"] else 60,
     "MME_MEMORY_MB": lambda values: _default_model_memory_mb(),
     "MME_REGISTRY_DIR": lambda values: Path(values["STATE_DIR"] or ".") / "mme",
+    "MME_MODEL_ROOT": lambda values: Path(values["BASE_DIR"]) / "models",
 }
 
 
@@ -173,7 +181,10 @@ def _settings() -> dict[str, Any]:
     return values
 
 
-def import_class(path: str, base: type, setting: str) -> type:
+T = TypeVar("T")
+
+
+def import_class(path: str, base: type[T], setting: str) -> type[T]:
     """Import ``path`` and check it subclasses ``base``; errors name the setting to fix."""
     try:
         cls = import_string(path)
@@ -189,33 +200,20 @@ def import_class(path: str, base: type, setting: str) -> type:
     return cls
 
 
-@functools.cache
-def parser_classes() -> tuple[type, ...]:
-    from modelapp.parsers import BaseBatchParser
-
-    return tuple(import_class(p, BaseBatchParser, "PARSERS") for p in get("PARSERS"))
-
-
-@functools.cache
-def renderer_classes() -> tuple[type, ...]:
-    from modelapp.renderers import BaseBatchRenderer
-
-    return tuple(
-        import_class(p, BaseBatchRenderer, "RENDERERS") for p in get("RENDERERS")
-    )
+def import_classes(setting: str, base: type[T]) -> tuple[type[T], ...]:
+    """The classes the dotted paths of ``SMSERVE[setting]`` name, each checked to
+    subclass ``base``; the caller knows the base (``parsers.BaseBatchParser``, ...), so
+    this module imports nothing of the app. Cached until ``SMSERVE`` changes."""
+    return _import_classes(setting, cast(Hashable, base))
 
 
 @functools.cache
-def predictor_classes() -> tuple[type, ...]:
-    from modelapp.predictors import BasePredictor
-
-    return tuple(
-        import_class(p, BasePredictor, "PREDICTORS") for p in get("PREDICTORS")
-    )
+def _import_classes(setting: str, base: Any) -> tuple[type, ...]:
+    return tuple(import_class(path, base, setting) for path in get(setting))
 
 
 @receiver(setting_changed)
 def _clear_caches(*, setting: str, **kwargs: Any) -> None:
     if setting == "SMSERVE":
-        for cached in (_settings, parser_classes, renderer_classes, predictor_classes):
-            cached.cache_clear()
+        _settings.cache_clear()
+        _import_classes.cache_clear()

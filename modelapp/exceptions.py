@@ -2,10 +2,14 @@
 
 Every error body is ``{"detail": "...", "code": "..."}``, rendered in the negotiated format.
 The handler answers only for errors it knows; anything else stays a 500 with a traceback.
+With ``SMSERVE['DETAILED_ERRORS']`` off, the reasons that quote the container (load
+failures, the exceptions of an inference script) stay in the log and callers get a
+generic one.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
@@ -14,6 +18,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
+
+from modelapp import conf
+from modelapp.text import DETAIL, LOGGED_DETAIL, brief, cut
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidInput(exceptions.APIException):
@@ -32,7 +41,7 @@ class UnsupportedMediaType(exceptions.APIException):
 
     def __init__(self, media_type: str, supported: Iterable[str]) -> None:
         super().__init__(
-            f"Content-Type {media_type!r} is not supported; "
+            f"Content-Type {brief(media_type)} is not supported; "
             f"send one of: {', '.join(supported)}."
         )
 
@@ -45,7 +54,7 @@ class NotAcceptable(exceptions.APIException):
 
     def __init__(self, accept: str, supported: Iterable[str]) -> None:
         super().__init__(
-            f"Accept {accept!r} cannot be satisfied; this endpoint answers with: "
+            f"Accept {brief(accept)} cannot be satisfied; this endpoint answers with: "
             f"{', '.join(supported)}."
         )
 
@@ -105,7 +114,27 @@ def error_body(detail: Any, code: str) -> dict[str, str]:
         detail = "; ".join(
             str(d) for d in (detail.values() if isinstance(detail, dict) else detail)
         )
-    return {"detail": str(detail), "code": str(code)}
+    return {"detail": cut(str(detail), DETAIL), "code": str(code)}
+
+
+# What callers are told instead when SMSERVE['DETAILED_ERRORS'] is off, by code; a
+# script's error keeps its message when the script gave it a status of its own.
+WITHHELD = {
+    "model_not_ready": "The model is not loaded: the container's log says why.",
+    "model_load_failed": "The model could not be loaded: the container's log says why.",
+    "script_error": (
+        "The inference script raised an error: the container's log has the traceback."
+    ),
+}
+
+
+def _withheld(exc: exceptions.APIException, code: str) -> str | None:
+    """The generic reason that replaces ``exc``'s detail, or None to keep it."""
+    if conf.get("DETAILED_ERRORS") or code not in WITHHELD:
+        return None
+    if code == "script_error" and exc.status_code != HTTPStatus.INTERNAL_SERVER_ERROR:
+        return None
+    return WITHHELD[code]
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -124,6 +153,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     code = exc.get_codes() if isinstance(exc.detail, str) else exc.default_code
     if not isinstance(code, str):
         code = exc.default_code
-    return Response(
-        error_body(exc.detail, code), status=exc.status_code, headers=headers
-    )
+    detail = exc.detail
+    withheld = _withheld(exc, code)
+    if withheld is not None:
+        # A load failure was logged where it happened; a /ping 503 repeats it.
+        level = logging.INFO if code == "model_not_ready" else logging.WARNING
+        logger.log(
+            level,
+            "Withheld from the caller (%s): %s",
+            code,
+            brief(detail, LOGGED_DETAIL),
+        )
+        detail = withheld
+    return Response(error_body(detail, code), status=exc.status_code, headers=headers)

@@ -14,7 +14,7 @@ The differences that must stay, and why:
 | ``application/json`` | one JSON document (``[[...]]``, ``{"instances"}``, ``{"inputs"}``), read as JSON Lines when it is several documents one per line | JSON Lines: a channel is many records |
 | a JSON Lines line holding one number | a record of one feature | refused: a line holds a record's features and its label |
 | CSV reading | Python's ``csv`` (and an orjson fast path for numeric bodies, ``fastpaths.py``), bodies of at most 100 MB | pandas' ``read_csv``, for files of any size |
-| a field that is not a number | kept as sent (``Batch.rows``); the model's schema reads it as a category or refuses it (``tables.py``) | makes its column categorical, unless the column is mostly numbers: then a mistake (``channels.py``) |
+| a field that is not a number | kept as sent (``Batch.rows``); the model's schema reads it as a category or refuses it (``predictors/schema.py``) | makes its column categorical, unless the column is mostly numbers: then a mistake (``channels.py``) |
 | NPY | read | not a channel format |
 | Parquet | not a request format | read |
 """
@@ -35,6 +35,8 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 NPY = "application/x-npy"
 PARQUET = "application/x-parquet"
+# SageMaker's request and response header of custom attributes (``method=`` is ours).
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 # Every name a client or a training channel may use -> the one smserve speaks of.
 ALIASES = {

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from modelapp import conf, stats
+from modelapp.text import LOGGED_DETAIL, brief, printable
 
 logger = logging.getLogger("modelapp.invocations")
 
@@ -37,15 +38,17 @@ def log_invocation(request: Request, response: Response) -> None:
     if logger.isEnabledFor(level):
         detail = ""
         if status >= 400 and isinstance(response.data, dict):
-            detail = f" detail={response.data.get('detail', '')!r}"
+            # Capped: a detail may quote the caller's input.
+            detail = f" detail={brief(response.data.get('detail', ''), LOGGED_DETAIL)}"
         logger.log(
             level,
             "%s %s %d records=%d in=%s out=%s bytes_in=%s %.2fms%s",
             request.method,
-            request.path,
+            # Percent-decoded: %0A would start a line of the caller's making.
+            printable(request.path),
             status,
             getattr(request, "records", 0),
-            request.META.get("CONTENT_TYPE") or "-",
+            printable(request.META.get("CONTENT_TYPE") or "-"),
             response_type(response),
             request.META.get("CONTENT_LENGTH") or 0,
             elapsed_ms,

@@ -119,7 +119,7 @@ class Feature:
         column's fields are read as numbers, not as text."""
         return bool(self.categories) and all(
             isinstance(c, int | float) and not isinstance(c, bool)
-            for c in self.categories
+            for c in self.categories or ()
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,7 +196,7 @@ class ModelMetadata:
     training_job_name: str | None = None
     duration_seconds: float | None = None
     sha256: str | None = None
-    # What train compiled beside the model (model.onnx, verification.npy; engines.py).
+    # What train compiled beside the model (model.onnx, verification.npy; predictors/compiled.py).
     compiled: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     # Keys of a newer (or foreign) writer, kept as they were.
@@ -210,9 +210,10 @@ class ModelMetadata:
     @property
     def feature_names(self) -> list[str] | None:
         """The column names, when the model was trained on named columns."""
-        if not self.features or any(f.name is None for f in self.features):
+        names = [f.name for f in self.features or ()]
+        if not names or None in names:
             return None
-        return [f.name for f in self.features]
+        return [name for name in names if name is not None]
 
     # --- the file ---
     def to_dict(self) -> dict[str, Any]:
@@ -401,3 +402,25 @@ def _takes_text(step: Any) -> bool:
     return step.__module__.startswith(
         ("sklearn.feature_extraction", "sklearn.preprocessing._function_transformer")
     )
+
+
+def allows_nan(estimator: Any) -> bool:
+    """Whether ``estimator`` takes missing values (NaN). A pipeline does when an imputer
+    comes before any step that cannot (scikit-learn tags every pipeline as refusing
+    them)."""
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        for _, step in steps:
+            if step is None or step == "passthrough":
+                continue
+            if type(step).__module__.startswith("sklearn.impute"):
+                return True
+            if not allows_nan(step):
+                return False
+        return True
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False

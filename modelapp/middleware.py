@@ -7,6 +7,10 @@ auth, messages and CSRF layers only cost them time (``smserve/fastpaths.py``, tr
 ``SecurityMiddleware`` (whose headers every response keeps) and calls those views itself;
 every other path, the admin included, takes the full chain. The URLconf stays the one
 list of paths: the mark is on the view.
+
+Every answer that is not the admin's carries ``INFERENCE_CSP``: the admin shares the
+inference API's origin, and a script's ``output_fn`` chooses its own Content-Type (even
+``text/html``), so no such answer may run a script or load anything as a page.
 """
 
 from __future__ import annotations
@@ -63,7 +67,12 @@ class InferenceMiddleware:
         if not response.streaming and not response.has_header("Content-Length"):
             response.headers["Content-Length"] = str(len(response.content))
         response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", INFERENCE_CSP)
         return response
+
+
+# Every answer but the admin's: no script, style, frame or fetch, a unique origin.
+INFERENCE_CSP = "sandbox; default-src 'none'"
 
 
 # The admin's pages: no scripts, styles, frames or form targets from elsewhere, no browser
@@ -78,8 +87,10 @@ ADMIN_HEADERS = {
 
 
 class AdminHeadersMiddleware:
-    """``ADMIN_HEADERS`` on every ``/admin/`` response, set by the app so that they hold
-    with or without nginx in front (the inference views never reach this layer)."""
+    """``ADMIN_HEADERS`` on every ``/admin/`` response, ``INFERENCE_CSP`` on every other
+    one that takes the whole chain (a 404, the admin's static files, which a browser
+    loads as no page, or every answer with the ``inference_middleware`` fast path off);
+    set by the app so that they hold with or without nginx in front."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
@@ -89,4 +100,6 @@ class AdminHeadersMiddleware:
         if request.path_info.startswith("/admin/"):
             for name, value in ADMIN_HEADERS.items():
                 response.headers.setdefault(name, value)
+        else:
+            response.headers.setdefault("Content-Security-Policy", INFERENCE_CSP)
         return response

@@ -61,7 +61,7 @@ class TrainedModel(models.Model):
         "described by", max_length=16, choices=SOURCE_CHOICES, blank=True
     )
     metadata = models.JSONField("metadata.json", default=dict, blank=True)
-    # Which engine serves each method, and the verification behind it (engines.py).
+    # Which engine serves each method, and the verification behind it (predictors/compiled.py).
     engines = models.JSONField("prediction engines", default=dict, blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now)

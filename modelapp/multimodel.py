@@ -39,7 +39,7 @@ import importlib
 import json
 import logging
 import os
-import tempfile
+import shutil
 import threading
 import time
 import uuid
@@ -56,14 +56,17 @@ from django.dispatch import receiver
 from modelapp import conf
 from modelapp.exceptions import (
     InsufficientMemory,
+    InvalidInput,
     ModelAlreadyLoaded,
     ModelLoadFailed,
     ModelNotFound,
     ModelNotReady,
 )
+from modelapp.files import atomic_write
 from modelapp.periodic import Periodic
 from modelapp.registry import LoadedModel, ModelLoadError, load_model
 from modelapp.stats import collector
+from modelapp.text import brief
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +99,21 @@ class SharedRegistry:
         self.names = self.root / "names"
         self.entries = self.root / "entries"
         self.workers = self.root / "workers"
-        # token() runs on every invocation: a str join is a third of a Path join.
+        # A script model's fetched source and installed requirements, per load (token).
+        self.code = self.root / "code"
+        # token() runs on every invocation: a str join is cheaper than a Path join.
         self._names_prefix = f"{self.names}{os.sep}"
 
     def make(self) -> SharedRegistry:
         for path in (self.names, self.entries, self.workers):
             path.mkdir(parents=True, exist_ok=True)
         return self
+
+    def code_root(self, token: str) -> Path:
+        return self.code / token
+
+    def remove_code(self, token: str) -> None:
+        shutil.rmtree(self.code / token, ignore_errors=True)
 
     @staticmethod
     def key(name: str) -> str:
@@ -153,7 +164,7 @@ class SharedRegistry:
     def add(self, registration: Registration) -> None:
         """Publish ``registration`` (the caller holds the lock): entry first, then the
         name's link, each put in place by a rename."""
-        _write_atomic(
+        atomic_write(
             self.entries / registration.token,
             json.dumps(asdict(registration)).encode(),
         )
@@ -177,7 +188,7 @@ class SharedRegistry:
     # --- what each worker holds -----------------------------------------------------
     def publish_held(self, pid: int, tokens: set[str]) -> None:
         self.make()
-        _write_atomic(self.workers / str(pid), json.dumps(sorted(tokens)).encode())
+        atomic_write(self.workers / str(pid), json.dumps(sorted(tokens)).encode())
 
     def forget_worker(self, pid: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -245,8 +256,12 @@ class WorkerModels:
         with self._lock:
             self._loading.add(token)
         self.publish()
+        from modelapp.usercode import code_site  # only where models load
+
         try:
-            loaded = load_model(Path(registration.url))
+            # A script model's code as the loading worker fetched and installed it.
+            with code_site(self.shared.code_root(token), install=False):
+                loaded = load_model(Path(registration.url))
         except ModelLoadError as exc:
             raise ModelNotReady(
                 f"Model {name!r} is loaded but this worker cannot load it from "
@@ -272,7 +287,7 @@ class WorkerModels:
         worker: 409 if it is loaded already, 507 if it does not fit, 400 if the
         artifact cannot be loaded. ``target_model`` (SageMaker's ``TargetModel``, the
         artifact's path) is only logged."""
-        model_dir = Path(url)
+        model_dir = inside_model_root(url)
         # Measured outside the lock (other loads and unloads go on meanwhile), and only
         # as far as the budget: a url of a huge tree (even "/") is a prompt 507.
         estimate = directory_bytes(model_dir, stop_above=self.share_bytes)
@@ -280,10 +295,16 @@ class WorkerModels:
             if self.shared.token(name) is not None:
                 raise ModelAlreadyLoaded(f"A model is loaded as {name!r} already.")
             self._check_fits(name, estimate)
+        from modelapp.usercode import code_site  # only where models load
+
+        token = f"{self.shared.key(name)[:16]}-{uuid.uuid4().hex}"
         before = rss_bytes()
         try:
-            loaded = load_model(model_dir)
+            # A script model's requirements are installed here, once for every worker.
+            with code_site(self.shared.code_root(token), install=True):
+                loaded = load_model(model_dir)
         except ModelLoadError as exc:
+            self.shared.remove_code(token)
             if isinstance(exc.__cause__, MemoryError):
                 raise InsufficientMemory(
                     f"Loading {name!r} ran out of memory."
@@ -293,17 +314,21 @@ class WorkerModels:
         registration = Registration(
             name=name,
             url=url,
-            token=f"{self.shared.key(name)[:16]}-{uuid.uuid4().hex}",
+            token=token,
             size=size,
             sha256=loaded.sha256,
             loaded_at=time.time(),
             load_seconds=loaded.load_seconds,
         )
-        with self.shared.locked():
-            if self.shared.token(name) is not None:  # a concurrent load won
-                raise ModelAlreadyLoaded(f"A model is loaded as {name!r} already.")
-            self._check_fits(name, size)
-            self.shared.add(registration)
+        try:
+            with self.shared.locked():
+                if self.shared.token(name) is not None:  # a concurrent load won
+                    raise ModelAlreadyLoaded(f"A model is loaded as {name!r} already.")
+                self._check_fits(name, size)
+                self.shared.add(registration)
+        except (ModelAlreadyLoaded, InsufficientMemory):
+            self.shared.remove_code(token)
+            raise
         self._keep(registration, loaded)
         _record("load", registration, loaded.load_seconds, loaded)
         logger.info(
@@ -338,6 +363,7 @@ class WorkerModels:
                 )
                 break
             time.sleep(SWEEP_SECONDS / 2)
+        self.shared.remove_code(registration.token)
         seconds = time.perf_counter() - started
         _record("unload", registration, seconds)
         logger.info("Unloaded model %r in %.3fs.", name, seconds)
@@ -466,15 +492,15 @@ PRELOADED_MODULES = (
 )
 
 
-# What compiling a model imports (``modelapp/engines.py``), when on. Not onnxruntime:
-# a child of a process that imported it hangs or aborts when it exits, so gunicorn's
-# master must never import it (``engines.OnnxSession``).
+# What compiling a model imports (``modelapp/predictors/compiled.py``), when on. Not
+# onnxruntime: a child of a process that imported it hangs or aborts when it exits, so
+# gunicorn's master must never import it (``compiled.OnnxSession``).
 COMPILED_ENGINE_MODULES = ("onnx", "skl2onnx")
 
 
 def preload_libraries() -> None:
     """Import what loading a scikit-learn model needs, once, in the master."""
-    modules = PRELOADED_MODULES
+    modules: tuple[str, ...] = PRELOADED_MODULES
     if conf.get("COMPILED_ENGINE"):
         modules += COMPILED_ENGINE_MODULES
     for module in modules:
@@ -542,13 +568,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 # --- this process's models -------------------------------------------------------------
 @functools.cache
 def worker_models() -> WorkerModels:
@@ -565,3 +584,18 @@ def enabled() -> bool:
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
     if setting == "SMSERVE":
         worker_models.cache_clear()
+
+
+def inside_model_root(url: str) -> Path:
+    """``url`` as a path, if it is ``MME_MODEL_ROOT`` or under it once every symlink and
+    ``..`` is resolved; else 400: a load request may not make any directory of the
+    container a model (its ``code/inference.py`` would run)."""
+    root = os.path.realpath(conf.get("MME_MODEL_ROOT"))
+    real = os.path.realpath(url)
+    if os.path.commonpath([root, real]) != root:
+        raise InvalidInput(
+            f"url {brief(url)} is not under {root}, where models are loaded from "
+            "(SMSERVE_MME_MODEL_ROOT).",
+            code="invalid_load_request",
+        )
+    return Path(url)

@@ -22,7 +22,7 @@ from rest_framework.request import Request
 
 from modelapp import conf
 from modelapp.exceptions import NotAcceptable, UnsupportedMediaType
-from modelapp.formats import base_type, canonical
+from modelapp.formats import JSON, base_type, canonical
 from modelapp.renderers import BaseBatchRenderer
 
 GENERIC_TYPES = {"", "application/octet-stream"}
@@ -114,8 +114,8 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
         if default:
             return [base_type(default)]
         if not follow_content_type:
-            return ["application/json"]
-        return [request_media_type(request), "application/json"]
+            return [JSON]
+        return [request_media_type(request), JSON]
 
     def select_renderer(
         self,

@@ -27,7 +27,7 @@ from rest_framework import serializers
 from modelapp import conf, formats
 from modelapp.negotiation import GENERIC_TYPES
 
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+CUSTOM_ATTRIBUTES = formats.CUSTOM_ATTRIBUTES
 
 
 # --- JSON bodies ------------------------------------------------------------------------
@@ -354,7 +354,7 @@ class BatchSchema(AutoSchema):
         renderers = self.view.get_renderers()
         responses: dict[Any, Any] = {}
         for renderer in renderers:
-            body = self.component(PREDICTIONS.get(renderer.media_type, "Bytes"))
+            body: Any = self.component(PREDICTIONS.get(renderer.media_type, "Bytes"))
             responses[200, renderer.media_type] = OpenApiResponse(
                 body, description=self.success
             )

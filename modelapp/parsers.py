@@ -552,8 +552,8 @@ def parse_json_lines(data: bytes) -> Batch:
         items = formats.json_lines(data)
     except formats.FormatError as exc:
         raise InvalidInput(f"{exc.reason}.") from exc
-    items = [item if isinstance(item, (list, dict)) else [item] for _, item in items]
-    return batch_from_items(items, "The JSON Lines body")
+    records = [item if isinstance(item, (list, dict)) else [item] for _, item in items]
+    return batch_from_items(records, "The JSON Lines body")
 
 
 class JSONLinesParser(BaseBatchParser):

@@ -6,7 +6,7 @@ master before it forks (``smserve/wsgi.py``), so the workers share one copy of t
 anywhere else the first ``get()`` loads it. A missing, corrupt or unloadable model never
 raises out of ``load()``: the entry keeps the reason, and ``get()`` turns it into a 503.
 
-Loading itself belongs to the predictor kinds (``predictors.py``): the registry reads
+Loading itself belongs to the predictor kinds (``predictors/``): the registry reads
 ``metadata.json``, asks each kind of ``SMSERVE['PREDICTORS']`` in turn whether it
 ``handles`` the directory, lets the first one load it, checksums the artifact and runs the
 warm-up prediction.
@@ -25,7 +25,7 @@ from modelapp import conf
 from modelapp.exceptions import ModelNotReady
 from modelapp.metadata import ModelMetadata, sha256_of
 from modelapp.paths import SageMakerPaths
-from modelapp.predictors import BasePredictor, ModelLoadError
+from modelapp.predictors.base import BasePredictor, ModelLoadError
 
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "ModelRegistry"]
 
@@ -62,6 +62,11 @@ def load_model(model_dir: Path) -> LoadedModel:
             f"The model directory {model_dir} cannot be read: {exc.strerror or exc}."
         ) from exc
     artifact = predictor.artifact
+    if artifact is None:
+        raise ModelLoadError(
+            f"{type(predictor).__qualname__}.from_model_dir gave no artifact: a kind "
+            "must name the file that identifies the model (BasePredictor)."
+        )
     sha256 = sha256_of(artifact)
     expected = predictor.metadata.sha256 if predictor.metadata else None
     if expected and expected != sha256:
@@ -97,7 +102,7 @@ def load_model(model_dir: Path) -> LoadedModel:
 
 def predictor_kind(model_dir: Path) -> type[BasePredictor]:
     """The first kind of ``SMSERVE['PREDICTORS']`` that handles ``model_dir``."""
-    kinds = conf.predictor_classes()
+    kinds = conf.import_classes("PREDICTORS", BasePredictor)
     for kind in kinds:
         if kind.handles(model_dir):
             return kind

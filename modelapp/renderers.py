@@ -15,6 +15,8 @@ import numpy as np
 import orjson
 from rest_framework.renderers import BaseRenderer
 
+from modelapp import formats
+
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -52,7 +54,7 @@ class BaseBatchRenderer(BaseRenderer):
     media_type: str = ""
     format: str = ""
     charset = None
-    error_media_type = "application/json"
+    error_media_type = formats.JSON
 
     def render(
         self,
@@ -77,7 +79,7 @@ class BaseBatchRenderer(BaseRenderer):
 class JSONRenderer(BaseBatchRenderer):
     """``application/json``: ``{"predictions": [...]}``, one entry per record."""
 
-    media_type = "application/json"
+    media_type = formats.JSON
     format = "json"
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:
@@ -87,9 +89,9 @@ class JSONRenderer(BaseBatchRenderer):
 class JSONLinesRenderer(BaseBatchRenderer):
     """``application/jsonlines``: one JSON value per line, one line per record."""
 
-    media_type = "application/jsonlines"
+    media_type = formats.JSONLINES
     format = "jsonl"
-    error_media_type = "application/jsonlines"
+    error_media_type = formats.JSONLINES
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:
         return b"".join(dump_json(row) + b"\n" for row in to_jsonable(predictions))
@@ -101,9 +103,9 @@ class JSONLinesRenderer(BaseBatchRenderer):
 class CSVRenderer(BaseBatchRenderer):
     """``text/csv``: one line per record, a label or a comma-joined row of scores."""
 
-    media_type = "text/csv"
+    media_type = formats.CSV
     format = "csv"
-    error_media_type = "text/csv"
+    error_media_type = formats.CSV
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:
         rows = predictions.tolist()
@@ -123,7 +125,7 @@ class CSVRenderer(BaseBatchRenderer):
 class NPYRenderer(BaseBatchRenderer):
     """``application/x-npy``: ``numpy.save`` of the predictions (never pickled)."""
 
-    media_type = "application/x-npy"
+    media_type = formats.NPY
     format = "npy"
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:

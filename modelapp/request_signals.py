@@ -2,8 +2,9 @@
 
 Django connects four receivers to every request: ``reset_queries`` and
 ``close_old_connections`` to ``request_started``, ``close_old_connections`` and
-``close_caches`` to ``request_finished``. Dispatching them costs ~20 us of a ~260 us iris
-invocation in-process (8%), and on the inference paths they have nothing to do:
+``close_caches`` to ``request_finished``. Dispatching them is a measurable share of a
+small invocation (``bench/RESULTS.md``, round 2), and on the inference paths they have
+nothing to do:
 
 - ``reset_queries`` and ``close_old_connections`` act only on the connections the calling
   thread has opened. An invocation opens none, and the stats flusher, the one thread of a
@@ -30,6 +31,8 @@ from django.core.cache.backends.base import BaseCache
 from django.db import close_old_connections, reset_queries
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
+
+from modelapp import stats
 
 _lock = threading.Lock()
 _removed: list[tuple[Any, Any]] = []
@@ -72,7 +75,5 @@ def restore() -> None:
 
 
 def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
-    from modelapp.stats import collector
-
-    if not collector.owns_current_thread():
+    if not stats.collector.owns_current_thread():
         restore()

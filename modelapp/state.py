@@ -21,13 +21,29 @@ KEY_FILE = "secret_key"
 
 
 def make_state_dir(state_dir: Path) -> bool:
-    """Create the state dir if it is missing; False (logged) when it cannot be."""
+    """Create the state dir, owner-only (it holds password hashes, session keys and the
+    key that signs them), if it is missing; False (logged) when it cannot be. One that
+    exists keeps its mode: it may be a volume set up by its owner."""
     try:
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         logger.warning("Cannot create the state dir %s (%s).", state_dir, exc)
         return False
     return True
+
+
+def make_private_file(path: Path) -> None:
+    """Create ``path`` owner-only if it is missing, or make it so: the SQLite database,
+    before SQLite creates it with the umask's mode (its -wal and -shm files then take
+    the database's). Logged, not raised, when it cannot be."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        logger.warning("Cannot make %s owner-only (%s).", path, exc)
 
 
 def read_secret_key(state_dir: Path) -> str | None:
@@ -39,20 +55,22 @@ def read_secret_key(state_dir: Path) -> str | None:
 
 
 def keep_secret_key(state_dir: Path) -> str | None:
-    """The key kept in ``state_dir``, generated and written (owner-only) if there is none;
-    None when the state dir cannot be written (logged: sessions then last one process)."""
+    """The key kept in ``state_dir``, generated and written (owner-only) if there is none
+    (one others may read is logged); None when the state dir cannot be written (logged: sessions then last one process)."""
     state_dir = Path(state_dir)
     key = read_secret_key(state_dir)
     if key:
+        _warn_if_readable(state_dir / KEY_FILE)
         return key
     key = secrets.token_urlsafe(50)
     key_file = state_dir / KEY_FILE
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Written under a temp name and linked into place: of two processes starting at
-        # once, one key wins and both use it.
+        # once, one key wins and both use it. The temp name is predictable: a file or a
+        # symlink already there is refused, never written through.
         tmp = key_file.with_name(f".{KEY_FILE}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
         try:
@@ -69,3 +87,19 @@ def keep_secret_key(state_dir: Path) -> str | None:
         )
         return None
     return key
+
+
+def _warn_if_readable(key_file: Path) -> None:
+    """A key other users may read is used, with a warning: whoever reads it can sign an
+    admin session."""
+    try:
+        mode = key_file.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        logger.warning(
+            "%s can be read by other users (mode %o): chmod 600 it, or anyone who "
+            "reads it can sign an admin session.",
+            key_file,
+            mode,
+        )

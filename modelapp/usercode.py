@@ -6,8 +6,10 @@ and serving (``SAGEMAKER_PROGRAM`` / ``SAGEMAKER_SUBMIT_DIRECTORY``, or ``model/
 - ``fetch_source(uri, dest)``: ``s3://bucket/key`` (a ``.tar.gz``, downloaded with boto3 and
   the standard credential chain; ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` are honoured
   by botocore itself), ``file://`` or a plain path (a directory, a tarball, or one file).
-  Archives are extracted with the ``data`` filter: no member may land outside ``dest``, no
-  link may point outside it, no device files.
+  Archives are checked member by member by name (``check_member``: no ``realpath``, so
+  no PATH_MAX trick) and extracted with the ``data`` filter's rules: no member may land
+  outside ``dest``, no link may point outside it, no device files; at most
+  ``MAX_ARCHIVE_MEMBERS`` members and ``MAX_ARCHIVE_BYTES`` declared.
 - ``install_requirements(source_dir)``: ``pip install -r requirements.txt`` with the
   running Python, as the official container does; a failure names the requirement.
 - ``load_user_module(source_dir, program)``: import the script (serving); a script that
@@ -16,34 +18,38 @@ and serving (``SAGEMAKER_PROGRAM`` / ``SAGEMAKER_SUBMIT_DIRECTORY``, or ``model/
   ``predict_fn``, ``output_fn``, ``transform_fn``), each knowing whether it takes the
   inference toolkit's trailing ``context`` argument.
 
-Every mistake of the user's is a ``UserCodeError`` (a training ``ClientError``): its message
-says which file or requirement to fix.
+Every mistake of the user's is a ``UserCodeError``: its message says which file or
+requirement to fix (training treats it as the toolkit's client error, serving as a model
+that cannot load).
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
+import importlib.metadata
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
-
-from modelapp.training import ClientError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ REQUIREMENTS = "requirements.txt"
 TAIL_BYTES = 64 * 1024
 
 
-class UserCodeError(ClientError):
+class UserCodeError(Exception):
     """The user's code cannot be fetched, installed or run as given: the message says why."""
 
 
@@ -103,30 +109,76 @@ def local_path(uri: str) -> Path:
 
 
 class UnsafeMember(Exception):
-    """A member the ``data`` filter refuses, found by ``_extract_data`` (Pythons without
-    tarfile's filters); carries the member as ``tarinfo``, as ``tarfile.FilterError``."""
+    """A member smserve's own checks refuse; carries the member as ``tarinfo``, as
+    ``tarfile.FilterError`` does."""
 
     def __init__(self, tarinfo: tarfile.TarInfo, why: str) -> None:
         super().__init__(why)
         self.tarinfo = tarinfo
 
 
+class ArchiveTooLarge(Exception):
+    """An archive over ``MAX_ARCHIVE_BYTES`` or ``MAX_ARCHIVE_MEMBERS``."""
+
+
 # tarfile.FilterError exists from Python 3.12 and the 3.11.4 / 3.10.12 backports on.
 _FILTER_ERRORS = (UnsafeMember, getattr(tarfile, "FilterError", UnsafeMember))
 
+# What a source archive may hold, declared sizes summed: more is refused before it is
+# written (``r:*`` reads xz and bz2 too, where a few KB can expand to the whole disk).
+MAX_ARCHIVE_BYTES = 4 * 1024**3
+MAX_ARCHIVE_MEMBERS = 100_000
+
+
+# Whether tarfile's ``data`` filter has the fix for CVE-2025-4517 (a symlink chain longer
+# than PATH_MAX that its non-strict ``realpath`` does not follow to the end). Elsewhere
+# smserve applies the filter's rules itself.
+STDLIB_FILTER_FIXED = (
+    (3, 11, 13) <= sys.version_info[:3] < (3, 12)
+    or (3, 12, 11) <= sys.version_info[:3] < (3, 13)
+    or sys.version_info[:3] >= (3, 13, 4)
+)
+
 
 def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
-    """Extract a tarball (any compression) into ``dest``, refusing anything unsafe."""
+    """Extract a tarball (any compression) into ``dest``, refusing anything unsafe.
+
+    Every member is checked first by names alone (``check_member``), whatever the
+    Python; then extracted with tarfile's ``data`` filter where that is sound, else by
+    ``_extract_data``, which applies the same rules.
+    """
     name = uri or str(archive)
+    use_filter = STDLIB_FILTER_FIXED and hasattr(tarfile, "data_filter")
+    dest = Path(dest)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")
-            else:
-                _extract_data(tar, dest)
+            dest.mkdir(parents=True, exist_ok=True)
+            root = os.path.realpath(dest)
+            total = 0
+            for count, member in enumerate(tar, start=1):
+                total += max(member.size, 0)
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise ArchiveTooLarge(
+                        f"it holds more than {MAX_ARCHIVE_MEMBERS} members"
+                    )
+                if total > MAX_ARCHIVE_BYTES:
+                    raise ArchiveTooLarge(
+                        f"its members declare more than {MAX_ARCHIVE_BYTES >> 20} MB"
+                    )
+                check_member(member, root)
+                if use_filter:
+                    tar.extract(member, root, filter="data")
+                else:
+                    _extract_data(tar, member, root)
+    except ArchiveTooLarge as exc:
+        raise UserCodeError(
+            f"Refusing to extract {name}: {exc} (the limits are "
+            f"{MAX_ARCHIVE_MEMBERS} members and {MAX_ARCHIVE_BYTES >> 20} MB). Keep "
+            "data out of the source directory: a channel or S3 is the place for it."
+        ) from exc
     except _FILTER_ERRORS as exc:
-        member = getattr(exc, "tarinfo", None)
-        what = repr(member.name) if member is not None else "a member"
+        refused: tarfile.TarInfo | None = getattr(exc, "tarinfo", None)
+        what = repr(refused.name) if refused is not None else "a member"
         raise UserCodeError(
             f"Refusing to extract {name}: {what} would escape the source directory "
             f"({type(exc).__name__}: {exc}). Archives must hold relative paths and "
@@ -139,40 +191,84 @@ def extract_archive(archive: Path, dest: Path, uri: str = "") -> None:
         ) from exc
 
 
-def _extract_data(tar: tarfile.TarFile, dest: Path) -> None:
-    """``extractall(dest, filter="data")`` for a Python without tarfile's filters (the
-    image's Debian Python is 3.11.2): the same rules, checked member by member just
-    before each is extracted, as the filter is (so a link extracted earlier is followed):
-    a leading ``/`` is dropped; a path or a link that resolves outside ``dest``, an
-    absolute link, or a device or FIFO is refused; modes lose the set-id bits and the
-    group/other write bits; files belong to whoever extracts them."""
-    dest.mkdir(parents=True, exist_ok=True)
-    root = os.path.realpath(dest)
+def check_member(member: tarfile.TarInfo, root: str) -> None:
+    """Refuse ``member`` unless it provably lands inside ``root``, judged by names and
+    ``lstat`` only, never by ``realpath`` (which gives up silently past PATH_MAX):
 
-    def inside(path: str) -> bool:
-        return os.path.commonpath([os.path.realpath(path), root]) == root
+    - its name (a leading ``/`` dropped) has no ``..`` and passes through no symlink:
+      every parent that exists is a real directory (``root`` is new, so any symlink
+      in it was made by the archive);
+    - it replaces no symlink, and a link replaces no directory;
+    - a symlink's target is relative and of the form ``../../a/b``: climbing first,
+      from the link's own (real) directory, and never above ``root``; so every link
+      resolves inside, and so does any path through it;
+    - a hard link's target is a relative name without ``..``;
+    - it is a file, a directory or a link: no devices, no FIFOs.
+    """
+    name = member.name.lstrip("/" + os.sep)
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if not parts and member.isdir():
+        return  # "./" itself (``tar -C dir .``): the destination
+    if not parts or ".." in parts:
+        raise UnsafeMember(member, f"{member.name!r} is outside the directory")
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeMember(member, f"{member.name!r} is a special file")
+    for depth in range(1, len(parts) + 1):
+        path = os.path.join(root, *parts[:depth])
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            break  # neither it nor anything below it exists yet
+        except OSError as exc:  # ENAMETOOLONG, ELOOP, ...: refuse, never guess
+            raise UnsafeMember(member, f"{member.name!r}: {exc.strerror}") from exc
+        last = depth == len(parts)
+        if stat.S_ISLNK(found.st_mode):
+            raise UnsafeMember(
+                member, f"{member.name!r} passes through the link {path!r}"
+            )
+        if not last and not stat.S_ISDIR(found.st_mode):
+            raise UnsafeMember(member, f"{member.name!r} is below a file")
+        if last and member.issym() and stat.S_ISDIR(found.st_mode):
+            raise UnsafeMember(member, f"{member.name!r} replaces a directory")
+    if member.issym():
+        target = PurePosixPath(member.linkname)
+        ups = 0
+        for part in target.parts:
+            if part == "..":
+                ups += 1
+            elif part != ".":
+                break
+        rest = target.parts[ups:] if not target.is_absolute() else ()
+        if (
+            target.is_absolute()
+            or not member.linkname
+            or ".." in rest
+            or ups > len(parts) - 1
+        ):
+            raise UnsafeMember(member, f"{member.name!r} links outside the directory")
+    elif member.islnk():
+        target = PurePosixPath(member.linkname.lstrip("/"))
+        if not member.linkname or ".." in target.parts:
+            raise UnsafeMember(member, f"{member.name!r} links outside the directory")
 
-    for member in tar:
-        safe = copy.copy(member)
-        safe.name = member.name.lstrip("/" + os.sep)
-        if os.path.isabs(safe.name) or not inside(os.path.join(root, safe.name)):
-            raise UnsafeMember(member, f"{member.name!r} would be outside {root}")
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-            raise UnsafeMember(member, f"{member.name!r} is a special file")
-        if member.issym() or member.islnk():
-            if os.path.isabs(member.linkname):
-                raise UnsafeMember(member, f"{member.name!r} is an absolute link")
-            base = os.path.dirname(safe.name) if member.issym() else ""
-            if not inside(os.path.join(root, base, member.linkname)):
-                raise UnsafeMember(member, f"{member.name!r} links outside {root}")
-        mode = member.mode & 0o755
-        if member.isreg() or member.islnk():
-            mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
-        elif member.isdir():
-            mode |= 0o700
-        safe.mode = mode
-        safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
-        tar.extract(safe, root)
+
+def _extract_data(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> None:
+    """``tar.extract(member, root, filter="data")`` for a Python whose filter is missing
+    or unsound, after ``check_member``: a leading
+    ``/`` is dropped; modes lose the set-id bits and the group/other write bits; files
+    belong to whoever extracts them."""
+    safe = copy.copy(member)
+    safe.name = member.name.lstrip("/" + os.sep)
+    if member.islnk():
+        safe.linkname = member.linkname.lstrip("/" + os.sep)
+    mode = member.mode & 0o755
+    if member.isreg() or member.islnk():
+        mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+    elif member.isdir():
+        mode |= 0o700
+    safe.mode = mode
+    safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
+    tar.extract(safe, root)
 
 
 def _s3_download(uri: str, target: Path, region: str | None) -> None:
@@ -230,29 +326,187 @@ def _copy_file(path: Path, into: Path) -> None:
 
 
 # --- requirements ----------------------------------------------------------------------------
+# What smserve's own settings read that no child of ours needs: a requirement's build
+# (its setup.py runs with our environment), a training script, a Dask worker.
+SECRET_VARIABLES = frozenset({"SECRET_KEY", "DJANGO_SECRET_KEY", "DATABASE_URL"})
+SECRET_PREFIXES = ("DJANGO_SUPERUSER_",)
+
+
+def child_environment(
+    base: Mapping[str, str] | None = None, **extra: str
+) -> dict[str, str]:
+    """``base`` (``os.environ``) without the secrets of ``SECRET_VARIABLES`` and
+    ``SECRET_PREFIXES``, plus ``extra``: the environment of every process smserve starts
+    for user code (pip, a training script, Dask)."""
+    env = {
+        name: value
+        for name, value in (os.environ if base is None else base).items()
+        if name not in SECRET_VARIABLES and not name.startswith(SECRET_PREFIXES)
+    }
+    env.update(extra)
+    return env
+
+
+def image_constraints() -> str:
+    """``name==version`` of every distribution this Python has installed (in the image,
+    exactly requirements.txt's pins): a user's requirements may add packages but never
+    change one smserve runs on."""
+    pins: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and dist.version:
+            pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
+
+
 def install_requirements(
-    source_dir: Path, *, python: str | None = None, package: bool = False
+    source_dir: Path,
+    *,
+    python: str | None = None,
+    package: bool = False,
+    constrain: bool = False,
+    target: Path | None = None,
 ) -> bool:
     """``pip install -r requirements.txt`` in ``source_dir`` when there is one; with
     ``package`` (a ``setup.py`` there), ``pip install .`` too, as the training toolkit
     installs a source directory that is a package.
 
-    pip's output goes to stdout as it comes. Returns whether anything was installed.
+    ``constrain``: with ``--constraint`` of the installed versions (``image_constraints``),
+    so a requirement that would change one fails instead. ``target``: nothing in the
+    environment changes; what it lacks is installed into the directory ``target``
+    (resolved against the environment first, so what it has is not fetched again).
+
+    pip's output goes to stdout as it comes; its environment has no secrets
+    (``child_environment``). Returns whether anything was installed.
     """
     requirements = Path(source_dir) / REQUIREMENTS
     has_requirements = requirements.is_file()
     if not has_requirements and not package:
         return False
-    command = [python or sys.executable, "-m", "pip", "install"]
-    if package:
-        command.append(".")
-    if has_requirements:
-        command += ["-r", REQUIREMENTS]
-    logger.info("Installing %s: %s", source_dir, " ".join(command))
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    pip = [python or sys.executable, "-m", "pip", "install"]
+    arguments = (["."] if package else []) + (
+        ["-r", REQUIREMENTS] if has_requirements else []
+    )
+    env = child_environment(PIP_DISABLE_PIP_VERSION_CHECK="1")
+    with tempfile.TemporaryDirectory(prefix="smserve-pip-") as tmp:
+        if constrain:
+            constraints = Path(tmp) / "constraints.txt"
+            constraints.write_text(image_constraints())
+            arguments += ["--constraint", str(constraints)]
+        if target is None:
+            _pip(pip + arguments, source_dir, env, requirements, package)
+            return True
+        # What a plain install would add to the environment, then exactly that (and
+        # nothing it depends on: the environment has it) into the target.
+        report = Path(tmp) / "report.json"
+        _pip(
+            pip + ["--dry-run", "--quiet", "--report", str(report), *arguments],
+            source_dir,
+            env,
+            requirements,
+            package,
+        )
+        urls = [
+            _install_url(item) for item in json.loads(report.read_text())["install"]
+        ]
+        if urls:
+            _pip(
+                pip + ["--no-deps", "--target", str(target), *urls],
+                source_dir,
+                env,
+                requirements,
+                package,
+            )
+        return True
+
+
+# --- one multi-model load's code: fetched once, installed once --------------------------------
+@dataclass(frozen=True)
+class CodeSite:
+    """Where one multi-model load keeps its user code, shared by every worker: the fetched
+    source (``src``) and its requirements (``site``, a ``pip --target`` directory). The
+    worker that answers ``POST /models`` fills it (``install``); the workers that load
+    the model lazily, on an invocation, only read it. Removed on unload."""
+
+    root: Path
+    install: bool
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def site(self) -> Path:
+        return self.root / "site"
+
+
+_CODE_SITE: ContextVar[CodeSite | None] = ContextVar("smserve_code_site", default=None)
+
+
+@contextmanager
+def code_site(root: Path, *, install: bool) -> Iterator[CodeSite]:
+    """Loads in this block keep their user code in ``root`` (see ``CodeSite``)."""
+    site = CodeSite(Path(root), install)
+    token = _CODE_SITE.set(site)
+    try:
+        yield site
+    finally:
+        _CODE_SITE.reset(token)
+
+
+def fetch_for_load(uri: str) -> Path:
+    """The source ``uri`` names, for a model being loaded: into the load's ``CodeSite``
+    (fetched by the installing worker, reused by the others), else into a new temporary
+    directory (single-model serving loads once)."""
+    site = _CODE_SITE.get()
+    if site is None:
+        return fetch_source(uri, Path(tempfile.mkdtemp(prefix="smserve-code-")) / "src")
+    if not site.install and site.src.is_dir():
+        return site.src
+    return fetch_source(uri, site.src)
+
+
+def install_for_load(source_dir: Path) -> None:
+    """A model's ``requirements.txt``, against the image's pins. Within a ``CodeSite``,
+    the installing worker puts them into its ``site`` under a lock of the whole
+    container (one pip at a time), the others install nothing; either way the site goes
+    on ``sys.path`` (call this inside ``user_code_scope``, which takes it off again)."""
+    site = _CODE_SITE.get()
+    if site is None:
+        install_requirements(source_dir, constrain=True)
+        return
+    if site.install:
+        site.root.mkdir(parents=True, exist_ok=True)
+        with open(site.root.parent / "pip.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                install_requirements(source_dir, constrain=True, target=site.site)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    if site.site.is_dir() and str(site.site) not in sys.path:
+        sys.path.append(str(site.site))
+
+
+def _install_url(item: dict[str, Any]) -> str:
+    """What to hand pip to install one entry of its installation report."""
+    info = item["download_info"]
+    vcs = info.get("vcs_info")
+    if vcs:
+        return f"{vcs['vcs']}+{info['url']}@{vcs['commit_id']}"
+    return info["url"]
+
+
+def _pip(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    requirements: Path,
+    package: bool,
+) -> None:
+    logger.info("Installing %s: %s", cwd, " ".join(command))
     proc = subprocess.Popen(
         command,
-        cwd=source_dir,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -271,7 +525,6 @@ def install_requirements(
         raise UserCodeError(
             requirements_failure(requirements, tee.text(), code, package=package)
         )
-    return True
 
 
 def requirements_failure(
@@ -345,7 +598,9 @@ class Tee:
     """Copies a child's pipe to ``sink`` as the bytes come (unchanged, flushed at once) and
     keeps the last ``TAIL_BYTES`` of it to explain a failure."""
 
-    def __init__(self, pipe: BinaryIO, sink: BinaryIO) -> None:
+    def __init__(self, pipe: IO[bytes] | None, sink: BinaryIO) -> None:
+        if pipe is None:
+            raise ValueError("Tee needs the child's pipe (stdout or stderr=PIPE)")
         self._pipe = pipe
         self._sink = sink
         self._tail = bytearray()
@@ -402,12 +657,16 @@ def user_code_scope(source_dir: Path, *, isolated: bool) -> Iterator[None]:
     neither its directory on ``sys.path`` nor its modules in ``sys.modules``, so the
     next model's ``inference`` (and ``utils``, ...) are its own. The hooks keep their
     modules through their globals; a sibling module imported only inside a hook, at
-    request time, would not be found: import siblings at the top of the script.
+    request time, would not be found: import siblings at the top of the script. The
+    same holds for the packages of a multi-model load's ``CodeSite`` (its requirements).
     """
     if not isolated:
         yield
         return
-    root = Path(source_dir).resolve()
+    roots = [Path(source_dir).resolve()]
+    site = _CODE_SITE.get()
+    if site is not None:
+        roots.append(site.root.resolve())
     with _SCOPE_LOCK:
         before = set(sys.modules)
         path_before = list(sys.path)
@@ -417,7 +676,7 @@ def user_code_scope(source_dir: Path, *, isolated: bool) -> Iterator[None]:
             sys.path[:] = path_before
             for name in set(sys.modules) - before:
                 file = getattr(sys.modules.get(name), "__file__", None)
-                if file and Path(file).resolve().is_relative_to(root):
+                if file and any(Path(file).resolve().is_relative_to(r) for r in roots):
                     del sys.modules[name]
 
 

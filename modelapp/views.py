@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import time
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.exceptions import APIException
@@ -29,6 +29,7 @@ from modelapp.exceptions import (
     PayloadTooLarge,
     error_body,
 )
+from modelapp.formats import CUSTOM_ATTRIBUTES
 from modelapp.invocation_log import RECORDS_HEADER, log_invocation
 from modelapp.negotiation import (
     FirstRendererNegotiation,
@@ -36,10 +37,10 @@ from modelapp.negotiation import (
     OwnedOutputRenderer,
     SageMakerContentNegotiation,
 )
+from modelapp.parsers import BaseBatchParser
 from modelapp.registry import DEFAULT_MODEL, registry
-from modelapp.renderers import JSONRenderer, dump_json
-
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+from modelapp.renderers import BaseBatchRenderer, JSONRenderer, dump_json
+from modelapp.text import brief, has_control
 
 
 def parse_custom_attributes(header: str) -> dict[str, str]:
@@ -136,9 +137,9 @@ class InvocationsView(APIView):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.parser_classes is None:
-            self.parser_classes = conf.parser_classes()
+            self.parser_classes = conf.import_classes("PARSERS", BaseBatchParser)
         if self.renderer_classes is None:
-            self.renderer_classes = conf.renderer_classes()
+            self.renderer_classes = conf.import_classes("RENDERERS", BaseBatchRenderer)
         self.predictor: Any = None
         self._predictor_error: Exception | None = None
 
@@ -169,7 +170,9 @@ class InvocationsView(APIView):
 
     @property
     def default_response_headers(self) -> dict[str, str]:
-        return _default_headers(type(self), len(self.renderer_classes) > 1).copy()
+        # A class is hashable; mypy reads DRF's untyped base as lacking __hash__.
+        view: Any = type(self)
+        return _default_headers(view, len(self.renderer_classes) > 1).copy()
 
     def perform_authentication(self, request: Request) -> None:
         pass
@@ -350,9 +353,10 @@ class ModelsView(StatusView):
                 openapi.ModelStatusSerializer, "Loaded: every worker serves it."
             ),
             400: openapi.error(
-                "The body is not `{model_name, url}` (`invalid_load_request`), or "
-                "the directory holds no model that loads and predicts "
-                "(`model_load_failed`, the detail says why)."
+                "The body is not `{model_name, url}`, a name or url holds a control "
+                "character, or the url is outside SMSERVE_MME_MODEL_ROOT "
+                "(`invalid_load_request`); or the directory holds no model that "
+                "loads and predicts (`model_load_failed`, the detail says why)."
             ),
             404: openapi.error(openapi.NOT_MULTI_MODEL),
             409: openapi.error(
@@ -394,7 +398,7 @@ class ModelView(StatusView):
         require_multi_model()
         registration = multimodel.worker_models().shared.get(name)
         if registration is None:
-            raise ModelNotFound(f"No model is loaded under the name {name!r}.")
+            raise ModelNotFound(f"No model is loaded under the name {brief(name)}.")
         return Response(describe_model(registration))
 
     @extend_schema(
@@ -457,35 +461,40 @@ class ModelInvokeView(InvocationsView):
 
 def _load_request(body: bytes) -> tuple[str, str]:
     try:
-        data = json.loads(body or b"null")
-    except ValueError as exc:
+        # orjson, as for /invocations: its depth limit makes deep nesting a 400 (the
+        # stdlib's json raised RecursionError, a 500).
+        data = orjson.loads(body or b"null")
+    except orjson.JSONDecodeError as exc:
         raise InvalidInput(
             f"The load request is not JSON ({exc}).", code="invalid_load_request"
         ) from exc
-    fields = [data.get(k) if isinstance(data, dict) else None for k in _LOAD_FIELDS]
+    fields: list[Any] = [
+        data.get(k) if isinstance(data, dict) else None for k in _LOAD_FIELDS
+    ]
     if not all(isinstance(f, str) and f for f in fields):
         raise InvalidInput(
             'Send {"model_name": "<name>", "url": "<model directory>"}.',
             code="invalid_load_request",
         )
     if not all(_is_text(f) for f in fields):
-        # Neither is a file name, a registry key or a database value (found by
-        # schemathesis: both were a 500).
+        # Neither is a file name, a registry key or a database value, nor may it break
+        # a log line.
         raise InvalidInput(
-            "model_name and url must be text without NUL characters or unpaired "
-            "surrogates (\\u0000, \\ud800).",
+            "model_name and url must be text without control characters (\\n, "
+            "\\u0000) or unpaired surrogates (\\ud800).",
             code="invalid_load_request",
         )
     return fields[0], fields[1]
 
 
 def _is_text(value: str) -> bool:
-    """No NUL, and encodable as UTF-8 (JSON may hold an unpaired surrogate)."""
+    """No control character, and encodable as UTF-8 (JSON may hold an unpaired
+    surrogate)."""
     try:
         value.encode()
     except UnicodeEncodeError:
         return False
-    return "\x00" not in value
+    return not has_control(value)
 
 
 _LOAD_FIELDS = ("model_name", "url")
@@ -502,7 +511,7 @@ def _page_token(token: str | None) -> str | None:
         return base64.b64decode(token, altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeError) as exc:
         raise InvalidInput(
-            f"next_page_token {token!r} is not one this container gave.",
+            f"next_page_token {brief(token)} is not one this container gave.",
             code="invalid_page_token",
         ) from exc
 
@@ -512,7 +521,7 @@ def _page_size(limit: str | None) -> int:
         return MODELS_PAGE_SIZE
     if not limit.isdigit() or int(limit) < 1:
         raise InvalidInput(
-            f"limit must be a positive whole number, got {limit!r}.",
+            f"limit must be a positive whole number, got {brief(limit)}.",
             code="invalid_limit",
         )
     return int(limit)
@@ -559,7 +568,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     """Unknown paths answer JSON, never HTML: SageMaker shows the caller this body."""
     return _json_error(
         HTTPStatus.NOT_FOUND,
-        f"No endpoint at {request.path}: use POST /invocations or GET /ping.",
+        f"No endpoint at {brief(request.path)}: use POST /invocations or GET /ping.",
         "not_found",
     )
 

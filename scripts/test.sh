@@ -12,6 +12,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== lint" >&2
 ruff check .
 ruff format --check .
+# The annotations checked (pyproject.toml's [tool.mypy]: modelapp, smserve, gunicorn.conf.py).
+mypy
 
 echo "== tests on SQLite" >&2
 pytest "$@"

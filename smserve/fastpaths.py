@@ -13,7 +13,7 @@ instead of quoting figures.
 | ``exclusive_accept`` | gunicorn's sync worker, but idle workers wait in ``epoll`` with ``EPOLLEXCLUSIVE``: one wakes per connection, not all [round 3] | ``smserve/workers.py``, ``docker/gunicorn.conf.py`` |
 | ``request_signals`` | Django's per-request DB/cache receivers disconnected until a thread opens a DB connection [round 2] | ``modelapp/request_signals.py``, installed by ``install()`` from ``smserve/wsgi.py`` |
 | ``inference_middleware`` | views marked ``inference = True`` skip the admin's middleware layers [round 2] | ``modelapp/middleware.py`` |
-| ``tree_check_input`` | single decision trees predict with ``check_input=False`` on the float32 batch our checks made [round 3] | ``modelapp/predictors.py`` |
+| ``tree_check_input`` | single decision trees predict with ``check_input=False`` on the float32 batch our checks made [round 3] | ``modelapp/predictors/sklearn.py`` |
 | ``numeric_csv`` | unquoted numeric CSV parsed by orjson + numpy, no Python per value [round 1] | ``modelapp/parsers.py`` |
 | ``plain_response`` | predictions rendered into a plain ``HttpResponse``, not DRF's ``Response`` [round 3] | ``modelapp/views.py`` |
 | ``gc_freeze`` | the preloaded model moved out of the garbage collector's reach before the fork, so workers do not copy its pages [round 1] | ``docker/gunicorn.conf.py`` |
@@ -41,10 +41,11 @@ The nginx <-> app protocol (``docker/serve`` sets it up; these are its only site
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from modelapp import conf, request_signals
+from modelapp.files import atomic_write
 
 TRICKS = (
     "exclusive_accept",
@@ -60,8 +61,6 @@ TRICKS = (
 
 def enabled(name: str) -> bool:
     """Whether trick ``name`` is on (``SMSERVE['FAST_PATHS_OFF']`` does not name it)."""
-    from modelapp import conf
-
     if name not in TRICKS:
         raise ValueError(f"Unknown fast path {name!r}; known: {', '.join(TRICKS)}.")
     return conf.fast_path(name)
@@ -70,16 +69,12 @@ def enabled(name: str) -> bool:
 def install() -> None:
     """The tricks that change Django's global state, for a serving process only."""
     if enabled("request_signals"):
-        from modelapp import request_signals
-
         request_signals.install()
 
 
 def write_ready_file(registry: Any) -> None:
     """Write the ready file nginx answers /ping from (see the protocol above); nothing
     for a model that did not load, or when ``serve`` asked for no file."""
-    from modelapp import conf
-
     target = conf.get("READY_FILE")
     if not target:
         return
@@ -92,9 +87,4 @@ def write_ready_file(registry: Any) -> None:
         body = json.dumps(
             {"status": "ready", "sha256": registry.loaded.sha256}
         ).encode()
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ready")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(body)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    atomic_write(Path(target), body)

@@ -103,8 +103,10 @@ def _smserve_from_environment() -> dict[str, Any]:
         ),
         "MME_MEMORY_MB": env_int("SMSERVE_MME_MEMORY_MB"),
         "MME_REGISTRY_DIR": env_str("SMSERVE_MME_REGISTRY_DIR"),
+        "MME_MODEL_ROOT": env_str("SMSERVE_MME_MODEL_ROOT"),
+        "DETAILED_ERRORS": env_bool("SMSERVE_DETAILED_ERRORS", None),
     }
-    for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR"):
+    for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR", "MME_MODEL_ROOT"):
         if found[key] is not None:
             found[key] = Path(found[key])
     off = env_str("SMSERVE_FAST_PATHS_OFF")
@@ -150,8 +152,9 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Unset: any Host, which the admin refuses (modelapp.E006, modelapp/checks.py).
 ALLOWED_HOSTS = [
-    h for h in os.environ.get("SMSERVE_ALLOWED_HOSTS", "*").split(",") if h
+    h.strip() for h in (env_str("SMSERVE_ALLOWED_HOSTS") or "*").split(",") if h.strip()
 ]
 
 INSTALLED_APPS = [
@@ -169,13 +172,19 @@ INSTALLED_APPS = [
 ]
 
 # The inference paths (/invocations, /ping, /execution-parameters) leave the chain right
-# after SecurityMiddleware: the layers below serve the admin only and measured 0.06 ms per
-# request (16% of an iris invocation in-process).
+# after SecurityMiddleware: the layers below serve the admin only (their cost:
+# bench/RESULTS.md, round 2).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "modelapp.middleware.InferenceMiddleware",
     "modelapp.middleware.AdminHeadersMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # The admin's CSS and JS; without the admin, /static/ would only tell a caller that
+    # the container runs Django.
+    *(
+        ["whitenoise.middleware.WhiteNoiseMiddleware"]
+        if SMSERVE.get("ADMIN_ENABLED")
+        else []
+    ),
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -256,7 +265,7 @@ SILENCED_SYSTEM_CHECKS = [
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_THROTTLE_CLASSES": [],
@@ -287,7 +296,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 _log_level = (env_str("SMSERVE_LOG_LEVEL") or "INFO").upper()
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
@@ -308,8 +317,10 @@ LOGGING = {
 APPEND_SLASH = False  # unknown paths are a JSON 404, never a redirect
 
 # --- the admin's login and pages (docs/reliability.md "Securing the admin") --------------
-# django-axes: after AXES_FAILURE_LIMIT failed logins the username, and separately the
-# client's IP, are locked out for AXES_COOLOFF_TIME (a 429); a success resets the count.
+# django-axes: after AXES_FAILURE_LIMIT failed logins a username from one client IP, and
+# after AXES_IP_FAILURE_LIMIT any usernames from one IP, are locked out for
+# AXES_COOLOFF_TIME (a 429); a success resets the count. Not the username alone: anyone
+# could then keep the known admin login locked.
 INSTALLED_APPS += ["axes"]
 MIDDLEWARE += ["axes.middleware.AxesMiddleware"]
 AUTHENTICATION_BACKENDS = [
@@ -317,9 +328,13 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = 5
+AXES_IP_FAILURE_LIMIT = 20  # ours: modelapp.auth.LockoutHandler
 AXES_COOLOFF_TIME = 0.25  # hours
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
+AXES_HANDLER = "modelapp.auth.LockoutHandler"
 AXES_RESET_ON_SUCCESS = True
+# Its attempts and logs are no admin page of ours (the admin is read-only).
+AXES_ENABLE_ADMIN = False
 # The client's IP as our nginx saw it, never a header the client could set itself.
 AXES_CLIENT_IP_CALLABLE = "modelapp.auth.client_ip"
 # Applied to the superuser serve creates from DJANGO_SUPERUSER_PASSWORD too.

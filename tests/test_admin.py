@@ -188,6 +188,29 @@ def test_no_write_actions(client, admin_server):
     ]
 
 
+def test_no_users_groups_or_lockout_pages(client):
+    """Only smserve's tables: no page adds a user, changes a password or lists groups or
+    axes' attempts (logins come from DJANGO_SUPERUSER_* and createsuperuser)."""
+    for path in (
+        "/admin/auth/user/add/",
+        "/admin/auth/user/",
+        "/admin/auth/group/",
+        "/admin/auth/group/add/",
+        "/admin/axes/accessattempt/",
+        "/admin/axes/accesslog/",
+    ):
+        status, _, _ = client.get(path)
+        assert status == HTTPStatus.NOT_FOUND, path
+    _, _, page = client.get("/admin/")
+    tables = set(re.findall(r'<a href="/admin/(\w+/\w+)/"', page))
+    assert tables == {
+        "modelapp/trainedmodel",
+        "modelapp/trainingrun",
+        "modelapp/invocationstat",
+        "modelapp/modelevent",
+    }
+
+
 def test_static_files_are_served_compressed(client):
     """The admin's CSS comes from whitenoise (hashed name, gzip when asked)."""
     _, _, page = client.get("/admin/")

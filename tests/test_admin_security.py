@@ -1,6 +1,6 @@
 """The admin locked down: login throttling (django-axes) on the client's real address,
 Django's password validators on the superuser ``serve`` creates, security headers and
-cookie flags, and ``check --deploy`` clean with the admin on."""
+cookie flags, and ``check --deploy`` clean with the admin on (and its Host checked)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from tests.support.admin import AdminClient
 from tests.support.servers import PYTHON, ServeProcess, ServerDatabase
 
 USER, PASSWORD = "operator", "a-long-operator-passphrase-7"
+DEPLOY_KEY = "k" * 20 + "-a-random-enough-secret-key-for-the-check-0123456789"
 FAILURE_LIMIT = 5  # settings.AXES_FAILURE_LIMIT
+IP_FAILURE_LIMIT = 20  # settings.AXES_IP_FAILURE_LIMIT
+SANDBOX = "sandbox; default-src 'none'"  # every answer but the admin's
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,7 @@ def locked_server(iris_base, tmp_path_factory):
         env={
             **db.env,
             "SMSERVE_ADMIN_ENABLED": "1",
+            "SMSERVE_ALLOWED_HOSTS": "127.0.0.1",
             "DJANGO_SUPERUSER_USERNAME": USER,
             "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
             "DJANGO_SUPERUSER_EMAIL": "operator@example.com",
@@ -50,9 +54,14 @@ def test_admin_headers_come_from_the_app_with_or_without_nginx(
 ):
     """The admin's Content-Security-Policy and Permissions-Policy are the app's own: with
     gunicorn alone on the port (no nginx) the login page carries them too, and an
-    inference answer does not."""
+    inference answer has the sandbox instead."""
     server = serve_factory(
-        iris_base, env={"SMSERVE_NGINX": "off", "SMSERVE_ADMIN_ENABLED": "1"}
+        iris_base,
+        env={
+            "SMSERVE_NGINX": "off",
+            "SMSERVE_ADMIN_ENABLED": "1",
+            "SMSERVE_ALLOWED_HOSTS": "127.0.0.1",
+        },
     )
     assert "nginx not found" in server.log
     status, headers, _ = AdminClient(server.port).get("/admin/login/")
@@ -63,7 +72,8 @@ def test_admin_headers_come_from_the_app_with_or_without_nginx(
     assert headers["Permissions-Policy"] == ADMIN_HEADERS["Permissions-Policy"]
     status, headers, _ = server.request("GET", "/ping")
     assert status == HTTPStatus.OK
-    assert "content-security-policy" not in headers
+    assert headers["content-security-policy"] == SANDBOX
+    assert "permissions-policy" not in headers
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -104,34 +114,66 @@ def test_admin_pages_carry_security_headers_and_strict_cookies(locked_server):
     assert "SameSite=Strict" in session[0]
 
 
-@pytest.mark.server
-def test_repeated_failures_lock_the_client_out_whatever_it_claims(locked_server):
-    """Failed logins under ever new usernames, each claiming another address in
-    X-Real-IP and X-Forwarded-For, still count against the one real address: after the
-    limit even the right password is refused with 429, and /invocations is untouched."""
-    client = AdminClient(locked_server.port)
-    for attempt in range(FAILURE_LIMIT):
-        spoofed = f"203.0.113.{attempt + 1}"
+def fail_logins(client: AdminClient, usernames: list[str], **headers: str) -> int:
+    """A failed login for each of ``usernames``; the last status."""
+    for username in usernames:
         token = client.csrf_token("/admin/login/")
         status, _, page = client.request(
             "POST",
             "/admin/login/",
-            {
-                "csrfmiddlewaretoken": token,
-                "username": f"guess{attempt}",
-                "password": "wrong",
-            },
-            headers={"X-Real-IP": spoofed, "X-Forwarded-For": spoofed},
+            {"csrfmiddlewaretoken": token, "username": username, "password": "wrong"},
+            headers=headers,
         )
-        if attempt < FAILURE_LIMIT - 1:
-            assert status == HTTPStatus.OK, page
-            assert "Please enter the correct username and password" in page
+        assert status in (HTTPStatus.OK, HTTPStatus.TOO_MANY_REQUESTS), page
+    return status
+
+
+@pytest.mark.server
+def test_repeated_failures_lock_the_client_out_whatever_it_claims(locked_server):
+    """Failed logins, each claiming another address in X-Real-IP and X-Forwarded-For,
+    still count against the one real address: after the limit even the right password
+    is refused with 429 from there, and /invocations is untouched."""
+    client = AdminClient(locked_server.port)
+    for attempt in range(FAILURE_LIMIT):
+        spoofed = f"203.0.113.{attempt + 1}"
+        status = fail_logins(
+            client, [USER], **{"X-Real-IP": spoofed, "X-Forwarded-For": spoofed}
+        )
     assert status == HTTPStatus.TOO_MANY_REQUESTS
     status, _, page = client.login(USER, PASSWORD)
     assert status == HTTPStatus.TOO_MANY_REQUESTS
     assert "locked" in page.lower()
     status, _, _ = locked_server.invoke(b"5.1,3.5,1.4,0.2\n")
     assert status == HTTPStatus.OK
+
+
+@pytest.mark.server
+def test_a_locked_username_still_logs_in_from_elsewhere(locked_server):
+    """The lockout is on the username and address together: failures for the known
+    login from one address do not lock its owner out at another."""
+    attacker = AdminClient(locked_server.port, source="127.0.0.2")
+    assert fail_logins(attacker, [USER] * FAILURE_LIMIT) == (
+        HTTPStatus.TOO_MANY_REQUESTS
+    )
+    assert attacker.login(USER, PASSWORD)[0] == HTTPStatus.TOO_MANY_REQUESTS
+    status, headers, _ = AdminClient(locked_server.port, source="127.0.0.4").login(
+        USER, PASSWORD
+    )
+    assert status == HTTPStatus.FOUND
+    assert headers["Location"] == "/admin/"
+
+
+@pytest.mark.server
+def test_one_address_trying_many_usernames_is_locked_out(locked_server):
+    """AXES_IP_FAILURE_LIMIT failures under ever new usernames lock the address out,
+    the right password included; other addresses are untouched."""
+    client = AdminClient(locked_server.port, source="127.0.0.3")
+    guesses = [f"guess{n}" for n in range(IP_FAILURE_LIMIT - 1)]
+    assert fail_logins(client, guesses) == HTTPStatus.OK  # one under the limit
+    assert fail_logins(client, ["one-more"]) == HTTPStatus.TOO_MANY_REQUESTS
+    assert client.login(USER, PASSWORD)[0] == HTTPStatus.TOO_MANY_REQUESTS
+    other = AdminClient(locked_server.port, source="127.0.0.5")
+    assert other.login(USER, PASSWORD)[0] == HTTPStatus.FOUND
 
 
 def test_check_deploy_is_clean_with_the_admin_on(tmp_path):
@@ -143,11 +185,46 @@ def test_check_deploy_is_clean_with_the_admin_on(tmp_path):
         "--fail-level",
         "WARNING",
         SMSERVE_ADMIN_ENABLED="1",
+        SMSERVE_ALLOWED_HOSTS="models.internal",
         SMSERVE_STATE_DIR=str(tmp_path),
-        SECRET_KEY="k" * 20 + "-a-random-enough-secret-key-for-the-check-0123456789",
+        SECRET_KEY=DEPLOY_KEY,
     )
     assert done.returncode == 0, done.stderr
     assert "System check identified no issues" in done.stdout
+
+
+@pytest.mark.parametrize("hosts", ["", "*", "models.internal,*"])
+def test_check_deploy_fails_with_the_admin_on_and_any_host(tmp_path, hosts):
+    """With the admin on, every Host accepted (SMSERVE_ALLOWED_HOSTS unset, or '*')
+    stops ``serve``'s ``check --deploy``: DNS rebinding would give a web page the
+    admin's origin, and the inference API's."""
+    done = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "ERROR",
+        SMSERVE_ADMIN_ENABLED="1",
+        SMSERVE_ALLOWED_HOSTS=hosts,
+        SMSERVE_STATE_DIR=str(tmp_path),
+        SECRET_KEY=DEPLOY_KEY,
+    )
+    assert done.returncode == 1
+    assert "modelapp.E006" in done.stderr
+    assert "Set SMSERVE_ALLOWED_HOSTS" in done.stderr
+
+
+def test_check_deploy_allows_any_host_without_the_admin(tmp_path):
+    done = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "ERROR",
+        SMSERVE_ADMIN_ENABLED="0",
+        SMSERVE_ALLOWED_HOSTS="",
+        SMSERVE_STATE_DIR=str(tmp_path),
+        SECRET_KEY=DEPLOY_KEY,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.django_db
@@ -184,6 +261,7 @@ def test_weak_superuser_password_stops_serve_start_up(tmp_path):
         DATABASE_URL="",
         SMSERVE_STATE_DIR=str(tmp_path / "state"),
         SMSERVE_ADMIN_ENABLED="1",
+        SMSERVE_ALLOWED_HOSTS="localhost",
         DJANGO_SUPERUSER_USERNAME="admin",
         DJANGO_SUPERUSER_PASSWORD="admin",
         DJANGO_SUPERUSER_EMAIL="admin@example.com",

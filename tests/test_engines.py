@@ -1,4 +1,4 @@
-"""Compiled predictions (``modelapp/engines.py``): ONNX Runtime serves a method only when
+"""Compiled predictions (``modelapp/compiled.py``): ONNX Runtime serves a method only when
 verified to answer as scikit-learn does, for every family the short names offer."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from django.test import override_settings
 from sklearn.base import is_classifier
 from sklearn.pipeline import make_pipeline
 
-from modelapp import engines
 from modelapp.batch import Batch
 from modelapp.predictors import SklearnPredictor
+from modelapp.predictors import compiled as compiled_engine
 from modelapp.registry import load_model
 from modelapp.training.estimators import resolve
 from tests.support.models import write_model
 from tests.support.training import run_train, sagemaker_tree
 
-ONNX, SKLEARN = engines.ENGINE, engines.SKLEARN
+ONNX, SKLEARN = compiled_engine.ENGINE, compiled_engine.SKLEARN
 RNG = np.random.default_rng(0)
 X_TRAIN = RNG.standard_normal((300, 6))
 X_HELD_OUT = RNG.standard_normal((200, 6))
@@ -95,7 +95,7 @@ def test_each_family_engine_and_identical_outputs(name, engine):
         expected = getattr(model, method)(X_HELD_OUT)
         if served.dtype.kind in "fc":
             np.testing.assert_allclose(
-                served, expected, rtol=engines.RTOL, atol=engines.ATOL
+                served, expected, rtol=compiled_engine.RTOL, atol=compiled_engine.ATOL
             )
         else:
             np.testing.assert_array_equal(served, expected)
@@ -142,8 +142,8 @@ def test_missing_values_go_to_scikit_learn():
     np.testing.assert_allclose(
         predictor.predict(Batch(values=batch), "predict_proba"),
         model.predict_proba(batch),
-        rtol=engines.RTOL,
-        atol=engines.ATOL,
+        rtol=compiled_engine.RTOL,
+        atol=compiled_engine.ATOL,
     )
 
 
@@ -152,12 +152,12 @@ def test_ties_are_labelled_by_scikit_learn():
     splits its votes) keep scikit-learn's label, not float32's."""
     model = resolve("random_forest").set_params(n_estimators=2, random_state=1)
     model.fit(X_TRAIN, LABELS)
-    compiled = engines.CompiledMethods(
-        engines.OnnxSession(engines.convert(model, 6), np.float32),
+    compiled = compiled_engine.CompiledMethods(
+        compiled_engine.OnnxSession(compiled_engine.convert(model, 6), np.float32),
         model,
         fallback=lambda method, X: getattr(model, method)(X),
     )
-    records = engines.leaf_records(model.estimators_, 6)
+    records = compiled_engine.leaf_records(model.estimators_, 6)
     proba = model.predict_proba(records)
     assert (proba[:, 0] == proba[:, 1]).any()  # the ties are there
     np.testing.assert_array_equal(compiled.predict(records), model.predict(records))
@@ -168,7 +168,7 @@ def test_a_disagreeing_graph_is_caught(tmp_path):
     verification catches it, scikit-learn serves, and the report says why."""
     model = fitted("random_forest")
     write_model(tmp_path, model, {"n_features": 6, "compiled": {"onnx": "model.onnx"}})
-    graph = onnx.load_from_string(engines.convert(model, 6))
+    graph = onnx.load_from_string(compiled_engine.convert(model, 6))
     for node in graph.graph.node:
         for attr in node.attribute:
             if attr.name == "nodes_values":
@@ -201,7 +201,7 @@ def test_switched_off(iris_base):
 
 
 def test_text_columns_are_not_compiled():
-    _, report = engines.compile_model(
+    _, report = compiled_engine.compile_model(
         fitted("logistic_regression"),
         None,
         6,
@@ -261,8 +261,8 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
         np.testing.assert_allclose(
             json.loads(proba)["predictions"],
             model.predict_proba(X_HELD_OUT),
-            rtol=engines.RTOL,
-            atol=engines.ATOL,
+            rtol=compiled_engine.RTOL,
+            atol=compiled_engine.ATOL,
         )
     assert re.search(
         r"Engines for RandomForestClassifier: predict by onnxruntime, predict_proba by "

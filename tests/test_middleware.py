@@ -14,6 +14,7 @@ from django.test import Client, RequestFactory, override_settings
 
 from modelapp.middleware import InferenceMiddleware
 
+SANDBOX = "sandbox; default-src 'none'"  # every answer but the admin's
 INFERENCE_PATHS = ["/ping", "/execution-parameters", "/invocations"]
 
 
@@ -103,3 +104,13 @@ def test_through_the_whole_stack_security_headers_are_kept():
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Frame-Options"] == "DENY"
     assert not response.cookies
+
+
+@pytest.mark.parametrize("off", [frozenset(), frozenset({"inference_middleware"})])
+def test_every_answer_but_the_admins_is_sandboxed(off):
+    """With or without the short cut, an inference answer and a 404 carry
+    ``sandbox; default-src 'none'``."""
+    with override_settings(SMSERVE={**settings.SMSERVE, "FAST_PATHS_OFF": off}):
+        client = Client()
+        for path in ("/execution-parameters", "/nowhere"):
+            assert client.get(path)["Content-Security-Policy"] == SANDBOX

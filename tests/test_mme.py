@@ -33,6 +33,14 @@ def constant_model_dir(tmp_path, name: str, constant: int):
     return base / "model"
 
 
+@pytest.fixture(autouse=True)
+def model_root(tmp_path_factory):
+    """Models load from pytest's temp dirs (SMSERVE_MME_MODEL_ROOT)."""
+    root = tmp_path_factory.getbasetemp()
+    with override_settings(SMSERVE={**settings.SMSERVE, "MME_MODEL_ROOT": root}):
+        yield
+
+
 @pytest.fixture
 def mme(tmp_path):
     """Multi-model mode with a registry of its own, a generous budget, two workers."""
@@ -195,7 +203,7 @@ def test_malformed_load_request_is_a_400(mme, body):
 def test_a_url_the_file_system_refuses_is_a_400_that_says_why(mme, tmp_path):
     """A path too long for the file system is not a model directory (found by
     schemathesis: it was a 500)."""
-    response = load(mme, "long", tmp_path / ("x" * 5000))
+    response = load(mme, "long", tmp_path / ("x" * 300))
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert response.json()["code"] == "model_load_failed"
     assert "cannot be read: File name too long" in response.json()["detail"]

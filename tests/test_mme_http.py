@@ -5,6 +5,7 @@ unloads racing invocations, and memory given back after an unload."""
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import sqlite3
 import subprocess
@@ -22,6 +23,8 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import ExtraTreesClassifier
 
 from tests.support.models import write_model
+from tests.support.packages import OFFLINE_PIP, local_package
+from tests.support.script_mode import source_dir, tarball
 from tests.support.servers import ServeProcess, ServerDatabase, wait_for
 
 pytestmark = pytest.mark.server
@@ -94,6 +97,8 @@ def mme(tmp_path_factory):
     env = {
         **db.env,
         "SAGEMAKER_MULTI_MODEL": "TRUE",
+        # The tests' models are all in pytest's temp dirs.
+        "SMSERVE_MME_MODEL_ROOT": str(tmp_path_factory.getbasetemp()),
         "SMSERVE_MME_MEMORY_MB": "2048",
         "SMSERVE_STATS_FLUSH_SECONDS": "0.3",
     }
@@ -145,7 +150,7 @@ def test_every_call_and_error(mme, iris_base):
     status, headers, body = mme.invoke("nope")
     assert status == HTTPStatus.NOT_FOUND
     assert b"No model is loaded under the name 'nope'" in body
-    status, body = mme.load("bad", "/nowhere/at/all")
+    status, body = mme.load("bad", iris_base / "nowhere")
     assert (status, body["code"]) == (HTTPStatus.BAD_REQUEST, "model_load_failed")
     status, _, body = mme.server.request("POST", "/models", b"{", {})
     assert status == HTTPStatus.BAD_REQUEST
@@ -153,6 +158,41 @@ def test_every_call_and_error(mme, iris_base):
     assert mme.invoke("iris")[0] == HTTPStatus.NOT_FOUND
     assert mme.get("/models/iris")[0] == HTTPStatus.NOT_FOUND
     assert mme.unload("iris") == HTTPStatus.NOT_FOUND
+
+
+def test_load_requests_that_are_refused(mme, iris_base, tmp_path):
+    """400 ``invalid_load_request``, and nothing loaded: JSON nested 50,000 deep; a
+    name or url with a control character; a url outside SMSERVE_MME_MODEL_ROOT, also
+    through ``..`` or a symlink (a load would run the directory's inference.py)."""
+    status, _, body = mme.server.request(
+        "POST", "/models", b"[" * 50_000, {"Content-Type": "application/json"}
+    )
+    assert status == HTTPStatus.BAD_REQUEST, body
+    assert json.loads(body)["code"] == "invalid_load_request"
+    (tmp_path / "etc").symlink_to("/etc")
+    model = iris_base / "model"
+    for name, url in (
+        ("x\ny", model),
+        ("x", f"{model}\n"),
+        ("etc", "/etc"),
+        ("etc", f"{tmp_path}/../../../../../../etc"),
+        ("etc", tmp_path / "etc"),
+    ):
+        status, body = mme.load(name, url)
+        assert status == HTTPStatus.BAD_REQUEST, (name, url, body)
+        assert body["code"] == "invalid_load_request", body
+    assert "where models are loaded from (SMSERVE_MME_MODEL_ROOT)" in body["detail"]
+    assert mme.get("/models")[1] == {"models": []}
+    assert "Traceback" not in mme.server.log
+
+
+def test_a_path_cannot_forge_a_log_line(mme):
+    """A percent-encoded newline in a model name is logged escaped, on its line."""
+    forged = "2026-01-01T00:00:00+00:00 ERROR forged line"
+    status, _, _ = mme.invoke(f"x%0A{forged.replace(' ', '%20')}")
+    assert status == HTTPStatus.NOT_FOUND
+    assert f"POST /models/x\\n{forged}/invoke 404" in mme.server.log
+    assert not [line for line in mme.server.log.splitlines() if line.startswith(forged)]
 
 
 SCRIPT_WITH_A_SIBLING = """\
@@ -246,9 +286,9 @@ def test_a_model_over_the_budget_is_a_507(mme, tmp_path):
     status, body = mme.load("big", big)
     assert status == HTTPStatus.INSUFFICIENT_STORAGE
     assert body["code"] == "insufficient_memory"
-    # A url of a whole file system: measured only as far as the budget, not walked
-    # to its end under the registry's lock.
-    status, body = mme.load("everything", "/")
+    # A url of a whole tree (the 3 GB file in it): measured only as far as the
+    # budget, not walked to its end under the registry's lock.
+    status, body = mme.load("everything", tmp_path.parent)
     assert status == HTTPStatus.INSUFFICIENT_STORAGE
     assert body["code"] == "insufficient_memory"
     assert mme.get("/models/everything")[0] == HTTPStatus.NOT_FOUND
@@ -415,7 +455,7 @@ def load_in_both_workers(mme: MMEClient, name: str, url: Path) -> None:
 
 
 def test_unloading_gives_the_memory_back(
-    serve_factory, tmp_path, big_forest_dir, iris_base
+    serve_factory, tmp_path, tmp_path_factory, big_forest_dir, iris_base
 ):
     """A large forest held by both workers; after DELETE answers, the server's PSS is
     back near where it was before the load."""
@@ -423,7 +463,11 @@ def test_unloading_gives_the_memory_back(
     assert size_kb > 40_000
     base = tmp_path / "empty"
     base.mkdir()
-    mme = MMEClient(serve_factory(base, env={"SAGEMAKER_MULTI_MODEL": "true"}))
+    env = {
+        "SAGEMAKER_MULTI_MODEL": "true",
+        "SMSERVE_MME_MODEL_ROOT": str(tmp_path_factory.getbasetemp()),
+    }
+    mme = MMEClient(serve_factory(base, env=env))
     root = mme.server.proc.pid
     # A small model first: what any first load imports is not the forest's memory.
     load_in_both_workers(mme, "iris", iris_base / "model")
@@ -435,3 +479,116 @@ def test_unloading_gives_the_memory_back(
     assert mme.unload("forest") == HTTPStatus.OK
     after = tree_pss_kb(root)
     assert loaded - after > 0.9 * (loaded - before), (before, loaded, after)
+
+
+# --- a script model's requirements: installed once per load, never on the invocation path
+PROBE_SCRIPT = """\
+import json
+import os
+
+import joblib
+import smserve_probe
+
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def output_fn(prediction, accept):
+    body = {"probe": smserve_probe.VERSION, "predictions": prediction.tolist()}
+    return json.dumps(body), accept
+"""
+
+
+@pytest.fixture(scope="module")
+def mme_code(tmp_path_factory):
+    """A multi-model server whose script (SAGEMAKER_SUBMIT_DIRECTORY, a tarball) requires
+    a local package; pip has no index. The package's build counts pip's installs in
+    ``marker`` and writes the names of its environment to ``environ``."""
+    work = tmp_path_factory.mktemp("mme_code")
+    marker, environ = work / "pip-runs.txt", work / "environ.json"
+    probe = local_package(
+        work / "probe", "smserve-probe", "7.1", marker=marker, environ=environ
+    )
+    src = source_dir(
+        work / "src",
+        {"inference.py": PROBE_SCRIPT, "requirements.txt": f"{probe}\n"},
+    )
+    archive = tarball(src, work / "sourcedir.tar.gz")
+    base = work / "base"
+    base.mkdir()
+    server_dir = work / "server"
+    server_dir.mkdir()
+    env = {
+        **OFFLINE_PIP,
+        "SAGEMAKER_MULTI_MODEL": "TRUE",
+        "SAGEMAKER_PROGRAM": "inference.py",
+        "SAGEMAKER_SUBMIT_DIRECTORY": f"file://{archive}",
+        "SECRET_KEY": "not-for-pip-" * 4,
+        "DATABASE_URL": "",
+    }
+    server = ServeProcess(base, server_dir, env=env)
+    server.start()
+    client = MMEClient(server)
+    client.marker, client.environ, client.tmpdir = marker, environ, server_dir
+    yield client
+    server.stop()
+
+
+def pip_runs(mme: MMEClient) -> int:
+    return len(mme.marker.read_text().split()) if mme.marker.exists() else 0
+
+
+def test_a_script_models_requirements_install_once_for_every_worker(mme_code, tmp_path):
+    """pip runs once, in the worker that answers POST /models, into the load's own site
+    directory; the other worker's lazy load imports the package from there, on the
+    invocation path without pip. pip's environment has no SECRET_KEY nor DATABASE_URL.
+    The unload removes the fetched source and the site."""
+    before = pip_runs(mme_code)
+    load_in_both_workers(mme_code, "probe", constant_model_dir(tmp_path / "probe", 1))
+    status, _, body = mme_code.invoke("probe", Accept="application/json")
+    assert (status, json.loads(body)) == (
+        HTTPStatus.OK,
+        {"probe": "7.1", "predictions": [1]},
+    )
+    assert pip_runs(mme_code) == before + 1
+    names = set(json.loads(mme_code.environ.read_text()))
+    assert "PATH" in names
+    assert names & {"SECRET_KEY", "DATABASE_URL"} == set()
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("smserve-probe")  # not in the venv
+    code = mme_code.registry_dir / "code"
+    assert [p.name for p in code.iterdir() if p.is_dir()] != []
+    assert mme_code.unload("probe") == HTTPStatus.OK
+    assert [p.name for p in code.iterdir() if p.is_dir()] == []
+
+
+def test_loads_and_unloads_leave_no_source_directories_behind(mme_code, tmp_path):
+    """Five loads and unloads of a model whose script is fetched from a tarball: at
+    most one ``smserve-code-*`` directory remains in the server's temp dir."""
+    model_dir = constant_model_dir(tmp_path / "cycled", 2)
+    for _ in range(5):
+        load_in_both_workers(mme_code, "cycled", model_dir)
+        assert mme_code.unload("cycled") == HTTPStatus.OK
+    left = list(mme_code.tmpdir.glob("smserve-code-*"))
+    assert len(left) <= 1, left
+
+
+def test_a_requirement_changing_an_image_package_fails_the_load(mme_code, tmp_path):
+    """A model whose requirements.txt pins another numpy: 400 model_load_failed naming
+    the conflict with the image's pins; the venv's numpy is unchanged and nothing of
+    the load is left."""
+    numpy_before = importlib.metadata.version("numpy")
+    model_dir = constant_model_dir(tmp_path / "old-numpy", 3)
+    source_dir(
+        model_dir / "code",
+        {"inference.py": PROBE_SCRIPT, "requirements.txt": "numpy==1.26.4\n"},
+    )
+    status, body = mme_code.load("old-numpy", model_dir)
+    assert (status, body["code"]) == (HTTPStatus.BAD_REQUEST, "model_load_failed")
+    assert "Could not install requirement 'numpy==1.26.4'" in body["detail"]
+    assert "conflicting dependencies" in body["detail"]
+    assert importlib.metadata.version("numpy") == numpy_before
+    assert mme_code.get("/models/old-numpy")[0] == HTTPStatus.NOT_FOUND
+    code = mme_code.registry_dir / "code"
+    assert not code.exists() or [p for p in code.iterdir() if p.is_dir()] == []

@@ -19,6 +19,8 @@ from modelapp.negotiation import (
     SageMakerContentNegotiation,
     parse_accept,
 )
+from modelapp.parsers import BaseBatchParser
+from modelapp.renderers import BaseBatchRenderer
 
 MEDIA_TYPES = [
     "text/csv",
@@ -45,11 +47,11 @@ def request(content_type: str | None = "text/csv", accept: str | None = None):
 
 
 def parsers() -> list:
-    return [cls() for cls in conf.parser_classes()]
+    return [cls() for cls in conf.import_classes("PARSERS", BaseBatchParser)]
 
 
 def renderers() -> list:
-    return [cls() for cls in conf.renderer_classes()]
+    return [cls() for cls in conf.import_classes("RENDERERS", BaseBatchRenderer)]
 
 
 def select_parser(req: Request):

@@ -74,6 +74,7 @@ def multi_model_server(tmp_path_factory, iris_base) -> Iterator[ServeProcess]:
         tmp_path_factory.mktemp("mme_base"),
         tmp_path_factory.mktemp("mme"),
         SAGEMAKER_MULTI_MODEL="TRUE",
+        SMSERVE_MME_MODEL_ROOT=str(tmp_path_factory.getbasetemp()),
         SMSERVE_MME_MEMORY_MB="2048",
     ):
         body = json.dumps({"model_name": "iris", "url": str(iris_base / "model")})

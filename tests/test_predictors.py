@@ -60,6 +60,17 @@ def test_records_and_header_use_feature_names():
         predictor.predict(Batch(values=np.array([[1.0, 2.0]]), columns=["x", "y"]))
 
 
+def test_a_record_with_many_unknown_keys_is_named_briefly():
+    """A record with 100,000 unknown keys is a 400 whose detail names a few of them and
+    how many more there were, not all of them (security review 3, L4)."""
+    frame = pd.DataFrame({"a": [0.0, 1.0], "b": [0.0, 1.0]})
+    model = DecisionTreeClassifier(random_state=0).fit(frame, [0, 1])
+    record = {"a": 1, "b": 2} | {f"key{i}": i for i in range(100_000)}
+    with pytest.raises(InvalidInput, match=r"has unknown 'key0', .*more\)") as caught:
+        SklearnPredictor(model).predict(Batch(records=[record]))
+    assert len(str(caught.value.detail)) < 300
+
+
 def test_nan_policy(iris_model, regressor_1f):
     """NaN passes for models that take it; infinity never does."""
     tree = SklearnPredictor(iris_model)

@@ -4,6 +4,8 @@ In the style of Django's ``SessionTestsMixin``: each entry of ``KINDS`` is a pre
 class and a small factory that fits a real model; every test below runs for every entry.
 A new predictor kind proves itself by joining ``KINDS`` (one line, plus its factory), and
 every predictor is made in one place, ``build_predictor``, the way the registry makes it.
+Nothing here assumes scikit-learn: a factory says how its model is saved (``save``) and
+how the model itself answers (``ask``), as ``linear`` does for a plain-JSON model.
 
 What a predictor promises, whatever the model: its predictions are the model's own for
 the same rows, for every method it offers; it offers exactly the methods the model has;
@@ -14,11 +16,13 @@ feature name when the model knows its names, and refused when it does not.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,14 +35,24 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from modelapp import engines
 from modelapp.batch import Batch
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
 from modelapp.predictors import BasePredictor, SklearnPredictor
-from tests.support.models import write_model
+from modelapp.predictors import compiled as compiled_engine
+from tests.support.linear_kind import LinearJSONPredictor, LinearModel, save_linear
 
 PROBA = ("predict", "predict_proba", "predict_log_proba")
+
+
+def save_joblib(model: Any, model_dir: Path) -> None:
+    """As ``train`` saves a model: ``model.joblib``."""
+    joblib.dump(model, model_dir / "model.joblib")
+
+
+def ask_directly(model: Any, method: str, rows: Any) -> Any:
+    """The model's own method on the rows, as its trainer would call it."""
+    return getattr(model, method)(rows)
 
 
 @dataclass(frozen=True)
@@ -51,20 +65,28 @@ class Fitted:
     allows_nan: bool  # whether the model takes missing values
     metadata: dict[str, Any] | None = None  # metadata.json beside the model, if any
     frame_names: list[str] | None = None  # set when fitted on a DataFrame
-    compiled: bool = True  # whether the compiled engine (engines.py) may serve it
+    model_names: list[str] | None = None  # names the model keeps otherwise
+    compiled: bool = True  # whether the compiled engine (compiled.py) may serve it
+    # How the model is written into a model directory.
+    save: Callable[[Any, Path], None] = save_joblib
+    # How the model itself answers a method on rows (an ndarray, or a DataFrame when
+    # fitted on one).
+    ask: Callable[[Any, str, Any], Any] = ask_directly
 
     @property
     def feature_names(self) -> list[str] | None:
         """The names records may use: from the DataFrame, else from metadata.json."""
         if self.frame_names is not None:
             return self.frame_names
+        if self.model_names is not None:
+            return self.model_names
         return (self.metadata or {}).get("feature_names")
 
     def expected(self, method: str, X: np.ndarray) -> np.ndarray:
         """The model's own answer, asked directly, as its trainer would ask it."""
         rows = pd.DataFrame(X, columns=self.frame_names) if self.frame_names else X
         with np.errstate(divide="ignore"):  # log(0) for classes a leaf never saw
-            return np.asarray(getattr(self.model, method)(rows))
+            return np.asarray(self.ask(self.model, method, rows))
 
 
 IRIS_NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -118,6 +140,24 @@ def regressor() -> Fitted:
     return Fitted(model, X[::9] + 0.5, ("predict",), False, metadata=metadata)
 
 
+def linear() -> Fitted:
+    """Not scikit-learn: a linear model kept as plain JSON, which predicts on lists
+    (``tests/support/linear_kind.py``); its file names its features."""
+    X, y = make_regression(n_samples=40, n_features=3, noise=0.1, random_state=1)
+    weights = np.linalg.lstsq(np.c_[X, np.ones(len(X))], y, rcond=None)[0]
+    model = LinearModel(["a", "b", "c"], weights[:3].tolist(), float(weights[3]))
+    return Fitted(
+        model,
+        X[::5] + 0.25,
+        ("predict",),
+        allows_nan=False,
+        model_names=model.features,
+        compiled=False,
+        save=save_linear,
+        ask=lambda model, method, rows: getattr(model, method)(rows.tolist()),
+    )
+
+
 # A new kind is one line: (its class, a factory of a fitted model it serves).
 KINDS: list[tuple[type[BasePredictor], Callable[[], Fitted]]] = [
     (SklearnPredictor, tree),
@@ -125,6 +165,7 @@ KINDS: list[tuple[type[BasePredictor], Callable[[], Fitted]]] = [
     (SklearnPredictor, forest_scikit_learn_only),
     (SklearnPredictor, scaled_pipeline),
     (SklearnPredictor, regressor),
+    (LinearJSONPredictor, linear),
 ]
 
 
@@ -133,8 +174,11 @@ def build_predictor(
 ) -> BasePredictor:
     """The one place a predictor is made, as the registry makes it: the model (and its
     metadata.json) written to a model dir, then ``kind.from_model_dir``."""
-    write_model(base, fitted.model, fitted.metadata)
     model_dir = base / "model"
+    model_dir.mkdir(parents=True)
+    fitted.save(fitted.model, model_dir)
+    if fitted.metadata is not None:
+        (model_dir / "metadata.json").write_text(json.dumps(fitted.metadata))
     assert kind.handles(model_dir)
     smserve = {**settings.SMSERVE, "COMPILED_ENGINE": fitted.compiled}
     with override_settings(SMSERVE=smserve):
@@ -167,22 +211,32 @@ def assert_served(case: Case, method: str, got: Any, expected: Any) -> None:
     """The model's own answer: to the bit from scikit-learn; within the tolerance the
     compiled engine states where it serves a method that answers numbers (labels are
     exact either way)."""
-    report = getattr(case.predictor, "engine_report", None)
-    compiled = report is not None and report.methods.get(method) == engines.ENGINE
+    report = case.predictor.engine_report
+    compiled = (
+        report is not None and report.methods.get(method) == compiled_engine.ENGINE
+    )
     if compiled and np.asarray(expected).dtype.kind in "fc":
         np.testing.assert_allclose(
-            got, expected, rtol=engines.RTOL, atol=engines.ATOL, err_msg=method
+            got,
+            expected,
+            rtol=compiled_engine.RTOL,
+            atol=compiled_engine.ATOL,
+            err_msg=method,
         )
     else:
         np.testing.assert_array_equal(got, expected, err_msg=method)
 
 
 def test_engine_per_method(case):
-    """Which engine serves each method is known, and scikit-learn's alone when off."""
+    """Which engine serves each method is known, and scikit-learn's alone when off; a
+    kind without a compiled engine reports none."""
     report = case.predictor.engine_report
+    if report is None:
+        assert not case.fitted.compiled, "a kind that may compile reports its engines"
+        return
     assert set(report.methods) == set(case.fitted.methods)
     if not case.fitted.compiled:
-        assert set(report.methods.values()) == {engines.SKLEARN}
+        assert set(report.methods.values()) == {compiled_engine.SKLEARN}
 
 
 # --- predictions ---------------------------------------------------------------------

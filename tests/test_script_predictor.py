@@ -16,13 +16,13 @@ from django.test import override_settings
 from modelapp.batch import Batch
 from modelapp.exceptions import NotAcceptable
 from modelapp.predictors import ModelLoadError
-from modelapp.registry import load_model
-from modelapp.script_predictor import (
+from modelapp.predictors.script import (
     ScriptContext,
     ScriptError,
     ScriptPredictor,
     encode_prediction,
 )
+from modelapp.registry import load_model
 from tests.support.inference_scripts import (
     BROKEN_PY,
     DEFAULTS_PY,

@@ -178,3 +178,99 @@ def test_invocation_log_is_app_or_nginx(tmp_path):
     assert (
         "SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got 'both'" in result.stderr
     )
+
+
+def test_the_key_is_never_written_through_a_planted_temp_name(tmp_path):
+    """The temp name the key is written under is predictable: a symlink planted there
+    is refused (no key kept, a warning), and its target stays untouched."""
+    target = tmp_path / "target"
+    target.write_text("untouched")
+    state = tmp_path / "state"
+    state.mkdir()
+    code = (
+        "import os, sys; from modelapp.state import keep_secret_key; "
+        "os.symlink(sys.argv[2], os.path.join(sys.argv[1], f'.secret_key.{os.getpid()}')); "
+        "print(keep_secret_key(sys.argv[1]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(state), str(target)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+    assert "Cannot keep a secret key" in done.stderr
+    assert target.read_text() == "untouched"
+    assert not (state / "secret_key").exists()
+
+
+def test_a_key_others_can_read_is_used_with_a_warning(tmp_path):
+    key_file = tmp_path / "secret_key"
+    key_file.write_text("k" * 50)
+    key_file.chmod(0o644)
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.stdout.strip() == "k" * 50
+    assert "can be read by other users (mode 644): chmod 600 it" in done.stderr
+
+
+def test_prepare_serve_keeps_the_state_owner_only(tmp_path):
+    """After ``prepare_serve`` (what ``serve`` runs first), whatever the umask, the state
+    dir it made is mode 700, and the SQLite database (password hashes, session keys)
+    and the key are 600."""
+    state = tmp_path / "state"
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SAGEMAKER_", "SMSERVE_", "DATABASE_URL", "SECRET_KEY"))
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; os.umask(0o022); sys.argv[0] = 'manage.py'; "
+            "exec(open('manage.py').read())",
+            "prepare_serve",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        env={**clean, "SMSERVE_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / "smserve.sqlite3").stat().st_mode & 0o777 == 0o600
+    assert (state / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_detailed_errors_and_model_root_from_the_environment(tmp_path):
+    """SMSERVE_DETAILED_ERRORS (default on) and SMSERVE_MME_MODEL_ROOT (default
+    BASE_DIR/models, /opt/ml/models in the image)."""
+    state = {"SMSERVE_STATE_DIR": str(tmp_path)}
+    default = settings_with(state)["smserve"]
+    assert default["DETAILED_ERRORS"] == "True"
+    assert default["MME_MODEL_ROOT"] == "/opt/ml/models"
+    assert (
+        settings_with({**state, "SAGEMAKER_BASE_DIR": "/srv/ml"})["smserve"][
+            "MME_MODEL_ROOT"
+        ]
+        == "/srv/ml/models"
+    )
+    changed = settings_with(
+        {
+            **state,
+            "SMSERVE_DETAILED_ERRORS": "false",
+            "SMSERVE_MME_MODEL_ROOT": "/data/models",
+        }
+    )["smserve"]
+    assert (changed["DETAILED_ERRORS"], changed["MME_MODEL_ROOT"]) == (
+        "False",
+        "/data/models",
+    )

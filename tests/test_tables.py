@@ -20,9 +20,9 @@ from sklearn.preprocessing import OneHotEncoder
 from modelapp.admin import schema_table
 from modelapp.batch import Batch
 from modelapp.exceptions import InvalidInput
-from modelapp.metadata import ModelMetadata, category_value
+from modelapp.metadata import ModelMetadata, allows_nan, category_value
 from modelapp.parsers import CSVParser, JSONParser, NPYParser
-from modelapp.predictors import SklearnPredictor, allows_nan
+from modelapp.predictors import SklearnPredictor
 from modelapp.registry import load_model
 from tests.support.models import write_model
 from tests.support.tables import FEATURES, churn_frame, fitted_elsewhere
@@ -73,7 +73,7 @@ def test_bare_column_transformer_pipeline_becomes_ready(tmp_path, foreign):
     write_model(tmp_path, foreign)
     loaded = load_model(tmp_path / "model")
     assert loaded.metadata is None
-    assert loaded.predictor.table.is_frame
+    assert loaded.predictor.schema.is_frame
 
 
 @pytest.mark.parametrize("header", [False, True])

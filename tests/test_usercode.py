@@ -5,7 +5,11 @@ optional trailing ``context``."""
 
 from __future__ import annotations
 
+import gzip
+import importlib.metadata
 import io
+import json
+import os
 import sys
 import tarfile
 
@@ -13,6 +17,7 @@ import joblib
 import numpy as np
 import pytest
 
+from modelapp import usercode
 from modelapp.usercode import (
     UserCodeError,
     fetch_source,
@@ -21,6 +26,7 @@ from modelapp.usercode import (
     load_user_module,
     requirements_failure,
 )
+from tests.support.packages import OFFLINE_PIP, local_package
 from tests.support.script_mode import (
     BUCKET,
     escaping_tarball,
@@ -46,11 +52,14 @@ def src(tmp_path):
 
 @pytest.fixture(params=["data_filter", "without_filters"])
 def extraction(request, monkeypatch):
-    """Each extraction test twice: with tarfile's ``data`` filter, and as on a Python
-    without tarfile's filters (the image's Debian 3.11.2), where smserve applies the
-    same rules itself."""
+    """Each extraction test twice: with tarfile's ``data`` filter (used even where it
+    lacks the CVE-2025-4517 fix: smserve's own checks run before it), and as on a
+    Python without tarfile's filters (the image's Debian 3.11.2), where smserve applies
+    the same rules itself."""
     if request.param == "without_filters":
         monkeypatch.delattr(tarfile, "data_filter")
+    else:
+        monkeypatch.setattr(usercode, "STDLIB_FILTER_FIXED", True)
     return request.param
 
 
@@ -239,6 +248,75 @@ def test_a_failed_install_names_the_requirement(tmp_path, src):
     assert "(pip exited with 1)" in message
 
 
+@pytest.fixture
+def offline_pip(monkeypatch):
+    """pip with no index and none of the machine's configuration, and the secrets a
+    server's environment may hold."""
+    for name, value in {
+        **OFFLINE_PIP,
+        "SECRET_KEY": "s3cr3t",
+        "DJANGO_SECRET_KEY": "s3cr3t",
+        "DATABASE_URL": "postgres://u:pw@db/x",
+        "DJANGO_SUPERUSER_PASSWORD": "pw",
+        "DJANGO_SUPERUSER_USERNAME": "admin",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+SECRETS = {
+    "SECRET_KEY",
+    "DJANGO_SECRET_KEY",
+    "DATABASE_URL",
+    "DJANGO_SUPERUSER_PASSWORD",
+    "DJANGO_SUPERUSER_USERNAME",
+}
+
+
+def test_a_requirement_is_built_without_smserve_secrets(tmp_path, src, offline_pip):
+    """A requirement's build runs with our environment minus SECRET_KEY,
+    DJANGO_SECRET_KEY, DATABASE_URL and DJANGO_SUPERUSER_*: a typosquatted package
+    learns none of them."""
+    environ = tmp_path / "environ.json"
+    probe = local_package(tmp_path / "probe", "smserve-env-probe", environ=environ)
+    (src / "requirements.txt").write_text(f"{probe}\n")
+    site = tmp_path / "site"
+    assert install_requirements(src, target=site) is True
+
+    names = set(json.loads(environ.read_text()))
+    assert "PATH" in names
+    assert names & SECRETS == set()
+    assert (site / "smserve_env_probe.py").is_file()
+
+
+def test_a_requirement_may_not_change_a_pinned_package(tmp_path, src, offline_pip):
+    """With the image's pins as constraints, a requirement on another version of an
+    installed package (joblib 0.0.1) fails naming it, before anything is built or
+    installed; joblib is unchanged."""
+    fake = local_package(tmp_path / "joblib", "joblib", "0.0.1", buildable=False)
+    (src / "requirements.txt").write_text(f"joblib @ {fake.as_uri()}\n")
+    before = importlib.metadata.version("joblib")
+    with pytest.raises(UserCodeError) as caught:
+        install_requirements(src, constrain=True)
+    message = str(caught.value)
+    assert message.startswith("Could not install requirement 'joblib @ ")
+    assert "conflicting dependencies" in message
+    assert importlib.metadata.version("joblib") == before
+
+
+def test_a_target_gets_only_what_the_environment_lacks(tmp_path, src, offline_pip):
+    """Installing into a target resolves against the environment: a requirement it
+    satisfies (joblib, and the probe's own dependency on numpy) is not fetched again,
+    so this works with no index; the new package alone lands in the target."""
+    probe = local_package(tmp_path / "probe", "smserve-probe", requires=("numpy",))
+    (src / "requirements.txt").write_text(f"joblib\n{probe}\n")
+    site = tmp_path / "site"
+    assert install_requirements(src, constrain=True, target=site) is True
+    assert sorted(p.name for p in site.iterdir() if p.name != "__pycache__") == [
+        "smserve_probe-1.0.dist-info",
+        "smserve_probe.py",
+    ]
+
+
 def test_requirements_failure_without_a_named_requirement(tmp_path):
     """When pip's words name no line of the file, the message still quotes pip."""
     requirements = tmp_path / "requirements.txt"
@@ -396,3 +474,86 @@ def test_a_missing_or_escaping_program_is_refused(tmp_path, isolated):
         load_user_module(src, "inference.py")
     with pytest.raises(UserCodeError, match="must be a path inside"):
         load_user_module(src, "../inference.py")
+
+
+def path_max_tarball(target):
+    """The CVE-2025-4517 archive: 16 nested directories of 247-character names, each
+    reached through a one-letter symlink; a link 16 levels up at the bottom of the
+    chain, and ``escape`` through it to ``../outside``, then ``escape/pwned.txt``.
+    Resolving the chain takes more than PATH_MAX, so a non-strict ``realpath`` stops
+    part-way while the kernel follows it out of the destination."""
+    comp = "d" * 247
+    steps = "abcdefghijklmnop"
+    path = ""
+    with tarfile.open(target, "w") as tar:
+
+        def add(name, kind, linkname=""):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = linkname
+            if kind == tarfile.DIRTYPE:
+                info.mode = 0o755
+            tar.addfile(info)
+
+        for step in steps:
+            add(os.path.join(path, comp), tarfile.DIRTYPE)
+            add(os.path.join(path, step), tarfile.SYMTYPE, comp)
+            path = os.path.join(path, comp)
+        chain = "/".join(steps)
+        long_link = os.path.join(chain, "l" * 254)
+        add(long_link, tarfile.SYMTYPE, "../" * len(steps))
+        add("escape", tarfile.SYMTYPE, f"{long_link}/../outside")
+        payload = tarfile.TarInfo("escape/pwned.txt")
+        payload.size = 5
+        tar.addfile(payload, io.BytesIO(b"owned"))
+    return target
+
+
+def test_an_archive_of_dot_is_extracted(tmp_path, extraction):
+    """``tar -C src -czf x.tar.gz .``: members ``./``, ``./lib/``, ``./lib/util.py``;
+    the ``./`` is the destination itself."""
+    src = source_dir(tmp_path / "src", FILES)
+    archive = tmp_path / "dot.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    dest = fetch_source(str(archive), tmp_path / "code")
+    assert tree(dest) == ["lib/util.py", "train.py"]
+
+
+def test_a_symlink_chain_longer_than_path_max_cannot_escape(tmp_path, extraction):
+    """A member reached through a symlink the archive made is refused, and link targets
+    are resolved by their names, not by ``realpath``: the PATH_MAX chain of
+    CVE-2025-4517 writes nothing beside the destination."""
+    work = tmp_path / "work"
+    (work / "outside").mkdir(parents=True)
+    archive = path_max_tarball(tmp_path / "chain.tar")
+    with pytest.raises(UserCodeError, match="Refusing to extract "):
+        usercode.extract_archive(archive, work / "dest")
+    assert list((work / "outside").iterdir()) == []
+
+
+def test_an_archive_declaring_more_than_the_cap_is_refused(tmp_path, extraction):
+    """An archive whose members declare 10 GB is refused before a byte of it is
+    written: a small xz or bz2 archive cannot fill the disk."""
+    archive = tmp_path / "huge.tar.gz"
+    big = tarfile.TarInfo("data.bin")
+    big.size = 10 * 1024**3
+    with gzip.open(archive, "wb") as fh:
+        fh.write(big.tobuf(format=tarfile.PAX_FORMAT))
+        fh.write(b"\0" * (1 << 20))  # a first MB of the declared data, then EOF
+    with pytest.raises(UserCodeError, match=r"declare more than \d+ MB"):
+        fetch_source(str(archive), tmp_path / "code")
+    assert not (tmp_path / "code").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["huge.tar.gz"]
+
+
+def test_an_archive_of_too_many_members_is_refused(tmp_path, extraction, monkeypatch):
+    """More members than ``MAX_ARCHIVE_MEMBERS``: refused, nothing kept."""
+    monkeypatch.setattr(usercode, "MAX_ARCHIVE_MEMBERS", 3)
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for n in range(5):
+            tar.addfile(tarfile.TarInfo(f"f{n}.py"), io.BytesIO(b""))
+    with pytest.raises(UserCodeError, match="holds more than 3 members"):
+        fetch_source(str(archive), tmp_path / "code")
+    assert not (tmp_path / "code").exists()

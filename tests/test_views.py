@@ -13,6 +13,9 @@ from rest_framework.renderers import BaseRenderer
 from modelapp.registry import registry
 from modelapp.views import InvocationsView, parse_custom_attributes
 from tests.support.formats import TSVParser, TSVRenderer
+from tests.support.inference_scripts import FOUR_HOOKS_PY
+from tests.support.models import write_model
+from tests.support.script_mode import source_dir
 
 
 def smserve(base, **extra):
@@ -144,3 +147,88 @@ def test_ping_not_ready_in_process(tmp_path):
     registry.load(force=True)
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert "does not exist" in json.loads(response.content)["detail"]
+
+
+# --- through the real server -----------------------------------------------------------
+def log_lines(server, marker: str) -> list[str]:
+    return [line for line in server.log.splitlines() if marker in line]
+
+
+@pytest.mark.server
+def test_an_echoed_value_is_cut_short_in_the_answer_and_the_log(server):
+    """A CSV field of 1 MB is quoted in the 400 by its first characters and how many
+    more there are: the detail is under 300 characters, its log line under 2 KB."""
+    body = b"a" * (1 << 20) + b"\n"
+    status, _, answer = server.invoke(body, Accept="application/json")
+    assert status == HTTPStatus.BAD_REQUEST
+    detail = json.loads(answer)["detail"]
+    assert len(detail) < 300
+    assert "(1048498 more characters) is not a number" in detail
+    lines = log_lines(server, f"bytes_in={len(body)} ")
+    assert lines
+    assert all(len(line) < 2048 for line in lines), max(map(len, lines))
+
+
+@pytest.mark.server
+def test_every_answer_but_the_admins_is_sandboxed(server):
+    """Predictions, status answers and 404s carry ``sandbox; default-src 'none'``: a
+    browser runs nothing they hold, whatever their Content-Type."""
+    status, headers, _ = server.invoke(b"5.1,3.5,1.4,0.2\n")
+    assert status == HTTPStatus.OK
+    assert headers["content-security-policy"] == "sandbox; default-src 'none'"
+    for path in ("/execution-parameters", "/nowhere", "/static/admin/css/base.css"):
+        status, headers, _ = server.request("GET", path)
+        assert headers["content-security-policy"] == "sandbox; default-src 'none'"
+
+
+@pytest.mark.server
+def test_without_the_admin_no_static_files_are_served(server):
+    """The admin's CSS is not served when the admin is off (it would tell a caller the
+    container runs Django): a JSON 404."""
+    status, headers, body = server.request("GET", "/static/admin/css/base.css")
+    assert status == HTTPStatus.NOT_FOUND
+    assert json.loads(body)["code"] == "not_found"
+
+
+@pytest.mark.server
+def test_detailed_errors_off_keeps_the_reason_in_the_log(serve_factory, tmp_path):
+    """SMSERVE_DETAILED_ERRORS=false: /ping's 503 gives a generic reason, without the
+    container's paths; the log has the real one."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    server = serve_factory(
+        empty, expect_status=503, env={"SMSERVE_DETAILED_ERRORS": "false"}
+    )
+    status, _, body = server.request("GET", "/ping")
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    assert json.loads(body) == {
+        "detail": "The model is not loaded: the container's log says why.",
+        "code": "model_not_ready",
+    }
+    assert f"The model directory {empty / 'model'} does not exist" in server.log
+
+
+@pytest.mark.server
+def test_detailed_errors_off_hides_a_scripts_exception(
+    serve_factory, tmp_path, iris_model
+):
+    """SMSERVE_DETAILED_ERRORS=false: an exception in inference.py is a 500 that only
+    says the script raised (its text and traceback are in the log); an error the
+    script raised with a status of its own keeps its message, meant for the caller."""
+    write_model(tmp_path / "base", iris_model)
+    source_dir(tmp_path / "base" / "model" / "code", {"inference.py": FOUR_HOOKS_PY})
+    env = {"SMSERVE_DETAILED_ERRORS": "false", "SAGEMAKER_PROGRAM": "inference.py"}
+    server = serve_factory(tmp_path / "base", env=env, workers=1)
+    status, _, body = server.invoke(
+        b'{"instances": [], "explode": true}', "application/json"
+    )
+    assert status == HTTPStatus.INTERNAL_SERVER_ERROR
+    assert json.loads(body) == {
+        "detail": "The inference script raised an error: the container's log has "
+        "the traceback.",
+        "code": "script_error",
+    }
+    assert "input_fn exploded on purpose" in server.log
+    status, _, body = server.invoke(b"a,b\n", "text/csv")
+    assert status == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    assert json.loads(body)["detail"] == "iris takes JSON, not text/csv"

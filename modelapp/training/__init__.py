@@ -1,21 +1,38 @@
 """Training: the SageMaker training contract for scikit-learn estimators.
 
 ``environment`` reads the job's configuration, ``channels`` its data, ``estimators`` builds
-the estimator from hyperparameters, ``artifacts`` writes the model, and ``run`` ties them
-together. ``manage.py train`` turns the run's outcome into files and an exit status.
+the estimator from hyperparameters, ``artifacts`` writes the model, ``compile`` the compiled
+engine's files beside it, and ``run`` ties them together. ``manage.py train`` turns the
+run's outcome into files and an exit status.
 
-Errors follow SageMaker's training toolkit: a ``ClientError`` is the user's to fix (its message
-alone goes to ``output/failure``); anything else is a bug in smserve (the traceback goes too).
+How a job ends (``ClientError``, ``TrainingStopped``, ``TrainingResult`` and the outcome
+constants) is in ``errors``, re-exported here.
 """
 
+from modelapp.training.errors import (
+    COMPLETED,
+    EXIT_BUG,
+    EXIT_CLIENT_ERROR,
+    EXIT_OK,
+    EXIT_STOPPED,
+    FAILED,
+    SKIPPED,
+    STOPPED,
+    ClientError,
+    TrainingResult,
+    TrainingStopped,
+)
 
-class ClientError(Exception):
-    """A mistake in the job's configuration or data: the message says what to fix."""
-
-
-class TrainingStopped(BaseException):
-    """SageMaker asked the job to stop (SIGTERM).
-
-    A ``BaseException``, like ``KeyboardInterrupt``, so no library's ``except Exception``
-    swallows it on the way up.
-    """
+__all__ = [
+    "COMPLETED",
+    "EXIT_BUG",
+    "EXIT_CLIENT_ERROR",
+    "EXIT_OK",
+    "EXIT_STOPPED",
+    "FAILED",
+    "SKIPPED",
+    "STOPPED",
+    "ClientError",
+    "TrainingResult",
+    "TrainingStopped",
+]

@@ -11,39 +11,18 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelapp.files import atomic_write
 from modelapp.metadata import ModelMetadata, json_safe, sha256_of
 from modelapp.paths import SageMakerPaths
 
 logger = logging.getLogger(__name__)
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> Path:
-    """Write ``path`` through a temporary file beside it; the caller renames it.
-
-    Returns the temporary path (removed again if ``write`` fails).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp_path = Path(tmp)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o644)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return tmp_path
-
-
 def write_json(path: Path, data: Any) -> None:
-    tmp = atomic_write(path, lambda fh: fh.write(json.dumps(data, indent=2) + "\n"))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def temporary_model_path(paths: SageMakerPaths) -> Path:
@@ -99,8 +78,7 @@ def write_success(paths: SageMakerPaths) -> None:
 
 def write_failure(paths: SageMakerPaths, reason: str) -> None:
     """``output/failure``: SageMaker shows its first 1024 characters as FailureReason."""
-    tmp = atomic_write(paths.failure_file, lambda fh: fh.write(reason))
-    os.replace(tmp, paths.failure_file)
+    atomic_write(paths.failure_file, reason)
 
 
 def clear_status(paths: SageMakerPaths) -> None:

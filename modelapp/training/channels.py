@@ -31,13 +31,14 @@ from modelapp.metadata import (
     category_value,
 )
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError
+from modelapp.text import brief
 from modelapp.training.environment import (
     CATEGORICAL_COLUMNS,
     HEADER,
     TARGET_COLUMN,
     ChannelConfig,
 )
+from modelapp.training.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ CHANNEL_FORMATS = {
 }
 GZIP_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"PAR1"
 SNIFF_BYTES = 64 * 1024
+# Characters of a data value quoted in a failure reason, which becomes the job's
+# FailureReason (readable with DescribeTrainingJob): enough to find it by its row.
+QUOTED = 40
 
 
 @dataclass
@@ -111,7 +115,9 @@ def load_channel(
             "smserve reads unwrapped CSV, Parquet or JSON Lines: set it to None."
         )
     media_type = config.media_type
-    fmt = CHANNEL_FORMATS.get(formats.canonical(media_type)) if media_type else None
+    fmt = (
+        CHANNEL_FORMATS.get(formats.canonical(media_type) or "") if media_type else None
+    )
     if media_type is not None and fmt is None:
         known = sorted(a for a, f in formats.ALIASES.items() if f in CHANNEL_FORMATS)
         raise ClientError(
@@ -200,7 +206,7 @@ def data_files(directory: Path) -> list[Path]:
 class _Prefixed(io.RawIOBase):
     """A stream whose first bytes were already read for sniffing."""
 
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+    def __init__(self, head: bytes, rest: IO[bytes] | gzip.GzipFile) -> None:
         self._head = head
         self._rest = rest
 
@@ -218,7 +224,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _sniff(stream: IO[bytes]) -> tuple[bytes, IO[bytes]]:
+def _sniff(stream: IO[bytes] | gzip.GzipFile) -> tuple[bytes, IO[bytes]]:
     head = stream.read(SNIFF_BYTES)
     return head, io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 20)
 
@@ -367,7 +373,7 @@ def _same_types(channel: str, parts: list[Part]) -> None:
         source, value = text[key]
         raise ClientError(
             f"Channel {channel!r}: {_describe(key, parts[0].named)} holds numbers in "
-            f"{numbers[key]} but text in {source} ({value!r}); every file must give a "
+            f"{numbers[key]} but text in {source} ({brief(value, QUOTED)}); every file must give a "
             "column one type."
         )
 
@@ -499,7 +505,7 @@ def _kind(
         row = int(np.flatnonzero(odd.to_numpy())[0])
         raise ClientError(
             f"Channel {channel!r} has non-numeric data: {_describe(column, named)} holds "
-            f"{values.iloc[row]!r} ({_locate(row, parts)}). Most of its values are "
+            f"{brief(values.iloc[row], QUOTED)} ({_locate(row, parts)}). Most of its values are "
             "numbers: fix the value, or list the column in "
             f"{CATEGORICAL_COLUMNS} if it holds categories; and check that "
             f"{TARGET_COLUMN} names the label column."
@@ -542,7 +548,7 @@ def _numeric(
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise ClientError(
             f"Channel {channel!r} has non-numeric data: {_describe(column, named)} holds "
-            f"{values.iloc[row]!r} ({_locate(row, parts)}), but it is numeric in the "
+            f"{brief(values.iloc[row], QUOTED)} ({_locate(row, parts)}), but it is numeric in the "
             "train channel."
         )
     return converted.astype(np.float64)
@@ -572,7 +578,7 @@ def _target(
         row = int(np.flatnonzero(converted.isna().to_numpy())[0])
         raise ClientError(
             f"Channel {channel!r} has non-numeric data: the target column {column!r} "
-            f"holds {values.iloc[row]!r} ({_locate(row, parts)}), but a regressor needs "
+            f"holds {brief(values.iloc[row], QUOTED)} ({_locate(row, parts)}), but a regressor needs "
             "numbers."
         )
     return np.asarray(values.astype(str).str.strip().to_numpy(), dtype=object)

@@ -11,8 +11,9 @@ scheduler for ``smserve_cluster_timeout`` seconds exits non-zero: its host fails
 reason. A host that stops (SIGTERM) or fails tells the leader through the scheduler (an
 event on ``FAILURE_TOPIC``), and the leader's job fails with that host's reason.
 
-Dask's TCP traffic is unauthenticated: it relies on the job's private network (turn on
-SageMaker's inter-container traffic encryption for more).
+Dask's TCP traffic is unauthenticated, so every Dask process accepts connections only from
+the job's hosts and loopback (``dask_peers``, preloaded); anything else is closed before
+Dask's handshake.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +35,20 @@ from typing import Any
 import modelapp
 from modelapp import conf
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError
 from modelapp.training.environment import (
+    CLUSTER_TIMEOUT,
     KNOWN_CHANNELS,
+    RESERVED,
     TrainingEnvironment,
     read_json_object,
 )
+from modelapp.training.errors import ClientError
+from modelapp.usercode import child_environment
 
 logger = logging.getLogger(__name__)
 
-# Our hyperparameter: how long hosts wait for each other (seconds).
-TIMEOUT = "smserve_cluster_timeout"
-KEYS = {TIMEOUT: 300}
+# Our hyperparameter: how long hosts wait for each other (its default: RESERVED).
+TIMEOUT = CLUSTER_TIMEOUT
 FAILURE_TOPIC = "smserve-host-failure"
 BACKEND = "smserve-dask"
 _STOP_GRACE = 20  # seconds a Dask process gets to close before it is killed
@@ -121,6 +124,13 @@ class Hosts:
                     return entry.address
         return self.address_of(self.current, timeout)
 
+    def peer_addresses(self, timeout: float) -> tuple[str, ...]:
+        """The addresses of every host of the job (and this host's interface): the only
+        peers its Dask processes accept."""
+        found = {self.address_of(name, timeout) for name in self.names}
+        found.add(self.bind_address(timeout))
+        return tuple(sorted(found))
+
     def scheduler_address(self, timeout: float) -> str:
         port = conf.get("DASK_SCHEDULER_PORT")
         return f"tcp://{self.address_of(self.leader, timeout)}:{port}"
@@ -151,7 +161,7 @@ class Plan:
     @classmethod
     def of(cls, env: TrainingEnvironment, estimator: Any, searching: bool) -> Plan:
         hosts = Hosts.of(env)
-        timeout = timeout_of(env.hyperparameters.owned.get(TIMEOUT, KEYS[TIMEOUT]))
+        timeout = timeout_of(env.hyperparameters.owned.get(TIMEOUT, RESERVED[TIMEOUT]))
         spread = hosts.distributed and (searching or spreads(estimator))
         return cls(env=env, hosts=hosts, spread=spread, timeout=timeout)
 
@@ -191,6 +201,25 @@ def _dask(*args: str) -> list[str]:
     return [sys.executable, "-m", "dask", *args]
 
 
+# Imported by the scheduler, every nanny and every worker: their listeners then accept
+# connections only from the job's hosts (``dask_peers``).
+PRELOAD = "modelapp.training.dask_peers"
+
+
+def scheduler_command(bind: str, port: int) -> list[str]:
+    """``dask scheduler`` on the job's interface, with no dashboard, for the job alone."""
+    return _dask(
+        "scheduler",
+        "--host",
+        bind,
+        "--port",
+        str(port),
+        "--no-dashboard",
+        "--preload",
+        PRELOAD,
+    )
+
+
 def worker_command(scheduler: str, host: str, bind: str, timeout: float) -> list[str]:
     """``dask worker``: one single-threaded process per CPU (scikit-learn's fits hold the
     GIL for much of their time), the host's memory split between them."""
@@ -213,6 +242,10 @@ def worker_command(scheduler: str, host: str, bind: str, timeout: float) -> list
         "--no-dashboard",
         "--local-directory",
         tempfile.gettempdir(),
+        "--preload",
+        PRELOAD,
+        "--preload-nanny",
+        PRELOAD,
     )
 
 
@@ -220,15 +253,22 @@ class DaskProcess:
     """One ``dask scheduler`` or ``dask worker`` subprocess; its output goes to ours (the
     job's log), and stopping it is SIGTERM, then SIGKILL after a grace period."""
 
-    def __init__(self, name: str, command: list[str]) -> None:
+    def __init__(
+        self, name: str, command: list[str], peers: Iterable[str] = ()
+    ) -> None:
+        """``peers``: the addresses of the job's hosts, the only ones (with loopback)
+        its listeners accept."""
+        from modelapp.training.dask_peers import PEERS_VARIABLE
+
         self.name = name
         logger.info("Starting the Dask %s: %s", name, " ".join(command))
         # The workers unpickle smserve's own task wrapper: smserve must be importable
         # there whatever the working directory.
         root = str(Path(modelapp.__file__).resolve().parent.parent)
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        # Without smserve's secrets (SECRET_KEY, DATABASE_URL, ...): tasks run there.
         env = {
-            **os.environ,
+            **child_environment(),
             "PYTHONPATH": path,
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
@@ -238,6 +278,7 @@ class DaskProcess:
             # ReduceReplicas policy), and a search whose one copy died with its host
             # could not go on.
             "DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START": "False",
+            PEERS_VARIABLE: ",".join(sorted(set(peers))),
         }
         # Its own process group: a terminal's Ctrl-C reaches us, and we stop it.
         self.proc = subprocess.Popen(
@@ -268,14 +309,12 @@ def leading(env: TrainingEnvironment, hosts: Hosts, timeout: float) -> Iterator[
     bind = hosts.bind_address(timeout)
     port = conf.get("DASK_SCHEDULER_PORT")
     address = f"tcp://{bind}:{port}"
-    scheduler = DaskProcess(
-        "scheduler",
-        _dask("scheduler", "--host", bind, "--port", str(port), "--no-dashboard"),
-    )
+    peers = hosts.peer_addresses(timeout)
+    scheduler = DaskProcess("scheduler", scheduler_command(bind, port), peers)
     worker = None
     try:
         worker = DaskProcess(
-            "worker", worker_command(address, hosts.current, bind, timeout)
+            "worker", worker_command(address, hosts.current, bind, timeout), peers
         )
         yield address
     finally:
@@ -301,7 +340,9 @@ def serve_as_worker(env: TrainingEnvironment, hosts: Hosts, timeout: float) -> N
         scheduler,
     )
     worker = DaskProcess(
-        "worker", worker_command(scheduler, hosts.current, bind, timeout)
+        "worker",
+        worker_command(scheduler, hosts.current, bind, timeout),
+        hosts.peer_addresses(timeout),
     )
     try:
         while (code := worker.poll()) is None:
@@ -387,7 +428,7 @@ def _register_backend() -> None:
             # No automatic scatter of the other arguments (a fold's indices): it puts
             # each on one worker, and a task whose data died with its worker is
             # cancelled instead of run again. X and y are broadcast (``scatter``).
-            self.call_data_futures = None
+            self.call_data_futures: dict[Any, Any] | None = None
 
         def stop_call(self) -> None:
             self.call_data_futures = {}

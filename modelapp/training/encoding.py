@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from modelapp.metadata import CATEGORICAL, Feature
-from modelapp.predictors import allows_nan
-from modelapp.training import ClientError
+from modelapp.metadata import CATEGORICAL, Feature, allows_nan
 from modelapp.training.environment import CATEGORICAL_ENCODING
+from modelapp.training.errors import ClientError
 
 logger = logging.getLogger(__name__)
 

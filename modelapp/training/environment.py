@@ -18,7 +18,7 @@ from typing import Any
 from modelapp import conf
 from modelapp.formats import base_type
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError
+from modelapp.training.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,17 @@ RANDOM_SEED = "smserve_random_seed"
 CATEGORICAL_ENCODING = "smserve_categorical_encoding"
 IMPUTE = "smserve_impute"
 CATEGORICAL_COLUMNS = "smserve_categorical_columns"
-RESERVED = {
+# A hyperparameter search (training/search.py checks these).
+SEARCH = "smserve_search"
+SEARCH_SPACE = "smserve_search_space"
+SEARCH_SPACE_FILE = "smserve_search_space_file"
+SEARCH_CANDIDATES = "smserve_search_candidates"
+SEARCH_FOLDS = "smserve_search_folds"
+SEARCH_SCORING = "smserve_search_scoring"
+# Training across hosts: how long hosts wait for each other, seconds (training/cluster.py).
+CLUSTER_TIMEOUT = "smserve_cluster_timeout"
+# Every reserved key and its default: the one table.
+RESERVED: dict[str, Any] = {
     ESTIMATOR: "sklearn.tree.DecisionTreeClassifier",
     TARGET_COLUMN: 0,
     HEADER: "auto",
@@ -39,7 +49,24 @@ RESERVED = {
     CATEGORICAL_ENCODING: "auto",
     IMPUTE: "auto",
     CATEGORICAL_COLUMNS: [],
+    SEARCH: None,
+    SEARCH_SPACE: None,
+    SEARCH_SPACE_FILE: None,
+    SEARCH_CANDIDATES: 10,
+    SEARCH_FOLDS: 5,
+    SEARCH_SCORING: None,
+    CLUSTER_TIMEOUT: 300,
 }
+# The reserved keys the module that uses them checks (``Hyperparameters.owned``).
+OWNED = (
+    SEARCH,
+    SEARCH_SPACE,
+    SEARCH_SPACE_FILE,
+    SEARCH_CANDIDATES,
+    SEARCH_FOLDS,
+    SEARCH_SCORING,
+    CLUSTER_TIMEOUT,
+)
 ENCODING_CHOICES = ("auto", "onehot", "ordinal", "native", "none")
 IMPUTE_CHOICES = ("auto", "median", "mean", "most_frequent", "none")
 RESERVED_PREFIX = "smserve_"
@@ -105,14 +132,13 @@ class Hyperparameters:
     impute: str = RESERVED[IMPUTE]
     categorical_columns: list[int | str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
-    # Reserved keys other modules own and check (the search, the cluster), as given
-    # (converted); their defaults are the owners'.
+    # Reserved keys other modules check (``OWNED``: the search, the cluster), as given
+    # (converted); their defaults are in ``RESERVED``.
     owned: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Hyperparameters:
-        owned_keys = _owned_keys()
         hp = cls(raw=dict(raw))
         for key in sorted(raw):
             if key.startswith(IGNORED_PREFIX) or key in IGNORED_KEYS:
@@ -133,13 +159,13 @@ class Hyperparameters:
                 hp.impute = _choice(key, value, IMPUTE_CHOICES)
             elif key == CATEGORICAL_COLUMNS:
                 hp.categorical_columns = _columns(value)
-            elif key in owned_keys:
+            elif key in OWNED:
                 hp.owned[key] = value
             elif key.startswith(RESERVED_PREFIX):
                 raise ClientError(
                     f"Unknown hyperparameter {key!r}: the keys starting with "
                     f"{RESERVED_PREFIX!r} are smserve's own, and they are "
-                    f"{', '.join(sorted({*RESERVED, *owned_keys}))}."
+                    f"{', '.join(sorted(RESERVED))}."
                 )
             else:
                 hp.params[key] = value
@@ -149,13 +175,6 @@ class Hyperparameters:
                 ", ".join(hp.ignored),
             )
         return hp
-
-
-def _owned_keys() -> dict[str, Any]:
-    """The search's and the cluster's reserved keys, with their defaults."""
-    from modelapp.training import cluster, search
-
-    return {**search.KEYS, **cluster.KEYS}
 
 
 def _target_column(value: Any) -> int | str:
@@ -247,11 +266,6 @@ class TrainingEnvironment:
     current_host: str = "algo-1"
     hosts: list[str] = field(default_factory=lambda: ["algo-1"])
     job_name: str | None = None
-
-    @property
-    def is_leader(self) -> bool:
-        """Only the first host writes the model and metrics."""
-        return not self.hosts or self.current_host == self.hosts[0]
 
     @classmethod
     def load(

@@ -15,7 +15,7 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from modelapp.metadata import dotted_path
-from modelapp.training import ClientError
+from modelapp.training.errors import ClientError
 
 logger = logging.getLogger(__name__)
 

@@ -14,17 +14,27 @@ from typing import Any
 from django.core.management import call_command
 from django.db import DatabaseError, connections
 
+from modelapp import conf
+from modelapp.metadata import json_safe
 from modelapp.paths import SageMakerPaths
+from modelapp.state import make_state_dir
+from modelapp.training.errors import (
+    COMPLETED,
+    FAILED,
+    SKIPPED,
+    STOPPED,
+    TrainingResult,
+)
 
 logger = logging.getLogger(__name__)
 
-# run.TrainingResult.status -> TrainingRun.status ("skipped": another host writes the
+# TrainingResult.status -> TrainingRun.status ("skipped": another host writes the
 # model, and this one's part of the job succeeded).
 STATUSES = {
-    "completed": "succeeded",
-    "skipped": "succeeded",
-    "failed": "failed",
-    "stopped": "stopped",
+    COMPLETED: "succeeded",
+    SKIPPED: "succeeded",
+    FAILED: "failed",
+    STOPPED: "stopped",
 }
 
 
@@ -45,25 +55,23 @@ class RunRecorder:
         connections.close_all()
         return recorder
 
-    def finish(self, result: Any) -> None:
-        """The run's outcome (a ``run.TrainingResult``) onto the row."""
+    def finish(self, result: TrainingResult) -> None:
+        """The run's outcome onto the row."""
         self._attempt("record the run's outcome", lambda: self._update(result))
         connections.close_all()
 
     def _migrate(self) -> None:
-        from modelapp import conf
-        from modelapp.state import make_state_dir
-
         make_state_dir(conf.get("STATE_DIR"))  # SQLite's file lives there
         call_command("migrate", interactive=False, verbosity=0)
 
     def _create(self) -> None:
+        # The models module needs the app registry, ready only once Django is set up.
         from modelapp.models import TrainingRun
 
         self.run_id = TrainingRun.objects.create(base_dir=str(self.paths.base)).pk
 
-    def _update(self, result: Any) -> None:
-        from modelapp.metadata import json_safe
+    def _update(self, result: TrainingResult) -> None:
+        # The models module needs the app registry, ready only once Django is set up.
         from modelapp.models import TrainingRun
 
         values = {

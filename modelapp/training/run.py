@@ -23,7 +23,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,12 @@ import modelapp
 from modelapp.metadata import Feature, ModelMetadata, dotted_path, json_safe
 from modelapp.paths import SageMakerPaths
 from modelapp.training import (
-    ClientError,
-    TrainingStopped,
     artifacts,
     cluster,
+    compile,
     encoding,
     estimators,
+    script,
     search,
 )
 from modelapp.training.channels import Dataset, load_channel
@@ -48,38 +47,23 @@ from modelapp.training.environment import (
     TRAIN,
     TrainingEnvironment,
 )
+from modelapp.training.errors import (
+    COMPLETED,
+    EXIT_BUG,
+    EXIT_CLIENT_ERROR,
+    EXIT_OK,
+    EXIT_STOPPED,
+    FAILED,
+    SKIPPED,
+    STOPPED,
+    STOPPED_REASON,
+    ClientError,
+    TrainingResult,
+    TrainingStopped,
+)
+from modelapp.usercode import UserCodeError
 
 logger = logging.getLogger(__name__)
-
-COMPLETED, FAILED, STOPPED, SKIPPED = "completed", "failed", "stopped", "skipped"
-EXIT_OK, EXIT_CLIENT_ERROR, EXIT_BUG, EXIT_STOPPED = 0, 1, 2, 143
-STOPPED_REASON = (
-    "Training was stopped (SIGTERM) before it finished; no model was written."
-)
-
-
-@dataclass
-class TrainingResult:
-    """Everything known about one run, whether it succeeded or not."""
-
-    status: str = FAILED
-    exit_code: int = EXIT_BUG
-    job_name: str | None = None
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    estimator: str | None = None
-    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    failure_reason: str = ""
-    traceback: str = ""
-    model_sha256: str | None = None
-    search: dict[str, Any] = field(default_factory=dict)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    finished_at: datetime | None = None
-    duration_seconds: float | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status in (COMPLETED, SKIPPED)
 
 
 def train(
@@ -99,7 +83,7 @@ def train(
             result.job_name = env.job_name
             result.hyperparameters = env.hyperparameters.raw
             runner_for(env)(env, result, clock).run()
-    except ClientError as exc:
+    except (ClientError, UserCodeError) as exc:
         # A user's script failing passes its own exit code on.
         result.status = FAILED
         result.exit_code = getattr(exc, "exit_code", EXIT_CLIENT_ERROR)
@@ -133,8 +117,6 @@ def runner_for(env: TrainingEnvironment) -> Callable[..., Any]:
     """Training runners: the user's script when the hyperparameters name one (script
     mode), else the built-in estimator trainer. All share this module's failure and
     exit-code policy."""
-    from modelapp.training import script
-
     if script.wants_script(env.hyperparameters.raw):
         return script.ScriptRunner
     return Trainer
@@ -244,18 +226,11 @@ class Trainer:
         self.result.status, self.result.exit_code = COMPLETED, EXIT_OK
 
     def compile_for_serving(self, estimator: Any, train: Dataset) -> dict[str, Any]:
-        """``model.onnx`` and the verification rows beside the model (``engines.py``);
-        a model that does not convert is still saved, and served by scikit-learn."""
-        from modelapp import engines
-
+        """``model.onnx`` and the verification rows beside the model (``compile.py``)."""
         n_features = getattr(estimator, "n_features_in_", train.n_features)
-        try:
-            return engines.save_for_serving(
-                estimator, n_features, train.X, self.paths.model_dir
-            )
-        except (ValueError, TypeError) as exc:  # e.g. text columns: no float matrix
-            logger.info("Not compiled to ONNX: %s", exc)
-            return {"onnx_error": f"not a numeric table ({exc})"}
+        return compile.compile_for_serving(
+            estimator, n_features, train.X, self.paths.model_dir
+        )
 
     def build_estimator(self) -> Any:
         estimator = estimators.build(self.hp.estimator)

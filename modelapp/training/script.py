@@ -33,9 +33,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from modelapp.paths import SageMakerPaths
-from modelapp.training import ClientError, TrainingStopped
 from modelapp.training.environment import TrainingEnvironment
-from modelapp.training.run import COMPLETED, EXIT_OK
+from modelapp.training.errors import (
+    COMPLETED,
+    EXIT_OK,
+    ClientError,
+    TrainingResult,
+    TrainingStopped,
+)
 from modelapp.training.script_env import (
     JOB_NAME,
     PROGRAM,
@@ -52,6 +57,7 @@ from modelapp.usercode import (
     Tee,
     UserCodeError,
     binary_stream,
+    child_environment,
     fetch_source,
     install_requirements,
     listing,
@@ -82,7 +88,9 @@ class ScriptFailed(ClientError):
 class ScriptRunner:
     """Fetch, install and run the user's script; one of ``train``'s runners."""
 
-    def __init__(self, env: TrainingEnvironment, result: Any, clock: float) -> None:
+    def __init__(
+        self, env: TrainingEnvironment, result: TrainingResult, clock: float
+    ) -> None:
         self.env = env
         self.paths: SageMakerPaths = env.paths
         self.result = result
@@ -154,7 +162,8 @@ class ScriptRunner:
     def child_environment(
         self, training_env: dict[str, Any], sagemaker: dict[str, Any], source_dir: Path
     ) -> dict[str, str]:
-        child = dict(os.environ)
+        # Without smserve's secrets (SECRET_KEY, DATABASE_URL, ...): the script needs none.
+        child = child_environment()
         child.update(sm_variables(training_env))
         # What the toolkit also exports before it starts the script.
         child["SAGEMAKER_JOB_NAME"] = text(sagemaker.get(JOB_NAME, ""))
@@ -169,7 +178,7 @@ class ScriptRunner:
         # The toolkit's rule: a failure file the script wrote itself is kept.
         failure_file = self.paths.failure_file
         if failure_file.is_file():
-            text = failure_file.readtext(errors="replace").strip()
+            text = failure_file.read_text(errors="replace").strip()
             if text:
                 return text
         return failure_message(program, code, stderr)
@@ -178,12 +187,12 @@ class ScriptRunner:
 def program_name(value: Any) -> str:
     """``sagemaker_program`` checked: a relative path that stays in the source dir."""
     if not isinstance(value, str) or not value.strip():
-        raise UserCodeError(
+        raise ClientError(
             f'{PROGRAM} must name the script to run (e.g. "train.py"), got {value!r}.'
         )
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts:
-        raise UserCodeError(
+        raise ClientError(
             f"{PROGRAM} must be a path inside the source directory, got {value!r}."
         )
     return str(path)

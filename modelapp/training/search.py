@@ -26,31 +26,29 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelapp.metadata import json_safe
-from modelapp.training import ClientError
+from modelapp.training.environment import (
+    KNOWN_CHANNELS,
+    RESERVED,
+    SEARCH,
+    SEARCH_CANDIDATES,
+    SEARCH_FOLDS,
+    SEARCH_SCORING,
+    SEARCH_SPACE,
+    SEARCH_SPACE_FILE,
+    TrainingEnvironment,
+)
+from modelapp.training.errors import ClientError
 from modelapp.training.estimators import valid_parameters
-
-if TYPE_CHECKING:
-    from modelapp.training.environment import TrainingEnvironment
 
 logger = logging.getLogger(__name__)
 
-KIND = "smserve_search"
-SPACE = "smserve_search_space"
-SPACE_FILE = "smserve_search_space_file"
-CANDIDATES = "smserve_search_candidates"
-FOLDS = "smserve_search_folds"
-SCORING = "smserve_search_scoring"
-KEYS: dict[str, Any] = {
-    KIND: None,
-    SPACE: None,
-    SPACE_FILE: None,
-    CANDIDATES: 10,
-    FOLDS: 5,
-    SCORING: None,
-}
+# The search's hyperparameters (their defaults: environment.RESERVED).
+KIND, SPACE, SPACE_FILE = SEARCH, SEARCH_SPACE, SEARCH_SPACE_FILE
+CANDIDATES, FOLDS, SCORING = SEARCH_CANDIDATES, SEARCH_FOLDS, SEARCH_SCORING
+KEYS = (KIND, SPACE, SPACE_FILE, CANDIDATES, FOLDS, SCORING)
 KINDS = ("grid", "random", "halving_grid", "halving_random")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 DEFAULT_SCORING = {"classification": "accuracy", "regression": "r2"}
@@ -66,8 +64,8 @@ class SearchSpec:
 
     kind: str
     space: list[dict[str, Any]]
-    candidates: int = KEYS[CANDIDATES]
-    folds: int = KEYS[FOLDS]
+    candidates: int = RESERVED[CANDIDATES]
+    folds: int = RESERVED[FOLDS]
     scoring: str | None = None
     # The channel smserve_search_space_file read the space from, if any.
     space_channel: str | None = None
@@ -228,8 +226,6 @@ def _short(value: Any, limit: int = 200) -> str:
 def space_file(value: Any, env: TrainingEnvironment) -> tuple[str, Path]:
     """``smserve_search_space_file`` checked: ``<channel>/<path>`` inside one of the
     job's File-mode channels that is not a data channel; (channel, file path)."""
-    from modelapp.training.environment import KNOWN_CHANNELS
-
     example = "config/space.json (the file space.json of a channel named config)"
     parts = PurePosixPath(value).parts if isinstance(value, str) else ()
     if len(parts) < 2 or parts[0] == "/" or ".." in parts:
@@ -315,7 +311,7 @@ def _values(name: str, values: Any, random: bool, where: str) -> Any:
 
 
 def _whole(values: dict[str, Any], key: str, minimum: int) -> int:
-    value = values.get(key, KEYS[key])
+    value = values.get(key, RESERVED[key])
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ClientError(
             f"Hyperparameter {key} must be a whole number >= {minimum}, got {value!r}."

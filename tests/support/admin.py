@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 from http import HTTPStatus
+from http.client import HTTPConnection
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.error import HTTPError
 from urllib.parse import urlencode
 from urllib.request import (
     HTTPCookieProcessor,
+    HTTPHandler,
     HTTPRedirectHandler,
     Request,
     build_opener,
@@ -38,12 +40,27 @@ class NoRedirect(HTTPRedirectHandler):
         return None
 
 
-class AdminClient:
-    """A browser's cookie jar and CSRF token, without the browser."""
+class FromAddress(HTTPHandler):
+    """Connections from a given loopback address (another client, as nginx sees it)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+
+    def http_open(self, req: Request) -> Any:
+        return self.do_open(HTTPConnection, req, source_address=(self.address, 0))
+
+
+class AdminClient:
+    """A browser's cookie jar and CSRF token, without the browser; ``source`` is the
+    loopback address it connects from (127.0.0.1 unless given)."""
+
+    def __init__(self, port: int, source: str | None = None) -> None:
         self.base = f"http://127.0.0.1:{port}"
-        self.opener = build_opener(HTTPCookieProcessor(CookieJar()), NoRedirect())
+        handlers: list[Any] = [HTTPCookieProcessor(CookieJar()), NoRedirect()]
+        if source is not None:
+            handlers.append(FromAddress(source))
+        self.opener = build_opener(*handlers)
 
     def request(
         self,
@@ -118,6 +135,7 @@ def start_admin_server(work: Path) -> tuple[ServeProcess, ServerDatabase, str]:
         env={
             **db.env,
             "SMSERVE_ADMIN_ENABLED": "1",
+            "SMSERVE_ALLOWED_HOSTS": "127.0.0.1",
             "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
             "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
             "DJANGO_SUPERUSER_EMAIL": "admin@example.com",

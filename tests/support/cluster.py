@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from tests.support import free_port
 from tests.support.training import TRAIN, file_channel, sagemaker_tree, train_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +28,6 @@ SUBNET = "127.0.16"
 
 def host_name(index: int) -> str:
     return f"algo-{index}"
-
-
-def free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
 
 
 class Host:

@@ -8,7 +8,6 @@ import http.client
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,16 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 SERVE = ROOT / "docker" / "serve"
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServeProcess:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,12 +16,13 @@ from contextlib import contextmanager
 import joblib
 import numpy as np
 import pytest
+from distributed import Client
 from sklearn.datasets import load_iris
 
 from modelapp.training.cluster import (
     DaskProcess,
-    _dask,
     fit_context,
+    scheduler_command,
     worker_command,
     workers_by_host,
 )
@@ -161,7 +165,7 @@ def test_hosts_that_never_join(jobs, data):
     """A leader whose other hosts never join fails, naming them."""
     job = jobs(3, {**SEARCH, "smserve_cluster_timeout": "3"}, data).start("algo-1")
 
-    assert job.wait()["algo-1"] == 1
+    assert job.wait()["algo-1"] == 1, job.logs()
     failure = job.host("algo-1").failure
     assert "Host(s) algo-2, algo-3 did not join the Dask cluster within 3 s" in failure
     assert not (job.host("algo-1").base / "model/model.joblib").exists()
@@ -187,29 +191,111 @@ def two_workers() -> Iterator[tuple[str, tuple[str, str]]]:
     leader = f"{SUBNET}.1"
     address = f"tcp://{leader}:{free_port(leader)}"
     names = (host_name(1), host_name(2))
+    peers = (leader, f"{SUBNET}.2")
     started = [
         DaskProcess(
             "scheduler",
-            _dask(
-                "scheduler",
-                "--host",
-                leader,
-                "--port",
-                address.rsplit(":", 1)[1],
-                "--no-dashboard",
-            ),
+            scheduler_command(leader, int(address.rsplit(":", 1)[1])),
+            peers,
         )
     ]
     try:
         for index, name in enumerate(names, start=1):
             bind = f"{SUBNET}.{index}"
             started.append(
-                DaskProcess("worker", worker_command(address, name, bind, 60))
+                DaskProcess("worker", worker_command(address, name, bind, 60), peers)
             )
         yield address, names
     finally:
         for process in reversed(started):
             process.stop()
+
+
+# A Dask client whose connections leave from the address argv[2], as a machine of that
+# address would connect: prints how many workers it saw, or why it could not connect.
+CLIENT_FROM = """\
+import sys
+
+from distributed import Client
+from distributed.comm import registry
+from distributed.comm.tcp import TCPBackend, TCPConnector
+
+
+class FromConnector(TCPConnector):
+    def _get_connect_args(self, **connection_args):
+        return {"source_ip": sys.argv[2]}
+
+
+class FromBackend(TCPBackend):
+    _connector_class = FromConnector
+
+
+registry.backends["tcp"] = FromBackend()
+try:
+    with Client(sys.argv[1], timeout=5) as client:
+        print("workers", len(client.scheduler_info()["workers"]))
+except Exception as exc:
+    print("failed", type(exc).__name__, exc)
+"""
+
+
+def client_from(source: str, scheduler: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", CLIENT_FROM, scheduler, source],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.stdout.strip()
+
+
+def first_bytes_from(source: str, address: str) -> bytes | None:
+    """What a raw TCP connection from ``source`` to ``address`` receives first: the
+    Dask handshake, ``b""`` when the peer closes it, None when nothing came in 5 s."""
+    host, port = address.split("//")[1].rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.settimeout(5)
+        sock.connect((host, int(port)))
+        try:
+            return sock.recv(64)
+        except TimeoutError:
+            return None
+
+
+def test_only_the_jobs_hosts_reach_the_cluster():
+    """The scheduler, the workers and the nannies close connections from any address but
+    the job's hosts' and loopback: a Dask client from 127.0.16.3 (not a host of the job)
+    cannot connect, a raw connection to a worker's or a nanny's port is closed before
+    Dask's handshake; the same from algo-2's address works."""
+    with two_workers() as (address, names):
+        with Client(address, timeout=30) as client:
+            wait_for(
+                lambda: len(client.scheduler_info()["workers"]) >= 2,
+                deadline=60,
+                what="both workers",
+            )
+            workers = client.scheduler_info()["workers"]
+        outsider, host = f"{SUBNET}.3", f"{SUBNET}.2"
+
+        assert client_from(outsider, address).startswith("failed "), address
+        assert client_from(host, address).startswith("workers ")
+        for worker, info in workers.items():
+            for port in (worker, info["nanny"]):
+                assert first_bytes_from(outsider, port) == b"", port
+                assert first_bytes_from(host, port), port
+
+
+def test_two_hosts_finish_a_search_with_the_allowlist(jobs, data):
+    """With every Dask process preloading the allowlist, two hosts still join and
+    finish a search."""
+    job = jobs(2, SEARCH, data).start()
+
+    assert job.wait() == {"algo-1": 0, "algo-2": 0}, job.logs()
+    assert metadata(job.host("algo-1").base)["search"]["hosts"] == 2
+    assert "accepts connections only from 127.0.0.1, 127.0.16.1, 127.0.16.2" in (
+        job.logs()
+    )
 
 
 def test_the_data_stays_on_every_worker():

@@ -457,3 +457,52 @@ def test_a_failure_without_traceback_leads_with_the_last_line_it_printed():
 def test_a_program_outside_the_source_is_refused(program):
     with pytest.raises(ClientError, match="sagemaker_program"):
         program_name(program)
+
+
+OWN_FAILURE_PY = """\
+import os
+import sys
+
+failure = os.path.join(os.path.dirname(os.environ["SM_OUTPUT_DATA_DIR"]), "failure")
+with open(failure, "w") as fh:
+    fh.write("my reason\\n")
+sys.exit(3)
+"""
+
+
+def test_a_failure_file_the_script_wrote_is_kept_with_its_exit_code(tmp_path, iris_csv):
+    """The toolkit's rule: a script that writes ``output/failure`` itself and exits
+    non-zero keeps its own reason, and its exit code is the job's."""
+    src = source_dir(tmp_path / "src", {"train.py": OWN_FAILURE_PY})
+    base = job(tmp_path, iris_csv, str(src))
+    done = run_train(base)
+
+    assert done.returncode == 3, done.stderr
+    assert (base / "output/failure").read_text().startswith("my reason")
+
+
+ENVIRON_PY = """\
+import json
+import os
+
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "environ.json"), "w") as fh:
+    json.dump(sorted(os.environ), fh)
+"""
+
+
+def test_the_script_runs_without_smserves_secrets(tmp_path, iris_csv):
+    """SECRET_KEY, DJANGO_SECRET_KEY, DATABASE_URL and DJANGO_SUPERUSER_* stay with
+    smserve: the user's script (and pip before it) never sees them."""
+    src = source_dir(tmp_path / "src", {"train.py": ENVIRON_PY})
+    base = job(tmp_path, iris_csv, str(src))
+    secrets = {
+        "SECRET_KEY": "s3cr3t",
+        "DJANGO_SECRET_KEY": "s3cr3t",
+        "DJANGO_SUPERUSER_PASSWORD": "pw",
+    }
+    done = run_train(base, env=secrets)
+
+    assert done.returncode == 0, done.stderr
+    names = set(json.loads((base / "model/environ.json").read_text()))
+    assert "SM_MODEL_DIR" in names
+    assert names & {*secrets, "DATABASE_URL"} == set()

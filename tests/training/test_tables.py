@@ -182,6 +182,21 @@ def test_mostly_numbers_with_a_typo_fails(tmp_path, frame):
     )
 
 
+def test_a_quoted_value_is_cut_short_in_the_failure_reason(tmp_path, frame):
+    """The failure reason becomes the job's FailureReason, readable by anyone allowed to
+    describe the job: a data value is quoted by its first 40 characters only, with the
+    record that holds it."""
+    table = frame.astype({"tenure": object})
+    table.loc[5, "tenure"] = "alice.liddell@example.com, 12 Wonderland Road, Oxford"
+    result, _, _ = run(tmp_path, csv_channel(tmp_path, table))
+    assert result.failure_reason.startswith(
+        "Channel 'train' has non-numeric data: column 'tenure' holds "
+        "'alice.liddell@example.com, 12 Wonderlan… (15 more characters) "
+        "(train.csv, record 6)."
+    )
+    assert "Oxford" not in result.failure_reason
+
+
 def test_text_in_one_file_numbers_in_another_names_both(tmp_path, frame):
     directory = tmp_path / "train"
     directory.mkdir()

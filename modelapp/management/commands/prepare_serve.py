@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from modelapp import conf
-from modelapp.state import keep_secret_key, make_state_dir
+from modelapp.state import keep_secret_key, make_private_file, make_state_dir
 
 logger = logging.getLogger("modelapp.serve")
 
@@ -144,6 +144,9 @@ class Command(BaseCommand):
     ) -> None:
         call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
         make_state_dir(conf.get("STATE_DIR"))
+        database = settings.DATABASES["default"]
+        if database["ENGINE"].endswith("sqlite3"):
+            make_private_file(Path(database["NAME"]))  # password hashes, sessions
         if not (os.environ.get("SECRET_KEY") or os.environ.get("DJANGO_SECRET_KEY")):
             # Read by every worker's settings: one key for the container's sessions.
             keep_secret_key(conf.get("STATE_DIR"))

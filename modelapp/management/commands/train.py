@@ -35,7 +35,7 @@ class Command(BaseCommand):
         "model/metadata.json and output/."
     )
     # Training needs neither the database nor the serving configuration.
-    requires_system_checks = []
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(

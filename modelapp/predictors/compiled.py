@@ -1,0 +1,531 @@
+"""Compiled predictions: a scikit-learn model converted to ONNX (skl2onnx) and run by ONNX
+Runtime, used for a method only when it has been verified to answer as scikit-learn does.
+
+``compile_model`` runs once per model, where the model loads (gunicorn's master, before the
+fork). It takes ``model.onnx`` written by ``train`` when that file belongs to the artifact
+(its checksum is in ``metadata.json``), else converts the model itself. Then it verifies:
+
+- **The verification set**: ``verification.npy`` beside the model (a sample of the training
+  rows that ``train`` saves), else records built from the model. For a tree, a forest or a
+  gradient-boosting ensemble, one record per leaf (up to ``MAX_RECORDS`` leaves), each
+  following its leaf's path with the value of every split at the threshold itself (which
+  goes left) or just above it in float32 (which goes right): both sides of every split on
+  the path, where a float32/float64 mismatch would show. For other models, the warm-up
+  record (zeros) and seeded random neighbours of it.
+- **The rule**: labels (classifiers' ``predict``) must be identical on every record;
+  probabilities and regression values must agree within ``RTOL`` relative and ``ATOL``
+  absolute (``numpy.allclose``). A method that fails, or that the converted graph does
+  not offer, stays with scikit-learn, and one log line says why.
+
+Missing values: a model that accepts NaN (scikit-learn's trees learn where missing values
+go; the converted graph does not) has its records holding NaN answered by scikit-learn, the
+others by the engine, in one response.
+
+Numerics: float32 input where scikit-learn itself computes in float32 (trees and their
+ensembles), double precision otherwise (linear models, scalers, SVMs, kNN, naive Bayes,
+MLPs). Only numeric inputs are compiled; a model fed text columns stays with scikit-learn.
+
+Threads: each session runs with ``SMSERVE['COMPILED_THREADS']`` intra-op threads (default:
+the same share of the cores as BLAS, one per worker) and one inter-op thread. A session
+belongs to the process that made it (``OnnxSession``): gunicorn's master never imports ONNX
+Runtime (it verifies in a short-lived forked child); each worker makes its own session from
+the bytes the master kept (``post_fork``), so none pays for it on its first request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelapp import conf
+from modelapp.exceptions import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+VERIFICATION_FILE = "verification.npy"
+MAX_RECORDS = 4000
+RTOL, ATOL = 1e-5, 1e-6
+# The batch size the engine's cost per record is measured on (``_crossover``).
+CROSSOVER_BATCH = 1000
+# Probabilities this close are a tie that float32 may break either way (CompiledMethods).
+TIE_GAP = 1e-5
+# How much of a converter's or runtime's message a log line and the admin keep.
+MESSAGE_CHARS = 300
+ENGINE = "onnxruntime"
+SKLEARN = "scikit-learn"
+
+
+class CompileError(Exception):
+    """Why a model is not compiled (it is then served by scikit-learn)."""
+
+
+@dataclass
+class EngineReport:
+    """Which engine serves each method, and why: logged, kept in the admin."""
+
+    methods: dict[str, str] = field(default_factory=dict)
+    # Which methods the graph answers as scikit-learn does (whether or not it serves them).
+    verified: dict[str, bool] = field(default_factory=dict)
+    reason: str = ""
+    source: str = ""
+    dtype: str = ""
+    records: int = 0
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    # Batches above this many records go to scikit-learn (None: none do).
+    max_records: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "methods": self.methods,
+            "verified": self.verified,
+            "reason": self.reason,
+            "source": self.source,
+            "dtype": self.dtype,
+            "verification_records": self.records,
+            "max_abs_diff": self.max_abs_diff,
+            "max_records": self.max_records,
+            "tolerance": {"rtol": RTOL, "atol": ATOL},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def input_dtype(model: Any) -> type:
+    """float32 where scikit-learn computes in float32 itself (trees, tree ensembles)."""
+    return np.float32 if _trees(_final_step(model)) is not None else np.float64
+
+
+def convert(model: Any, n_features: int) -> bytes:
+    """``model`` as a serialized ONNX graph with one input ``X`` of ``n_features``."""
+    try:
+        from skl2onnx import to_onnx
+    except ImportError as exc:
+        raise CompileError(f"skl2onnx is not installed ({exc})") from exc
+    sample: np.ndarray = np.zeros((1, n_features), dtype=input_dtype(model))
+    options = {"zipmap": False} if hasattr(model, "predict_proba") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onx = to_onnx(model, sample, options=options)
+    except Exception as exc:  # any converter failure means: not compiled
+        raise CompileError(f"skl2onnx cannot convert it ({_brief(exc)})") from exc
+    return onx.SerializeToString()
+
+
+def threads() -> int:
+    configured = conf.get("COMPILED_THREADS")
+    if configured:
+        return int(configured)
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
+    except ValueError:
+        return 1
+
+
+class OnnxSession:
+    """An ONNX Runtime session over ``onnx_bytes``, made in the process that uses it.
+
+    ONNX Runtime must not even be imported before a fork: a child of a process that
+    imported it hangs or aborts when it exits (seen here: ``std::system_error`` and
+    SIGABRT as gunicorn's workers stopped). So gunicorn's master never makes a session
+    (it verifies in a short-lived child, ``compile_model``); each worker makes its own right
+    after the fork (``after_fork``, from ``post_fork``), and any other process on first use.
+    """
+
+    def __init__(self, onnx_bytes: bytes, dtype: type) -> None:
+        import onnx  # the graph's outputs, without ONNX Runtime
+
+        self.onnx_bytes = onnx_bytes
+        self.dtype = dtype
+        self.outputs = [o.name for o in onnx.load_from_string(onnx_bytes).graph.output]
+        self._pid = -1
+        self._session: Any = None
+
+    def after_fork(self) -> None:
+        """Make this process's session."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads()
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(
+            self.onnx_bytes, options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+        self._pid = os.getpid()
+
+    def run(self, matrix: np.ndarray) -> list[np.ndarray]:
+        if self._pid != os.getpid():
+            self.after_fork()
+        return self._session.run(None, {self._input: matrix})
+
+
+class CompiledMethods:
+    """The verified methods of one model, as callables on a checked float matrix.
+
+    A classifier's label is the graph's, except for records whose two best classes are
+    within ``TIE_GAP`` in probability: there float32 sums may break a tie another way than
+    scikit-learn's float64 ones, so scikit-learn (``fallback``) labels those records.
+    """
+
+    def __init__(
+        self,
+        session: OnnxSession,
+        model: Any,
+        fallback: Any = None,
+        allows_nan: bool = False,
+    ) -> None:
+        self.session = session
+        self.dtype = session.dtype
+        self.fallback = fallback
+        # Missing values: scikit-learn's trees learn where they go, the converted graph
+        # does not; records holding NaN are scikit-learn's.
+        self.nan_to_fallback = allows_nan and fallback is not None
+        # Larger batches are scikit-learn's, where it is the faster (``_crossover``).
+        self.max_records: int | None = None
+        classes = getattr(model, "classes_", None)
+        self._label_dtype = classes.dtype if classes is not None else None
+        self._classifier = "probabilities" in session.outputs
+
+    def prepare(self, matrix: np.ndarray) -> np.ndarray:
+        if self.dtype is np.float32:
+            return as_float32(matrix)
+        return np.ascontiguousarray(matrix, dtype=np.float64)
+
+    def _split_nan(self, method: str, matrix: np.ndarray, run: Any) -> np.ndarray:
+        """``run`` on the records without NaN, scikit-learn on the others, in order."""
+        missing = np.isnan(matrix).any(axis=1)
+        if not missing.any():
+            return run(matrix)
+        if missing.all():
+            return np.asarray(self.fallback(method, matrix))
+        ours = run(matrix[~missing])
+        theirs = np.asarray(self.fallback(method, matrix[missing]))
+        out = np.empty(
+            (len(matrix), *ours.shape[1:]), dtype=np.result_type(ours, theirs)
+        )
+        out[~missing], out[missing] = ours, theirs
+        return out
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        if self.max_records is not None and len(matrix) > self.max_records:
+            return np.asarray(self.fallback("predict", matrix))
+        if self.nan_to_fallback:
+            return self._split_nan("predict", matrix, self._predict)
+        return self._predict(matrix)
+
+    def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        if self.max_records is not None and len(matrix) > self.max_records:
+            return np.asarray(self.fallback("predict_proba", matrix))
+        if self.nan_to_fallback:
+            return self._split_nan("predict_proba", matrix, self._predict_proba)
+        return self._predict_proba(matrix)
+
+    def _predict(self, matrix: np.ndarray) -> np.ndarray:
+        outputs = self.session.run(self.prepare(matrix))
+        if self._classifier:
+            labels = np.asarray(outputs[0]).astype(self._label_dtype, copy=False)
+            proba = np.asarray(outputs[1])
+            if self.fallback is not None and proba.ndim == 2 and proba.shape[1] > 1:
+                best = np.partition(proba, -2, axis=1)[:, -2:]
+                ties = best[:, 1] - best[:, 0] <= TIE_GAP
+                if ties.any():
+                    labels = labels.copy()
+                    labels[ties] = self.fallback("predict", matrix[ties])
+            return labels
+        values = np.asarray(outputs[0])
+        return values.ravel() if values.ndim == 2 and values.shape[1] == 1 else values
+
+    def _predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(self.prepare(matrix))[1])
+
+    def available(self) -> tuple[str, ...]:
+        return ("predict", "predict_proba") if self._classifier else ("predict",)
+
+
+def compile_model(
+    model: Any,
+    model_dir: Path | None,
+    n_features: int | None,
+    methods: tuple[str, ...],
+    allows_nan: bool,
+    metadata: Any = None,
+    feature_kinds: list[str] | None = None,
+    fallback: Any = None,
+) -> tuple[dict[str, Any], EngineReport]:
+    """The methods ONNX Runtime serves for ``model`` (verified), and the report."""
+    started = time.perf_counter()
+    report = EngineReport(methods={m: SKLEARN for m in methods})
+    try:
+        if not n_features:
+            raise CompileError("the model does not say how many features it takes")
+        if feature_kinds and any(kind != "numeric" for kind in feature_kinds):
+            raise CompileError("it takes text (categorical) columns")
+        onnx_bytes, report.source = _onnx_bytes(model, model_dir, n_features, metadata)
+        dtype = input_dtype(model)
+        report.dtype = np.dtype(dtype).name
+        compiled = CompiledMethods(OnnxSession(onnx_bytes, dtype), model, fallback)
+        records = verification_records(model, model_dir, n_features)
+        report.records = len(records)
+        wanted = [m for m in methods if m in compiled.available()]
+        verdicts, limit = _verify_in_child(model, compiled, wanted, records)
+        compiled.nan_to_fallback = allows_nan and fallback is not None
+        compiled.max_records = limit if fallback is not None else None
+        report.max_records = compiled.max_records
+        engines: dict[str, Any] = {}
+        failures = []
+        for method in wanted:
+            ok, diff, why = verdicts[method]
+            report.max_abs_diff[method] = diff
+            report.verified[method] = ok
+            if ok:
+                engines[method] = getattr(compiled, method)
+                report.methods[method] = ENGINE
+            else:
+                failures.append(f"{method}: {why}")
+        report.reason = (
+            "verification failed for " + "; ".join(failures)
+            if failures
+            else "verified on every record"
+        )
+        if engines and compiled.max_records == 0:
+            engines = {}
+            report.methods = {m: SKLEARN for m in methods}
+            report.reason += (
+                "; not used: scikit-learn answers this model as fast or faster at any "
+                "batch size (measured at load)"
+            )
+    except CompileError as exc:
+        engines = {}
+        report.reason = f"not compiled: {exc}"
+    report.seconds = time.perf_counter() - started
+    served = ", ".join(f"{m} by {e}" for m, e in report.methods.items())
+    logger.info(
+        "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; "
+        "batches over %s records to scikit-learn; %.2fs).",
+        type(model).__name__,
+        served,
+        report.reason,
+        report.records,
+        {m: f"{d:.2g}" for m, d in report.max_abs_diff.items()},
+        report.source or "no graph",
+        "no" if report.max_records is None else report.max_records,
+        report.seconds,
+    )
+    return engines, report
+
+
+def _onnx_bytes(
+    model: Any, model_dir: Path | None, n_features: int, metadata: Any
+) -> tuple[bytes, str]:
+    compiled = (getattr(metadata, "compiled", None) or {}) if metadata else {}
+    path = model_dir / ONNX_FILE if model_dir is not None else None
+    if path is not None and path.is_file() and compiled.get("onnx") == ONNX_FILE:
+        return path.read_bytes(), f"{ONNX_FILE} written by train"
+    return convert(model, n_features), "converted at start-up"
+
+
+def _verify_in_child(
+    model: Any, compiled: CompiledMethods, methods: list[str], records: np.ndarray
+) -> tuple[dict[str, tuple[bool, float, str]], int | None]:
+    """``_verify`` for each method, and ``_crossover``, run in a forked child that alone
+    imports ONNX Runtime (``OnnxSession``); the results come back over a pipe."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: verify, report, and leave without running any exit code
+        status = 0
+        try:
+            os.close(read_end)
+            verdicts = {m: _verify(model, compiled, m, records) for m in methods}
+            limit = _crossover(model, compiled, records) if methods else None
+            payload = pickle.dumps((verdicts, limit))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not payload:
+        raise CompileError(
+            f"the verification process failed (wait status {status}): ONNX Runtime "
+            "could not load or run the graph"
+        )
+    return pickle.loads(payload)
+
+
+def _crossover(
+    model: Any, compiled: CompiledMethods, records: np.ndarray
+) -> int | None:
+    """Up to how many records the engine answers faster than scikit-learn; None when it
+    always does. Measured on ``predict`` (CPU time, medians of repeats) for one record and
+    for ``CROSSOVER_BATCH``; each engine's cost as a fixed part plus one per record.
+    A deep forest on a large batch can be slower in ONNX Runtime than in scikit-learn
+    (``bench/RESULTS.md``, round 4)."""
+    rows = np.resize(records, (CROSSOVER_BATCH, records.shape[1])).astype(np.float64)
+
+    def cost(fn: Any, X: np.ndarray) -> float:
+        runs = []
+        for _ in range(3):
+            started = time.process_time()
+            fn(X)
+            runs.append(time.process_time() - started)
+        return sorted(runs)[1]
+
+    sklearn_predict = (
+        (lambda X: compiled.fallback("predict", X))
+        if compiled.fallback is not None
+        else model.predict
+    )
+    ours = [cost(compiled._predict, X) for X in (rows[:1], rows)]
+    theirs = [cost(sklearn_predict, X) for X in (rows[:1], rows)]
+    per_ours = (ours[1] - ours[0]) / (CROSSOVER_BATCH - 1)
+    per_theirs = (theirs[1] - theirs[0]) / (CROSSOVER_BATCH - 1)
+    if per_ours <= per_theirs:
+        return None
+    fixed_gain = (theirs[0] - per_theirs) - (ours[0] - per_ours)
+    return max(0, int(fixed_gain / (per_ours - per_theirs)))
+
+
+def _verify(
+    model: Any, compiled: CompiledMethods, method: str, records: np.ndarray
+) -> tuple[bool, float, str]:
+    dtype = compiled.dtype
+    # scikit-learn sees the values the engine sees (a float32 engine's input is float32).
+    X = records.astype(dtype).astype(np.float64) if dtype is np.float32 else records
+    names = getattr(model, "feature_names_in_", None)
+    if (
+        names is not None
+    ):  # fitted on a DataFrame: scikit-learn is handed one, as served
+        import pandas
+
+        X_sklearn: Any = pandas.DataFrame(X, columns=list(names))
+    else:
+        X_sklearn = X
+    try:
+        expected = np.asarray(getattr(model, method)(X_sklearn))
+        got = getattr(compiled, method)(X)
+    except Exception as exc:  # a record either side refuses: not verified
+        return False, float("nan"), _brief(exc)
+    if expected.shape != got.shape:
+        return False, float("nan"), f"shape {got.shape}, expected {expected.shape}"
+    if expected.dtype.kind not in "fc":
+        same = np.array_equal(expected, got)
+        wrong = int((expected != got).sum()) if not same else 0
+        return same, float(wrong), f"{wrong} of {len(X)} labels differ"
+    diff = np.abs(expected - got.astype(np.float64))
+    worst = float(np.nanmax(diff)) if diff.size else 0.0
+    nan_same = np.array_equal(np.isnan(expected), np.isnan(got))
+    close = nan_same and np.allclose(
+        got, expected, rtol=RTOL, atol=ATOL, equal_nan=True
+    )
+    return close, worst, f"max |diff| {worst:.3g} beyond rtol={RTOL}, atol={ATOL}"
+
+
+def verification_records(
+    model: Any, model_dir: Path | None, n_features: int
+) -> np.ndarray:
+    """The records a compiled engine must answer as scikit-learn does (module doc)."""
+    path = model_dir / VERIFICATION_FILE if model_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            records = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            logger.warning("Ignoring %s: %s.", path, exc)
+        else:
+            if records.ndim == 2 and records.shape[1] == n_features:
+                return records.astype(np.float64)
+    trees = _trees(model)
+    if trees:
+        records = leaf_records(trees, n_features)
+    else:
+        rng = np.random.default_rng(0)
+        base = np.zeros((1, n_features))
+        records = np.vstack([base, base + rng.standard_normal((255, n_features))])
+    return records
+
+
+def leaf_records(trees: list[Any], n_features: int) -> np.ndarray:
+    """One record per leaf (at most ``MAX_RECORDS``, spread over the trees): the split
+    values on its path at the threshold (left) or just above it in float32 (right)."""
+    per_tree = max(4, MAX_RECORDS // max(1, len(trees)))
+    records: list[np.ndarray] = []
+    for estimator in trees:
+        tree = estimator.tree_
+        left, right = tree.children_left, tree.children_right
+        feature, threshold = tree.feature, tree.threshold
+        found = 0
+        stack = [(0, np.zeros(n_features))]
+        while stack and found < per_tree:
+            node, x = stack.pop()
+            if left[node] == -1:
+                records.append(x)
+                found += 1
+                continue
+            f, t = feature[node], threshold[node]
+            if not np.isfinite(t):
+                # A split of missing values from the rest (trees fitted with NaN): the
+                # missing side is scikit-learn's anyway (CompiledMethods).
+                stack.append((left[node], x))
+                continue
+            below, above = x.copy(), x.copy()
+            below[f] = t
+            above[f] = float(np.nextafter(np.float32(t), np.float32(np.inf)))
+            stack.append((right[node], above))
+            stack.append((left[node], below))
+    return np.array(records[:MAX_RECORDS]) if records else np.zeros((1, n_features))
+
+
+def _brief(exc: Exception) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
+
+
+def _final_step(model: Any) -> Any:
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
+
+
+def _trees(model: Any) -> list[Any] | None:
+    """The fitted decision trees of a tree model or ensemble, else None."""
+    from sklearn.tree import BaseDecisionTree
+
+    if isinstance(model, BaseDecisionTree):
+        return [model]
+    estimators = getattr(model, "estimators_", None)
+    if estimators is None:
+        return None
+    flat = list(np.ravel(np.asarray(estimators, dtype=object)))
+    if flat and all(isinstance(e, BaseDecisionTree) for e in flat):
+        return flat
+    return None
+
+
+def as_float32(matrix: np.ndarray) -> np.ndarray:
+    """The C-ordered float32 array a tree's own validation would have made; a value too
+    large for float32 is the request's fault, as scikit-learn's check would say."""
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(matrix, dtype=np.float32)
+    # to_matrix let no infinity through: one here is a value float32 cannot hold.
+    if matrix.dtype != np.float32 and np.isinf(converted).any():
+        overflow = np.isinf(converted) & np.isfinite(matrix)
+        if overflow.any():
+            record, feature = (int(i) for i in np.argwhere(overflow)[0])
+            raise InvalidInput(
+                f"Record {record + 1}, feature {feature + 1} is {matrix[record, feature]}: "
+                "too large for this model, which computes in float32."
+            )
+    return converted

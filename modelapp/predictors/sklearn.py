@@ -1,0 +1,169 @@
+"""The scikit-learn kind: any estimator or pipeline saved with joblib or pickle, served
+by scikit-learn, or by ONNX Runtime for the methods verified to answer alike
+(``compiled.py``)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelapp import conf
+from modelapp.metadata import ModelMetadata, allows_nan
+from modelapp.predictors import compiled
+from modelapp.predictors.base import (
+    MODEL_FILE,
+    BasePredictor,
+    ModelLoadError,
+    find_artifact,
+    load_pickle,
+)
+from modelapp.predictors.compiled import as_float32
+
+logger = logging.getLogger(__name__)
+
+
+class SklearnPredictor(BasePredictor):
+    """Any scikit-learn estimator or pipeline (anything with ``predict``), saved with
+    joblib or pickle: ``model.joblib`` (with ``metadata.json``), else the one
+    ``*.joblib``/``*.pkl`` file of the directory."""
+
+    methods = ("predict", "predict_proba", "predict_log_proba", "decision_function")
+
+    @classmethod
+    def from_model_dir(
+        cls, model_dir: Path, metadata: ModelMetadata | None
+    ) -> SklearnPredictor:
+        artifact = find_artifact(model_dir)
+        if artifact.name != MODEL_FILE:
+            metadata = None  # metadata.json describes model.joblib, not another file
+        model = load_pickle(artifact)
+        if not callable(getattr(model, "predict", None)):
+            raise ModelLoadError(
+                f"{artifact.name} holds a {type(model).__name__}, which has no predict "
+                "method."
+            )
+        predictor = cls(model, metadata, artifact)
+        predictor.compile(model_dir)
+        return predictor
+
+    def __init__(
+        self,
+        model: Any,
+        metadata: ModelMetadata | None = None,
+        artifact: Path | None = None,
+    ) -> None:
+        super().__init__(model, metadata, artifact)
+        # Methods ONNX Runtime serves, set by compile(); none until then.
+        self._compiled: dict[str, Any] = {}
+        self._frame = None
+        if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
+            # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
+            import pandas
+
+            self._frame = pandas.DataFrame
+        # scikit-learn's trees document ``check_input=False`` to skip their per-call input
+        # validation, most of a one-record tree prediction (``smserve/fastpaths.py``,
+        # ``tree_check_input``). to_matrix has done that work: width, feature order,
+        # NaN/infinity against the model's tags; what is left is the float32 conversion
+        # (as_float32).
+        self._unchecked_methods = frozenset(
+            method
+            for method in self.available_methods
+            if conf.fast_path("tree_check_input")
+            and self._frame is None
+            and _is_tree(model)
+            and _takes_check_input(getattr(model, method))
+        )
+
+    def compile(self, model_dir: Path | None) -> None:
+        """Let ONNX Runtime serve the methods it answers exactly as scikit-learn does
+        (``compiled.py``); the others, and every method when it is off, stay here."""
+        if not conf.get("COMPILED_ENGINE"):
+            self.engine_report = compiled.EngineReport(
+                methods={m: compiled.SKLEARN for m in self.available_methods},
+                reason="off (SMSERVE_COMPILED_ENGINE)",
+            )
+            logger.info(
+                "Engines for %s: every method by scikit-learn (%s).",
+                type(self.model).__name__,
+                self.engine_report.reason,
+            )
+            return
+        kinds = (
+            [f.kind for f in self.metadata.features]
+            if self.metadata is not None and self.metadata.features
+            else None
+        )
+        self._compiled, self.engine_report = compiled.compile_model(
+            self.model,
+            model_dir,
+            self.n_features,
+            self.available_methods,
+            self.allows_nan,
+            self.metadata,
+            kinds,
+            fallback=self._sklearn_call,
+        )
+
+    def warm_up(self) -> None:
+        """scikit-learn's own warm-up: the compiled engine was verified in a child
+        process, and ONNX Runtime must not load in gunicorn's master (``compiled.py``)."""
+        kept, self._compiled = self._compiled, {}
+        try:
+            super().warm_up()
+        finally:
+            self._compiled = kept
+
+    def _sessions(self) -> set[Any]:
+        return {method.__self__.session for method in self._compiled.values()}
+
+    def after_fork(self) -> None:
+        """Each worker makes its own ONNX Runtime sessions (``compiled.py``)."""
+        for session in self._sessions():
+            session.after_fork()
+
+    def allows_nan_of(self, model: Any) -> bool:
+        return allows_nan(model)
+
+    def call(self, method: str, matrix: np.ndarray) -> np.ndarray:
+        engine = self._compiled.get(method)
+        if engine is not None:
+            return engine(matrix)
+        return self._sklearn_call(method, matrix)
+
+    def _sklearn_call(self, method: str, matrix: np.ndarray) -> np.ndarray:
+        if method in self._unchecked_methods:
+            return np.asarray(
+                getattr(self.model, method)(as_float32(matrix), check_input=False)
+            )
+        if not isinstance(matrix, np.ndarray):
+            # A table (schema.py): its encoders and imputers check their own columns,
+            # and config_context would cost a small request more than the check it
+            # saves (bench/tables.py).
+            return np.asarray(getattr(self.model, method)(matrix))
+        if self._frame is not None:
+            matrix = self._frame(matrix, columns=self.feature_names, copy=False)
+        # to_matrix has checked NaN/infinity against the model's tags already:
+        # scikit-learn need not scan the batch again. (Imported here: scikit-learn
+        # loads with the model, not with every management command.)
+        from sklearn import config_context
+
+        with config_context(assume_finite=True):
+            return np.asarray(getattr(self.model, method)(matrix))
+
+
+def _is_tree(model: Any) -> bool:
+    from sklearn.tree import BaseDecisionTree
+
+    return isinstance(model, BaseDecisionTree)
+
+
+def _takes_check_input(method: Any) -> bool:
+    try:
+        return "check_input" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
