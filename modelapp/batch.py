@@ -146,8 +146,7 @@ def _blank(value: Any) -> bool:
 class RecordTable:
     """Records as objects that all have the same keys and numbers (or nulls) for
     values, held as one float array (``values``, a column per key) instead of a dict per
-    record: ``Batch.records`` of a large numeric body. ``in_order`` answers as the
-    predictor's check of a list of dicts would."""
+    record: ``Batch.records`` of a large numeric body."""
 
     def __init__(self, keys: list[str], values: np.ndarray) -> None:
         self.keys = keys
@@ -157,20 +156,7 @@ class RecordTable:
         return len(self.values)
 
     def in_order(self, names: list[str]) -> np.ndarray:
-        """The values in the order of ``names``, or the error for record 1 (every
-        record has the same keys) when the keys are not those names."""
-        if set(self.keys) != set(names):
-            missing = [n for n in names if n not in self.keys]
-            unknown = sorted(set(self.keys) - set(names))
-            parts = []
-            if missing:
-                parts.append(f"lacks {', '.join(map(repr, missing))}")
-            if unknown:
-                parts.append(f"has unknown {', '.join(map(repr, unknown))}")
-            raise InvalidInput(
-                f"Record 1 {' and '.join(parts)}; expected the features "
-                f"{', '.join(names)}."
-            )
+        """The values with their columns in the order of ``names``, the same keys."""
         if self.keys == names:
             return self.values
         return self.values[:, [self.keys.index(name) for name in names]]

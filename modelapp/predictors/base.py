@@ -230,7 +230,9 @@ class BasePredictor:
                 f"names: send each record as an array of {self.n_features or 'its'} numbers."
             )
         if isinstance(records, RecordTable):
-            return records.in_order(names)
+            if set(records.keys) == set(names):
+                return records.in_order(names)
+            records = [dict.fromkeys(records.keys)]  # every record's keys: record 1's
         expected = set(names)
         for number, record in enumerate(records, 1):
             if record.keys() != expected:
