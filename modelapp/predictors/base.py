@@ -189,7 +189,7 @@ class BasePredictor:
         if batch.values is not None:
             fields = self._unflatten(batch.values) if batch.flat else batch.values
         else:
-            rows = batch.rows or []
+            rows = batch.rows if batch.rows is not None else []
             fields = self._unflatten(rows[0]) if batch.flat else rows
         names, columns = self.feature_names, batch.columns
         if columns is not None and names is not None and columns != names:
