@@ -48,7 +48,7 @@ class Batch:
             return 1
         if self.values is not None:
             return len(self.values)
-        return len(self.rows or ())
+        return len(self.rows) if self.rows is not None else 0
 
 
 def batch_of_rows(
