@@ -173,7 +173,7 @@ class BasePredictor:
         # fields is named as the text it made, not as a missing feature.
         matrix = (
             fields
-            if isinstance(fields, np.ndarray)
+            if isinstance(fields, np.ndarray) and fields.dtype.kind == "f"
             else to_float_rows(fields, "a record for this model", self.feature_names)
         )
         self._checked_width(matrix)
