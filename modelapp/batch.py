@@ -89,7 +89,7 @@ def check_fields(rows: list[list[Any]]) -> None:
                 )
 
 
-def check_widths(rows: list[list[Any]]) -> None:
+def check_widths(rows: list[list[Any]] | np.ndarray) -> None:
     widths = {len(row) for row in rows}
     if len(widths) > 1:
         first = len(rows[0])
@@ -107,7 +107,7 @@ class NotANumber(InvalidInput):
 
 
 def to_float_rows(
-    rows: list[list[Any]], what: str, names: list[str] | None = None
+    rows: list[list[Any]] | np.ndarray, what: str, names: list[str] | None = None
 ) -> np.ndarray:
     """Rows of equal width -> float array; blank CSV fields and JSON nulls are missing
     values (NaN). ``names`` label the features in an error (else their position)."""
