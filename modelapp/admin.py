@@ -21,6 +21,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
+from modelapp.metadata import Feature, ModelMetadata
 from modelapp.models import InvocationStat, ModelEvent, TrainedModel, TrainingRun
 
 # Users and groups are no smserve table, and their admin pages could add a superuser or
@@ -94,29 +95,28 @@ def item_list(items: Any, empty: str = "—") -> SafeString:
     return format_html('<ol class="smserve-list" start="0">{}</ol>', body)
 
 
-def schema_table(features: Any, shown: int = 8) -> SafeString:
-    """``metadata.json``'s input schema as a table: a row per feature, in column order."""
+def schema_table(features: list[Feature], shown: int = 8) -> SafeString:
+    """A model's input schema (``ModelMetadata.features``) as a table: a row per
+    feature, in column order."""
     rows = []
     for position, feature in enumerate(features):
-        if not isinstance(feature, dict):
-            continue
-        categories = feature.get("categories")
+        categories = feature.categories
         if isinstance(categories, list):
             listed = ", ".join(_scalar(c) for c in categories[:shown])
-            total = feature.get("n_categories") or len(categories)
+            total = feature.n_categories or len(categories)
             values = f"{listed}{', …' if total > shown else ''} ({total} in all)"
-        elif feature.get("typical") is not None:
-            values = f"typical {_scalar(feature['typical'])}"
+        elif feature.typical is not None:
+            values = f"typical {_scalar(feature.typical)}"
         else:
             values = "—"
-        missing = feature.get("missing")
+        missing = feature.missing
         rows.append(
             (
                 position,
-                feature.get("name") or f"column {position}",
-                feature.get("kind") or "numeric",
+                feature.name or f"column {position}",
+                feature.kind,
                 values,
-                f"{missing:.1%}" if isinstance(missing, int | float) else "—",
+                f"{missing:.1%}" if missing is not None else "—",
             )
         )
     body = format_html_join(
@@ -196,6 +196,19 @@ def traffic_chart(
             errors_5xx=Sum("errors_5xx"),
         )
     }
+    return mark_safe(
+        render_to_string(
+            "modelapp/traffic_chart.html", chart_geometry(per_minute, start, hours)
+        )
+    )
+
+
+def chart_geometry(
+    per_minute: dict[datetime, dict[str, Any]], start: datetime, hours: int
+) -> dict[str, Any]:
+    """The chart's drawing from counts per minute (``requests``, ``errors_4xx``,
+    ``errors_5xx``) starting at ``start``: a bar per minute with traffic, an error bar
+    within it, an hour tick per hour. No database: a test can call it as it is."""
     slots = hours * 60
     width, height, left, bottom, top = 720, 160, 44, 22, 10
     plot_w, plot_h = width - left - 24, height - bottom - top
@@ -232,26 +245,21 @@ def traffic_chart(
         "requests": sum(r["requests"] for r in per_minute.values()),
         "errors": sum(r["errors_4xx"] + r["errors_5xx"] for r in per_minute.values()),
     }
-    return mark_safe(
-        render_to_string(
-            "modelapp/traffic_chart.html",
-            {
-                "width": width,
-                "height": height,
-                "left": left,
-                "top": top,
-                "plot_w": plot_w,
-                "plot_h": plot_h,
-                "axis_y": top + plot_h,
-                "label_y": height - 6,
-                "bars": bars,
-                "ticks": ticks,
-                "peak": peak,
-                "hours": hours,
-                "totals": totals,
-            },
-        )
-    )
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "top": top,
+        "plot_w": plot_w,
+        "plot_h": plot_h,
+        "axis_y": top + plot_h,
+        "label_y": height - 6,
+        "bars": bars,
+        "ticks": ticks,
+        "peak": peak,
+        "hours": hours,
+        "totals": totals,
+    }
 
 
 # --- the pages ------------------------------------------------------------------------------
@@ -378,9 +386,10 @@ class TrainedModelAdmin(ReadOnlyAdmin):
 
     @admin.display(description="input schema")
     def features_list(self, obj: TrainedModel) -> SafeString:
-        features = (obj.metadata or {}).get("features")
-        if isinstance(features, list) and features:
-            return schema_table(features)
+        metadata = ModelMetadata.from_dict(obj.metadata or {})
+        # Version 1 of metadata.json named the columns only: a list says that.
+        if metadata.schema_version >= 2 and metadata.features:
+            return schema_table(metadata.features)
         return item_list(obj.feature_names, "unnamed (columns by position)")
 
     @admin.display(description="classes")

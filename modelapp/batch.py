@@ -26,14 +26,15 @@ class Batch:
     tell apart. ``rows`` holds the fields as sent (CSV text, JSON scalars) when they are
     not all numbers: text is for the model's schema to accept or refuse (the predictor's
     job), so a parser never converts it; a flat list of them is ``rows=[items]`` with
-    ``flat``. ``records`` holds ``{feature: value}`` objects. ``columns`` are a CSV
-    header's names.
+    ``flat``; CSV's are a 2-D object array (a pointer per field). ``records`` holds
+    ``{feature: value}`` objects, or a ``RecordTable`` when they are all numbers under
+    the same keys. ``columns`` are a CSV header's names.
     """
 
     values: np.ndarray | None = None
-    records: list[dict[str, Any]] | None = None
+    records: list[dict[str, Any]] | RecordTable | None = None
     columns: list[str] | None = None
-    rows: list[list[Any]] | None = None
+    rows: list[list[Any]] | np.ndarray | None = None
     flat: bool = False
 
     def __post_init__(self) -> None:
@@ -47,7 +48,7 @@ class Batch:
             return 1
         if self.values is not None:
             return len(self.values)
-        return len(self.rows or ())
+        return len(self.rows) if self.rows is not None else 0
 
 
 def batch_of_rows(
@@ -88,7 +89,7 @@ def check_fields(rows: list[list[Any]]) -> None:
                 )
 
 
-def check_widths(rows: list[list[Any]]) -> None:
+def check_widths(rows: list[list[Any]] | np.ndarray) -> None:
     widths = {len(row) for row in rows}
     if len(widths) > 1:
         first = len(rows[0])
@@ -106,7 +107,7 @@ class NotANumber(InvalidInput):
 
 
 def to_float_rows(
-    rows: list[list[Any]], what: str, names: list[str] | None = None
+    rows: list[list[Any]] | np.ndarray, what: str, names: list[str] | None = None
 ) -> np.ndarray:
     """Rows of equal width -> float array; blank CSV fields and JSON nulls are missing
     values (NaN). ``names`` label the features in an error (else their position)."""
@@ -140,3 +141,22 @@ def to_float_rows(
 
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+class RecordTable:
+    """Records as objects that all have the same keys and numbers (or nulls) for
+    values, held as one float array (``values``, a column per key) instead of a dict per
+    record: ``Batch.records`` of a large numeric body."""
+
+    def __init__(self, keys: list[str], values: np.ndarray) -> None:
+        self.keys = keys
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def in_order(self, names: list[str]) -> np.ndarray:
+        """The values with their columns in the order of ``names``, the same keys."""
+        if self.keys == names:
+            return self.values
+        return self.values[:, [self.keys.index(name) for name in names]]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -97,16 +99,33 @@ def json_lines(data: bytes) -> list[tuple[int, Any]]:
 def csv_rows(text: str) -> list[list[str]]:
     """Rows of fields; quoted fields keep their commas and newlines. Blank lines at the
     end (a file's, or a batch transform slice's, trailing newlines) are not rows."""
-    if '"' in text:
-        try:
-            rows = list(csv.reader(io.StringIO(text)))
-        except csv.Error as exc:
-            raise FormatError(f"The CSV is malformed: {exc}") from exc
-    else:
-        rows = [line.split(",") for line in text.splitlines()]
+    rows = [row for chunk in csv_chunks(text) for row in chunk]
     while rows and not "".join(rows[-1]).strip():
         rows.pop()
     return rows
+
+
+# Characters of text split into rows at a time by ``csv_chunks``.
+CSV_CHUNK_CHARS = 1 << 13
+
+
+def csv_chunks(text: str) -> Iterator[list[list[str]]]:
+    """``csv_rows`` a chunk of rows at a time, trailing blank lines included: the rows
+    of a large body need not all exist at once."""
+    if '"' in text:
+        reader = csv.reader(io.StringIO(text))
+        try:
+            while chunk := list(itertools.islice(reader, CSV_CHUNK_CHARS // 16 or 1)):
+                yield chunk
+        except csv.Error as exc:
+            raise FormatError(f"The CSV is malformed: {exc}") from exc
+        return
+    start = 0
+    while start < len(text):
+        # Whole lines: a chunk ends after a "\n" (after any "\r" before it).
+        end = text.find("\n", start + CSV_CHUNK_CHARS) + 1 or len(text)
+        yield [line.split(",") for line in text[start:end].splitlines()]
+        start = end
 
 
 def looks_like_header(head: bytes) -> bool:

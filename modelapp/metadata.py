@@ -199,7 +199,8 @@ class ModelMetadata:
     training_job_name: str | None = None
     duration_seconds: float | None = None
     sha256: str | None = None
-    # What train compiled beside the model (model.onnx, verification.npy; predictors/compiled.py).
+    # What train compiled beside the model (model.onnx, verification.npy;
+    # predictors/compiled.py).
     compiled: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     # Keys of a newer (or foreign) writer, kept as they were.

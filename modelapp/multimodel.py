@@ -54,6 +54,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from modelapp import conf
+from modelapp.deployments import deployments
 from modelapp.exceptions import (
     InsufficientMemory,
     InvalidInput,
@@ -65,7 +66,6 @@ from modelapp.exceptions import (
 from modelapp.files import atomic_write
 from modelapp.periodic import Periodic
 from modelapp.registry import LoadedModel, ModelLoadError, load_model
-from modelapp.stats import collector
 from modelapp.text import brief
 
 logger = logging.getLogger(__name__)
@@ -472,7 +472,7 @@ def _record(
 ) -> None:
     """A ``ModelEvent`` (and the ``TrainedModel`` of a load), written by the stats
     flusher off the request path."""
-    collector.note_model(
+    deployments.note(
         loaded,
         {
             "kind": kind,

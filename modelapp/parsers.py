@@ -3,12 +3,19 @@
 A parser only turns bytes into records, by serving's rules (``formats.py`` writes down
 where they differ from training's); it does not know the model. Checks that need the
 model (feature count, names, NaN support) happen in the predictor.
+
+Memory is bounded by the body: numbers (with gaps and nulls, in every format) go into
+one float array a chunk at a time (``numeric_lines``, ``parse_numeric_records``), CSV
+text into one object array with each distinct text once (``read_csv``); what must
+become a Python object per value may take ``PARSED_MULTIPLE`` times the payload limit,
+else it is a 413 before it is made.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 import tokenize
 from typing import IO, Any
 
@@ -20,10 +27,43 @@ from rest_framework.parsers import BaseParser
 from modelapp import conf, formats
 
 # to_float_rows is re-exported for parsers of other formats (a plug-in's TSV, say).
-from modelapp.batch import Batch, batch_of_rows, to_float_rows  # noqa: F401
-from modelapp.exceptions import InvalidInput
+from modelapp.batch import (  # noqa: F401
+    Batch,
+    RecordTable,
+    batch_of_rows,
+    to_float_rows,
+)
+from modelapp.exceptions import InvalidInput, PayloadTooLarge
 
+# A body's parsed form may take at most this many times the payload limit (the limit
+# of a batch transform's 100 MB when there is none); docs/serving.md says so.
+PARSED_MULTIPLE = 20
+UNLIMITED_PAYLOAD = 100 * 1024 * 1024
+# A value's Python object and its slot in a list or dict, as orjson makes them.
+JSON_VALUE_BYTES = 64
 JSON_SHAPES = '[[...], ...], {"instances": [...]} or {"inputs": [...]}'
+
+
+def parsed_budget() -> int:
+    """Bytes the Python objects of one parsed body may take (``PARSED_MULTIPLE``)."""
+    return PARSED_MULTIPLE * (conf.max_payload_bytes() or UNLIMITED_PAYLOAD)
+
+
+def too_large(what: str, budget: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The {what} body would take more than {budget // 2**20} MB once parsed "
+        f"({PARSED_MULTIPLE} times the payload limit): send fewer records per request, "
+        "or numbers where the model takes numbers."
+    )
+
+
+def check_json_budget(data: bytes) -> None:
+    """Refuse a JSON body whose Python objects would pass the budget, before orjson
+    makes them: about ``JSON_VALUE_BYTES`` for each value (counted by its separators)."""
+    budget = parsed_budget()
+    values = data.count(b",") + data.count(b"[") + data.count(b"{") + 1
+    if values * JSON_VALUE_BYTES > budget:
+        raise too_large("JSON", budget)
 
 
 class BaseBatchParser(BaseParser):
@@ -76,34 +116,126 @@ class CSVParser(BaseBatchParser):
             # UnicodeError, not only its UnicodeDecodeError: punycode, idna and
             # undefined raise the base class on bytes they cannot read.
             raise InvalidInput(f"The CSV body is not valid {charset}: {exc}.") from exc
-        try:
-            rows = formats.csv_rows(text)
-        except formats.FormatError as exc:
-            raise InvalidInput(
-                f"{exc.reason}: send one record per line, fields quoted with double "
-                "quotes where they hold commas or line breaks."
-            ) from exc
-        columns = None
-        if params.get("header", "").lower() == "present" and rows:
-            columns = [name.strip() for name in rows.pop(0)]
-        if not rows:
+        return read_csv(
+            text, params.get("header", "").lower() == "present", parsed_budget()
+        )
+
+
+class _CSVTable:
+    """The general CSV reader's state: records go straight into one 2-D object array,
+    each distinct text kept once, so a large body costs a pointer per field, not a list
+    per record and a string per field; the checks of ``read_csv`` are made in one pass."""
+
+    def __init__(self, rows: int, budget: int) -> None:
+        self.budget = budget
+        self.rows = np.empty((0, 0), dtype=object)
+        self.expected = rows  # an estimate: the array grows if it is short
+        self.spelt: dict[str, str] = {}
+        self.records = 0
+        self.width = 0
+        self.blank_line: int | None = None
+        self.ragged: tuple[int, int] | None = None
+
+    def add(self, rows: list[list[str]]) -> None:
+        """Records ``records + 1`` onwards, in order."""
+        first = self.records
+        self.records += len(rows)
+        if self.blank_line is not None or self.ragged is not None:
+            return  # an error will answer; the rest is only read for malformed CSV
+        widths = set(map(len, rows))
+        if not first:
+            self.width = len(rows[0])
+            self.rows = np.empty((max(self.expected, len(rows)), self.width), object)
+        if 1 in widths:
+            for number, row in enumerate(rows, first + 1):
+                if len(row) == 1 and not row[0].strip():
+                    self.blank_line = number
+                    return
+        if widths != {self.width}:
+            for number, row in enumerate(rows, first + 1):
+                if len(row) != self.width:
+                    self.ragged = (number, len(row))
+                    return
+        cost = 8 * self.records * self.width + 160 * len(self.spelt)
+        if cost > self.budget:
+            raise too_large("CSV", self.budget)
+        if self.records > len(self.rows):
+            grown = np.empty((2 * self.records, self.width), object)
+            grown[:first] = self.rows[:first]
+            self.rows = grown
+        block = self.rows[first : self.records]
+        for j, column in enumerate(zip(*rows, strict=True)):
+            block[:, j] = list(map(self.spelt.setdefault, column, column))
+
+    def batch(self, columns: list[str] | None) -> Batch:
+        if not self.records:
             raise InvalidInput("The CSV body has no records: send one record per line.")
-        for number, row in enumerate(rows, 1):
-            if len(row) == 1 and not row[0].strip():
-                raise InvalidInput(
-                    f"Record {number} is a blank line: send one record per line."
-                )
-        if columns is not None and len(columns) != len(rows[0]):
+        if self.blank_line is not None:
             raise InvalidInput(
-                f"The CSV header names {len(columns)} columns but record 1 has {len(rows[0])}."
+                f"Record {self.blank_line} is a blank line: send one record per line."
             )
-        return batch_of_rows(rows, columns)
+        if columns is not None and len(columns) != self.width:
+            raise InvalidInput(
+                f"The CSV header names {len(columns)} columns but record 1 has "
+                f"{self.width}."
+            )
+        if self.ragged is not None:
+            raise InvalidInput(
+                "Every record must have the same number of features: record 1 has "
+                f"{self.width}, record {self.ragged[0]} has {self.ragged[1]}."
+            )
+        rows = self.rows[: self.records]
+        missing = set()
+        for text in self.spelt:
+            if not text.strip():
+                missing.add(text)
+                continue
+            try:
+                float(text)
+            except ValueError:
+                # Text: every field as sent, for the model's schema.
+                return Batch(rows=rows, columns=columns)
+        del self.spelt
+        if missing:
+            # Blank fields are missing values (numpy reads the rest with float()).
+            for j in range(self.width):
+                rows[:, j] = [
+                    math.nan if text in missing else text for text in rows[:, j]
+                ]
+        return Batch(values=rows.astype(np.float64), columns=columns)
+
+
+def read_csv(text: str, header: bool, budget: int) -> Batch:
+    """The general CSV reader (``csv_chunks``): numbers into a float array, else the
+    fields as sent (``Batch.rows``, a 2-D object array); errors name the record."""
+    table = _CSVTable(text.count("\n") + 1, budget)
+    columns = None
+    # Blank rows at the end are no records: held back until a record follows them.
+    held: list[list[str]] = []
+    try:
+        for chunk in formats.csv_chunks(text):
+            if header and columns is None and chunk:
+                columns = [name.strip() for name in chunk.pop(0)]
+            last = len(chunk)
+            while last and not "".join(chunk[last - 1]).strip():
+                last -= 1
+            if last:
+                table.add(held + chunk[:last] if held else chunk[:last])
+                held = chunk[last:]
+            else:
+                held += chunk
+    except formats.FormatError as exc:
+        raise InvalidInput(
+            f"{exc.reason}: send one record per line, fields quoted with double "
+            "quotes where they hold commas or line breaks."
+        ) from exc
+    return table.batch(columns)
 
 
 ASCII_CHARSETS = {"utf-8", "utf8", "ascii", "us-ascii", "iso-8859-1", "latin-1"}
 # Bytes per orjson call: the float objects of one chunk are freed before the next is
 # parsed, so their memory is reused warm instead of 6 MB of fresh pages.
-CSV_CHUNK_BYTES = 1 << 16
+CSV_CHUNK_BYTES = 1 << 14
 # Closes every line in the JSON text; a body holding this value itself takes the general
 # parser (it would be counted as a line end), which reads it correctly.
 LINE_END = 7e307
@@ -111,19 +243,18 @@ _LINE_END_JSON = b"7e307"
 # A quote (a JSON string), t, f and n (true, false, null) would read as numbers or NaN.
 FORBIDDEN_BYTES = (b'"', b"t", b"f", b"n")
 WHITESPACE = b" \t\n\r\x0b\x0c"
+NEWLINE, COMMA = ord("\n"), ord(",")
 
 
 def parse_numeric_csv(data: bytes, header: bool) -> Batch | None:
-    """The common case, fast: unquoted numeric CSV, every field a JSON number.
+    """The common case, fast: unquoted numeric CSV, every field a JSON number or blank.
 
-    Each chunk of whole lines becomes one flat JSON array with ``LINE_END`` after every
-    line (two ``bytes.replace``); orjson parses it, numpy reads the floats, and the
-    markers must then fill exactly the last column: so every line had the same width.
-    No Python code runs per line or per value. Anything else (a blank field or line, a
-    ragged row, ``true``, a quote, ``nan``, ``+1``, ``.5``, a letter) fails in orjson
-    or numpy or the marker check, and the general parser answers, with its own values
-    and error messages. One difference: JSON reads ``-0`` as the integer 0, so it becomes
-    0.0 rather than -0.0 (equal under ``==``, so no comparison or sum changes).
+    ``numeric_lines`` reads the lines; a blank field is a missing value (NaN), as the
+    general parser reads it. Anything else (a blank line, a ragged row, ``true``, a
+    quote, ``nan``, ``+1``, ``.5``, a letter) makes it decline, and the general parser
+    answers, with its own values and error messages. One difference: JSON reads ``-0``
+    as the integer 0, so it becomes 0.0 rather than -0.0 (equal under ``==``, so no
+    comparison or sum changes).
     """
     columns = None
     if header:
@@ -144,33 +275,214 @@ def parse_numeric_csv(data: bytes, header: bool) -> Batch | None:
         stop = len(data)
         if b"\r" in data:
             return None
+    values = numeric_lines(data, stop, blanks=True)
+    if values is None or (columns is not None and len(columns) != values.shape[1]):
+        return None
+    return Batch(values=values, columns=columns)
+
+
+def numeric_lines(data: bytes, stop: int, blanks: bool) -> np.ndarray | None:
+    """``data[:stop]``: lines of comma-separated JSON numbers (or ``null``) of equal
+    width -> a 2-D float array; None when it is anything else. ``blanks``: an empty
+    field is a missing value (CSV's rule), else it is no number (JSON's).
+
+    Each chunk of whole lines becomes one flat JSON array with ``LINE_END`` after every
+    line (two ``bytes.replace``); orjson parses it, numpy reads the floats into the rows
+    of one array (sized from the first chunk), and the markers must then fill the last
+    column: so every line had the same width (a blank line too would be a line of one
+    value). A chunk orjson refuses is tried once more with its empty fields as ``null``
+    (NaN), when ``blanks``: a body without gaps pays nothing for them. No Python code
+    runs per line or per value, and the memory beyond the answer is one chunk's.
+    """
+    if not stop or data[0] == NEWLINE:
+        return None  # a blank line: the general parser says which
     newline = data.find(b"\n", 0, stop)
     width = data.count(b",", 0, newline if newline >= 0 else stop) + 1
+    # One column: an empty field is a blank line, which the general parser refuses.
+    blanks = blanks and width > 1
+    if blanks and not data[data.rfind(b"\n", 0, stop) + 1 : stop].strip(b", "):
+        return None  # a last line of blank fields: not a record to the general parser
+    out = np.empty((0, width))
     line_end = b"," + _LINE_END_JSON + b","
-    tables = []
-    start = 0
+    filled = start = 0
     try:
         while start < stop:
             end = data.find(b"\n", start + CSV_CHUNK_BYTES, stop)
             end = stop if end < 0 else end
             text = data[start:end].replace(b"\n", line_end)
-            items = orjson.loads(b"".join((b"[", text, line_end[:-1], b"]")))
-            values = np.fromiter(items, np.float64, len(items))
-            if len(values) % (width + 1):
+            text = b"".join((b"[", text, line_end[:-1], b"]"))
+            try:
+                items = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                if not blanks:
+                    raise
+                # Twice: bytes.replace skips the second pair of ",,,".
+                text = text.replace(b",,", b",null,").replace(b",,", b",null,")
+                items = orjson.loads(text.replace(b"[,", b"[null,", 1))
+            try:
+                values = np.fromiter(items, np.float64, len(items))
+            except TypeError:
+                values = np.array(items, np.float64)  # None (null) -> NaN
+            if values.ndim != 1 or len(values) % (width + 1):
                 return None
             table = values.reshape(-1, width + 1)
-            if (table[:, width] != LINE_END).any() or (
-                np.count_nonzero(values == LINE_END) != len(table)
-            ):
+            if (table[:, width] != LINE_END).any() or np.count_nonzero(
+                values == LINE_END
+            ) != len(table):
                 return None
-            tables.append(table[:, :width])
+            if end >= stop and not filled:
+                return table[:, :width].copy()  # one chunk: the body was small
+            if filled + len(table) > len(out):
+                out = _grown(out, filled, filled + len(table), end + 1, stop)
+            out[filled : filled + len(table)] = table[:, :width]
+            filled += len(table)
             start = end + 1
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None
-    if columns is not None and len(columns) != width:
+    # An estimate far above the lines there were: give the room back.
+    return out[:filled] if filled > len(out) // 2 else out[:filled].copy()
+
+
+def _grown(out: np.ndarray, filled: int, rows: int, read: int, stop: int) -> np.ndarray:
+    """Room for the rows of a body of ``stop`` bytes, estimated from the ``rows`` in
+    its first ``read`` bytes (counting its lines first would cost a pass over it)."""
+    estimate = rows if read >= stop else int(rows * stop / read * 1.05) + 16
+    grown = np.empty((estimate, out.shape[1]))
+    grown[:filled] = out[:filled]
+    return grown
+
+
+# A document whose records sit under one key: the key, then the list to the last brace.
+_KEYED = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"(?:instances|inputs)"[ \t\n\r]*:')
+JSON_WHITESPACE = b" \t\n\r"
+# Inside a line of numbers: whitespace the general parser reads (or refuses) itself.
+SPACES = (b" ", b"\t", b"\x0b", b"\x0c", b"\r")
+
+
+def parse_numeric_json(data: bytes) -> Batch | None:
+    """``[[...], ...]``, a flat ``[...]``, or either under ``"instances"``/``"inputs"``,
+    of numbers and nulls only, on one line: the rows become lines for ``numeric_lines``,
+    so no Python object is made per value. None for anything else (the general parser
+    answers); orjson reads every number, here as there."""
+    if b'"' in data:
+        match = _KEYED.match(data)
+        end = data.rfind(b"}")
+        if (
+            match is None
+            or data.count(b'"') != 2
+            or data[end + 1 :].strip(JSON_WHITESPACE)
+        ):
+            return None
+        data = data[match.end() : end]
+    if b" " in data:
+        data = data.replace(b", ", b",")  # json.dumps' separator; no strings here
+    data = data.strip(JSON_WHITESPACE)
+    if (
+        not (data.startswith(b"[") and data.endswith(b"]"))
+        or b"\n" in data
+        or any(char in data for char in SPACES)
+    ):
         return None
-    out = tables[0].copy() if len(tables) == 1 else np.concatenate(tables)
-    return Batch(values=out, columns=columns)
+    flat = not data.startswith(b"[[")
+    if flat:
+        lines = data[1:-1].replace(b",", b"\n")  # one value a line
+    elif data.endswith(b"]]"):
+        lines = data[2:-2].replace(b"],[", b"\n")
+    else:
+        return None
+    del data
+    if b"[" in lines or b"]" in lines or lines.endswith(b"\n"):
+        return None
+    values = numeric_lines(lines, len(lines), blanks=False)
+    if values is None:
+        return None
+    return Batch(values=values.reshape(-1) if flat else values)
+
+
+def parse_numeric_json_lines(data: bytes) -> Batch | None:
+    """JSON Lines of numbers, or of arrays of numbers (and nulls), one record a line:
+    read by ``numeric_lines``; None for anything else, as ``parse_numeric_json``."""
+    if b'"' in data or b"{" in data:
+        return None
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    if b" " in data:
+        data = data.replace(b", ", b",")
+    data = data.rstrip(JSON_WHITESPACE)
+    if any(char in data for char in SPACES):
+        return None
+    if data.startswith(b"["):
+        # Arrays: "[" and "]" close every line, and none is left inside one.
+        if not data.endswith(b"]"):
+            return None
+        data = data[1:-1].replace(b"]\n[", b"\n")
+    elif b"," in data:
+        return None  # "1,2" is no JSON value
+    if b"[" in data or b"]" in data:
+        return None
+    values = numeric_lines(data, len(data), blanks=False)
+    return None if values is None else Batch(values=values)
+
+
+# Bytes of records parsed per orjson call by ``parse_numeric_records``.
+RECORDS_CHUNK_BYTES = 1 << 15
+
+
+def parse_numeric_records(data: bytes, lines: bool) -> Batch | None:
+    """Records as objects with the same keys and numbers or nulls for values, a JSON
+    list of them or JSON Lines (``lines``): parsed a chunk of records at a time into a
+    ``RecordTable``, so no dict is kept per record. None for anything else.
+
+    A chunk ends at a ``}`` followed by the next record (``,`` then ``{``, or a line
+    end); a cut inside a string or a nested value leaves a chunk that is no valid
+    JSON list, and the whole body goes to the general parser instead."""
+    data = data.strip(JSON_WHITESPACE)
+    if lines:
+        if not data.startswith(b"{") or b"\n\n" in data or b"\r" in data:
+            return None
+        ends = re.compile(rb"\}\n")
+    else:
+        if not data.startswith(b"[{") or not data.endswith(b"}]"):
+            return None
+        data = data[1:-1]
+        ends = re.compile(rb"\}[ \t\n\r]*,")
+    keys: list[str] | None = None
+    blocks = []
+    start = 0
+    try:
+        while start < len(data):
+            found = ends.search(data, start + RECORDS_CHUNK_BYTES)
+            end = found.end() if found else len(data) + 1
+            chunk = data[start : end - 1]
+            if lines:
+                count = chunk.count(b"\n") + 1
+                chunk = chunk.replace(b"\n", b",")
+            records = orjson.loads(b"".join((b"[", chunk, b"]")))
+            if lines and len(records) != count:
+                return None  # two values on one line: the general parser refuses it
+            if keys is None:
+                if not records or type(records[0]) is not dict:
+                    return None
+                keys = list(records[0])
+            block = np.empty((len(records), len(keys)))
+            for j, key in enumerate(keys):
+                column = [record[key] for record in records]
+                if str in set(map(type, column)):
+                    return None  # text: the schema reads it, from the dicts
+                numbers = np.array(column, dtype=np.float64)
+                if numbers.shape != (len(records),):
+                    return None  # arrays as values: no table cells
+                block[:, j] = numbers
+            if any(type(r) is not dict or len(r) != len(keys) for r in records):
+                return None
+            blocks.append(block)
+            start = end
+    except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+        return None
+    if keys is None or not keys:
+        return None
+    values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    return Batch(records=RecordTable(keys, values))
 
 
 def batch_from_items(items: list[Any], where: str) -> Batch:
@@ -198,6 +510,12 @@ class JSONParser(BaseBatchParser):
     format = "json"
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
+        batch = parse_numeric_json(data)
+        if batch is None:
+            batch = parse_numeric_records(data, lines=False)
+        if batch is not None:
+            return batch
+        check_json_budget(data)
         try:
             document = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -224,6 +542,12 @@ class JSONParser(BaseBatchParser):
 def parse_json_lines(data: bytes) -> Batch:
     """One record per line: an array of numbers, an object of features, or one number
     (serving's rule: a record of one feature; ``formats.py``)."""
+    batch = parse_numeric_json_lines(data)
+    if batch is None:
+        batch = parse_numeric_records(data, lines=True)
+    if batch is not None:
+        return batch
+    check_json_budget(data)
     try:
         items = formats.json_lines(data)
     except formats.FormatError as exc:
@@ -277,12 +601,18 @@ class NPYParser(BaseBatchParser):
             raise InvalidInput(
                 f"The NPY array of {array.dtype} holds complex numbers: send real ones."
             )
+        budget = parsed_budget()
+        if array.size * 8 > budget:
+            raise too_large("NPY", budget)
         try:
             return Batch(values=array.astype(np.float64, copy=False))
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(
-                f"The NPY array of {array.dtype} is not numeric: {exc}."
-            ) from exc
+        except MemoryError as exc:
+            raise too_large("NPY", budget) from exc
+
+
+# dtype kinds read as numbers: booleans, signed and unsigned integers, floats, and
+# complex numbers (refused after loading, with their own message).
+NPY_KINDS = "biufc"
 
 
 def check_npy_size(data: bytes) -> None:
@@ -299,6 +629,13 @@ def check_npy_size(data: bytes) -> None:
     shape, _, dtype = read_header(stream)
     if dtype.hasobject:
         return  # np.load refuses it (allow_pickle is off), with its own message.
+    if dtype.kind not in NPY_KINDS:
+        # Text, bytes, dates and records are no features; and a zero-size one
+        # ('<U0' of any shape) would pass the size check below, then fail to convert.
+        raise InvalidInput(
+            f"The NPY array of {dtype} is not numeric: send booleans, integers or "
+            "floats."
+        )
     declared = math.prod(shape) * dtype.itemsize
     held = len(data) - stream.tell()
     if declared > held:

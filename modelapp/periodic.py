@@ -11,6 +11,8 @@ import os
 import threading
 from collections.abc import Callable
 
+from django.db import DatabaseError, connection
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,3 +65,12 @@ class Periodic:
             step()
         except Exception:  # a bug in a step must not stop the thread for good
             logger.exception("%s: %s failed.", self.name, step.__name__)
+
+
+def discard_connection() -> None:
+    """Close this thread's database connection so the next attempt opens a fresh one (a
+    server that went away leaves a broken one behind)."""
+    try:
+        connection.close()
+    except DatabaseError:
+        pass

@@ -1,13 +1,13 @@
 """Invocation counters: kept in memory per worker, flushed to ``InvocationStat`` off the
 request path.
 
-The request path (``record_invocation``) only adds numbers into a dict under a lock. A
+The request path (``record_invocation``, ``StatsCollector.count``) only adds numbers into a dict under a lock. A
 background thread, started in each gunicorn worker after the fork (``post_fork`` in
 ``docker/gunicorn.conf.py``), writes them every ``SMSERVE['STATS_FLUSH_SECONDS']`` with atomic
 increments, so several workers (and several instances sharing a PostgreSQL database) add up
 exactly; ``worker_exit`` flushes what is left. A database outage is logged and the counts
-are kept for the next flush. The same thread records the loaded model (``TrainedModel``)
-once, retrying until the database answers.
+are kept for the next flush. The same thread records which models the process serves
+(``deployments.py``), retrying until the database answers.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from django.db import (
     DatabaseError,
     IntegrityError,
     close_old_connections,
-    connection,
     transaction,
 )
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
 from modelapp import conf
-from modelapp.periodic import Periodic
+from modelapp.deployments import deployments
+from modelapp.periodic import Periodic, discard_connection
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,11 @@ class StatsCollector:
         self._lock = threading.Lock()  # guards _buckets; held for microseconds
         self._flush_lock = threading.Lock()  # one flush at a time (thread vs. exit)
         self._buckets: dict[Key, list[float]] = {}
-        self._flusher = Periodic("smserve-stats", self.flush, first=self.record_model)
-        # Checksums recorded as TrainedModel rows by this process, and the models
-        # loaded through the multi-model API still to record.
-        self._models_recorded: set[str] = set()
-        self._models_to_record: list[tuple[str, dict[str, Any]]] = []
-        self._events: list[dict[str, Any]] = []
+        # The same thread records which models this process serves (deployments.py).
+        self._flusher = Periodic("smserve-stats", self.flush, first=deployments.record)
 
     # --- the request path ---------------------------------------------------------------
-    def record(
+    def count(
         self,
         sha256: str | None,
         status: int,
@@ -102,7 +98,7 @@ class StatsCollector:
     def flush(self) -> bool:
         """Write the pending counts in one transaction; on failure keep them and say so."""
         with self._flush_lock:
-            self.record_model()
+            deployments.record()
             with self._lock:
                 taken, self._buckets = self._buckets, {}
             if not taken:
@@ -128,60 +124,10 @@ class StatsCollector:
                         "Stats not flushed; %d invocation(s) kept for the next flush.",
                         requests,
                     )
-                _discard_connection()
+                discard_connection()
                 return False
             logger.debug("Flushed stats for %d minute(s).", len(taken))
             return True
-
-    def note_model(self, loaded: Any, event: dict[str, Any] | None = None) -> None:
-        """Record ``loaded`` (a ``registry.LoadedModel``) and a ``ModelEvent`` with the
-        fields ``event`` at the next flush, off the request path. The row's fields are
-        taken now: the model itself may be unloaded by then."""
-        from modelapp.models import TrainedModel
-
-        values = TrainedModel.values_of(loaded) if loaded is not None else None
-        with self._lock:
-            if values is not None:
-                self._models_to_record.append((loaded.sha256, values))
-            if event is not None:
-                self._events.append(event)
-
-    def record_model(self) -> None:
-        """Record the loaded model(s) once per process (upsert by checksum), and the
-        multi-model loads and unloads; retried at each flush until the database
-        answers."""
-        from modelapp.models import ModelEvent, TrainedModel
-        from modelapp.registry import registry
-
-        with self._lock:
-            pending, self._models_to_record = self._models_to_record, []
-            events, self._events = self._events, []
-        loaded = registry.loaded
-        if loaded is not None and loaded.sha256 not in self._models_recorded:
-            pending.insert(0, (loaded.sha256, TrainedModel.values_of(loaded)))
-        if not pending and not events:
-            return  # no database access at all
-        done = 0
-        try:
-            close_old_connections()
-            for sha256, values in pending:
-                if sha256 not in self._models_recorded:
-                    TrainedModel.record_values(sha256, values)
-                    self._models_recorded.add(sha256)
-                done += 1
-            if events:
-                ModelEvent.objects.bulk_create(ModelEvent(**e) for e in events)
-                events = []
-        except DatabaseError as exc:
-            logger.warning(
-                "Models not recorded yet (%s: %s); retrying at the next flush.",
-                type(exc).__name__,
-                exc,
-            )
-            _discard_connection()
-            with self._lock:
-                self._models_to_record[:0] = pending[done:]
-                self._events[:0] = events
 
     def _merge_back(self, taken: dict[Key, list[float]]) -> None:
         with self._lock:
@@ -206,7 +152,7 @@ class StatsCollector:
         """Stop the thread and write what is left (gunicorn's ``worker_exit``)."""
         self._flusher.stop()
         self.flush()
-        _discard_connection()
+        discard_connection()
 
 
 def write_buckets(buckets: dict[Key, list[float]]) -> None:
@@ -244,15 +190,6 @@ def write_buckets(buckets: dict[Key, list[float]]) -> None:
             )
 
 
-def _discard_connection() -> None:
-    """Close this thread's connection so the next attempt opens a fresh one (a server
-    that went away leaves a broken one behind)."""
-    try:
-        connection.close()
-    except DatabaseError:
-        pass
-
-
 collector = StatsCollector()
 
 
@@ -264,9 +201,9 @@ def record_invocation(request: Any, response: Any) -> None:
     records = getattr(request, "records", 0)
     bytes_in = int(request.META.get("CONTENT_LENGTH") or 0)
 
-    def count(rendered: Any) -> None:
+    def add(rendered: Any) -> None:
         latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
-        collector.record(
+        collector.count(
             sha256,
             rendered.status_code,
             records,
@@ -276,6 +213,6 @@ def record_invocation(request: Any, response: Any) -> None:
         )
 
     if hasattr(response, "add_post_render_callback"):
-        response.add_post_render_callback(count)
+        response.add_post_render_callback(add)
     else:
-        count(response)
+        add(response)

@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 import pytest
 
-from modelapp.admin import traffic_chart
+from modelapp.admin import chart_geometry, traffic_chart
 from modelapp.management.commands.prepare_serve import create_superuser
 from modelapp.models import InvocationStat, TrainedModel
 from tests.support.admin import (
@@ -292,3 +292,17 @@ def test_traffic_chart_without_traffic():
     assert "<svg" in svg
     assert 'class="requests"' not in svg
     assert "0 in all" in svg
+
+
+def test_chart_geometry_is_drawn_without_a_database():
+    """The chart's drawing is a pure function of the counts: the busiest minute fills
+    the plot, its errors a share of it, and there is a tick per hour."""
+    start = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    busy = {"requests": 4, "errors_4xx": 1, "errors_5xx": 0}
+    drawing = chart_geometry({start + timedelta(minutes=30): busy}, start, hours=1)
+    (bar,) = drawing["bars"]
+    assert float(bar[3]) == drawing["plot_h"]  # the peak's height is the plot's
+    assert float(bar[6]) == drawing["plot_h"] / 4  # 1 error in 4 requests
+    assert bar[4] == "10:30 UTC: 4 requests, 1 4xx, 0 5xx"
+    assert drawing["totals"] == {"requests": 4, "errors": 1}
+    assert [label for _, label in drawing["ticks"]] == ["10:00", "11:00"]

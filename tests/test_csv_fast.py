@@ -27,7 +27,7 @@ def answer(data: bytes, params: dict[str, str]) -> tuple:
     except InvalidInput as exc:
         return ("error", str(exc.detail))
     if batch.rows is not None:  # text: kept as sent, for the model's schema
-        return ("text", batch.rows, batch.columns)
+        return ("text", np.asarray(batch.rows).tolist(), batch.columns)
     # repr: NaN equals NaN as text, and -0.0 stays apart from 0.0.
     return ("ok", repr(batch.values.tolist()), batch.columns)
 
@@ -48,6 +48,12 @@ BODIES = [
     b"1\n\n",
     b"1,a\n",
     b"1,,3\n",
+    b",1\n2,\n",
+    b",,,\n1,2,3,4\n",
+    b"1,\n,2\n,\n",
+    b",\n",
+    b"1,,3\n" * 30000,
+    b"1,2\n" * 20000 + b",\n" + b"3,\n" * 20000,
     b"1, ,3\n",
     b"1e5,2E-3,-4.25e+2\n",
     b"+1,2\n",
@@ -108,12 +114,31 @@ def test_a_ragged_row_in_a_later_chunk_is_an_error():
 
 @pytest.mark.parametrize(
     "body",
-    [b"1,,2\n", b"1,a\n", b'"1",2\n', b"nan\n", b"1\n\n2\n", b"1,2\n3\n", b"1,7e307\n"],
+    [
+        b"1,a\n",
+        b'"1",2\n',
+        b"nan\n",
+        b"1\n\n2\n",
+        b"\n1\n",
+        b"1,2\n3\n",
+        b"1,7e307\n",
+        b"1, ,2\n",
+    ],
 )
 def test_fast_path_declines_what_it_cannot_read_exactly(body):
-    """Blank fields, text, quotes, NaN, blank lines, ragged rows and the line marker
-    itself go to the general parser."""
+    """Text, quotes, NaN, blank lines, ragged rows, fields of spaces and the line
+    marker itself go to the general parser."""
     assert parse_numeric_csv(body, header=False) is None
+
+
+def test_blank_fields_are_missing_values():
+    """An empty field is NaN, at the start, middle or end of a line, in runs, and
+    across chunk boundaries, as the general parser reads it."""
+    body = b",1,,\n2,,,3\n" * 20000
+    values = parse_numeric_csv(body, header=False).values
+    assert values.shape == (40000, 4)
+    expected = np.array([[np.nan, 1, np.nan, np.nan], [2, np.nan, np.nan, 3]] * 20000)
+    assert np.array_equal(values, expected, equal_nan=True)
 
 
 def test_header_present_gives_columns():

@@ -19,7 +19,7 @@ from sklearn.base import is_classifier
 from sklearn.pipeline import make_pipeline
 
 from modelapp.batch import Batch
-from modelapp.metadata import sha256_of
+from modelapp.metadata import Feature, ModelMetadata, sha256_of
 from modelapp.predictors import SklearnPredictor
 from modelapp.predictors import compiled as compiled_engine
 from modelapp.registry import load_model
@@ -230,7 +230,7 @@ def test_text_columns_are_not_compiled():
         6,
         ("predict",),
         False,
-        feature_kinds=["numeric"] * 5 + ["categorical"],
+        ModelMetadata(features=[*[Feature()] * 5, Feature(kind="categorical")]),
     )
     assert report.methods == {"predict": SKLEARN}
     assert "text (categorical) columns" in report.reason

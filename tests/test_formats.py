@@ -161,9 +161,13 @@ def test_csv_crlf_and_trailing_newlines():
 
 
 def test_json_objects_are_records():
-    """JSON objects are kept as records for the predictor to order by feature name."""
+    """JSON objects are kept as records for the predictor to order by feature name:
+    numbers as one float array with the keys (``RecordTable``), text as the objects."""
     batch = JSONParser().parse(io.BytesIO(b'[{"a": 1, "b": 2}]'), "application/json")
-    assert batch.records == [{"a": 1, "b": 2}]
+    assert batch.records.keys == ["a", "b"]
+    assert batch.records.in_order(["b", "a"]).tolist() == [[2.0, 1.0]]
+    batch = JSONParser().parse(io.BytesIO(b'[{"a": "x", "b": 2}]'), "application/json")
+    assert batch.records == [{"a": "x", "b": 2}]
 
 
 def test_json_mixed_records_rejected():
@@ -195,3 +199,38 @@ def test_npy_string_labels_round_trip():
 def test_csv_renderer_quotes_labels_with_commas():
     body = CSVRenderer().render(np.array(["a,b", "c"], dtype=object), "text/csv", {})
     assert body == b'"a,b"\nc\n'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"a": 1, "b": 2}, {"a": 3, "b": null}]',
+        b'{"b": 2, "a": 1}\n{"a": 3, "b": 4}\n',
+        b'[{"a": 1, "c": 2}]',
+        b'{"a": 1}\n{"a": 2}\n',
+    ],
+)
+def test_numeric_records_answer_as_a_list_of_objects(body, monkeypatch):
+    """Records held as one float array (``RecordTable``) reach the model as the same
+    matrix, or the same error, as the same records held as a list of objects."""
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from modelapp import parsers
+    from modelapp.predictors import SklearnPredictor
+
+    frame = pd.DataFrame({"a": [0.0, 1, 2, 3], "b": [1.0, 0, 1, 0]})
+    predictor = SklearnPredictor(
+        HistGradientBoostingClassifier().fit(frame, [0, 1] * 2)
+    )
+
+    def answer() -> str:
+        batch = JSONParser().parse(io.BytesIO(body), "application/json")
+        try:
+            return repr(predictor.to_input(batch).tolist())
+        except InvalidInput as exc:
+            return str(exc.detail)
+
+    fast = answer()
+    monkeypatch.setattr(parsers, "parse_numeric_records", lambda data, lines: None)
+    assert fast == answer()

@@ -550,6 +550,7 @@ def mme_code(tmp_path_factory):
         "SAGEMAKER_MULTI_MODEL": "TRUE",
         "SAGEMAKER_PROGRAM": "inference.py",
         "SAGEMAKER_SUBMIT_DIRECTORY": f"file://{archive}",
+        "SMSERVE_MME_MODEL_ROOT": str(tmp_path_factory.getbasetemp()),
         "SECRET_KEY": "not-for-pip-" * 4,
         "DATABASE_URL": "",
     }

@@ -1,12 +1,14 @@
 """Bodies the seeded HTTP fuzz (``tests/test_fuzz_http.py``) once turned into 500s: each is
 now a 400 ``invalid_input`` that says what was wrong."""
 
+import gc
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from modelapp.exceptions import InvalidInput
+from modelapp.exceptions import InvalidInput, PayloadTooLarge
 from modelapp.parsers import CSVParser, JSONLinesParser, JSONParser, NPYParser
 
 
@@ -109,3 +111,90 @@ def test_npy_of_complex_numbers_is_invalid_input():
     np.save(buffer, np.array([[1 + 2j, 3]]), allow_pickle=False)
     with pytest.raises(InvalidInput, match="complex128 holds complex numbers"):
         NPYParser().parse(io.BytesIO(buffer.getvalue()), NPYParser.media_type)
+
+
+@pytest.mark.parametrize(
+    ("descr", "shape", "data"),
+    [
+        ("<U0", (10**12,), b""),  # zero bytes declared: np.load makes it, astype fails
+        ("|S0", (10,), b""),
+        ("|V0", (10,), b""),
+        ("<U3", (1, 2), "1.51.6".encode("utf-32-le")),
+        ("<M8[D]", (1, 1), bytes(8)),
+    ],
+)
+def test_npy_of_a_non_numeric_dtype_is_invalid_input(descr, shape, data):
+    """Security review L1: an NPY array of text, bytes, void or dates (zero-size ones
+    included, whose huge shape passes the size check) is a 400 naming the dtype, read
+    from the header before numpy builds the array, never a ``MemoryError``."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    with pytest.raises(InvalidInput, match="is not numeric: send booleans"):
+        NPYParser().parse(io.BytesIO(header.getvalue() + data), NPYParser.media_type)
+
+
+# --- Memory: a parser's peak is bounded by the body (security review M3) -----------
+
+BODY_BYTES = 2 * 1024 * 1024
+PEAK_BOUND = 15
+
+
+def npy_body(dtype: str) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((BODY_BYTES // (2 * np.dtype(dtype).itemsize), 2), dtype))
+    return buffer.getvalue()
+
+
+def repeated(record: bytes, before: bytes = b"", after: bytes = b"") -> bytes:
+    return before + record * (BODY_BYTES // len(record)) + after
+
+
+MEMORY_BODIES = {
+    "csv numeric": (CSVParser, repeated(b"1,2\n")),
+    "csv with gaps": (CSVParser, repeated(b"1,\n")),
+    "csv with leading gaps": (CSVParser, repeated(b",2.5\n")),
+    "csv with text": (CSVParser, repeated(b"a,1\n")),
+    "csv with text and gaps": (CSVParser, repeated(b"pro,12.5\nbasic,\n")),
+    "json arrays": (JSONParser, repeated(b"[1],", b"[", b"[1]]")),
+    "json instances": (
+        JSONParser,
+        repeated(b"[1, null], ", b'{"instances": [', b"[1, null]]}"),
+    ),
+    "json flat list": (JSONParser, repeated(b"1,", b"[", b"1]")),
+    "json records": (JSONParser, repeated(b'{"a":1,"b":2},', b"[", b'{"a":1,"b":2}]')),
+    "json lines of scalars": (JSONLinesParser, repeated(b"1\n")),
+    "json lines of arrays": (JSONLinesParser, repeated(b"[1,null]\n")),
+    "json lines of objects": (JSONLinesParser, repeated(b'{"a":1,"b":null}\n')),
+    "npy float64": (NPYParser, npy_body("<f8")),
+    "npy uint8": (NPYParser, npy_body("|u1")),
+}
+
+
+@pytest.mark.parametrize("kind", MEMORY_BODIES)
+def test_parser_peak_memory_is_bounded_by_the_body(kind):
+    """A ~2 MB body of any format and content (blank fields, text, scalars, records)
+    peaks below 15 times its size in the parser (``tracemalloc``: Python objects and
+    numpy arrays), where a list per record and an object per field once took up to 100
+    times (``bench/parsers.py`` prints the figures)."""
+    parser_class, body = MEMORY_BODIES[kind]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        batch = parser_class().parse(io.BytesIO(body), parser_class.media_type)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(batch) > 1000 or batch.flat
+    assert peak <= PEAK_BOUND * len(body), f"{peak / len(body):.1f} times the body"
+
+
+def test_a_body_whose_parsed_form_is_over_budget_is_payload_too_large(settings):
+    """A body the fast paths cannot read, whose Python objects would take more than
+    ``PARSED_MULTIPLE`` times the payload limit, is a 413 that says why, before the
+    objects are made (here a 1 MB limit and a 1 MB JSON list of empty lists)."""
+    settings.SMSERVE = {**getattr(settings, "SMSERVE", {}), "MAX_PAYLOAD_MB": 1}
+    body = b"[" + b"[]," * (1024 * 1024 // 3 - 1) + b"[]]"
+    with pytest.raises(PayloadTooLarge, match=r"20 times the payload limit"):
+        JSONParser().parse(io.BytesIO(body), JSONParser.media_type)

@@ -20,8 +20,8 @@ from hypothesis.extra import numpy as hnp
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from modelapp import parsers
-from modelapp.batch import Batch
+from modelapp import formats, parsers
+from modelapp.batch import Batch, RecordTable
 from modelapp.exceptions import InvalidInput, NotAcceptable, UnsupportedMediaType
 from modelapp.formats import ALIASES
 from modelapp.negotiation import SageMakerContentNegotiation, parse_accept
@@ -330,7 +330,7 @@ def answer(data: bytes, params: dict[str, str]) -> tuple:
         return ("error", str(exc.detail))
     if batch.values is None:
         # Text fields: the general parser's rows, for a table model.
-        return ("rows", batch.rows, batch.columns)
+        return ("rows", np.asarray(batch.rows).tolist(), batch.columns)
     # Values compared with ==: the fast path reads "-0" as 0.0 (its docstring).
     return ("ok", batch.values.shape, batch.values, batch.columns)
 
@@ -372,6 +372,32 @@ def test_fast_csv_equals_the_general_parser_for_any_float_matrix(matrix, header,
         assert np.array_equal(fast[2], values, equal_nan=True)
 
 
+@seeded(200)
+@given(
+    matrix=hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6),
+        elements=st.sampled_from([0.5, -3.0, 1e300, np.nan]) | st.floats(width=64),
+    ),
+    header=st.booleans(),
+)
+def test_fast_csv_with_blank_fields_equals_the_general_parser(matrix, header):
+    """Missing values written as empty fields: the fast path reads them as NaN exactly
+    where the general parser does, or declines (a line of nothing but blank fields)."""
+    lines = [
+        ",".join("" if np.isnan(value) else repr(value) for value in row)
+        for row in matrix.tolist()
+    ]
+    if header:
+        lines.insert(0, ",".join(f"f{i}" for i in range(matrix.shape[1])))
+    data = "\n".join(lines).encode() + b"\n"
+    params = {"header": "present"} if header else {}
+    fast = answer(data, params)
+    with general_parser_only():
+        general = answer(data, params)
+    assert same(fast, general)
+
+
 @seeded(300)
 @given(data=csv_text.map(str.encode), header=st.booleans())
 def test_fast_csv_equals_the_general_parser_for_near_numeric_text(data, header):
@@ -382,6 +408,111 @@ def test_fast_csv_equals_the_general_parser_for_near_numeric_text(data, header):
     with general_parser_only():
         general = answer(data, params)
     assert same(fast, general)
+
+
+@seeded(300)
+@given(
+    data=st.text(
+        st.sampled_from('0123456789.,-+eE\n\n\r" \tnaA\x1c\x0b'), max_size=200
+    ),
+    header=st.booleans(),
+)
+def test_general_csv_reads_the_same_in_chunks_of_any_size(data, header):
+    """The general CSV reader takes a body a few rows at a time: cut into chunks of
+    five characters, its answer (values, fields, or the first error) is the same."""
+    params = {"header": "present"} if header else {}
+    with general_parser_only():
+        whole = answer(data.encode(), params)
+        saved = formats.CSV_CHUNK_CHARS
+        formats.CSV_CHUNK_CHARS = 5
+        try:
+            chunked = answer(data.encode(), params)
+        finally:
+            formats.CSV_CHUNK_CHARS = saved
+    assert same(chunked, whole)
+
+
+# --- The numeric JSON paths agree with the general parser ---------------------------
+
+json_numbers = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+)
+
+
+@contextmanager
+def general_json_only():
+    saved = (
+        parsers.parse_numeric_json,
+        parsers.parse_numeric_json_lines,
+        parsers.parse_numeric_records,
+    )
+    parsers.parse_numeric_json = parsers.parse_numeric_json_lines = lambda data: None
+    parsers.parse_numeric_records = lambda data, lines: None
+    try:
+        yield
+    finally:
+        (
+            parsers.parse_numeric_json,
+            parsers.parse_numeric_json_lines,
+            parsers.parse_numeric_records,
+        ) = saved
+
+
+def json_answer(parser_class, data: bytes) -> tuple:
+    try:
+        batch = parser_class().parse_bytes(data, {})
+    except InvalidInput as exc:
+        return ("error", str(exc.detail))
+    if batch.records is not None:
+        return ("records", *records_form(batch.records))
+    if batch.values is None:
+        return ("other", repr(batch))
+    # repr: NaN equals NaN as text.
+    return ("ok", repr(batch.values.tolist()), batch.flat)
+
+
+def records_form(records) -> tuple:
+    """Records as their keys and values in key order, however the parser held them."""
+    if isinstance(records, RecordTable):
+        keys = sorted(records.keys)
+        return keys, repr(records.in_order(keys).tolist())
+    keys = sorted(records[0])
+    try:
+        values = np.array([[r[k] for k in keys] for r in records], dtype=np.float64)
+    except (KeyError, ValueError, TypeError):
+        return keys, repr(records)
+    return keys, repr(values.tolist())
+
+
+@seeded(300)
+@given(
+    items=st.lists(
+        st.lists(json_numbers, max_size=4)
+        | json_numbers
+        | st.dictionaries(st.sampled_from("abc"), json_numbers, max_size=3),
+        max_size=5,
+    ),
+    wrap=st.sampled_from(["", "instances", "inputs", "lines", "lines crlf"]),
+    separators=st.sampled_from([(",", ":"), (", ", ": "), (" ,", " : ")]),
+    parser_class=st.sampled_from([JSONParser, JSONLinesParser]),
+)
+def test_numeric_json_equals_the_general_parser(items, wrap, separators, parser_class):
+    """Lists of numbers, nulls and booleans, or records of them, as one document (under
+    "instances" or "inputs" too) or as JSON Lines: the numeric paths answer as the
+    general parser."""
+    if wrap.startswith("lines"):
+        end = "\r\n" if "crlf" in wrap else "\n"
+        text = "".join(json.dumps(item, separators=separators) + end for item in items)
+    else:
+        text = json.dumps({wrap: items} if wrap else items, separators=separators)
+    data = text.encode()
+    fast = json_answer(parser_class, data)
+    with general_json_only():
+        general = json_answer(parser_class, data)
+    assert fast == general
 
 
 # --- Accept and custom attributes: any header text ---------------------------------

@@ -51,10 +51,10 @@ def test_record_sums_per_model_and_minute():
     """Invocations in one minute add into one bucket; another minute or model is another."""
     collector = StatsCollector()
     minute = 1_800_000_000 // 60 * 60
-    collector.record("a", 200, 3, 5.0, 100, 40, now=minute + 1)
-    collector.record("a", 400, 0, 1.0, 10, 60, now=minute + 59)
-    collector.record("a", 503, 0, 9.0, 10, 60, now=minute + 60)
-    collector.record(None, 200, 1, 2.0, 10, 10, now=minute + 2)
+    collector.count("a", 200, 3, 5.0, 100, 40, now=minute + 1)
+    collector.count("a", 400, 0, 1.0, 10, 60, now=minute + 59)
+    collector.count("a", 503, 0, 9.0, 10, 60, now=minute + 60)
+    collector.count(None, 200, 1, 2.0, 10, 10, now=minute + 2)
     pending = collector.pending()
     assert set(pending) == {("a", minute), ("a", minute + 60), (None, minute)}
     bucket = pending[("a", minute)]
@@ -72,7 +72,7 @@ def test_record_stays_in_memory():
     collector = StatsCollector()
     minute = 1_800_000_000 // 60 * 60
     for i in range(20_000):
-        collector.record("a" * 64, 200, 10, 1.5, 1000, 200, now=minute + i % 120)
+        collector.count("a" * 64, 200, 10, 1.5, 1000, 200, now=minute + i % 120)
     pending = collector.pending()
     assert set(pending) == {("a" * 64, minute), ("a" * 64, minute + 60)}
     assert sum(bucket[REQUESTS] for bucket in pending.values()) == 20_000
@@ -94,10 +94,10 @@ def test_flush_writes_and_increments_atomically():
     minute = int(time.time()) // 60 * 60
     first, second = StatsCollector(), StatsCollector()
     for _ in range(5):
-        first.record("f" * 64, 200, 2, 3.0, 50, 20, now=minute)
-    first.record("f" * 64, 400, 0, 30.0, 5, 20, now=minute)
+        first.count("f" * 64, 200, 2, 3.0, 50, 20, now=minute)
+    first.count("f" * 64, 400, 0, 30.0, 5, 20, now=minute)
     for _ in range(7):
-        second.record("f" * 64, 200, 1, 4.0, 50, 20, now=minute)
+        second.count("f" * 64, 200, 1, 4.0, 50, 20, now=minute)
     assert first.flush()
     assert second.flush()
     row = InvocationStat.objects.get()
@@ -122,9 +122,9 @@ def test_failed_flush_keeps_every_count():
     returns False and keeps the counts, merged with those that arrive meanwhile."""
     collector = StatsCollector()
     minute = 1_800_000_000 // 60 * 60
-    collector.record("k" * 64, 200, 2, 10.0, 5, 5, now=minute)
+    collector.count("k" * 64, 200, 2, 10.0, 5, 5, now=minute)
     assert collector.flush() is False
-    collector.record("k" * 64, 500, 1, 3.0, 5, 5, now=minute)
+    collector.count("k" * 64, 500, 1, 3.0, 5, 5, now=minute)
     bucket = collector.pending()[("k" * 64, minute)]
     assert bucket[REQUESTS] == 2
     assert bucket[RECORDS] == 3
@@ -138,7 +138,7 @@ def test_flush_bumps_last_seen_of_the_model():
     model = TrainedModel.objects.create(sha256="e" * 64)
     before = model.last_seen
     collector = StatsCollector()
-    collector.record("e" * 64, 200, 1, 1.0, 1, 1)
+    collector.count("e" * 64, 200, 1, 1.0, 1, 1)
     assert collector.flush()
     model.refresh_from_db()
     assert model.last_seen > before

@@ -20,7 +20,7 @@ from sklearn.preprocessing import OneHotEncoder
 from modelapp.admin import schema_table
 from modelapp.batch import Batch
 from modelapp.exceptions import InvalidInput
-from modelapp.metadata import ModelMetadata, allows_nan, category_value
+from modelapp.metadata import Feature, ModelMetadata, allows_nan, category_value
 from modelapp.parsers import CSVParser, JSONParser, NPYParser
 from modelapp.predictors import SklearnPredictor
 from modelapp.registry import load_model
@@ -196,14 +196,14 @@ def test_admin_schema_table():
     """The admin's model page shows a row per feature: kind, categories, missing."""
     html = schema_table(
         [
-            {"name": "age", "kind": "numeric", "missing": 0.25, "typical": 41.0},
-            {
-                "name": "plan",
-                "kind": "categorical",
-                "categories": ["basic", "pro"],
-                "n_categories": 2,
-                "missing": 0.0,
-            },
+            Feature(name="age", kind="numeric", missing=0.25, typical=41.0),
+            Feature(
+                name="plan",
+                kind="categorical",
+                categories=["basic", "pro"],
+                n_categories=2,
+                missing=0.0,
+            ),
         ]
     )
     assert "<code>plan</code></td><td>categorical</td><td>basic, pro (2 in all)" in html

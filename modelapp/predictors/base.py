@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelapp.batch import Batch, NotANumber, to_float_rows
+from modelapp.batch import Batch, NotANumber, RecordTable, to_float_rows
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
 from modelapp.predictors.schema import InputSchema
@@ -173,7 +173,7 @@ class BasePredictor:
         # fields is named as the text it made, not as a missing feature.
         matrix = (
             fields
-            if isinstance(fields, np.ndarray)
+            if isinstance(fields, np.ndarray) and fields.dtype.kind == "f"
             else to_float_rows(fields, "a record for this model", self.feature_names)
         )
         self._checked_width(matrix)
@@ -189,7 +189,7 @@ class BasePredictor:
         if batch.values is not None:
             fields = self._unflatten(batch.values) if batch.flat else batch.values
         else:
-            rows = batch.rows or []
+            rows = batch.rows if batch.rows is not None else []
             fields = self._unflatten(rows[0]) if batch.flat else rows
         names, columns = self.feature_names, batch.columns
         if columns is not None and names is not None and columns != names:
@@ -222,13 +222,17 @@ class BasePredictor:
             f"Expected {self.n_features} features per record, got {got}."
         )
 
-    def _records_to_rows(self, records: list[dict[str, Any]]) -> list[list[Any]]:
+    def _records_to_rows(self, records: Any) -> Any:
         names = self.feature_names
         if names is None:
             raise InvalidInput(
                 "Records were sent as objects, but the model was trained without feature "
                 f"names: send each record as an array of {self.n_features or 'its'} numbers."
             )
+        if isinstance(records, RecordTable):
+            if set(records.keys) == set(names):
+                return records.in_order(names)
+            records = [dict.fromkeys(records.keys)]  # every record's keys: record 1's
         expected = set(names)
         for number, record in enumerate(records, 1):
             if record.keys() != expected:

@@ -259,16 +259,19 @@ def compile_model(
     methods: tuple[str, ...],
     allows_nan: bool,
     metadata: Any = None,
-    feature_kinds: list[str] | None = None,
     fallback: Any = None,
 ) -> tuple[dict[str, Any], EngineReport]:
-    """The methods ONNX Runtime serves for ``model`` (verified), and the report."""
+    """The methods ONNX Runtime serves for ``model`` (verified), and the report.
+    ``metadata`` (a ``ModelMetadata``) says which graph train wrote and whether a
+    column is text; ``fallback(method, matrix)`` is scikit-learn's own call."""
     started = time.perf_counter()
     report = EngineReport(methods={m: SKLEARN for m in methods})
+    engines: dict[str, Any] = {}
     try:
         if not n_features:
             raise CompileError("the model does not say how many features it takes")
-        if feature_kinds and any(kind != "numeric" for kind in feature_kinds):
+        features = getattr(metadata, "features", None) or ()
+        if any(feature.kind != "numeric" for feature in features):
             raise CompileError("it takes text (categorical) columns")
         onnx_bytes, report.source = _onnx_bytes(model, model_dir, n_features, metadata)
         dtype = input_dtype(model)
@@ -281,38 +284,52 @@ def compile_model(
         compiled.nan_to_fallback = allows_nan and fallback is not None
         compiled.max_records = limit if fallback is not None else None
         report.max_records = compiled.max_records
-        engines: dict[str, Any] = {}
-        failures = []
-        for method in wanted:
-            ok, diff, why = verdicts[method]
-            report.max_abs_diff[method] = diff
-            report.verified[method] = ok
-            if ok:
-                engines[method] = getattr(compiled, method)
-                report.methods[method] = ENGINE
-            else:
-                failures.append(f"{method}: {why}")
-        report.reason = (
-            "verification failed for " + "; ".join(failures)
-            if failures
-            else "verified on every record"
-        )
-        if engines and compiled.max_records == 0:
-            engines = {}
-            report.methods = {m: SKLEARN for m in methods}
-            report.reason += (
-                "; not used: scikit-learn answers this model as fast or faster at any "
-                "batch size (measured at load)"
-            )
+        engines = _verified_engines(compiled, verdicts, report)
     except CompileError as exc:
-        engines = {}
         report.reason = f"not compiled: {exc}"
     report.seconds = time.perf_counter() - started
+    _log_report(type(model).__name__, report)
+    return engines, report
+
+
+def _verified_engines(
+    compiled: CompiledMethods,
+    verdicts: dict[str, tuple[bool, float, str]],
+    report: EngineReport,
+) -> dict[str, Any]:
+    """The methods that passed verification, noted in ``report`` with the reason the
+    others did not; none when scikit-learn is as fast at every batch size."""
+    engines: dict[str, Any] = {}
+    failures = []
+    for method, (ok, diff, why) in verdicts.items():
+        report.max_abs_diff[method] = diff
+        report.verified[method] = ok
+        if ok:
+            engines[method] = getattr(compiled, method)
+            report.methods[method] = ENGINE
+        else:
+            failures.append(f"{method}: {why}")
+    report.reason = (
+        "verification failed for " + "; ".join(failures)
+        if failures
+        else "verified on every record"
+    )
+    if engines and compiled.max_records == 0:
+        report.methods = dict.fromkeys(report.methods, SKLEARN)
+        report.reason += (
+            "; not used: scikit-learn answers this model as fast or faster at any "
+            "batch size (measured at load)"
+        )
+        return {}
+    return engines
+
+
+def _log_report(model_name: str, report: EngineReport) -> None:
     served = ", ".join(f"{m} by {e}" for m, e in report.methods.items())
     logger.info(
         "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; "
         "batches over %s records to scikit-learn; %.2fs).",
-        type(model).__name__,
+        model_name,
         served,
         report.reason,
         report.records,
@@ -321,7 +338,6 @@ def compile_model(
         "no" if report.max_records is None else report.max_records,
         report.seconds,
     )
-    return engines, report
 
 
 def _onnx_bytes(

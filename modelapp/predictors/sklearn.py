@@ -93,11 +93,6 @@ class SklearnPredictor(BasePredictor):
                 self.engine_report.reason,
             )
             return
-        kinds = (
-            [f.kind for f in self.metadata.features]
-            if self.metadata is not None and self.metadata.features
-            else None
-        )
         self._compiled, self.engine_report = compiled.compile_model(
             self.model,
             model_dir,
@@ -105,7 +100,6 @@ class SklearnPredictor(BasePredictor):
             self.available_methods,
             self.allows_nan,
             self.metadata,
-            kinds,
             fallback=self._sklearn_call,
         )
 

@@ -235,7 +235,6 @@ class ChannelConfig:
     name: str
     input_mode: str = "File"
     content_type: str | None = None
-    compression: str | None = None
     record_wrapper: str | None = None
     # A local override from --channel: a file or a directory read in File mode.
     override: Path | None = None
@@ -332,7 +331,6 @@ def read_channels(paths: SageMakerPaths) -> dict[str, ChannelConfig]:
             name=name,
             input_mode=mode,
             content_type=spec.get("ContentType") or None,
-            compression=spec.get("CompressionType") or None,
             record_wrapper=spec.get("RecordWrapperType") or None,
         )
     return channels
