@@ -15,6 +15,7 @@ from modelapp.management.commands.prepare_serve import create_superuser
 from modelapp.middleware import ADMIN_HEADERS
 from tests.support import ROOT
 from tests.support.admin import AdminClient
+from tests.support.faults import UnwaitedServe
 from tests.support.servers import PYTHON, ServeProcess, ServerDatabase
 
 USER, PASSWORD = "operator", "a-long-operator-passphrase-7"
@@ -214,6 +215,32 @@ def test_check_deploy_fails_with_the_admin_on_and_any_host(tmp_path, hosts):
     assert done.returncode == 1
     assert "modelapp.E006" in done.stderr
     assert "Set SMSERVE_ALLOWED_HOSTS" in done.stderr
+
+
+@pytest.mark.server
+def test_serve_stops_at_its_deploy_check_with_the_admin_on_and_any_host(
+    tmp_path, iris_base
+):
+    """The real serve, admin on, every Host accepted: it exits before it listens,
+    naming the check. docs/admin.md, Admin variables, `SMSERVE_ALLOWED_HOSTS`: "left at
+    `*`"; "`serve` stops at its deploy check (`modelapp.E006`)".
+    """
+    server = UnwaitedServe(
+        iris_base,
+        tmp_path,
+        env={
+            "SMSERVE_ADMIN_ENABLED": "true",
+            "SMSERVE_ALLOWED_HOSTS": "*",
+            "SECRET_KEY": DEPLOY_KEY,
+        },
+    ).start()
+    try:
+        code = server.proc.wait(60)
+    finally:
+        server.stop()
+    assert code != 0, server.log
+    assert "modelapp.E006" in server.log
+    assert "Set SMSERVE_ALLOWED_HOSTS" in server.log
 
 
 def test_check_deploy_allows_any_host_without_the_admin(tmp_path):

@@ -490,7 +490,8 @@ def test_oversize_body_is_413_from_nginx(server):
 
     README Errors: "body over the payload limit (nginx ...)" 413 ``payload_too_large``.
     docs/serving.md, Errors: "body over the payload limit (nginx, and Django with the
-    same value)".
+    same value; nginx reads and discards the rest of the body, so a client that writes
+    its whole body before reading still reads this answer)".
     """
     body = b"1,2,3,4\n" * (6 * 1024 * 1024 // 8 + 10)
     status, headers, response = server.invoke(body, "text/csv")

@@ -3,6 +3,7 @@ verified to answer as scikit-learn does, for every family the short names offer.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -193,6 +194,26 @@ def test_a_disagreeing_graph_is_caught(tmp_path):
     np.testing.assert_array_equal(served, model.predict(X_HELD_OUT))
 
 
+def test_a_graph_that_is_not_the_one_train_wrote_is_converted_again(tmp_path):
+    """A model.onnx whose sha256 differs from metadata.json's ``onnx_sha256`` is not
+    used: the model is converted again at start-up.
+    docs/training.md, What it writes, `model/model.onnx`: "with its sha256
+    (`onnx_sha256`, checked when serving)".
+    """
+    model = fitted("random_forest")
+    graph = compiled_engine.convert(model, 6)
+    compiled = {"onnx": "model.onnx", "onnx_sha256": hashlib.sha256(graph).hexdigest()}
+    write_model(tmp_path, model, {"n_features": 6, "compiled": compiled})
+    (tmp_path / "model" / "model.onnx").write_bytes(graph)
+    assert load_model(tmp_path / "model").predictor.engine_report.source == (
+        "model.onnx written by train"
+    )
+    (tmp_path / "model" / "model.onnx").write_bytes(graph + b"\0")
+    assert load_model(tmp_path / "model").predictor.engine_report.source == (
+        "converted at start-up"
+    )
+
+
 def test_switched_off(iris_base):
     from django.conf import settings
 
@@ -221,7 +242,7 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
     (2 workers, each with its own session) answers held-out records as the saved model
     does, for predict and predict_proba; with the engine off it answers the same.
     docs/training.md, What it writes: "the model converted to ONNX (skl2onnx)"; "when it
-    converts"; "`metadata.json`'s `compiled` says so (or why not, in `onnx_error`)"; "up
+    converts"; "`metadata.json`'s `compiled` says so"; "or why not (`onnx_error`)"; "up
     to 1,000 training rows (float64, the model's feature order): what serving verifies
     the [compiled engine](speed.md#compiled-predictions-onnx-runtime) on". The
     probabilities come back in float32 with the engine (CSV digits, an NPY dtype),

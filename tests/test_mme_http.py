@@ -167,7 +167,14 @@ def test_every_call_and_error(mme, iris_base):
 def test_load_requests_that_are_refused(mme, iris_base, tmp_path):
     """400 ``invalid_load_request``, and nothing loaded: JSON nested 50,000 deep; a
     name or url with a control character; a url outside SMSERVE_MME_MODEL_ROOT, also
-    through ``..`` or a symlink (a load would run the directory's inference.py)."""
+    through ``..`` or a symlink (a load would run the directory's inference.py).
+    docs/serving.md, Multi-model API, `POST /models`: "400 `invalid_load_request` for a
+    body that is not that JSON (nested too deep included)"; "whose `model_name` or `url`
+    holds a control character (`\\n`, NUL) or an unpaired surrogate" (here `\\n`); "or
+    whose `url` is not inside `SMSERVE_MME_MODEL_ROOT` (default `/opt/ml/models`, checked
+    after resolving symlinks and `..`)".
+    docs/settings.md, Settings: "`SMSERVE_MME_MODEL_ROOT`".
+    """
     status, _, body = mme.server.request(
         "POST", "/models", b"[" * 50_000, {"Content-Type": "application/json"}
     )
@@ -625,9 +632,11 @@ def test_every_status_of_the_model_api_with_its_code(mme, iris_base, tmp_path):
     """Each answer of docs/serving.md's Multi-model API table with its code, through the
     real server: "200 once the model is loaded"; "400 `model_load_failed` with the reason
     (a path the file system refuses, e.g. too long; no such directory, no artifact, not a
-    pickle, no `predict`, warm-up failed)"; "400 `invalid_load_request` for a body that is
-    not that JSON"; "or whose `model_name` or `url` holds a NUL character or an unpaired
-    surrogate"; on POST /invocations "404 `multi_model`"; "naming `POST
+    pickle, a global the safe loader refuses, no `predict`, warm-up failed)" (the safe
+    loader's case: tests/test_safeload.py); "400 `invalid_load_request` for a body that
+    is not that JSON (nested too deep included)"; "whose `model_name` or `url` holds a
+    control character (`\\n`, NUL) or an unpaired surrogate" (here NUL and a surrogate);
+    on POST /invocations "404 `multi_model`"; "naming `POST
     /models/<name>/invoke` (in the negotiated format): a multi-model container has no
     default model (it was a 503 "not loaded", which tells a caller to retry)"; GET
     /models/<name> "404 `model_not_found`"; DELETE "404"; invoke "404 when not loaded";

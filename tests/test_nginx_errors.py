@@ -186,7 +186,7 @@ def test_slow_client_is_dropped(nginx_server):
     """A client that stops half-way through its body is dropped after the client
     timeout, without an HTML page (nginx sends no answer for a 408, it closes), and
     the server goes on answering. README Errors row: a client that stalls (no answer, a logged 408).
-    docs/serving.md, Errors: "a client that stalls while sending its headers or body for
+    docs/serving.md, Errors: "a client that stalls while sending its body for
     `SMSERVE_CLIENT_TIMEOUT` (60 s)".
     """
     with socket.create_connection(("127.0.0.1", nginx_server.port), 30) as sock:
@@ -204,8 +204,8 @@ def test_slow_client_is_dropped(nginx_server):
 
 def test_slow_headers_are_dropped(nginx_server):
     """A client that never finishes its headers is dropped the same way. README Errors row: a client that stalls (no answer, a logged 408).
-    docs/serving.md, Errors: "a client that stalls while sending its headers or body for
-    `SMSERVE_CLIENT_TIMEOUT` (60 s)".
+    docs/serving.md, Errors: "or its headers for 10 s (or that timeout, if shorter)":
+    here that timeout, 2 s, is the shorter.
     """
     with socket.create_connection(("127.0.0.1", nginx_server.port), 30) as sock:
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")

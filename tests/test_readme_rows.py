@@ -37,6 +37,7 @@ SPEED = "docs/speed.md"
 ADMIN = "docs/admin.md"
 IMAGE = "docs/image-and-sagemaker.md"
 RELIABILITY = "docs/reliability.md"
+DEVELOPMENT = "docs/development.md"
 
 HTTP = "tests/test_contract_http.py"
 PROCESS = "tests/test_serve_process.py"
@@ -59,10 +60,14 @@ SETTINGS_T = "tests/test_settings_doc.py"
 DOCS_T = "tests/test_docs.py"
 RECORD = "tests/training/test_record.py"
 TABLES_T = "tests/training/test_tables.py"
+SAFE = "tests/test_safeload.py"
+VIEWS = "tests/test_views.py"
+UNDER_LOAD = "tests/test_serve_under_load.py"
 
 # (page, the heading a table sits under, its place among that section's tables) ->
 # (the table's name here, the columns naming a row, the columns whose clauses are proved).
-# Settings are proved by variable; the tables in WHOLE by row (their rows are figures).
+# Settings are proved by variable; the tables in WHOLE by row (their rows are figures, or
+# describe how the suite itself runs).
 LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     (SERVING, "Formats", 0): ("Formats: Content-Type", (0,), (0, 1)),
     (SERVING, "Formats", 1): ("Formats: Accept", (0,), (0, 1)),
@@ -120,12 +125,15 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
         (1,),
     ),
     (RELIABILITY, "Securing the admin", 0): ("Deploy checks silenced", (0,), (2,)),
+    (RELIABILITY, "Safe model loading", 0): ("Safe loading refusals", (0,), (0,)),
+    (DEVELOPMENT, "Tests and lint", 0): ("Test phases", (0,), (1,)),
+    (DEVELOPMENT, "Tests and lint", 1): ("Test markers", (0,), (1,)),
 }
 
 
-WHOLE = {"Speed"}
+WHOLE = {"Speed", "Test phases", "Test markers"}
 KINDS = ("runtime", "config", "not here", "to do")
-TO_DO = 12
+TO_DO = 13
 
 
 @dataclass(frozen=True)
@@ -164,11 +172,21 @@ SCANNED = config(
     f"{SETTINGS_T}::test_every_documented_variable_is_set_by_a_test",
 )
 UNPROVED = Proof("to do", (), "no end-to-end test yet: TO_DO counts these")
+WORKFLOW = config(
+    "how the suite itself is run (scripts/test.sh's phases, the markers tests/conftest.py"
+    " sets): the development workflow, not smserve's behaviour; CI runs it on every push"
+)
 
 
 def in_process(*tests: str) -> Proof:
     """Tests that prove the clause in-process only (``call_command``, ``run.train``)."""
     return config("in-process only, not through the real ./train or server", *tests)
+
+
+IN_STACK = in_process(
+    f"{SAFE}::test_dangerous_names_inside_the_allowed_stack_are_refused",
+    f"{SAFE}::test_every_denied_object_is_found",
+)
 
 
 # (page, table, row) -> {clause: what proves it}.
@@ -235,6 +253,20 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{STATS}::test_database_outage_costs_invocations_nothing"
         ),
     },
+    (ADMIN, "Admin variables", "`SMSERVE_ALLOWED_HOSTS`"): {
+        "required with the admin on: the names the container is reached by": proof(
+            f"{SETTINGS_T}::test_security_settings_through_the_real_server"
+        ),
+        "comma-separated (e.g. `models.internal,localhost`)": proof(
+            f"{SETTINGS_T}::test_security_settings_through_the_real_server"
+        ),
+        "left at `*`": proof(
+            f"{SECURITY}::test_serve_stops_at_its_deploy_check_with_the_admin_on_and_any_host"
+        ),
+        "`serve` stops at its deploy check (`modelapp.E006`)": proof(
+            f"{SECURITY}::test_serve_stops_at_its_deploy_check_with_the_admin_on_and_any_host"
+        ),
+    },
     (ADMIN, "Admin variables", "`SMSERVE_STATS_FLUSH_SECONDS`"): {
         "how often each worker writes its counts (default 5)": proof(
             f"{STATS}::test_counts_across_workers_are_exact"
@@ -290,6 +322,13 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "as SageMaker expects": proof(
             f"{IMG}::test_image_metadata_is_what_sagemaker_expects"
         ),
+        "nginx's workers": proof(f"{PROCESS}::test_nginx_workers_do_not_run_as_root"),
+        "which parse the HTTP": proof(
+            f"{PROCESS}::test_nginx_workers_do_not_run_as_root"
+        ),
+        "run as `www-data` (see [How `serve` runs](serving.md#how-serve-runs))": proof(
+            f"{PROCESS}::test_nginx_workers_do_not_run_as_root"
+        ),
     },
     (IMAGE, "Image", "size"): {
         "about 810 MB (pyarrow, onnxruntime, scipy, scikit-learn, pandas, numpy and Django are most of it; Dask and what it pulls in for distributed training: 33 MB, +4.2%)": not_here(
@@ -317,8 +356,54 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "[Errors](serving.md#errors)": LINK,
         "[How `serve` runs](serving.md#how-serve-runs)": LINK,
     },
-    (RELIABILITY, "Where failures are described", "nginx or gunicorn dies; SIGTERM"): {
+    (
+        RELIABILITY,
+        "Where failures are described",
+        "nginx or gunicorn dies; SIGTERM (also during start-up)",
+    ): {
         "[How `serve` runs](serving.md#how-serve-runs)": LINK,
+    },
+    (
+        RELIABILITY,
+        "Where failures are described",
+        "a request quoting huge values, or holding control characters to forge log lines (echoed and logged cut short and escaped)",
+    ): {
+        "[Errors](serving.md#errors)": LINK,
+    },
+    (
+        RELIABILITY,
+        "Where failures are described",
+        "error details that reveal the container's paths or a script's exceptions (`SMSERVE_DETAILED_ERRORS`)",
+    ): {
+        "[Errors](serving.md#errors)": LINK,
+    },
+    (
+        RELIABILITY,
+        "Where failures are described",
+        "a prediction past the timeout on a busy machine (a 504 at the timeout, from nginx or the worker)",
+    ): {
+        "[Errors](serving.md#errors)": LINK,
+    },
+    (
+        RELIABILITY,
+        "Where failures are described",
+        "a model that cannot load while health checks poll (the reason on every 503, in the log once a minute)",
+    ): {
+        "[Errors](serving.md#errors)": LINK,
+    },
+    (
+        RELIABILITY,
+        "Where failures are described",
+        "thousands of idle or slow clients; other local users; secrets in the workers' environment",
+    ): {
+        "[How `serve` runs](serving.md#how-serve-runs)": LINK,
+    },
+    (
+        RELIABILITY,
+        "Where failures are described",
+        "a model artifact that would run code when loaded",
+    ): {
+        "[Safe model loading](#safe-model-loading)": LINK,
     },
     (
         RELIABILITY,
@@ -390,6 +475,153 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{SETTINGS_T}::test_security_settings_through_the_real_server"
         ),
     },
+    # --- docs/reliability.md: Safe loading refusals --------------------
+    # The unpickler is tested in-process, payload by payload (each named in its parameters);
+    # through the real server: a refused artifact on /ping and on a multi-model load (Errors,
+    # Multi-model API).
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "anything outside the list above: `os.system`, `subprocess`, `builtins.eval`/`exec`/`__import__`/`open`, `operator.attrgetter`, `pickle.loads`, `joblib.load`, cloudpickle",
+    ): {
+        "anything outside the list above: `os.system`": in_process(
+            f"{SAFE}::test_code_running_globals_are_refused",
+            f"{SAFE}::test_a_pickle_calling_os_is_refused_and_nothing_runs",
+        ),
+        "`subprocess`": in_process(f"{SAFE}::test_code_running_globals_are_refused"),
+        "`builtins.eval`/`exec`/`__import__`/`open`": in_process(
+            f"{SAFE}::test_code_running_globals_are_refused"
+        ),
+        "`operator.attrgetter`": in_process(
+            f"{SAFE}::test_code_running_globals_are_refused"
+        ),
+        "`pickle.loads`": in_process(f"{SAFE}::test_code_running_globals_are_refused"),
+        "`joblib.load`": in_process(
+            f"{SAFE}::test_code_running_globals_are_refused",
+            f"{SAFE}::test_dangerous_names_inside_the_allowed_stack_are_refused",
+        ),
+        "cloudpickle": in_process(
+            f"{SAFE}::test_dangerous_names_inside_the_allowed_stack_are_refused"
+        ),
+    },
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "inside the allowed packages: `numpy.load`/`save*`/`loadtxt`/`genfromtxt`/`fromfile`/`memmap`, `numpy.testing`, `numpy.f2py`, `numpy.distutils`, `numpy.ctypeslib`, `numpy.lib.format`, `pandas.io` (`read_pickle`, `read_csv`, ...), `pandas.eval`, `pandas.plotting`, `pandas.compat._optional`, `scipy.io`, `scipy.datasets`, `scipy.LowLevelCallable`, `sklearn.datasets`, `sklearn.utils._testing`, `sklearn.show_versions` (the lists, with a reason each: `DENIED_MODULES`, `DENIED_OBJECTS`)",
+    ): {
+        "inside the allowed packages: `numpy.load`/`save*`/`loadtxt`/`genfromtxt`/`fromfile`/`memmap`": IN_STACK,
+        "`numpy.testing`": IN_STACK,
+        "`numpy.f2py`": IN_STACK,
+        "`numpy.distutils`": IN_STACK,
+        "`numpy.ctypeslib`": IN_STACK,
+        "`numpy.lib.format`": IN_STACK,
+        "`pandas.io` (`read_pickle`, `read_csv`, ...)": IN_STACK,
+        "`pandas.eval`": IN_STACK,
+        "`pandas.plotting`": IN_STACK,
+        "`pandas.compat._optional`": IN_STACK,
+        "`scipy.io`": IN_STACK,
+        "`scipy.datasets`": IN_STACK,
+        "`scipy.LowLevelCallable`": IN_STACK,
+        "`sklearn.datasets`": IN_STACK,
+        "`sklearn.utils._testing`": IN_STACK,
+        "`sklearn.show_versions` (the lists, with a reason each: `DENIED_MODULES`, `DENIED_OBJECTS`)": IN_STACK,
+    },
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "a name re-exported into an allowed module (`pandas.read_pickle` lives in `pandas.io`; `scipy._lib.deprecation.import_module` is `importlib`'s)",
+    ): {
+        "a name re-exported into an allowed module (`pandas.read_pickle` lives in `pandas.io`; `scipy._lib.deprecation.import_module` is `importlib`'s)": IN_STACK,
+    },
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "dotted names other than nested classes (`sklearn.base.clone.__globals__`, `numpy.ndarray.tofile`), and modules as objects",
+    ): {
+        "dotted names other than nested classes (`sklearn.base.clone.__globals__`, `numpy.ndarray.tofile`)": IN_STACK,
+        "and modules as objects": IN_STACK,
+    },
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "`builtins.getattr` except on an admitted class for one of its classmethods (how `ZoneInfo` pickles)",
+    ): {
+        "`builtins.getattr` except on an admitted class for one of its classmethods (how `ZoneInfo` pickles)": in_process(
+            f"{SAFE}::test_getattr_fetches_classmethods_of_admitted_classes_only",
+            f"{SAFE}::test_a_data_frame_with_every_pandas_dtype_loads",
+        ),
+    },
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "changing what was imported: `BUILD` or filling a dict/list/set on a class, function, module or module-level object (`_Scorer.__call__ = ...`, scikit-learn's global configuration)",
+    ): {
+        "changing what was imported: `BUILD` or filling a dict/list/set on a class": in_process(
+            f"{SAFE}::test_a_file_cannot_change_what_it_imports"
+        ),
+        "function": in_process(f"{SAFE}::test_a_file_cannot_change_what_it_imports"),
+        # A module is never handed out (modules as objects are refused).
+        "module or module-level object (`_Scorer.__call__ = ...`, scikit-learn's global configuration)": in_process(
+            f"{SAFE}::test_a_file_cannot_change_what_it_imports",
+            f"{SAFE}::test_dangerous_names_inside_the_allowed_stack_are_refused",
+        ),
+    },
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "an object array's nested pickle, which joblib reads with a second unpickler",
+    ): {
+        "an object array's nested pickle": in_process(
+            f"{SAFE}::test_an_object_array_with_a_malicious_inner_pickle_is_refused"
+        ),
+        "which joblib reads with a second unpickler": in_process(
+            f"{SAFE}::test_an_object_array_with_a_malicious_inner_pickle_is_refused"
+        ),
+    },
+    (
+        RELIABILITY,
+        "Safe loading refusals",
+        "joblib < 0.10 files and `NDArrayWrapper`, which read a side file with `numpy.load(allow_pickle=True)`",
+    ): {
+        "joblib < 0.10 files and `NDArrayWrapper`": in_process(
+            f"{SAFE}::test_an_old_joblib_side_file_is_never_read",
+            f"{SAFE}::test_an_artifact_of_joblib_before_0_10_is_refused_with_advice",
+        ),
+        "which read a side file with `numpy.load(allow_pickle=True)`": in_process(
+            f"{SAFE}::test_an_old_joblib_side_file_is_never_read"
+        ),
+    },
+    # --- docs/development.md: Test phases, Test markers --------------------
+    (DEVELOPMENT, "Test phases", "bootstrap"): {
+        "`scripts/bootstrap.sh test`: apt packages (as root), the venv, the wheels pip's build isolation needs (`.venv/build-wheels`); each step only when missing": WORKFLOW
+    },
+    (DEVELOPMENT, "Test phases", "lint"): {
+        "`ruff check .`, `ruff format --check .` and `mypy` (shellcheck and hadolint run as tests)": WORKFLOW
+    },
+    (DEVELOPMENT, "Test phases", "tests on SQLite"): {
+        "every test, no marker left out": WORKFLOW
+    },
+    (DEVELOPMENT, "Test phases", "tests on PostgreSQL"): {
+        '`-m "database and not image and not slow"` on a throwaway cluster (`scripts/postgres.sh`)': WORKFLOW
+    },
+    (DEVELOPMENT, "Test markers", "`server`"): {
+        "start the real `serve` (nginx + gunicorn); `tests/conftest.py` marks every test using `server`, `serve_factory`, `serve_process` or `admin_server`": WORKFLOW
+    },
+    (DEVELOPMENT, "Test markers", "`database`"): {
+        "use the suite's database: marked `django_db`, or using `db`, `transactional_db`, `admin_server`, `server_db` or `locked_server` (marked by `tests/conftest.py`), or marked by hand where a server or job the test reads writes to it": WORKFLOW
+    },
+    (DEVELOPMENT, "Test markers", "`image`"): {
+        "`tests/test_image.py`: the container, built with podman": WORKFLOW
+    },
+    (DEVELOPMENT, "Test markers", "`root`"): {
+        "need root: the image, a tmpfs mount (`test_faults.py`), PostgreSQL clusters of their own run as the `postgres` user (`test_stats.py`, `test_newcomer.py`)": WORKFLOW
+    },
+    (DEVELOPMENT, "Test markers", "`slow`"): {
+        "`tests/training/test_cluster.py`: several `train` processes and a real Dask cluster": WORKFLOW
+    },
+    (DEVELOPMENT, "Test markers", "`browser`"): {
+        "`tests/test_admin_browser.py`: the admin in headless chromium": WORKFLOW
+    },
     # --- docs/serving.md: Formats: Content-Type --------------------
     (
         SERVING,
@@ -440,10 +672,23 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (SERVING, "Formats: Content-Type", "`application/x-npy`"): {
         "`application/x-npy`": proof(f"{HTTP}::test_format_rows"),
-        "a 1-D (one record) or 2-D numeric array saved by `numpy.save`": proof(
-            f"{HTTP}::test_format_rows"
+        # A 1-D and a 2-D float array through the server (test_format_rows); booleans
+        # and integers have no test of their own yet.
+        "a 1-D (one record) or 2-D numeric array (booleans, integers, floats) saved by `numpy.save`": UNPROVED,
+        "text": in_process(
+            "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input"
         ),
-        "pickled object arrays are refused": proof(f"{HTTP}::test_error_table"),
+        "bytes": in_process(
+            "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input"
+        ),
+        "dates": in_process(
+            "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input"
+        ),
+        # Pickled object arrays through the server; records (a void dtype) in-process.
+        "records and pickled object arrays are refused": in_process(
+            f"{HTTP}::test_error_table",
+            "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input",
+        ),
     },
     # --- docs/serving.md: Formats: Accept --------------------
     (SERVING, "Formats: Accept", "`text/csv`"): {
@@ -556,9 +801,19 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "HTTP other than 1.0/1.1": proof(f"{NGINX}::test_nginx_errors_are_json"),
     },
     (SERVING, "Errors", "`payload_too_large`"): {
-        "body over the payload limit (nginx, and Django with the same value)": proof(
+        "body over the payload limit (nginx, and Django with the same value; nginx reads and discards the rest of the body, so a client that writes its whole body before reading still reads this answer)": proof(
             f"{HTTP}::test_oversize_body_is_413_from_nginx",
             f"{PROCESS}::test_without_nginx_gunicorn_takes_the_port",
+            f"{UNDER_LOAD}::test_body_over_the_limit_is_read_as_413_by_a_client_that_writes_first",
+        ),
+    },
+    (
+        SERVING,
+        "Errors",
+        "`payload_too_large`: body whose parsed form would take more than 20 times the payload limit ([Memory](#formats)): `The JSON body would take more than 120 MB once parsed (20 times the payload limit): ...`",
+    ): {
+        "body whose parsed form would take more than 20 times the payload limit ([Memory](#formats)): `The JSON body would take more than 120 MB once parsed (20 times the payload limit): ...`": in_process(
+            "tests/test_parser_hardening.py::test_a_body_whose_parsed_form_is_over_budget_is_payload_too_large"
         ),
     },
     (SERVING, "Errors", "`unsupported_media_type`"): {
@@ -574,8 +829,13 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SERVING, "Errors", "`model_not_ready`"): {
         "model missing": proof(f"{PROCESS}::test_missing_model_is_503_with_reason"),
         "corrupt": proof(f"{PROCESS}::test_corrupt_model_is_503"),
-        "or failing its warm-up (on `/ping` and `/invocations`, with the reason)": proof(
-            f"{PROCESS}::test_failed_warm_up_is_503"
+        "refused by the safe loader (naming the global and the setting that admits it)": proof(
+            f"{SAFE}::test_serve_refuses_the_artifact_with_the_reason_on_ping"
+        ),
+        "or failing its warm-up (on `/ping` and `/invocations`, with the reason unless `SMSERVE_DETAILED_ERRORS=false`; the log says it when it changes and at most once a minute while it lasts, not once per ping)": proof(
+            f"{PROCESS}::test_failed_warm_up_is_503",
+            f"{PROCESS}::test_pings_while_the_model_cannot_load_log_the_reason_once",
+            f"{VIEWS}::test_detailed_errors_off_keeps_the_reason_in_the_log",
         ),
     },
     (SERVING, "Errors", "`model_server_unavailable`"): {
@@ -588,19 +848,23 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "Errors",
         "none: nginx closes the connection without an answer (it logs a 408)",
     ): {
-        "a client that stalls while sending its headers or body for `SMSERVE_CLIENT_TIMEOUT` (60 s)": proof(
-            f"{NGINX}::test_slow_client_is_dropped",
-            f"{NGINX}::test_slow_headers_are_dropped",
+        "a client that stalls while sending its body for `SMSERVE_CLIENT_TIMEOUT` (60 s)": proof(
+            f"{NGINX}::test_slow_client_is_dropped"
+        ),
+        "or its headers for 10 s (or that timeout, if shorter)": proof(
+            f"{NGINX}::test_slow_headers_are_dropped"
         ),
     },
     (SERVING, "Errors", "`model_server_timeout`"): {
-        "invocation longer than the model server timeout": proof(
-            f"{PROCESS}::test_slow_invocation_times_out_with_504"
+        "invocation longer than the model server timeout (nginx answers it; the worker, timing the request itself, answers the same if nginx has not, then exits and is replaced; so does a worker gunicorn kills 5 s later, stuck in code no signal interrupts)": proof(
+            f"{UNDER_LOAD}::test_timeout_is_504_at_the_timeout_with_the_cpu_saturated",
+            f"{UNDER_LOAD}::test_without_nginx_the_worker_answers_the_timeout",
         ),
     },
     (SERVING, "Errors", "`script_error`"): {
-        "an exception in a script's hook (script mode; logged with its traceback)": proof(
-            f"{SCRIPTS}::test_four_hooks_from_a_file_uri"
+        "an exception in a script's hook (script mode; logged with its traceback; with `SMSERVE_DETAILED_ERRORS=false` a 500 says only that the script raised)": proof(
+            f"{SCRIPTS}::test_four_hooks_from_a_file_uri",
+            f"{VIEWS}::test_detailed_errors_off_hides_a_scripts_exception",
         ),
     },
     (SERVING, "Errors", "`server_error`"): {
@@ -688,14 +952,20 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "507 `insufficient_memory` (SageMaker then unloads idle models and retries)": proof(
             f"{MME}::test_a_model_over_the_budget_is_a_507"
         ),
-        "400 `model_load_failed` with the reason (a path the file system refuses, e.g. too long; no such directory, no artifact, not a pickle, no `predict`, warm-up failed)": proof(
-            f"{MME}::test_every_status_of_the_model_api_with_its_code"
+        "400 `model_load_failed` with the reason (a path the file system refuses, e.g. too long; no such directory, no artifact, not a pickle, a global the safe loader refuses, no `predict`, warm-up failed)": proof(
+            f"{MME}::test_every_status_of_the_model_api_with_its_code",
+            f"{SAFE}::test_a_multi_model_load_of_a_refused_artifact_is_a_400",
         ),
-        "400 `invalid_load_request` for a body that is not that JSON": proof(
-            f"{MME}::test_every_status_of_the_model_api_with_its_code"
+        "400 `invalid_load_request` for a body that is not that JSON (nested too deep included)": proof(
+            f"{MME}::test_every_status_of_the_model_api_with_its_code",
+            f"{MME}::test_load_requests_that_are_refused",
         ),
-        "or whose `model_name` or `url` holds a NUL character or an unpaired surrogate": proof(
-            f"{MME}::test_every_status_of_the_model_api_with_its_code"
+        "whose `model_name` or `url` holds a control character (`\\n`, NUL) or an unpaired surrogate": proof(
+            f"{MME}::test_every_status_of_the_model_api_with_its_code",
+            f"{MME}::test_load_requests_that_are_refused",
+        ),
+        "or whose `url` is not inside `SMSERVE_MME_MODEL_ROOT` (default `/opt/ml/models`, checked after resolving symlinks and `..`)": proof(
+            f"{MME}::test_load_requests_that_are_refused"
         ),
     },
     (SERVING, "Multi-model API", "`POST /invocations`"): {
@@ -980,6 +1250,32 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SETTINGS, "Settings", "`SMSERVE_MME_MEMORY_MB`"): {
         "`SMSERVE_MME_MEMORY_MB`": proof(
             "tests/test_mme_http.py::test_a_model_over_the_budget_is_a_507"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_MME_MODEL_ROOT`"): {
+        "`SMSERVE_MME_MODEL_ROOT`": proof(
+            f"{MME}::test_load_requests_that_are_refused"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DETAILED_ERRORS`"): {
+        "`SMSERVE_DETAILED_ERRORS`": proof(
+            f"{VIEWS}::test_detailed_errors_off_keeps_the_reason_in_the_log",
+            f"{VIEWS}::test_detailed_errors_off_hides_a_scripts_exception",
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DASK_PEERS`"): {
+        "`SMSERVE_DASK_PEERS`": proof(
+            f"{CLUSTER}::test_two_hosts_finish_a_search_with_the_allowlist"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_TRUSTED_MODULES`"): {
+        "`SMSERVE_TRUSTED_MODULES`": proof(
+            f"{SAFE}::test_trusted_modules_admit_a_custom_estimator"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_ALLOW_UNSAFE_DESERIALIZATION`"): {
+        "`SMSERVE_ALLOW_UNSAFE_DESERIALIZATION`": proof(
+            f"{SAFE}::test_the_unsafe_switch_loads_plain_joblib_with_a_warning"
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_MME_REGISTRY_DIR`"): {
@@ -1383,7 +1679,16 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "when it converts": proof(
             f"{ENGINES}::test_train_compiles_and_the_server_serves_it"
         ),
-        "`metadata.json`'s `compiled` says so (or why not, in `onnx_error`)": proof(
+        "`metadata.json`'s `compiled` says so": proof(
+            f"{ENGINES}::test_train_compiles_and_the_server_serves_it"
+        ),
+        # Written and recorded by the real train (test_train_compiles_...); the check on
+        # a graph that is not train's is in-process.
+        "with its sha256 (`onnx_sha256`, checked when serving)": in_process(
+            f"{ENGINES}::test_train_compiles_and_the_server_serves_it",
+            f"{ENGINES}::test_a_graph_that_is_not_the_one_train_wrote_is_converted_again",
+        ),
+        "or why not (`onnx_error`)": proof(
             f"{ENGINES}::test_train_compiles_and_the_server_serves_it"
         ),
     },
@@ -1746,6 +2051,9 @@ def documented_rows() -> dict[tuple[str, str, str], list[str]]:
             name, key_columns, clause_columns = LAYOUT[place]
             for cells in table.rows:
                 key = ": ".join(cells[i] for i in key_columns)
+                if (table.page, name, key) in rows:
+                    # A second row of the same name (two 413s): named by its first cell.
+                    key = f"{key}: {cells[0]}"
                 found = [
                     clause
                     for i in clause_columns

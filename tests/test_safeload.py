@@ -11,6 +11,7 @@ import json
 import operator
 import os
 import pickle
+import subprocess
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def test_an_old_joblib_side_file_is_never_read(tmp_path):
         # getattr(os module, "system"): refused at the first step, the import.
         (Call(getattr, Call(builtins.__import__, "os"), "system"), "__import__"),
         (Call(operator.attrgetter, "system"), "operator.attrgetter"),
+        (Call(subprocess.run, ["true"]), "subprocess.run"),
         (Call(pickle.loads, b"."), "loads"),
         (Call(np.load, "/tmp/x.npy", None, True), "numpy.load"),
         (Call(np.fromfile, "/etc/hostname"), "numpy.fromfile"),
@@ -158,6 +160,7 @@ def test_code_running_globals_are_refused(tmp_path, payload, named):
         ("numpy.f2py", "run_main", "compiles"),
         ("numpy.distutils.exec_command", "exec_command", "shell"),
         ("numpy.ctypeslib", "load_library", "shared libraries"),
+        ("numpy.lib.format", "read_array", "allow_pickle"),
         ("numpy", "test", "pytest"),
         ("numpy", "info", "imports modules"),
         ("numpy", "ndarray.tofile", "method"),
@@ -169,6 +172,7 @@ def test_code_running_globals_are_refused(tmp_path, payload, named):
         ("scipy._lib._testutils", "PytestTester", "pytest"),
         ("scipy", "LowLevelCallable", "function pointers"),
         ("scipy.io", "loadmat", "files"),
+        ("scipy.datasets", "face", "downloads"),
         ("sklearn", "show_versions", "sklearn.utils._show_versions"),
         ("sklearn.utils._show_versions", "show_versions", "imports modules"),
         ("sklearn.datasets", "fetch_openml", "downloads"),
@@ -197,17 +201,25 @@ def test_dangerous_names_inside_the_allowed_stack_are_refused(module, name, why)
     [
         # BUILD on a class: _Scorer.__call__ = numpy.zeros, process-wide.
         b"csklearn.metrics._scorer\n_Scorer\n(N(dS'__call__'\ncnumpy\nzeros\nstb.",
+        # BUILD on a function: a new attribute on sklearn.base.clone.
+        b"csklearn.base\nclone\n(dS'patched'\nI01\nsb.",
         # SETITEMS on a library's global dict: scikit-learn's configuration.
         b"csklearn._config\n_global_config\n(S'assume_finite'\nI01\nu.",
         # SETITEM on the same dict, the one-item form.
         b"csklearn._config\n_global_config\nS'assume_finite'\nI01\ns.",
     ],
-    ids=["build-on-a-class", "setitems-on-a-global", "setitem-on-a-global"],
+    ids=[
+        "build-on-a-class",
+        "build-on-a-function",
+        "setitems-on-a-global",
+        "setitem-on-a-global",
+    ],
 )
 def test_a_file_cannot_change_what_it_imports(tmp_path, payload):
     """The objects find_class hands out may be called, never patched (each payload
     does patch them under the checks of names alone)."""
     from sklearn._config import _global_config
+    from sklearn.base import clone
     from sklearn.metrics._scorer import _Scorer
 
     call = _Scorer.__call__
@@ -216,6 +228,7 @@ def test_a_file_cannot_change_what_it_imports(tmp_path, payload):
     refused(path, "only objects the file creates may be changed")
     assert _Scorer.__call__ is call
     assert _global_config["assume_finite"] is False
+    assert not hasattr(clone, "patched")
 
 
 def test_getattr_fetches_classmethods_of_admitted_classes_only():
@@ -376,6 +389,11 @@ def evil_base(tmp_path, iris) -> Path:
 
 
 def test_serve_refuses_the_artifact_with_the_reason_on_ping(serve_factory, evil_base):
+    """A model whose pickle would run code is not loaded: /ping's 503 names the global
+    and the settings that would admit it, and nothing ran.
+    docs/serving.md, Errors, `model_not_ready`: "refused by the safe loader (naming the
+    global and the setting that admits it)".
+    """
     server = serve_factory(evil_base, expect_status=HTTPStatus.SERVICE_UNAVAILABLE)
     status, _, body = server.request("GET", "/ping")
     assert status == HTTPStatus.SERVICE_UNAVAILABLE
@@ -387,6 +405,8 @@ def test_serve_refuses_the_artifact_with_the_reason_on_ping(serve_factory, evil_
 
 
 def test_trusted_modules_admit_a_custom_estimator(serve_factory, tmp_path, iris):
+    """An estimator of the operator's own package is refused until its package is
+    trusted. docs/settings.md, Settings: "`SMSERVE_TRUSTED_MODULES`"."""
     X, y = iris
     base = tmp_path / "custom"
     write_model(base, SlowPredictClassifier(delay=0).fit(X, y))
@@ -402,6 +422,8 @@ def test_trusted_modules_admit_a_custom_estimator(serve_factory, tmp_path, iris)
 
 
 def test_the_unsafe_switch_loads_plain_joblib_with_a_warning(serve_factory, evil_base):
+    """The switch loads with plain joblib (the payload runs) and says so in a WARNING.
+    docs/settings.md, Settings: "`SMSERVE_ALLOW_UNSAFE_DESERIALIZATION`"."""
     server = serve_factory(
         evil_base, env={"SMSERVE_ALLOW_UNSAFE_DESERIALIZATION": "true"}
     )
@@ -416,6 +438,11 @@ def test_the_unsafe_switch_loads_plain_joblib_with_a_warning(serve_factory, evil
 def test_a_multi_model_load_of_a_refused_artifact_is_a_400(
     serve_factory, tmp_path, evil_base
 ):
+    """docs/serving.md, Multi-model API, `POST /models`: "400 `model_load_failed` with
+    the reason (a path the file system refuses, e.g. too long; no such directory, no
+    artifact, not a pickle, a global the safe loader refuses, no `predict`, warm-up
+    failed)": here the global the safe loader refuses, named, and nothing ran.
+    """
     empty = tmp_path / "mme_base"
     empty.mkdir()
     server = serve_factory(

@@ -163,7 +163,8 @@ def test_four_hooks_from_a_file_uri(tmp_path, iris_model, serve_factory):
     any other exception a JSON 500 whose body holds the message but no traceback
     (README Errors: `script_error`).
     docs/serving.md, Errors: "an exception in a script's hook (script mode; logged with
-    its traceback)". docs/serving.md, Script mode: better: "JSON `{"detail", "code"}`:
+    its traceback; with `SMSERVE_DETAILED_ERRORS=false` a 500 says only that the script
+    raised)" (the default, detailed). docs/serving.md, Script mode: better: "JSON `{"detail", "code"}`:
     500 with the message".
     docs/settings.md, Settings: "`SAGEMAKER_PROGRAM`"; "`SAGEMAKER_SUBMIT_DIRECTORY`".
     """

@@ -121,7 +121,9 @@ def test_failed_warm_up_is_503(serve_factory, tmp_path):
     README Errors: "model ... failing its warm-up (on ``/ping`` and ``/invocations``,
     with the reason)" 503 ``model_not_ready``.
     docs/serving.md, Errors: "or failing its warm-up (on `/ping` and `/invocations`,
-    with the reason)".
+    with the reason unless `SMSERVE_DETAILED_ERRORS=false`; the log says it when it
+    changes and at most once a minute while it lasts, not once per ping)": here the
+    warm-up, with the reason.
     """
     base = tmp_path / "ml"
     write_model(base, WarmUpFailingClassifier().fit(X4, Y4))
@@ -133,7 +135,12 @@ def test_failed_warm_up_is_503(serve_factory, tmp_path):
 def test_pings_while_the_model_cannot_load_log_the_reason_once(serve_factory, tmp_path):
     """Health checks poll a model that cannot load several times a second: each 503
     carries the reason in its JSON, and the log says it once (when the state changed,
-    then at most once a minute), not one ``django.request`` ERROR per ping."""
+    then at most once a minute), not one ``django.request`` ERROR per ping.
+    docs/serving.md, Errors: "or failing its warm-up (on `/ping` and `/invocations`,
+    with the reason unless `SMSERVE_DETAILED_ERRORS=false`; the log says it when it
+    changes and at most once a minute while it lasts, not once per ping)": here
+    the log, for a model that cannot load.
+    """
     base = tmp_path / "ml"
     (base / "model").mkdir(parents=True)
     (base / "model" / "model.joblib").write_bytes(b"\x80\x04 definitely not a pickle")
@@ -460,6 +467,9 @@ def test_without_nginx_gunicorn_takes_the_port(serve_factory, iris_base):
 
     README Errors: "body over the payload limit (nginx, and Django with the same value)"
     413 ``payload_too_large``.
+    docs/serving.md, Errors: "body over the payload limit (nginx, and Django with the
+    same value; nginx reads and discards the rest of the body, so a client that writes
+    its whole body before reading still reads this answer)".
     docs/settings.md, Settings: "`SAGEMAKER_MAX_PAYLOAD_IN_MB`".
     """
     server = serve_factory(
@@ -766,7 +776,10 @@ def nginx_workers(server) -> list[int]:
 def test_nginx_workers_do_not_run_as_root(serve_factory, iris_base):
     """As root, with a run dir www-data can reach (the image's /tmp), nginx's workers,
     which parse untrusted HTTP, run as www-data and still reach gunicorn and the ready
-    file through the group; nobody else can. Security review I2."""
+    file through the group; nobody else can. Security review I2.
+    docs/image-and-sagemaker.md, Image, user: "nginx's workers"; "which parse the HTTP";
+    "run as `www-data` (see [How `serve` runs](serving.md#how-serve-runs))".
+    """
     reachable = Path(tempfile.mkdtemp(prefix="smserve-i2-", dir="/tmp"))
     try:
         reachable.chmod(0o711)

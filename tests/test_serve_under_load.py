@@ -66,7 +66,12 @@ def test_timeout_is_504_at_the_timeout_with_the_cpu_saturated(
 ):
     """SAGEMAKER_MODEL_SERVER_TIMEOUT=3 and predictions that take 30 s, with every core
     busy: every one is the JSON 504 ``model_server_timeout`` at about 3 s (never
-    gunicorn's kill at 8 s), five times in a row, and the server goes on answering."""
+    gunicorn's kill at 8 s), five times in a row, and the server goes on answering.
+    docs/serving.md, Errors: "invocation longer than the model server timeout (nginx
+    answers it; the worker, timing the request itself, answers the same if nginx has not,
+    then exits and is replaced; so does a worker gunicorn kills 5 s later, stuck in code
+    no signal interrupts)".
+    """
     server = serve_factory(
         slow_base, workers=2, env={"SAGEMAKER_MODEL_SERVER_TIMEOUT": "3"}
     )
@@ -82,7 +87,12 @@ def test_timeout_is_504_at_the_timeout_with_the_cpu_saturated(
 def test_without_nginx_the_worker_answers_the_timeout(serve_factory, slow_base):
     """Without nginx the worker times the request itself: the same JSON 504 at the
     timeout, not a 500 when gunicorn kills the worker 5 s later; the worker is
-    replaced and the server goes on answering."""
+    replaced and the server goes on answering.
+    docs/serving.md, Errors: "invocation longer than the model server timeout (nginx
+    answers it; the worker, timing the request itself, answers the same if nginx has not,
+    then exits and is replaced; so does a worker gunicorn kills 5 s later, stuck in code
+    no signal interrupts)".
+    """
     server = serve_factory(
         slow_base,
         workers=1,
@@ -107,7 +117,11 @@ def test_body_over_the_limit_is_read_as_413_by_a_client_that_writes_first(
 ):
     """A 7 MB body against the 6 MB limit, sent by urllib, which writes the whole body
     before it reads anything: nginx answers 413 at once and reads the rest of the body
-    away, so the client reads the JSON 413 (no EPIPE, no reset), every time."""
+    away, so the client reads the JSON 413 (no EPIPE, no reset), every time.
+    docs/serving.md, Errors: "body over the payload limit (nginx, and Django with the
+    same value; nginx reads and discards the rest of the body, so a client that writes
+    its whole body before reading still reads this answer)".
+    """
     server = serve_factory(iris_base)
     body = b"1,2,3,4\n" * (7 * 1024 * 1024 // 8)
     for _ in range(5):

@@ -193,7 +193,13 @@ def test_without_the_admin_no_static_files_are_served(server):
 @pytest.mark.server
 def test_detailed_errors_off_keeps_the_reason_in_the_log(serve_factory, tmp_path):
     """SMSERVE_DETAILED_ERRORS=false: /ping's 503 gives a generic reason, without the
-    container's paths; the log has the real one."""
+    container's paths; the log has the real one.
+    docs/serving.md, Errors: "or failing its warm-up (on `/ping` and `/invocations`,
+    with the reason unless `SMSERVE_DETAILED_ERRORS=false`; the log says it when it
+    changes and at most once a minute while it lasts, not once per ping)": here
+    without the reason.
+    docs/settings.md, Settings: "`SMSERVE_DETAILED_ERRORS`".
+    """
     empty = tmp_path / "empty"
     empty.mkdir()
     server = serve_factory(
@@ -214,7 +220,12 @@ def test_detailed_errors_off_hides_a_scripts_exception(
 ):
     """SMSERVE_DETAILED_ERRORS=false: an exception in inference.py is a 500 that only
     says the script raised (its text and traceback are in the log); an error the
-    script raised with a status of its own keeps its message, meant for the caller."""
+    script raised with a status of its own keeps its message, meant for the caller.
+    docs/serving.md, Errors: "an exception in a script's hook (script mode; logged with
+    its traceback; with `SMSERVE_DETAILED_ERRORS=false` a 500 says only that the script
+    raised)".
+    docs/settings.md, Settings: "`SMSERVE_DETAILED_ERRORS`".
+    """
     write_model(tmp_path / "base", iris_model)
     source_dir(tmp_path / "base" / "model" / "code", {"inference.py": FOUR_HOOKS_PY})
     env = {"SMSERVE_DETAILED_ERRORS": "false", "SAGEMAKER_PROGRAM": "inference.py"}

@@ -308,7 +308,10 @@ def test_only_the_jobs_hosts_reach_the_cluster():
 
 def test_two_hosts_finish_a_search_with_the_allowlist(jobs, data):
     """With every Dask process preloading the allowlist, two hosts still join and
-    finish a search."""
+    finish a search; the addresses each accepts are the ones train gave it.
+    docs/settings.md, Settings: "`SMSERVE_DASK_PEERS`" (not a setting: train sets it
+    for the Dask processes it starts).
+    """
     job = jobs(2, SEARCH, data).start()
 
     assert job.wait() == {"algo-1": 0, "algo-2": 0}, job.logs()
