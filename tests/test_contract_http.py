@@ -561,7 +561,7 @@ def test_gunicorn_not_answering_is_503_from_nginx(server):
 
     README Errors: "gunicorn not answering (starting, restarting, stopping)" 503
     ``model_server_unavailable``."""
-    (socket_path,) = server.log_path.parent.glob("smserve.*/gunicorn.sock")
+    socket_path = server.run_dir / "gunicorn.sock"
     away = socket_path.with_name("gunicorn.sock.away")
     socket_path.rename(away)
     try:

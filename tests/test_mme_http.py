@@ -69,7 +69,7 @@ class MMEClient:
 
     @property
     def registry_dir(self) -> Path:
-        (run_dir,) = self.server.log_path.parent.glob("smserve.*")
+        run_dir = self.server.run_dir
         return run_dir / "mme"
 
     def holders(self, name: str) -> set[int]:

@@ -756,12 +756,20 @@ def test_gunicorn_socket_and_run_dir_are_the_owners_only(serve_factory, iris_bas
     """Nobody else on the machine may talk to gunicorn past nginx: its socket has no
     permission for others and the run dir none for group or others (unless nginx's
     workers reach them through the group, see the next test). Security review L6."""
-    server = serve_factory(iris_base)
-    (run_dir,) = server.log_path.parent.glob("smserve.*")
-    assert run_dir.stat().st_mode & 0o777 == 0o700
-    socket_mode = (run_dir / "gunicorn.sock").stat().st_mode
-    assert socket_mode & 0o077 == 0, oct(socket_mode)
-    assert server.request("GET", "/ping")[0] == HTTPStatus.OK
+    # A short TMPDIR that only its owner may enter (mkdtemp's 0o700), so the run dir stays
+    # in it, whatever the length of pytest's own temporary directories.
+    private = Path(tempfile.mkdtemp(prefix="smserve-l6-", dir="/tmp"))
+    try:
+        server = serve_factory(iris_base, env={"TMPDIR": str(private)})
+        run_dir = server.run_dir
+        assert run_dir.parent == private
+        assert run_dir.stat().st_mode & 0o777 == 0o700
+        socket_mode = (run_dir / "gunicorn.sock").stat().st_mode
+        assert socket_mode & 0o077 == 0, oct(socket_mode)
+        assert server.request("GET", "/ping")[0] == HTTPStatus.OK
+        server.stop()
+    finally:
+        subprocess.run(["rm", "-rf", str(private)], check=True)
 
 
 def nginx_workers(server) -> list[int]:
@@ -791,7 +799,7 @@ def test_nginx_workers_do_not_run_as_root(serve_factory, iris_base):
                 ["ps", "-o", "user=", "-p", str(pid)], capture_output=True, text=True
             ).stdout.strip()
             assert owner == "www-data", pid
-        (run_dir,) = reachable.glob("smserve.*")
+        run_dir = server.run_dir
         assert run_dir.stat().st_mode & 0o777 == 0o710
         assert (run_dir / "gunicorn.sock").stat().st_mode & 0o777 == 0o660
         # The ready file (nginx answers /ping) and the socket (everything else).

@@ -146,7 +146,7 @@ def stop_time(server: ServeProcess, at_launch: bool = False) -> float:
     code = server.stop(timeout=40)
     elapsed = time.monotonic() - started
     assert code in ((0, -signal.SIGTERM) if at_launch else (0,)), server.log
-    assert not list(server.log_path.parent.glob("smserve.*")), server.log
+    assert server.run_dirs() == [], server.log
     wait_for(
         lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children),
         deadline=10,

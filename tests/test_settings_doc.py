@@ -204,7 +204,7 @@ def test_process_settings_through_the_real_server(configured):
     assert (work / "elsewhere.sqlite3").stat().st_size > 0
     assert not (work / "state" / "smserve.sqlite3").exists()
     assert not (work / "state" / "secret_key").exists()
-    (run_dir,) = work.glob("smserve.*")
+    run_dir = server.run_dir
     rendered = (run_dir / "nginx.conf").read_text()
     assert "proxy_read_timeout 7s;" in rendered
     assert not (work / "not-used").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import secrets
 import signal
 import sqlite3
@@ -130,6 +131,18 @@ class ServeProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def run_dirs(self) -> list[Path]:
+        """serve's run dirs that exist now: under its TMPDIR, or the one under /tmp that
+        its log names (a TMPDIR too long for gunicorn's socket, as pytest-xdist's are)."""
+        moved = [Path(p) for p in re.findall(r"the run dir is (\S+)", self.log)]
+        tmpdir = Path(self.env["TMPDIR"])
+        return [p for p in [*tmpdir.glob("smserve.*"), *moved] if p.exists()]
+
+    @property
+    def run_dir(self) -> Path:
+        (run_dir,) = self.run_dirs()
+        return run_dir
 
     def child_pids(self) -> list[int]:
         """The PIDs of the processes serve started (nginx and gunicorn masters)."""
