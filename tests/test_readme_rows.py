@@ -133,7 +133,7 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 WHOLE = {"Speed", "Test phases", "Test markers"}
 KINDS = ("runtime", "config", "not here", "to do")
-TO_DO = 13
+TO_DO = 12
 
 
 @dataclass(frozen=True)
@@ -672,9 +672,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (SERVING, "Formats: Content-Type", "`application/x-npy`"): {
         "`application/x-npy`": proof(f"{HTTP}::test_format_rows"),
-        # A 1-D and a 2-D float array through the server (test_format_rows); booleans
-        # and integers have no test of their own yet.
-        "a 1-D (one record) or 2-D numeric array (booleans, integers, floats) saved by `numpy.save`": UNPROVED,
+        "a 1-D (one record) or 2-D numeric array (booleans, integers, floats) saved by `numpy.save`": proof(
+            f"{HTTP}::test_format_rows"
+        ),
         "text": in_process(
             "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input"
         ),
