@@ -133,7 +133,7 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 WHOLE = {"Speed", "Test phases", "Test markers"}
 KINDS = ("runtime", "config", "not here", "to do")
-TO_DO = 12
+TO_DO = 11
 
 
 @dataclass(frozen=True)
@@ -1923,7 +1923,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (TRAINING, "Space file failures", "`train`, `validation` or `test`"): {
         "`train`": proof(f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"),
-        "`validation` or `test`": UNPROVED,
+        "`validation` or `test`": proof(
+            f"{SEARCH}::test_a_space_file_in_a_scored_channel_fails_with_exit_1"
+        ),
         '"whose every file smserve reads as data: put the space in a channel of its own"': proof(
             f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),
