@@ -205,6 +205,9 @@ def npy(array: np.ndarray) -> bytes:
         (b"[5.1,3.5,1.4,0.2]\n[6.7,3.0,5.2,2.3]\n", "application/jsonlines", [0, 2]),
         # NPY: a 1-D array is one record.
         (npy(np.array([6.7, 3.0, 5.2, 2.3])), "application/x-npy", [2]),
+        # NPY of integers and of booleans: predicted as the same values as floats.
+        (npy(np.array([[5, 3, 1, 0], [7, 3, 5, 2]])), "application/x-npy", "float"),
+        (npy(np.array([[True, False, True, False]])), "application/x-npy", "float"),
     ],
     ids=[
         "csv-blank",
@@ -214,6 +217,8 @@ def npy(array: np.ndarray) -> bytes:
         "latin-1",
         "jsonl-arrays",
         "npy-1d",
+        "npy-int",
+        "npy-bool",
     ],
 )
 def test_format_rows(server, iris_model, body, content_type, expected):
@@ -221,12 +226,16 @@ def test_format_rows(server, iris_model, body, content_type, expected):
     values (NaN); quoted fields allowed; ``charset`` honoured"; ``application/jsonlines``
     "an array" per line; ``application/x-npy`` "a 1-D (one record)".
     docs/serving.md, Formats: Content-Type: "`null` is a missing value"; "one record per
-    line: an array"; "a 1-D (one record) or 2-D numeric array saved by `numpy.save`".
+    line: an array"; "a 1-D (one record) or 2-D numeric array (booleans, integers,
+    floats) saved by `numpy.save`".
     """
     status, _, response = server.invoke(body, content_type, Accept="application/json")
     assert status == HTTPStatus.OK, response
     if expected == "nan":
         rows = np.array([[5.1, np.nan, 1.4, 0.2], [np.nan, 3.0, 5.2, 2.3]])
+        expected = iris_model.predict(rows).tolist()
+    elif expected == "float":
+        rows = np.load(io.BytesIO(body)).astype(float)
         expected = iris_model.predict(rows).tolist()
     assert json.loads(response) == {"predictions": expected}
 

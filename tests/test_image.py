@@ -524,6 +524,89 @@ def test_image_holds_no_secret_key_test_tools_or_compilers(
     ], result.stdout + result.stderr
 
 
+def pins(path: Path) -> dict[str, str]:
+    """``name==version`` lines of a requirements file (extras dropped), by normalized
+    name."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            found[name.split("[", 1)[0].lower().replace("_", "-")] = version
+    return found
+
+
+def test_image_contents_are_what_the_docs_say(image: str, container: Container):
+    """Inside the image as built: Debian bookworm's slim base with its own python3 and
+    nginx-light, the pinned packages in /opt/venv first on PATH, the code in
+    /opt/program with its static files already collected, and the key and database taken
+    from the environment when they are given.
+    docs/image-and-sagemaker.md, Image: "`debian:bookworm-slim` (`ARG BASE_IMAGE`)";
+    "Debian's `python3` (3.11) and `nginx-light`"; "exactly `requirements.txt`"; "in
+    `/opt/venv` (first on `PATH`)"; "`/opt/program` (SageMaker mounts over `/opt/ml`)";
+    "static files collected at build time"; "set `SECRET_KEY` or `DATABASE_URL` through
+    the environment to share them".
+    """
+    settings = (
+        "import django, modelapp, sys;"
+        "django.setup();"
+        "from django.conf import settings as s;"
+        "print('prefix', sys.prefix, sys.base_prefix, '%d.%d' % sys.version_info[:2]);"
+        "print('code', modelapp.__file__);"
+        "print('key', s.SECRET_KEY);"
+        "print('db', s.DATABASES['default']['NAME'])"
+    )
+    script = (
+        ". /etc/os-release; echo os $ID $VERSION_CODENAME;"
+        "echo slim $(grep -c path-exclude /etc/dpkg/dpkg.cfg.d/docker);"
+        "echo debs $(dpkg-query -W -f='${Package}=${db:Status-Status} ' python3 nginx-light);"
+        'echo path "${PATH%%:*}" "$(command -v python)";'
+        'echo static $(ls "$SMSERVE_STATIC_ROOT");'
+        f'DJANGO_SETTINGS_MODULE=smserve.settings python -c "{settings}";'
+        "python -m pip freeze --disable-pip-version-check | sed 's/^/freeze /'"
+    )
+    result = container.run(
+        "--env",
+        "SECRET_KEY=shared-by-every-container",
+        "--env",
+        "DATABASE_URL=sqlite:////var/lib/smserve/shared.sqlite3",
+        image,
+        "sh",
+        "-c",
+        script,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        head, _, rest = line.partition(" ")
+        lines.setdefault(head, []).append(rest.strip())
+    output = result.stdout + result.stderr
+    assert lines["os"] == ["debian bookworm"], output
+    # The slim variant drops documentation and man pages at install (its dpkg excludes).
+    assert int(lines["slim"][0]) > 0, output
+    assert sorted(lines["debs"][0].split()) == [
+        "nginx-light=installed",
+        "python3=installed",
+    ]
+    prefix, base_prefix, version = lines["prefix"][0].split()
+    assert (prefix, base_prefix, version) == ("/opt/venv", "/usr", "3.11"), output
+    assert lines["path"][0].split() == ["/opt/venv/bin", "/opt/venv/bin/python"]
+    assert lines["code"] == ["/opt/program/modelapp/__init__.py"], output
+    static = lines["static"][0].split()
+    assert {"admin", "rest_framework", "staticfiles.json"} <= set(static), output
+    assert lines["key"] == ["shared-by-every-container"], output
+    assert lines["db"] == ["/var/lib/smserve/shared.sqlite3"], output
+    installed = {}
+    for entry in lines["freeze"]:
+        name, _, version = entry.partition("==")
+        installed[name.lower().replace("_", "-")] = version
+    wanted = pins(ROOT / "requirements.txt")
+    assert {name: installed.get(name) for name in wanted} == wanted
+    test_only = pins(ROOT / "requirements-test.txt").keys() - wanted.keys()
+    assert test_only, "requirements-test.txt pins test tools of its own"
+    assert not test_only & installed.keys(), output
+
+
 # --- a training job over two hosts: two containers on the host's network ------------------
 # The hosts' loopback addresses: a range of this test's own (tests/support/cluster.py has
 # 127.0.16.x), told to smserve through the test-only SMSERVE_HOST_ADDRESSES.

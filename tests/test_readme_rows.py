@@ -133,7 +133,7 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 WHOLE = {"Speed", "Test phases", "Test markers"}
 KINDS = ("runtime", "config", "not here", "to do")
-TO_DO = 13
+TO_DO = 1
 
 
 @dataclass(frozen=True)
@@ -283,13 +283,23 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     # --- docs/image-and-sagemaker.md: Image --------------------
     (IMAGE, "Image", "base"): {
-        "`debian:bookworm-slim` (`ARG BASE_IMAGE`)": UNPROVED,
-        "Debian's `python3` (3.11) and `nginx-light`": UNPROVED,
+        "`debian:bookworm-slim` (`ARG BASE_IMAGE`)": proof(
+            f"{IMG}::test_image_contents_are_what_the_docs_say"
+        ),
+        "Debian's `python3` (3.11) and `nginx-light`": proof(
+            f"{IMG}::test_image_contents_are_what_the_docs_say"
+        ),
     },
     (IMAGE, "Image", "Python packages"): {
-        "exactly `requirements.txt`": UNPROVED,
+        "exactly `requirements.txt`": proof(
+            f"{IMG}::test_image_contents_are_what_the_docs_say"
+        ),
+        # An installed distribution does not say whether pip had it as a wheel or built
+        # one from an sdist: only the build (pip's --only-binary) shows it.
         "from wheels only": UNPROVED,
-        "in `/opt/venv` (first on `PATH`)": UNPROVED,
+        "in `/opt/venv` (first on `PATH`)": proof(
+            f"{IMG}::test_image_contents_are_what_the_docs_say"
+        ),
         "no pip": proof(
             f"{IMG}::test_image_holds_no_secret_key_test_tools_or_compilers"
         ),
@@ -298,14 +308,20 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (IMAGE, "Image", "code"): {
-        "`/opt/program` (SageMaker mounts over `/opt/ml`)": UNPROVED,
-        "static files collected at build time": UNPROVED,
+        "`/opt/program` (SageMaker mounts over `/opt/ml`)": proof(
+            f"{IMG}::test_image_contents_are_what_the_docs_say"
+        ),
+        "static files collected at build time": proof(
+            f"{IMG}::test_image_contents_are_what_the_docs_say"
+        ),
     },
     (IMAGE, "Image", "state"): {
         "`SMSERVE_STATE_DIR=/var/lib/smserve`: the SQLite database and the `SECRET_KEY` generated at first start of each container. Nothing secret is in the image": proof(
             f"{IMG}::test_image_holds_no_secret_key_test_tools_or_compilers"
         ),
-        "set `SECRET_KEY` or `DATABASE_URL` through the environment to share them": UNPROVED,
+        "set `SECRET_KEY` or `DATABASE_URL` through the environment to share them": proof(
+            f"{IMG}::test_image_contents_are_what_the_docs_say"
+        ),
     },
     (IMAGE, "Image", "label"): {
         "`com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true` (needed for inference pipelines: `serve` listens on `SAGEMAKER_BIND_TO_PORT`)": proof(
@@ -672,9 +688,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (SERVING, "Formats: Content-Type", "`application/x-npy`"): {
         "`application/x-npy`": proof(f"{HTTP}::test_format_rows"),
-        # A 1-D and a 2-D float array through the server (test_format_rows); booleans
-        # and integers have no test of their own yet.
-        "a 1-D (one record) or 2-D numeric array (booleans, integers, floats) saved by `numpy.save`": UNPROVED,
+        "a 1-D (one record) or 2-D numeric array (booleans, integers, floats) saved by `numpy.save`": proof(
+            f"{HTTP}::test_format_rows"
+        ),
         "text": in_process(
             "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input"
         ),
@@ -928,7 +944,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "CSV headers": proof(
             f"{SCRIPTS}::test_a_script_without_model_fn_shapes_its_response"
         ),
-        "JSON records with feature names": UNPROVED,
+        "JSON records with feature names": proof(
+            f"{SCRIPTS}::test_default_input_fn_takes_json_records_with_feature_names"
+        ),
         "media-type parameters accepted": proof(
             f"{SCRIPTS}::test_a_script_without_model_fn_shapes_its_response"
         ),
@@ -1405,7 +1423,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "sets every `random_state` parameter (nested ones too) that is not set explicitly": proof(
             f"{TRAIN}::test_random_seed_reaches_nested_random_states"
         ),
-        "and seeds numpy": UNPROVED,
+        "and seeds numpy": proof(f"{TRAIN}::test_random_seed_seeds_numpy"),
     },
     (TRAINING, "Reserved keys", "`smserve_categorical_encoding`"): {
         "`auto`": proof(f"{TABLES_T}::test_auto_encoding_per_estimator_through_train"),
@@ -1520,7 +1538,7 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     (TRAINING, "Reserved keys", "`smserve_cluster_timeout`"): {
-        "`300`": UNPROVED,
+        "`300`": proof(f"{CLUSTER}::test_the_cluster_timeout_defaults_to_300_seconds"),
         "seconds hosts wait for each other (the leader for every host's workers, the others for the leader)": proof(
             f"{CLUSTER}::test_a_leader_that_never_comes"
         ),
@@ -1923,7 +1941,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (TRAINING, "Space file failures", "`train`, `validation` or `test`"): {
         "`train`": proof(f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"),
-        "`validation` or `test`": UNPROVED,
+        "`validation` or `test`": proof(
+            f"{SEARCH}::test_a_space_file_in_a_scored_channel_fails_with_exit_1"
+        ),
         '"whose every file smserve reads as data: put the space in a channel of its own"': proof(
             f"{SEARCH}::test_a_bad_space_file_fails_with_exit_1"
         ),

@@ -19,7 +19,9 @@ from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.tree import DecisionTreeClassifier
 
 from tests.support.inference_scripts import (
     BROKEN_PY,
@@ -324,6 +326,38 @@ def test_a_script_without_model_fn_shapes_its_response(
     )
     assert status == 418
     assert json.loads(body) == {"detail": "short and stout", "code": "script_error"}
+
+
+def test_default_input_fn_takes_json_records_with_feature_names(
+    tmp_path, iris, serve_factory
+):
+    """A script without ``input_fn`` for a model fitted with feature names takes JSON
+    records as objects, in any key order, and hands the script's ``predict_fn`` the
+    columns in the model's order. docs/serving.md, Script mode: better: default input
+    formats: "JSON records with feature names"."""
+    X, y = iris
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    model = DecisionTreeClassifier(random_state=0).fit(
+        pd.DataFrame(X, columns=names), y
+    )
+    base = script_base(tmp_path, model, NO_MODEL_FN_PY)
+    server = serve_factory(base, env={"SAGEMAKER_PROGRAM": "inference.py"}, workers=1)
+    rows = X[[0, 100]]
+    expected = model.predict(pd.DataFrame(rows, columns=names)).tolist()
+    assert expected == [0, 2]
+    # Keys reversed: a predictor that took the values in the order sent would be wrong.
+    records = [
+        dict(reversed(list(zip(names, row, strict=True)))) for row in rows.tolist()
+    ]
+    for body, content_type in (
+        (json.dumps(records).encode(), "application/json"),
+        (json.dumps({"instances": records}).encode(), "application/json"),
+    ):
+        status, _, answer = server.invoke(body, content_type, Accept="application/json")
+        assert (status, json.loads(answer)) == (
+            HTTPStatus.OK,
+            [f"{label}:float32" for label in expected],
+        ), body
 
 
 # model_fn that says which process ran it, and how often.

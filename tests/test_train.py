@@ -799,6 +799,35 @@ def test_channel_content_type_aliases_and_the_last_column_as_label(
     assert metadata["n_features"] == 4
 
 
+def test_random_seed_seeds_numpy(tmp_path, splits):
+    """docs/training.md, Reserved keys, ``smserve_random_seed``: "and seeds numpy": a
+    forest whose ``random_state`` the job sets to ``null`` draws its trees' seeds from
+    numpy's global generator, so two jobs with one seed give the same trees and another
+    seed gives others."""
+    (X, y), _ = splits
+
+    def tree_seeds(name: str, seed: str) -> list[int]:
+        base = sagemaker_tree(
+            tmp_path / name,
+            hyperparameters={
+                "smserve_estimator": "random_forest",
+                "n_estimators": "5",
+                "random_state": "null",
+                "smserve_random_seed": seed,
+            },
+        )
+        write_csv(base / "input/data/train/iris.csv", X, y)
+        proc = run_train(base)
+        assert proc.returncode == 0, proc.stderr
+        model = served(base).predictor.model
+        assert model.random_state is None
+        return [tree.random_state for tree in model.estimators_]
+
+    first = tree_seeds("first", "7")
+    assert tree_seeds("again", "7") == first
+    assert tree_seeds("other", "8") != first
+
+
 def test_random_seed_reaches_nested_random_states(tmp_path, splits):
     """docs/training.md, Reserved keys, ``smserve_random_seed``: "sets every
     `random_state` parameter (nested ones too) that is not set explicitly": a pipeline's

@@ -158,6 +158,27 @@ def test_a_forest_alone_is_fitted_over_two_hosts(tmp_path, jobs, data):
     )
 
 
+def test_the_cluster_timeout_defaults_to_300_seconds(jobs, data):
+    """Without ``smserve_cluster_timeout`` every host's Dask workers are started to give
+    up on a scheduler gone for 300 s, the default the hosts wait for each other.
+    docs/training.md, Reserved keys, ``smserve_cluster_timeout``: "`300`".
+    """
+    forest = {
+        "smserve_estimator": "random_forest",
+        "n_estimators": "4",
+        "smserve_random_seed": "0",
+    }
+    job = jobs(2, forest, data).start()
+
+    assert job.wait() == {"algo-1": 0, "algo-2": 0}, job.logs()
+    for host in job.hosts:
+        started = [
+            line for line in host.log.splitlines() if "Starting the Dask worker" in line
+        ]
+        assert len(started) == 1, host.log
+        assert " --death-timeout 300 " in started[0]
+
+
 def test_a_leader_that_never_comes(jobs, data):
     """A host whose leader never starts fails after smserve_cluster_timeout, saying so
     in its failure file.

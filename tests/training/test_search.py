@@ -419,6 +419,40 @@ def test_a_bad_space_file_fails_with_exit_1(
     assert not (base / "model/model.joblib").exists()
 
 
+@pytest.mark.parametrize("channel", ["validation", "test"])
+def test_a_space_file_in_a_scored_channel_fails_with_exit_1(
+    tmp_path, iris_split, channel
+):
+    """A space file in a channel smserve reads as data, other than train: exit 1 naming
+    why, no model.
+    docs/training.md, Space file failures: "`validation` or `test`"; ""whose every file
+    smserve reads as data: put the space in a channel of its own"".
+    """
+    base = job(
+        tmp_path,
+        iris_split[0],
+        space=json.dumps(GRID),
+        smserve_search="grid",
+        smserve_search_space_file=f"{channel}/d.csv",
+    )
+    config_path = base / "input/config/inputdataconfig.json"
+    config = json.loads(config_path.read_text())
+    config[channel] = config["train"]
+    config_path.write_text(json.dumps(config))
+    write_csv(base / f"input/data/{channel}/d.csv", *iris_split[1])
+
+    proc = run_train(base)
+
+    assert proc.returncode == 1, proc.stderr
+    failure = (base / "output/failure").read_text()
+    assert (
+        f"names the channel '{channel}', whose every file smserve reads as data: put"
+        " the space in a channel of its own"
+    ) in failure, failure
+    assert "Traceback" not in failure
+    assert not (base / "model/model.joblib").exists()
+
+
 @pytest.mark.parametrize(
     ("path", "mode", "message"),
     [
