@@ -115,7 +115,10 @@ def convert(model: Any, n_features: int) -> bytes:
     except ImportError as exc:
         raise CompileError(f"skl2onnx is not installed ({exc})") from exc
     sample: np.ndarray = np.zeros((1, n_features), dtype=input_dtype(model))
-    options = {"zipmap": False} if hasattr(model, "predict_proba") else None
+    # Keyed by the model itself, not by name: skl2onnx then skips one of its walks over
+    # every attribute of the model, which computes each tree's properties (seconds for
+    # a large forest); the graph is the same.
+    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
