@@ -118,7 +118,9 @@ def convert(model: Any, n_features: int) -> bytes:
     # Keyed by the model itself, not by name: skl2onnx then skips one of its walks over
     # every attribute of the model, which computes each tree's properties (seconds for
     # a large forest); the graph is the same.
-    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+    options = (
+        {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
