@@ -103,6 +103,12 @@ def worker_exit(server, worker):
 
 
 def when_ready(server):
+    # Loading the model (unpickling, converting and verifying the compiled engine) freed
+    # tens of MB that glibc keeps: handed back before the fork, they are not in every
+    # worker's view of the master's memory.
+    from modelapp.multimodel import trim_heap
+
+    trim_heap()
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
     if fastpaths.enabled("gc_freeze"):
