@@ -103,11 +103,14 @@ def worker_exit(server, worker):
 
 
 def when_ready(server):
-    # Loading the model (unpickling, converting and verifying the compiled engine) freed
-    # tens of MB that glibc keeps: handed back before the fork, they are not in every
-    # worker's view of the master's memory.
+    # Before the workers fork: the model drops what a fork cannot copy (an ONNX Runtime
+    # session with a thread pool), and the heap that loading freed (unpickling,
+    # converting, verifying: tens of MB that glibc keeps) goes back to the system rather
+    # than into every worker's view of the master's memory.
     from modelapp.multimodel import trim_heap
+    from modelapp.registry import registry
 
+    registry.before_fork()
     trim_heap()
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
@@ -115,8 +118,6 @@ def when_ready(server):
         gc.freeze()
     # The socket is bound (connections queue until the workers fork): from now on nginx
     # answers /ping with 200 from the ready file.
-    from modelapp.registry import registry
-
     fastpaths.write_ready_file(registry)
 
 

@@ -147,8 +147,8 @@ class OnnxSession:
     cores) the session has no thread pool, so a fork copies all of it: gunicorn's master
     makes it before the fork and every worker runs that one session, its memory shared
     copy-on-write (``after_fork`` adopts it). With more threads the session's pool would
-    not survive a fork: the master drops its session once verified (``release``) and each
-    worker makes its own after the fork.
+    not survive a fork: the master drops its session before the fork (``before_fork``) and
+    each worker makes its own after it.
 
     A process forked from one that loaded ONNX Runtime hangs or aborts in ONNX Runtime's
     exit handlers if it ends through Python's teardown: gunicorn's workers end with
@@ -199,11 +199,19 @@ class OnnxSession:
         self._input = self._session.get_inputs()[0].name
         self._pid = os.getpid()
 
-    def release(self) -> None:
-        """Drop this process's session when it cannot be shared (more than one
-        thread): made again by ``after_fork`` or on first use."""
-        if not self.shared and self._pid == os.getpid():
-            self._session, self._pid = None, -1
+    def before_fork(self) -> None:
+        """In gunicorn's master, before the workers fork: drop the session when it
+        cannot be shared (more than one thread); each worker makes its own."""
+        if self.shared or self._pid != os.getpid():
+            return
+        self._session, self._pid = None, -1
+        logger.info(
+            "ONNX Runtime runs %d intra-op threads per session (SMSERVE_COMPILED_THREADS "
+            "or BLAS's share of the cores): each worker makes its own session, since a "
+            "session's thread pool does not survive a fork; with one thread, the "
+            "workers would share the master's.",
+            self.threads,
+        )
 
     def after_fork(self) -> None:
         """In a gunicorn worker: run the master's session, or make this process's own."""
@@ -331,7 +339,6 @@ def compile_model(
         wanted = [m for m in methods if m in compiled.available()]
         verdicts = {m: _verify(model, compiled, m, records) for m in wanted}
         limit = _crossover(model, compiled, records) if wanted else None
-        _share_or_release(compiled.session)
         compiled.nan_to_fallback = allows_nan and fallback is not None
         compiled.max_records = limit if fallback is not None else None
         report.max_records = compiled.max_records
@@ -341,20 +348,6 @@ def compile_model(
     report.seconds = time.perf_counter() - started
     _log_report(type(model).__name__, report)
     return engines, report
-
-
-def _share_or_release(session: OnnxSession) -> None:
-    """Keep the session for the processes forked from this one, or drop it (``OnnxSession``)."""
-    if session.shared:
-        return
-    session.release()
-    logger.info(
-        "ONNX Runtime runs %d intra-op threads per session (SMSERVE_COMPILED_THREADS or "
-        "BLAS's share of the cores): each worker makes its own session, since a "
-        "session's thread pool does not survive a fork; with one thread, the workers "
-        "would share the master's.",
-        session.threads,
-    )
 
 
 def _verified_engines(

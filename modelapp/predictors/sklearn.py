@@ -106,6 +106,11 @@ class SklearnPredictor(BasePredictor):
     def _sessions(self) -> set[Any]:
         return {method.__self__.session for method in self._compiled.values()}
 
+    def before_fork(self) -> None:
+        """Drop the ONNX Runtime sessions a fork cannot copy (``compiled.py``)."""
+        for session in self._sessions():
+            session.before_fork()
+
     def after_fork(self) -> None:
         """Each worker runs the master's ONNX Runtime sessions, or makes its own when
         they cannot be shared (``compiled.OnnxSession``)."""
