@@ -6,6 +6,7 @@ with more than one intra-op thread each worker makes its own session."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
+from modelapp.multimodel import trim_heap
 from modelapp.predictors import compiled as compiled_engine
 from tests.support import ROOT
 from tests.support.models import write_model
@@ -47,6 +49,18 @@ def forest_base(tmp_path_factory, forest) -> Path:
     return base
 
 
+@pytest.fixture(scope="module")
+def trained_base(tmp_path_factory, forest) -> Path:
+    """The forest with the ``model.onnx`` that ``train`` writes, named in
+    ``metadata.json`` with its sha256."""
+    base = tmp_path_factory.mktemp("trained")
+    graph = compiled_engine.convert(forest, X_TRAIN.shape[1])
+    compiled = {"onnx": "model.onnx", "onnx_sha256": hashlib.sha256(graph).hexdigest()}
+    write_model(base, forest, {"n_features": X_TRAIN.shape[1], "compiled": compiled})
+    (base / "model" / "model.onnx").write_bytes(graph)
+    return base
+
+
 def private_bytes(pid: int) -> int:
     """The memory only this process holds (``smaps_rollup``'s private pages)."""
     total = 0
@@ -58,6 +72,11 @@ def private_bytes(pid: int) -> int:
 
 def maps_onnxruntime(pid: int) -> bool:
     return "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def maps_onnx(pid: int) -> bool:
+    """onnx's own extension (skl2onnx has none, and imports onnx first thing)."""
+    return "/site-packages/onnx/" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def assert_answers_as_sklearn(server, model) -> None:
@@ -107,6 +126,7 @@ def test_workers_answer_from_the_masters_session(forest_base, forest, serve_fact
     assert len(workers) == 2
     assert maps_onnxruntime(master)
     assert all(maps_onnxruntime(pid) for pid in workers)
+    assert maps_onnx(master)  # converted at load
     with_engine = {pid: private_bytes(pid) for pid in workers}
 
     plain = serve_factory(forest_base, env={"SMSERVE_COMPILED_ENGINE": "off"})
@@ -117,6 +137,7 @@ def test_workers_answer_from_the_masters_session(forest_base, forest, serve_fact
     import onnxruntime  # noqa: F401  (its library is not the session)
 
     graph = compiled_engine.convert(forest, X_TRAIN.shape[1])
+    trim_heap()  # or the session reuses what converting freed, and RSS does not show it
     before = _rss()
     session = compiled_engine.OnnxSession(graph, np.float32)
     session.run(X_HELD_OUT.astype(np.float32))
@@ -130,12 +151,17 @@ def test_workers_answer_from_the_masters_session(forest_base, forest, serve_fact
 
 
 @pytest.mark.server
-def test_recycled_workers_stop_cleanly(forest_base, forest, serve_factory):
+def test_recycled_workers_stop_cleanly(trained_base, forest, serve_factory):
     """gunicorn's ``max_requests`` recycles each worker every few requests: every one
     leaves with status 0 (no abort, no hang in ONNX Runtime's exit handlers) and its
-    replacement answers from the master's session too."""
-    server = serve_factory(forest_base, env={"GUNICORN_CMD_ARGS": "--max-requests 3"})
+    replacement answers from the master's session too. Served with train's
+    ``model.onnx``, no process imports onnx or skl2onnx, only ONNX Runtime."""
+    server = serve_factory(trained_base, env={"GUNICORN_CMD_ARGS": "--max-requests 3"})
+    assert "model.onnx written by train" in server.log
     first = server.gunicorn_workers()
+    for pid in (server.gunicorn_master(), *first):
+        assert maps_onnxruntime(pid)
+        assert not maps_onnx(pid)
     assert_answers_as_sklearn(server, forest)
     wait_for(
         lambda: server.log.count("Autorestarting worker after current request") >= 4,
