@@ -36,8 +36,7 @@ def mapped_packages(pid: int) -> set[str]:
 
 
 def serving_processes(server: ServeProcess, workers: int) -> dict[str, set[str]]:
-    """Master and workers -> what each maps, after every worker has forked and the
-    server has answered requests."""
+    """Master and workers -> what each maps, once all ``workers`` have forked."""
     wait_for(
         lambda: len(server.gunicorn_workers()) == workers,
         what=f"{workers} gunicorn workers",
@@ -48,6 +47,7 @@ def serving_processes(server: ServeProcess, workers: int) -> dict[str, set[str]]
 
 
 def test_a_numeric_model_on_sqlite_maps_no_optional_package(iris_base, serve_factory):
+    """The iris tree: scikit-learn in the master and every worker, none of the others."""
     server = serve_factory(iris_base, env=LEAN, workers=2)
     for _ in range(8):
         status, _, body = server.invoke(b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n")
