@@ -400,8 +400,9 @@ def load_pickle(artifact: Path) -> Any:
     """``joblib.load`` restricted to the scientific stack and trusted modules
     (``safeload.py``). Warnings (e.g. ``InconsistentVersionWarning``) are logged, never
     silenced."""
-    from modelapp import safeload
+    from modelapp import lazy, safeload
 
+    lazy.import_sklearn()  # the pickle's classes import it; without pandas (lazy.py)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
