@@ -72,8 +72,8 @@ def post_fork(server, worker):
 
     catch_early_stop(server, worker)
     # Threads do not survive fork: each worker starts its own stats flusher (which also
-    # records the loaded model in the database), off the request path, and its own
-    # compiled-engine sessions (modelapp/predictors/compiled.py).
+    # records the loaded model in the database), off the request path, and adopts the
+    # master's compiled-engine sessions (modelapp/predictors/compiled.py).
     from modelapp import multimodel
     from modelapp.registry import registry
     from modelapp.stats import collector
@@ -91,22 +91,33 @@ def worker_exit(server, worker):
     from modelapp.stats import collector
     from smserve.workers import exit_without_teardown
 
-    collector.stop()
-    if multimodel.enabled():
-        multimodel.worker_models().stop()
-    # Last: nothing is left to do but tearing down the interpreter, which takes seconds.
-    exit_without_teardown(worker)
+    try:
+        collector.stop()
+        if multimodel.enabled():
+            multimodel.worker_models().stop()
+    finally:
+        # Last, whatever happened above: nothing is left to do but tearing down the
+        # interpreter, which takes seconds, and which ONNX Runtime's exit handlers hang
+        # or abort in a process forked from one that loaded it (compiled.OnnxSession).
+        exit_without_teardown(worker)
 
 
 def when_ready(server):
+    # Before the workers fork: the model drops what a fork cannot copy (an ONNX Runtime
+    # session with a thread pool), and the heap that loading freed (unpickling,
+    # converting, verifying: tens of MB that glibc keeps) goes back to the system rather
+    # than into every worker's view of the master's memory.
+    from modelapp.multimodel import trim_heap
+    from modelapp.registry import registry
+
+    registry.before_fork()
+    trim_heap()
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
     if fastpaths.enabled("gc_freeze"):
         gc.freeze()
     # The socket is bound (connections queue until the workers fork): from now on nginx
     # answers /ping with 200 from the ready file.
-    from modelapp.registry import registry
-
     fastpaths.write_ready_file(registry)
 
 

@@ -326,6 +326,10 @@ class BasePredictor:
             )
         return result
 
+    def before_fork(self) -> None:
+        """In gunicorn's master, before the workers fork: drop what a fork cannot copy
+        (gunicorn's ``when_ready``); nothing by default."""
+
     def after_fork(self) -> None:
         """Remake what one process may not share with another (gunicorn's
         ``post_fork``); nothing by default."""

@@ -103,20 +103,17 @@ class SklearnPredictor(BasePredictor):
             fallback=self._sklearn_call,
         )
 
-    def warm_up(self) -> None:
-        """scikit-learn's own warm-up: the compiled engine was verified in a child
-        process, and ONNX Runtime must not load in gunicorn's master (``compiled.py``)."""
-        kept, self._compiled = self._compiled, {}
-        try:
-            super().warm_up()
-        finally:
-            self._compiled = kept
-
     def _sessions(self) -> set[Any]:
         return {method.__self__.session for method in self._compiled.values()}
 
+    def before_fork(self) -> None:
+        """Drop the ONNX Runtime sessions a fork cannot copy (``compiled.py``)."""
+        for session in self._sessions():
+            session.before_fork()
+
     def after_fork(self) -> None:
-        """Each worker makes its own ONNX Runtime sessions (``compiled.py``)."""
+        """Each worker runs the master's ONNX Runtime sessions, or makes its own when
+        they cannot be shared (``compiled.OnnxSession``)."""
         for session in self._sessions():
             session.after_fork()
 
