@@ -21,10 +21,13 @@ code that writes it.
 
 What is measured, each in processes of its own (this script's memory is in no figure):
 
-- **PSS** from ``/proc/<pid>/smaps_rollup`` after 50 one-record requests (spread over the
-  workers by as many concurrent connections), summed over gunicorn's master, its workers
-  and nginx's master and workers; anything else in serve's tree (its shell) is shown apart
-  and not counted. A worker beyond the first adds ``(total(N) - total(1)) / (N - 1)``.
+- **PSS** from ``/proc/<pid>/smaps_rollup`` once every worker runs, after 50 one-record
+  requests (spread over the workers by as many concurrent connections) and once two reads
+  a second apart agree within 1 MB, summed over gunicorn's master, its workers and nginx's
+  master and workers; anything else in serve's tree (its shell) is shown apart and not
+  counted. A worker beyond the first adds ``(total(N) - total(1)) / (N - 1)``. Totals
+  vary between starts of the same server by tens of MB (the master's garbage from loading
+  the model): each row starts ``--repeat`` servers and keeps the median run.
 - **Cold start**: ``serve`` launched to the first 200 on ``/ping``, median of 3, 2 workers.
 - **Parser peak**: ``bench/parsers.py``'s ``tracemalloc`` peak of parsing a body and
   preparing the model's input, as a multiple of the body, run in each tree.
@@ -66,6 +69,9 @@ ENGINES = ("on", "off")
 PARTS = ("pss", "cold", "parsers", "batch")
 WARM_REQUESTS = 50
 COLD_RUNS = 3
+# Seconds PSS may take to settle (two reads a second apart within 1 MB) after the warm
+# requests.
+SETTLE_READS = 15
 # The code whose change changes what ./train writes: its output is trained again.
 TRAIN_CODE = (
     "train",
@@ -329,6 +335,13 @@ def status_mb(pid: int, key: str) -> float:
 
 # --- the measurements ---------------------------------------------------------------------
 def measure_pss(server: Serve, body: bytes) -> dict[str, Any]:
+    """PSS per role after the warm requests, once it has settled: ``/ping`` answers as
+    soon as one worker is up, and a master may still be freeing its load's garbage."""
+    deadline = time.monotonic() + 120
+    while sum(r == "worker" for r in server.roles().values()) < server.workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.workers} workers never ran:\n{server.log()}")
+        time.sleep(0.1)
     with ThreadPoolExecutor(server.workers) as pool:
         statuses = list(
             pool.map(
@@ -338,7 +351,16 @@ def measure_pss(server: Serve, body: bytes) -> dict[str, Any]:
         )
     if set(statuses) != {200}:
         raise RuntimeError(f"warm requests answered {sorted(set(statuses))}")
-    time.sleep(0.5)  # the stats thread's write after the last request
+    figures = pss_by_role(server)
+    for _ in range(SETTLE_READS):
+        time.sleep(1)
+        previous, figures = figures, pss_by_role(server)
+        if abs(figures["total"] - previous["total"]) < 1:
+            break
+    return figures
+
+
+def pss_by_role(server: Serve) -> dict[str, Any]:
     figures: dict[str, Any] = {"master": 0.0, "workers": [], "nginx": 0.0, "other": 0.0}
     for pid, role in sorted(server.roles().items()):
         try:
@@ -442,15 +464,24 @@ def run_all(
         for model in args.models:
             for engine in args.engines:
                 for workers in args.workers:
-                    for label, root in trees.items():
-                        env = {"SMSERVE_COMPILED_ENGINE": engine}
-                        model_dir = dirs[label][model]
-                        with serving_model(root, model_dir, work, workers, env) as s:
-                            figures = measure_pss(s, one_record(model))
+                    env = {"SMSERVE_COMPILED_ENGINE": engine}
+                    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
+                    for _ in range(args.repeat):
+                        for label, root in trees.items():
+                            model_dir = dirs[label][model]
+                            with serving_model(
+                                root, model_dir, work, workers, env
+                            ) as s:
+                                runs[label].append(measure_pss(s, one_record(model)))
+                    for label in trees:
+                        # The run with the median total (the lower of two).
+                        ordered = sorted(runs[label], key=lambda f: f["total"])
+                        figures = ordered[(len(ordered) - 1) // 2]
+                        figures["runs"] = [f["total"] for f in runs[label]]
                         out[label]["pss"][f"{model}|{engine}|{workers}"] = figures
                         print(
                             f"  {label}: PSS {model}, engine {engine}, {workers} "
-                            f"workers: {figures['total']:.0f} MB",
+                            f"workers: {figures['runs']} MB",
                             flush=True,
                         )
     if "cold" in args.only:
@@ -499,10 +530,12 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
     fmt = serving.fmt_table
     out: list[str] = []
     if "pss" in args.only:
-        out.append("\n## PSS after 50 one-record requests, MB")
+        out.append(f"\n## PSS after {WARM_REQUESTS} one-record requests, MB")
         out.append(
             "total = gunicorn master + workers + nginx (master and workers); "
-            "serve's own shell is left out"
+            "serve's own shell is left out; of "
+            f"{args.repeat} run(s) per row, the one with the median total (the lower "
+            "of two)"
         )
         rows = []
         for model in args.models:
@@ -512,7 +545,7 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
                     for label in labels:
                         f = figures[label]["pss"].get(f"{model}|{engine}|{workers}")
                         if f is None:
-                            row += ["-", "-", "-", "-", "-"]
+                            row += ["-"] * 6
                             continue
                         row += [
                             f["total"],
@@ -520,9 +553,17 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
                             " + ".join(f"{w:.0f}" for w in f["workers"]),
                             f["nginx"],
                             f["other"],
+                            " ".join(f"{t:.0f}" for t in f["runs"]),
                         ]
                     rows.append(row)
-        heads = ["total", "master", "workers", "nginx", "other (not counted)"]
+        heads = [
+            "total",
+            "master",
+            "workers",
+            "nginx",
+            "other (not counted)",
+            "totals of the runs",
+        ]
         out.append(
             fmt(
                 ["model", "engine", "workers"]
@@ -692,6 +733,9 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="servers started per PSS row"
+    )
     parser.add_argument("--parser-mb", type=float, default=6.0)
     parser.add_argument("--batch-mb", type=float, default=100.0)
     parser.add_argument(
