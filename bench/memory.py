@@ -447,38 +447,91 @@ def batch_body(path: Path, size_mb: float) -> Path:
 
 
 # --- the run ------------------------------------------------------------------------------
+# What a failed measurement raises: a server that does not start or answers wrongly, a
+# checkout whose ./train or parsers fail. The run goes on; the report lists it.
+MEASUREMENT_ERRORS = (RuntimeError, OSError, subprocess.CalledProcessError)
+
+
+def attempt(errors: list[str], what: str, measure: Any, *args: Any) -> Any:
+    """``measure(*args)``, or None with the failure recorded in ``errors``."""
+    try:
+        return measure(*args)
+    except MEASUREMENT_ERRORS as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        errors.append(f"{what}: {type(exc).__name__}: {detail[-2000:]}")
+        print(f"  FAILED {what}: {type(exc).__name__}", flush=True)
+        return None
+
+
 def run_all(
     trees: dict[str, Path], args: argparse.Namespace, bare: dict[str, Path], work: Path
 ) -> dict[str, dict[str, Any]]:
     """Every figure asked for, for every checkout; each measurement is taken for the
     trees one after the other, so that a busy machine weighs on them alike."""
     out: dict[str, dict[str, Any]] = {
-        label: {"pss": {}, "cold": {}, "cold_cpu": {}, "parsers": {}, "batch": {}}
+        label: {
+            "pss": {},
+            "cold": {},
+            "cold_cpu": {},
+            "parsers": {},
+            "batch": {},
+            "errors": [],
+        }
         for label in trees
     }
     dirs = {label: dict(bare) for label in trees}
     if {"pss", "cold"} & set(args.only) and "forest-train" in args.models:
         for label, root in trees.items():
-            dirs[label]["forest-train"] = trained_forest(root, args.cache)
+            trained = attempt(
+                out[label]["errors"],
+                "./train",
+                trained_forest,
+                root,
+                args.cache,
+            )
+            if trained:
+                dirs[label]["forest-train"] = trained
+
+    def start(label: str, model: str, workers: int, env: dict[str, str]) -> Any:
+        return serving_model(trees[label], dirs[label][model], work, workers, env)
+
+    def pss(label: str, model: str, workers: int, env: dict[str, str]) -> Any:
+        with start(label, model, workers, env) as server:
+            return measure_pss(server, one_record(model))
+
+    def cold(label: str, model: str) -> Any:
+        with start(label, model, 2, {}) as server:
+            return server.cold_start, server.cold_start_cpu
+
     if "pss" in args.only:
         for model in args.models:
             for engine in args.engines:
                 for workers in args.workers:
                     env = {"SMSERVE_COMPILED_ENGINE": engine}
+                    key = f"{model}|{engine}|{workers}"
                     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
                     for _ in range(args.repeat):
-                        for label, root in trees.items():
-                            model_dir = dirs[label][model]
-                            with serving_model(
-                                root, model_dir, work, workers, env
-                            ) as s:
-                                runs[label].append(measure_pss(s, one_record(model)))
+                        for label in trees:
+                            if model in dirs[label]:
+                                figures = attempt(
+                                    out[label]["errors"],
+                                    f"PSS {key}",
+                                    pss,
+                                    label,
+                                    model,
+                                    workers,
+                                    env,
+                                )
+                                if figures:
+                                    runs[label].append(figures)
                     for label in trees:
+                        if not runs[label]:
+                            continue
                         # The run with the median total (the lower of two).
                         ordered = sorted(runs[label], key=lambda f: f["total"])
                         figures = ordered[(len(ordered) - 1) // 2]
                         figures["runs"] = [f["total"] for f in runs[label]]
-                        out[label]["pss"][f"{model}|{engine}|{workers}"] = figures
+                        out[label]["pss"][key] = figures
                         print(
                             f"  {label}: PSS {model}, engine {engine}, {workers} "
                             f"workers: {figures['runs']} MB",
@@ -486,29 +539,55 @@ def run_all(
                         )
     if "cold" in args.only:
         for model in args.models:
-            for label in trees:
-                out[label]["cold"][model] = []
-                out[label]["cold_cpu"][model] = []
             for _ in range(COLD_RUNS):
-                for label, root in trees.items():
-                    with serving_model(root, dirs[label][model], work, 2, {}) as s:
-                        out[label]["cold"][model].append(s.cold_start)
-                        out[label]["cold_cpu"][model].append(s.cold_start_cpu)
+                for label in trees:
+                    if model not in dirs[label]:
+                        continue
+                    timed = attempt(
+                        out[label]["errors"],
+                        f"cold start {model}",
+                        cold,
+                        label,
+                        model,
+                    )
+                    if timed:
+                        out[label]["cold"].setdefault(model, []).append(timed[0])
+                        out[label]["cold_cpu"].setdefault(model, []).append(timed[1])
             for label in trees:
                 print(
-                    f"  {label}: cold start {model}: {out[label]['cold'][model]}",
+                    f"  {label}: cold start {model}: {out[label]['cold'].get(model)}",
                     flush=True,
                 )
     if "parsers" in args.only:
         size = int(args.parser_mb * 2**20)
         for label, root in trees.items():
-            out[label]["parsers"] = parser_bench.child(root, "measure", size)
+            out[label]["parsers"] = (
+                attempt(
+                    out[label]["errors"],
+                    "parsers",
+                    parser_bench.child,
+                    root,
+                    "measure",
+                    size,
+                )
+                or {}
+            )
             print(f"  {label}: parsers done", flush=True)
     if "batch" in args.only:
         body = batch_body(args.cache / f"batch-{args.batch_mb:g}mb.csv", args.batch_mb)
         for label, root in trees.items():
-            out[label]["batch"] = measure_batch(
-                root, bare["forest-joblib"], work, body, args.cap_mb
+            out[label]["batch"] = (
+                attempt(
+                    out[label]["errors"],
+                    "batch",
+                    measure_batch,
+                    root,
+                    bare["forest-joblib"],
+                    work,
+                    body,
+                    args.cap_mb,
+                )
+                or {}
             )
             print(f"  {label}: batch {out[label]['batch']}", flush=True)
     return out
@@ -596,8 +675,11 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
         for model in args.models:
             row = [model]
             for label in labels:
-                runs = figures[label]["cold"][model]
-                cpu = figures[label]["cold_cpu"][model]
+                runs = figures[label]["cold"].get(model)
+                cpu = figures[label]["cold_cpu"].get(model)
+                if not runs:
+                    row += ["-"] * 3
+                    continue
                 row += [
                     statistics.median(runs),
                     " ".join(f"{r:.2f}" for r in runs),
@@ -619,7 +701,10 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
         for name in parser_bench.CONTENTS:
             row = [name]
             for label in labels:
-                f = figures[label]["parsers"][name]
+                f = figures[label]["parsers"].get(name)
+                if f is None:
+                    row += ["-"] * 2
+                    continue
                 row += [
                     parser_bench.ratio(f["parse"]),
                     parser_bench.ratio(f["prepare"])
@@ -639,15 +724,21 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
             f"\n## {args.batch_mb:g} MB numeric CSV with gaps, one request, 1 worker "
             "(forest, bare joblib)"
         )
-        keys = list(next(iter(figures.values()))["batch"])
+        keys = list({k: 0 for f in figures.values() for k in f["batch"]})
         out.append(
             fmt(
                 ["", *labels],
-                [[k, *(figures[label]["batch"][k] for label in labels)] for k in keys],
+                [
+                    [k, *(figures[lb]["batch"].get(k, "-") for lb in labels)]
+                    for k in keys
+                ],
             )
         )
     out.append("\n## Issue 22's targets")
     out.append(fmt(["target", *labels, "met"], targets(figures)))
+    for label in labels:
+        for error in figures[label]["errors"]:
+            out.append(f"\nFAILED ({label}) {error}")
     return out
 
 
@@ -794,7 +885,7 @@ def main() -> int:
         args.markdown.write_text("\n".join(lines) + "\n")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
-    return 0
+    return 1 if any(f["errors"] for f in figures.values()) else 0
 
 
 def load_average() -> str:
