@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     # A body larger than this many KB is parsed, predicted and rendered a chunk of this
     # size at a time (its records in order), so a worker's memory grows with the chunk,
     # not the body (modelapp/batch.py ``Chunks``).
-    "CHUNK_KB": 4096,
+    "CHUNK_KB": 1024,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.
