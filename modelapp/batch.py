@@ -7,7 +7,6 @@ the model and predict.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -235,15 +234,39 @@ def renumbered(exc: InvalidInput, offset: int) -> InvalidInput:
 
 class ChunkedPredictions:
     """The predictions of a chunked body, one array per chunk, as one result: every
-    part in the dtype the whole would have had (``numpy.result_type``), so a renderer
-    writes each part as it would have written its rows of the whole."""
+    part in the dtype the whole would have had (``numpy.promote_types`` of theirs), so
+    a renderer writes each part as it would have written its rows of the whole. Labels
+    are kept in the smallest integer type that holds them until then (lossless: their
+    range decides it), so a body of many short records does not keep eight bytes per
+    record for its answer."""
 
-    def __init__(self, parts: list[np.ndarray]) -> None:
-        dtype = functools.reduce(np.promote_types, [part.dtype for part in parts])
-        self.parts = [part.astype(dtype, copy=False) for part in parts]
+    def __init__(self) -> None:
+        self.dtype: np.dtype | None = None
+        self._parts: list[np.ndarray] = []
+
+    def append(self, part: np.ndarray) -> None:
+        whole = part.dtype
+        self.dtype = (
+            whole if self.dtype is None else np.promote_types(self.dtype, whole)
+        )
+        if whole.kind in "iu" and part.size:
+            small = np.result_type(
+                np.min_scalar_type(part.min()), np.min_scalar_type(part.max())
+            )
+            part = part.astype(small, copy=False)
+        self._parts.append(part)
+
+    def clear(self) -> None:
+        self._parts.clear()
 
     def __len__(self) -> int:
-        return sum(map(len, self.parts))
+        return sum(map(len, self._parts))
+
+    @property
+    def parts(self) -> Iterator[np.ndarray]:
+        """Each chunk's predictions, in the whole's dtype."""
+        for part in self._parts:
+            yield part.astype(self.dtype, copy=False)
 
     def whole(self) -> np.ndarray:
-        return np.concatenate(self.parts)
+        return np.concatenate(list(self.parts))

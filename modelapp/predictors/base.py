@@ -351,22 +351,22 @@ class BasePredictor:
         parser reads makes the whole body its (one pass parses before it predicts);
         then the first error, its record numbered in the whole body."""
         assert batch.chunks is not None
-        parts: list[np.ndarray] = []
+        predictions = ChunkedPredictions()
         error: InvalidInput | None = None
         try:
             for chunk in batch.chunks:
                 if error is not None:
                     continue
                 try:
-                    parts.append(self.predict(chunk, method))
+                    predictions.append(self.predict(chunk, method))
                 except InvalidInput as exc:
                     error = renumbered(exc, chunk.offset)
-                    parts.clear()
+                    predictions.clear()
         except Declined:
             return self.predict(batch.chunks.general(), method)
         if error is not None:
             raise error
-        return ChunkedPredictions(parts)
+        return predictions
 
     def after_fork(self) -> None:
         """Remake what one process may not share with another (gunicorn's
