@@ -19,6 +19,8 @@ from modelapp import formats
 from modelapp.batch import ChunkedPredictions
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+# Rows rendered at a time from a chunked body's predictions (``render_each``).
+RENDER_ROWS = 1 << 16
 
 
 def to_jsonable(predictions: np.ndarray) -> Any:
@@ -83,9 +85,14 @@ class BaseBatchRenderer(BaseRenderer):
         return self.render_predictions(chunks.whole())
 
     def render_each(self, chunks: ChunkedPredictions) -> bytes:
-        """``render_predictions`` of each chunk, joined: for formats whose records
-        are independent lines."""
-        return b"".join(map(self.render_predictions, chunks.parts))
+        """``render_predictions`` of each run of ``RENDER_ROWS`` rows of each chunk,
+        joined: for formats whose records are independent lines (the Python objects
+        of a run's lines are made and freed before the next's)."""
+        return b"".join(
+            self.render_predictions(part[start : start + RENDER_ROWS])
+            for part in chunks.parts
+            for start in range(0, len(part), RENDER_ROWS)
+        )
 
     def render_error(self, error: dict[str, str]) -> bytes:
         return dump_json(error)
