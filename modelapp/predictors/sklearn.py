@@ -126,6 +126,14 @@ class SklearnPredictor(BasePredictor):
             return engine(matrix)
         return self._sklearn_call(method, matrix)
 
+    def call_batch(self, method: str, matrix: Any, total: int | None) -> np.ndarray:
+        """The compiled engine's routing by batch size follows the whole body."""
+        engine = self._compiled.get(method)
+        limit = getattr(getattr(engine, "__self__", None), "max_records", None)
+        if total is not None and limit is not None and total > limit:
+            return self._sklearn_call(method, matrix)
+        return self.call(method, matrix)
+
     def _sklearn_call(self, method: str, matrix: np.ndarray) -> np.ndarray:
         if method in self._unchecked_methods:
             return np.asarray(
