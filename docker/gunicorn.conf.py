@@ -9,6 +9,7 @@ tricks switched here and the ready-file protocol.
 import gc
 import json
 import os
+import time
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
 
@@ -102,6 +103,29 @@ def worker_exit(server, worker):
         exit_without_teardown(worker)
 
 
+def wait_for_prepare_serve(server):
+    """Until ``serve``'s prepare_serve has ended (its migrations run while the model
+    loads): a /ping 200 means the admin's tables and login are there."""
+    pid = int(os.environ.pop("SMSERVE_PREPARE_PID", "") or 0)
+    if not pid:
+        return
+    waited = False
+    while _running(pid):
+        if not waited:
+            server.log.info("Waiting for the database migrations (prepare_serve).")
+            waited = True
+        time.sleep(0.02)
+
+
+def _running(pid):
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by serve, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def when_ready(server):
     # Before the workers fork: the model drops what a fork cannot copy (an ONNX Runtime
     # session with a thread pool), and the heap that loading freed (unpickling,
@@ -112,6 +136,7 @@ def when_ready(server):
 
     registry.before_fork()
     trim_heap()
+    wait_for_prepare_serve(server)
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
     if fastpaths.enabled("gc_freeze"):
