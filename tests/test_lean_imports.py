@@ -17,6 +17,8 @@ import subprocess
 from http import HTTPStatus
 from pathlib import Path
 
+import pytest
+
 from tests.support import ROOT
 from tests.support.servers import PYTHON, ServeProcess, wait_for
 from tests.support.tables import FEATURES, TARGET, churn_frame
@@ -46,9 +48,15 @@ def serving_processes(server: ServeProcess, workers: int) -> dict[str, set[str]]
     return {name: mapped_packages(pid) for name, pid in pids.items()}
 
 
-def test_a_numeric_model_on_sqlite_maps_no_optional_package(iris_base, serve_factory):
-    """The iris tree: scikit-learn in the master and every worker, none of the others."""
-    server = serve_factory(iris_base, env=LEAN, workers=2)
+@pytest.mark.parametrize("engine", ["off", "on"])
+def test_a_numeric_model_on_sqlite_maps_no_optional_package(
+    iris_base, serve_factory, engine
+):
+    """The iris tree: scikit-learn in the master and every worker, none of the others;
+    with the compiled engine on too, which converts the bare model.joblib apart."""
+    server = serve_factory(
+        iris_base, env={**LEAN, "SMSERVE_COMPILED_ENGINE": engine}, workers=2
+    )
     for _ in range(8):
         status, _, body = server.invoke(b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n")
         assert status == HTTPStatus.OK, body
@@ -56,6 +64,8 @@ def test_a_numeric_model_on_sqlite_maps_no_optional_package(iris_base, serve_fac
     for name, packages in processes.items():
         assert "sklearn" in packages, f"{name} maps no scikit-learn: {packages}"
         assert not packages & OPTIONAL, f"{name} maps {sorted(packages & OPTIONAL)}"
+        # On, the tree was converted and is served by the engine's one session.
+        assert ("onnxruntime" in packages) == (engine == "on"), (name, packages)
 
 
 def test_a_table_model_with_text_columns_maps_pandas(tmp_path, serve_factory):

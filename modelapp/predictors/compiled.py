@@ -32,8 +32,9 @@ same session, its memory shared copy-on-write (``OnnxSession``). It runs
 worker whenever there are at least as many workers as cores) and one inter-op thread,
 without a memory arena. With more than one intra-op thread a session has a thread pool,
 which a fork does not copy: then each worker makes its own session after the fork, and one
-log line says so. ``onnx`` and ``skl2onnx`` are imported only to convert a model at load;
-a model served with ``train``'s ``model.onnx`` needs ONNX Runtime alone.
+log line says so. The serving process needs ONNX Runtime alone: a model without ``train``'s
+``model.onnx`` is converted in a short-lived forked child (``convert_apart``), so skl2onnx,
+onnx and pandas are never imported where the model is served.
 """
 
 from __future__ import annotations
@@ -413,7 +414,42 @@ def _onnx_bytes(
             "onnx_sha256): converting the model again.",
             path,
         )
-    return convert(model, n_features), "converted at start-up"
+    return convert_apart(model, n_features), "converted at start-up"
+
+
+def convert_apart(model: Any, n_features: int) -> bytes:
+    """``convert`` run in a forked child, whose graph comes back over a pipe: skl2onnx,
+    onnx and pandas (which skl2onnx imports) and the conversion's garbage, tens of MB
+    for a forest, stay out of the serving process, and so out of every worker forked
+    from it. The child ends with ``os._exit``, running no exit code of the parent's."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: convert, report, and leave
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                result: tuple[str, Any] = ("graph", convert(model, n_features))
+            except CompileError as exc:
+                result = ("error", str(exc))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(pickle.dumps(result))
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not payload:
+        raise CompileError(f"the conversion process failed (wait status {status})")
+    kind, value = pickle.loads(payload)
+    if kind == "error":
+        raise CompileError(value)
+    return value
 
 
 def _crossover(
