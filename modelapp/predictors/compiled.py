@@ -108,8 +108,11 @@ def convert(model: Any, n_features: int) -> bytes:
     """``model`` as a serialized ONNX graph with one input ``X`` of ``n_features``."""
     try:
         from skl2onnx import to_onnx
+
+        from modelapp.predictors import hgb_onnx  # our HistGradientBoosting converter
     except ImportError as exc:
         raise CompileError(f"skl2onnx is not installed ({exc})") from exc
+    hgb_onnx.register()
     sample: np.ndarray = np.zeros((1, n_features), dtype=input_dtype(model))
     options = {"zipmap": False} if hasattr(model, "predict_proba") else None
     try:

@@ -1,0 +1,254 @@
+"""``HistGradientBoostingClassifier`` and ``HistGradientBoostingRegressor`` as ONNX graphs:
+our own skl2onnx converter, registered in place of skl2onnx's (which fails on them with
+scikit-learn 1.9: "Expected an int, got a boolean").
+
+The graph computes what scikit-learn's ``_raw_predict`` does, in double precision:
+
+- **Trees**: one ``ai.onnx.ml`` opset 5 ``TreeEnsemble`` (``SUM``, one target per tree of
+  an iteration) over the fitted ``_predictors``' node arrays. A numeric split goes left
+  when ``x <= num_threshold``; its threshold is scikit-learn's float64 itself, compared to
+  float64 input, so every record takes scikit-learn's path (opset 3's operators hold
+  thresholds and sums in float32 and would not). NaN follows ``missing_go_to_left``
+  (``nodes_missing_value_tracks_true``). A tree that is a single leaf becomes one split
+  whose both sides are that leaf, since opset 5 roots a tree at a split.
+- **Raw score**: the trees' sum plus ``_baseline_prediction``.
+- **Outputs**, laid out as skl2onnx's classifiers with ``zipmap`` off: ``label`` (the
+  class of the largest probability) then ``probabilities``; the binomial loss gives
+  ``[1 - sigmoid(raw), sigmoid(raw)]``, the multinomial one ``softmax(raw)``. A regressor
+  has one output, ``raw`` through the loss's inverse link: identity (``squared_error``,
+  ``absolute_error``, ``quantile``) or ``exp`` (``poisson``, ``gamma``).
+
+Categorical features are not converted: scikit-learn encodes them with an internal
+``OrdinalEncoder`` (unknown categories become missing) and reorders the columns, which
+this graph does not reproduce; the converter refuses such a model, so it stays with
+scikit-learn (``compiled.convert`` raises ``CompileError`` with the reason).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+# skl2onnx 1.20 writes ai.onnx.ml up to opset 3 (opset 5's all-double TreeEnsemble is
+# refused by its model builder).
+ML_OPSET = 3
+
+
+class NotConvertible(ValueError):
+    """A HistGradientBoosting model this converter cannot express exactly."""
+
+
+@functools.cache
+def register() -> None:
+    """Put our converters in skl2onnx's registry in place of its own (once)."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+    )
+
+    update_registered_converter(
+        HistGradientBoostingClassifier,
+        "SklearnHistGradientBoostingClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_classifier,
+        options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
+    )
+    update_registered_converter(
+        HistGradientBoostingRegressor,
+        "SklearnHistGradientBoostingRegressor",
+        calculate_linear_regressor_output_shapes,
+        convert_regressor,
+    )
+
+
+def check_convertible(model: Any) -> None:
+    """Raise ``NotConvertible`` saying why ``model``'s graph would not be exact."""
+    if getattr(model, "is_categorical_", None) is not None:
+        raise NotConvertible(
+            "HistGradientBoosting with categorical features is not converted (its "
+            "internal category encoding is not in the graph); scikit-learn serves it"
+        )
+
+
+def tree_ensemble_attributes(model: Any) -> dict[str, Any]:
+    """The ``TreeEnsembleRegressor`` attributes: ``model``'s trees summed per target
+    from its baseline, thresholds, leaf values and baseline as float64 tensors."""
+    from onnx import numpy_helper
+
+    columns: dict[str, list[Any]] = {
+        key: []
+        for key in (
+            "nodes_treeids",
+            "nodes_nodeids",
+            "nodes_featureids",
+            "nodes_modes",
+            "nodes_values",
+            "nodes_truenodeids",
+            "nodes_falsenodeids",
+            "nodes_missing_value_tracks_true",
+            "target_treeids",
+            "target_nodeids",
+            "target_ids",
+            "target_weights",
+        )
+    }
+    tree = 0
+    for iteration in model._predictors:
+        for target, predictor in enumerate(iteration):
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                raise NotConvertible("a tree splits on a categorical feature")
+            leaves = nodes["is_leaf"].astype(bool)
+            count = len(nodes)
+            columns["nodes_treeids"].extend([tree] * count)
+            columns["nodes_nodeids"].extend(range(count))
+            columns["nodes_featureids"].extend(
+                np.where(leaves, 0, nodes["feature_idx"]).tolist()
+            )
+            columns["nodes_modes"].extend(
+                "LEAF" if leaf else "BRANCH_LEQ" for leaf in leaves
+            )
+            columns["nodes_values"].extend(
+                np.where(leaves, 0.0, nodes["num_threshold"]).tolist()
+            )
+            columns["nodes_truenodeids"].extend(
+                np.where(leaves, 0, nodes["left"]).tolist()
+            )
+            columns["nodes_falsenodeids"].extend(
+                np.where(leaves, 0, nodes["right"]).tolist()
+            )
+            columns["nodes_missing_value_tracks_true"].extend(
+                (~leaves & nodes["missing_go_to_left"].astype(bool))
+                .astype(int)
+                .tolist()
+            )
+            leaf_ids = np.flatnonzero(leaves)
+            columns["target_treeids"].extend([tree] * len(leaf_ids))
+            columns["target_nodeids"].extend(leaf_ids.tolist())
+            columns["target_ids"].extend([target] * len(leaf_ids))
+            columns["target_weights"].extend(nodes["value"][leaves].tolist())
+            tree += 1
+    attributes: dict[str, Any] = {
+        "n_targets": int(model.n_trees_per_iteration_),
+        "aggregate_function": "SUM",
+        "post_transform": "NONE",
+    }
+    for key, values in columns.items():
+        if key in ("nodes_values", "target_weights"):
+            attributes[key + "_as_tensor"] = numpy_helper.from_array(
+                np.asarray(values, dtype=np.float64)
+            )
+        else:
+            attributes[key] = values
+    baseline = np.asarray(model._baseline_prediction, dtype=np.float64).ravel()
+    attributes["base_values_as_tensor"] = numpy_helper.from_array(baseline)
+    return attributes
+
+
+def _raw_scores(scope: Any, operator: Any, container: Any) -> str:
+    """Add the nodes computing the raw score, float64 ``(N, n_trees_per_iteration)``."""
+    from onnx import TensorProto
+
+    model = operator.raw_operator
+    check_convertible(model)
+    name = scope.get_unique_operator_name
+    X = operator.inputs[0].full_name
+    if (
+        operator.inputs[0].type.to_onnx_type().tensor_type.elem_type
+        != TensorProto.DOUBLE
+    ):
+        cast = scope.get_unique_variable_name("X_double")
+        container.add_node("Cast", X, cast, to=TensorProto.DOUBLE, name=name("Cast"))
+        X = cast
+    sums = scope.get_unique_variable_name("raw_float")
+    container.add_node(
+        "TreeEnsembleRegressor",
+        X,
+        sums,
+        op_domain="ai.onnx.ml",
+        op_version=ML_OPSET,
+        name=name("TreeEnsembleRegressor"),
+        **tree_ensemble_attributes(model),
+    )
+    raw = scope.get_unique_variable_name("raw")
+    container.add_node("Cast", sums, raw, to=TensorProto.DOUBLE, name=name("Cast"))
+    return raw
+
+
+def convert_classifier(scope: Any, operator: Any, container: Any) -> None:
+    """skl2onnx converter: ``label`` then ``probabilities`` (module docstring)."""
+    from onnx import TensorProto
+
+    model = operator.raw_operator
+    raw = _raw_scores(scope, operator, container)
+    loss = type(model._loss).__name__
+    name = scope.get_unique_operator_name
+    probabilities = operator.outputs[1].full_name
+    if loss == "HalfBinomialLoss":
+        p1 = scope.get_unique_variable_name("p1")
+        p0 = scope.get_unique_variable_name("p0")
+        one = scope.get_unique_variable_name("one")
+        container.add_initializer(one, TensorProto.DOUBLE, [], [1.0])
+        container.add_node("Sigmoid", raw, p1, name=name("Sigmoid"))
+        container.add_node("Sub", [one, p1], p0, name=name("Sub"))
+        both = scope.get_unique_variable_name("proba")
+        container.add_node("Concat", [p0, p1], both, axis=1, name=name("Concat"))
+    elif loss == "HalfMultinomialLoss":
+        both = scope.get_unique_variable_name("proba")
+        container.add_node("Softmax", raw, both, axis=1, name=name("Softmax"))
+    else:
+        raise NotConvertible(f"no probabilities for the loss {loss}")
+    out_type = operator.outputs[1].type.to_onnx_type().tensor_type.elem_type
+    container.add_node("Cast", both, probabilities, to=out_type, name=name("Cast"))
+
+    index = scope.get_unique_variable_name("class_index")
+    container.add_node("ArgMax", both, index, axis=1, keepdims=0, name=name("ArgMax"))
+    classes = scope.get_unique_variable_name("classes")
+    labels = np.asarray(model.classes_)
+    if labels.dtype.kind in "US" or labels.dtype == object:
+        if not all(isinstance(c, str) for c in labels.tolist()):
+            raise NotConvertible("class labels must be all numbers or all strings")
+        container.add_initializer(
+            classes,
+            TensorProto.STRING,
+            [len(labels)],
+            [str(c).encode() for c in labels],
+        )
+    else:
+        as_int = labels.astype(np.int64)
+        if not np.array_equal(as_int, labels):
+            raise NotConvertible("numeric class labels must be whole numbers")
+        container.add_initializer(classes, TensorProto.INT64, [len(labels)], as_int)
+    container.add_node(
+        "Gather",
+        [classes, index],
+        operator.outputs[0].full_name,
+        axis=0,
+        name=name("Gather"),
+    )
+
+
+def convert_regressor(scope: Any, operator: Any, container: Any) -> None:
+    """skl2onnx converter: the prediction, ``raw`` through the loss's inverse link."""
+
+    model = operator.raw_operator
+    link = type(model._loss.link).__name__
+    if link not in ("IdentityLink", "LogLink"):
+        raise NotConvertible(f"no inverse in the graph for the link {link}")
+    raw = _raw_scores(scope, operator, container)
+    name = scope.get_unique_operator_name
+    value = raw
+    if link == "LogLink":
+        value = scope.get_unique_variable_name("exp")
+        container.add_node("Exp", raw, value, name=name("Exp"))
+    out_type = operator.outputs[0].type.to_onnx_type().tensor_type.elem_type
+    container.add_node(
+        "Cast", value, operator.outputs[0].full_name, to=out_type, name=name("Cast")
+    )
