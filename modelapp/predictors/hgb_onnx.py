@@ -2,16 +2,18 @@
 our own skl2onnx converter, registered in place of skl2onnx's (which fails on them with
 scikit-learn 1.9: "Expected an int, got a boolean").
 
-The graph computes what scikit-learn's ``_raw_predict`` does, in double precision:
+The graph computes what scikit-learn's ``_raw_predict`` does, from float64 input (HGB
+computes in float64 itself; ``compiled.input_dtype`` gives float64 for it):
 
-- **Trees**: one ``ai.onnx.ml`` opset 5 ``TreeEnsemble`` (``SUM``, one target per tree of
-  an iteration) over the fitted ``_predictors``' node arrays. A numeric split goes left
-  when ``x <= num_threshold``; its threshold is scikit-learn's float64 itself, compared to
-  float64 input, so every record takes scikit-learn's path (opset 3's operators hold
-  thresholds and sums in float32 and would not). NaN follows ``missing_go_to_left``
-  (``nodes_missing_value_tracks_true``). A tree that is a single leaf becomes one split
-  whose both sides are that leaf, since opset 5 roots a tree at a split.
-- **Raw score**: the trees' sum plus ``_baseline_prediction``.
+- **Trees**: one ``ai.onnx.ml`` ``TreeEnsembleRegressor`` (``SUM``, one target per tree
+  of an iteration, the baseline as ``base_values``) over the fitted ``_predictors``' node
+  arrays. A numeric split goes left when ``x <= num_threshold``; thresholds, leaf values
+  and the baseline are float64 tensors (``*_as_tensor``) compared to float64 input, so
+  every record takes scikit-learn's path (float32 thresholds would send values between
+  the two roundings the other way). NaN follows ``missing_go_to_left``
+  (``nodes_missing_value_tracks_true``). The operator's output is float32 (opset 3 has
+  no double output): raw scores carry float32's rounding (~6e-8 relative), well within
+  ``compiled.RTOL``; the rest is computed in double from them.
 - **Outputs**, laid out as skl2onnx's classifiers with ``zipmap`` off: ``label`` (the
   class of the largest probability) then ``probabilities``; the binomial loss gives
   ``[1 - sigmoid(raw), sigmoid(raw)]``, the multinomial one ``softmax(raw)``. A regressor
