@@ -11,6 +11,7 @@ from http import HTTPStatus
 
 import numpy as np
 import pytest
+from sklearn.base import is_classifier
 from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
@@ -36,11 +37,11 @@ def with_gaps(X: np.ndarray, seed: int, share: float = 0.1) -> np.ndarray:
 
 def dataset(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """1,200 records with gaps: 1,000 to fit on, the rest held out."""
-    if kind == "regression":
+    if kind in ("regression", "absolute_error", "quantile"):
         X, y = make_regression(1200, N_FEATURES, noise=5.0, random_state=0)
-    elif kind == "poisson":
+    elif kind in ("poisson", "gamma"):
         X, _ = make_regression(1200, N_FEATURES, random_state=0)
-        y = np.random.default_rng(0).poisson(np.exp(X[:, 0] / 3))
+        y = np.random.default_rng(0).poisson(np.exp(X[:, 0] / 3)) + (kind == "gamma")
     else:
         classes = {"binary": 2, "multiclass": 4, "text labels": 3}[kind]
         X, y = make_classification(
@@ -59,6 +60,13 @@ MODELS = {
     "poisson": HistGradientBoostingRegressor(
         loss="poisson", max_iter=40, random_state=0
     ),
+    "absolute_error": HistGradientBoostingRegressor(
+        loss="absolute_error", max_iter=20, random_state=0
+    ),
+    "quantile": HistGradientBoostingRegressor(
+        loss="quantile", quantile=0.8, max_iter=20, random_state=0
+    ),
+    "gamma": HistGradientBoostingRegressor(loss="gamma", max_iter=20, random_state=0),
 }
 
 
@@ -96,14 +104,15 @@ def split_records(model, base: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_graph_answers_as_scikit_learn(kind):
-    """On held-out records with gaps, and on both sides of every split's threshold:
-    labels identical, probabilities and values within the engine's tolerance."""
+    """On held-out records with gaps, and on both sides of every split's threshold
+    (where float32 input would take the other side): labels identical, probabilities
+    and values within the engine's tolerance, for every loss."""
     model, held_out = fitted(kind)
     assert compiled_engine.input_dtype(model) is np.float64
     records = np.vstack([held_out, split_records(model, held_out)])
     assert np.isnan(records).any(axis=1).sum() > 100
     outputs = run_graph(model, records)
-    if kind in ("regression", "poisson"):
+    if not is_classifier(model):
         (values,) = outputs
         np.testing.assert_allclose(
             values.ravel(), model.predict(records), rtol=RTOL, atol=ATOL
