@@ -1,7 +1,7 @@
 """HistGradientBoosting compiled (``modelapp/predictors/hgb_onnx.py``): our converter's
-graphs, run by ONNX Runtime, answer as scikit-learn does, missing values included; a
-model with categorical features stays with scikit-learn; the real ``train`` and the real
-server serve one with ONNX Runtime."""
+graphs, run by ONNX Runtime, answer as scikit-learn does, missing values and numeric
+categories included; a model with text categories stays with scikit-learn; the real
+``train`` and the real server serve one with ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -167,23 +167,54 @@ def test_the_engine_serves_it(kind):
             np.testing.assert_array_equal(served, expected)
 
 
-def test_categorical_features_stay_with_scikit_learn():
-    """A model with categorical features does not convert, saying why, and is served
-    by scikit-learn."""
-    X, y = make_classification(600, 4, random_state=0)
-    X[:, 0] = np.random.default_rng(0).integers(0, 5, len(X))
+def categorical_table() -> tuple[np.ndarray, np.ndarray]:
+    """Two numeric columns of categories (1 and 3) among numbers, with gaps."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1500, 5))
+    X[:, 1] = rng.choice([3.0, 7.0, 10.0, 11.5, 20.0, -2.0], len(X))
+    X[:, 3] = rng.integers(0, 30, len(X))
+    y = (X[:, 1] > 8) ^ (X[:, 3] % 3 == 0) ^ (X[:, 0] > 0.5)
+    return with_gaps(X, seed=2, share=0.05), y.astype(int)
+
+
+def test_categorical_features_answer_as_scikit_learn():
+    """Categorical splits (numeric categories) are in the graph: known categories go
+    where scikit-learn sends them, unknown ones and NaN where it sends missing values;
+    the engine verifies and serves the model."""
+    X, y = categorical_table()
     model = HistGradientBoostingClassifier(
-        categorical_features=[0], max_iter=10, random_state=0
-    ).fit(X, y)
-    with pytest.raises(compiled_engine.CompileError, match="categorical features"):
-        compiled_engine.convert(model, 4)
+        categorical_features=[1, 3], max_iter=30, random_state=0
+    ).fit(X[:1000], y[:1000])
+    assert any(p.nodes["is_categorical"].any() for it in model._predictors for p in it)
+    held_out = X[1000:].copy()
+    held_out[::7, 1] = 5.0  # a category never seen
+    held_out[::11, 3] = 99.0
+    labels, probabilities = run_graph(model, held_out)
+    np.testing.assert_array_equal(labels, model.predict(held_out))
+    np.testing.assert_allclose(
+        probabilities, model.predict_proba(held_out), rtol=RTOL, atol=ATOL
+    )
     predictor = SklearnPredictor(model)
     predictor.compile(None)
-    assert set(predictor.engine_report.methods.values()) == {SKLEARN}
-    assert "categorical features" in predictor.engine_report.reason
+    assert predictor.engine_report.methods["predict_proba"] == ONNX
     np.testing.assert_array_equal(
-        predictor.predict(Batch(values=X[:50])), model.predict(X[:50])
+        predictor.predict(Batch(values=held_out)), model.predict(held_out)
     )
+
+
+def test_text_categories_stay_with_scikit_learn():
+    """A model whose categories are text does not convert (the graph takes numbers),
+    saying why, and scikit-learn serves it."""
+    import pandas as pd
+
+    X, y = categorical_table()
+    frame = pd.DataFrame(X[:, :3], columns=["a", "colour", "c"])
+    frame["colour"] = frame["colour"].map(lambda v: f"c{v}")
+    model = HistGradientBoostingClassifier(
+        categorical_features=["colour"], max_iter=10, random_state=0
+    ).fit(frame, y)
+    with pytest.raises(compiled_engine.CompileError, match="categories that are not"):
+        compiled_engine.convert(model, 3)
 
 
 @pytest.mark.server

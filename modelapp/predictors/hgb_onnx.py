@@ -20,10 +20,12 @@ computes in float64 itself; ``compiled.input_dtype`` gives float64 for it):
   has one output, ``raw`` through the loss's inverse link: identity (``squared_error``,
   ``absolute_error``, ``quantile``) or ``exp`` (``poisson``, ``gamma``).
 
-Categorical features are not converted: scikit-learn encodes them with an internal
-``OrdinalEncoder`` (unknown categories become missing) and reorders the columns, which
-this graph does not reproduce; the converter refuses such a model, so it stays with
-scikit-learn (``compiled.convert`` raises ``CompileError`` with the reason).
+Categorical features (numeric categories) are converted: scikit-learn codes them with an
+internal ``OrdinalEncoder`` (unknown categories become missing) and puts them first; the
+graph reads the input's own columns and tests each categorical split's raw category
+values (``tree_ensemble_attributes``). Text categories are refused (the graph takes
+numbers): such a model stays with scikit-learn (``compiled.convert`` raises
+``CompileError`` with the reason).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ import numpy as np
 # skl2onnx 1.20 writes ai.onnx.ml up to opset 3 (opset 5's all-double TreeEnsemble is
 # refused by its model builder).
 ML_OPSET = 3
+
+
+NODE_FIELDS = (
+    "nodes_featureids",
+    "nodes_modes",
+    "nodes_values",
+    "nodes_truenodeids",
+    "nodes_falsenodeids",
+    "nodes_missing_value_tracks_true",
+)
 
 
 class NotConvertible(ValueError):
@@ -70,20 +82,47 @@ def register() -> None:
     )
 
 
-def check_convertible(model: Any) -> None:
-    """Raise ``NotConvertible`` saying why ``model``'s graph would not be exact."""
-    if getattr(model, "is_categorical_", None) is not None:
-        raise NotConvertible(
-            "HistGradientBoosting with categorical features is not converted (its "
-            "internal category encoding is not in the graph); scikit-learn serves it"
-        )
+def _columns(model: Any) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The input column of each of the trees' features, and for each categorical one
+    its known categories (raw values, indexed by scikit-learn's code).
+
+    With categorical features scikit-learn puts them first (its internal
+    ``OrdinalEncoder``, then the numeric columns in order) and codes each known
+    category by its rank; an unknown category or NaN becomes missing."""
+    n_features = int(model.n_features_in_)
+    is_categorical = getattr(model, "is_categorical_", None)
+    if is_categorical is None:
+        return np.arange(n_features), {}
+    encoded = np.flatnonzero(is_categorical)
+    if model._preprocessor.output_indices_["encoder"] != slice(0, len(encoded)):
+        raise NotConvertible("the categorical columns are not encoded first")
+    order = np.concatenate([encoded, np.flatnonzero(~np.asarray(is_categorical))])
+    encoder = model._preprocessor.named_transformers_["encoder"]
+    categories: dict[int, np.ndarray] = {}
+    for position, values in enumerate(encoder.categories_):
+        values = np.asarray(values)
+        if values.dtype.kind not in "biuf":
+            raise NotConvertible(
+                "HistGradientBoosting with categories that are not numbers is not "
+                "converted (the graph takes numbers); scikit-learn serves it"
+            )
+        known = values.astype(np.float64)
+        categories[position] = known[~np.isnan(known)]
+    return order, categories
 
 
 def tree_ensemble_attributes(model: Any) -> dict[str, Any]:
     """The ``TreeEnsembleRegressor`` attributes: ``model``'s trees summed per target
-    from its baseline, thresholds, leaf values and baseline as float64 tensors."""
+    from its baseline, thresholds, leaf values and baseline as float64 tensors.
+
+    A categorical split becomes a chain of ``BRANCH_EQ`` nodes, one per category
+    listed: the categories on the side missing values do not take, each going there;
+    anything else (the other known categories, unknown ones, NaN) falls through to the
+    side missing values take, as scikit-learn sends them. The chain's nodes share
+    their children (ONNX Runtime follows node ids, so a subtree is not repeated)."""
     from onnx import numpy_helper
 
+    order, categories = _columns(model)
     columns: dict[str, list[Any]] = {
         key: []
         for key in (
@@ -102,40 +141,46 @@ def tree_ensemble_attributes(model: Any) -> dict[str, Any]:
         )
     }
     tree = 0
+
+    def add(node: int, *fields: Any) -> None:
+        columns["nodes_treeids"].append(tree)
+        columns["nodes_nodeids"].append(node)
+        for key, value in zip(NODE_FIELDS, fields, strict=True):
+            columns[key].append(value)
+
     for iteration in model._predictors:
         for target, predictor in enumerate(iteration):
             nodes = predictor.nodes
-            if nodes["is_categorical"].any():
-                raise NotConvertible("a tree splits on a categorical feature")
-            leaves = nodes["is_leaf"].astype(bool)
-            count = len(nodes)
-            columns["nodes_treeids"].extend([tree] * count)
-            columns["nodes_nodeids"].extend(range(count))
-            columns["nodes_featureids"].extend(
-                np.where(leaves, 0, nodes["feature_idx"]).tolist()
-            )
-            columns["nodes_modes"].extend(
-                "LEAF" if leaf else "BRANCH_LEQ" for leaf in leaves
-            )
-            columns["nodes_values"].extend(
-                np.where(leaves, 0.0, nodes["num_threshold"]).tolist()
-            )
-            columns["nodes_truenodeids"].extend(
-                np.where(leaves, 0, nodes["left"]).tolist()
-            )
-            columns["nodes_falsenodeids"].extend(
-                np.where(leaves, 0, nodes["right"]).tolist()
-            )
-            columns["nodes_missing_value_tracks_true"].extend(
-                (~leaves & nodes["missing_go_to_left"].astype(bool))
-                .astype(int)
-                .tolist()
-            )
-            leaf_ids = np.flatnonzero(leaves)
-            columns["target_treeids"].extend([tree] * len(leaf_ids))
-            columns["target_nodeids"].extend(leaf_ids.tolist())
-            columns["target_ids"].extend([target] * len(leaf_ids))
-            columns["target_weights"].extend(nodes["value"][leaves].tolist())
+            next_id = len(nodes)  # ids for the chains' extra nodes
+            for i, node in enumerate(nodes):
+                left, right = int(node["left"]), int(node["right"])
+                feature = int(order[node["feature_idx"]]) if not node["is_leaf"] else 0
+                if node["is_leaf"]:
+                    add(i, 0, "LEAF", 0.0, 0, 0, 0)
+                    columns["target_treeids"].append(tree)
+                    columns["target_nodeids"].append(i)
+                    columns["target_ids"].append(target)
+                    columns["target_weights"].append(float(node["value"]))
+                elif not node["is_categorical"]:
+                    missing_left = int(bool(node["missing_go_to_left"]))
+                    threshold = float(node["num_threshold"])
+                    add(i, feature, "BRANCH_LEQ", threshold, left, right, missing_left)
+                else:
+                    known = categories[int(node["feature_idx"])]
+                    bits = predictor.raw_left_cat_bitsets[int(node["bitset_idx"])]
+                    codes = np.arange(len(known))
+                    goes_left = (bits[codes // 32] >> (codes % 32)) & 1 == 1
+                    if node["missing_go_to_left"]:
+                        listed, to, otherwise = known[~goes_left], right, left
+                    else:
+                        listed, to, otherwise = known[goes_left], left, right
+                    # Nothing listed: one test no value passes (x == NaN).
+                    values = listed.tolist() or [float("nan")]
+                    ids = [i, *range(next_id, next_id + len(values) - 1)]
+                    next_id += len(values) - 1
+                    for k, value in enumerate(values):
+                        fall = ids[k + 1] if k + 1 < len(ids) else otherwise
+                        add(ids[k], feature, "BRANCH_EQ", value, to, fall, 0)
             tree += 1
     attributes: dict[str, Any] = {
         "n_targets": int(model.n_trees_per_iteration_),
@@ -159,7 +204,6 @@ def _raw_scores(scope: Any, operator: Any, container: Any) -> str:
     from onnx import TensorProto
 
     model = operator.raw_operator
-    check_convertible(model)
     name = scope.get_unique_operator_name
     X = operator.inputs[0].full_name
     if (
