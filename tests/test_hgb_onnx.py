@@ -21,6 +21,8 @@ from sklearn.ensemble import (
 from modelapp.batch import Batch
 from modelapp.predictors import SklearnPredictor
 from modelapp.predictors import compiled as compiled_engine
+from modelapp.registry import load_model
+from tests.support.models import write_model
 from tests.support.training import run_train, sagemaker_tree
 
 ONNX, SKLEARN = compiled_engine.ENGINE, compiled_engine.SKLEARN
@@ -215,6 +217,36 @@ def test_text_categories_stay_with_scikit_learn():
     ).fit(frame, y)
     with pytest.raises(compiled_engine.CompileError, match="categories that are not"):
         compiled_engine.convert(model, 3)
+
+
+def test_a_disagreeing_graph_is_caught(tmp_path):
+    """A model.onnx whose thresholds were moved answers differently on the training rows
+    kept for verification (gaps included): scikit-learn serves, and the report says
+    why."""
+    import onnx
+
+    model, held_out = fitted("binary")
+    write_model(
+        tmp_path, model, {"n_features": N_FEATURES, "compiled": {"onnx": "model.onnx"}}
+    )
+    graph = onnx.load_from_string(compiled_engine.convert(model, N_FEATURES))
+    (node,) = [n for n in graph.graph.node if n.op_type == "TreeEnsembleRegressor"]
+    (values,) = [a for a in node.attribute if a.name == "nodes_values_as_tensor"]
+    moved = onnx.numpy_helper.to_array(values.t) + 0.25
+    values.t.CopyFrom(onnx.numpy_helper.from_array(moved))
+    model_dir = tmp_path / "model"
+    (model_dir / "model.onnx").write_bytes(graph.SerializeToString())
+    np.save(model_dir / "verification.npy", held_out)
+    predictor = load_model(model_dir).predictor
+    report = predictor.engine_report
+    assert report.source == "model.onnx written by train"
+    assert report.methods["predict"] == report.methods["predict_proba"] == SKLEARN
+    assert re.search(
+        r"verification failed for predict: \d+ of 200 labels", report.reason
+    )
+    np.testing.assert_array_equal(
+        predictor.predict(Batch(values=held_out)), model.predict(held_out)
+    )
 
 
 @pytest.mark.server
