@@ -9,6 +9,7 @@ tricks switched here and the ready-file protocol.
 import gc
 import json
 import os
+import time
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smserve.settings")
 
@@ -72,8 +73,8 @@ def post_fork(server, worker):
 
     catch_early_stop(server, worker)
     # Threads do not survive fork: each worker starts its own stats flusher (which also
-    # records the loaded model in the database), off the request path, and its own
-    # compiled-engine sessions (modelapp/predictors/compiled.py).
+    # records the loaded model in the database), off the request path, and adopts the
+    # master's compiled-engine sessions (modelapp/predictors/compiled.py).
     from modelapp import multimodel
     from modelapp.registry import registry
     from modelapp.stats import collector
@@ -91,22 +92,57 @@ def worker_exit(server, worker):
     from modelapp.stats import collector
     from smserve.workers import exit_without_teardown
 
-    collector.stop()
-    if multimodel.enabled():
-        multimodel.worker_models().stop()
-    # Last: nothing is left to do but tearing down the interpreter, which takes seconds.
-    exit_without_teardown(worker)
+    try:
+        collector.stop()
+        if multimodel.enabled():
+            multimodel.worker_models().stop()
+    finally:
+        # Last, whatever happened above: nothing is left to do but tearing down the
+        # interpreter, which takes seconds, and which ONNX Runtime's exit handlers hang
+        # or abort in a process forked from one that loaded it (compiled.OnnxSession).
+        exit_without_teardown(worker)
+
+
+def wait_for_prepare_serve(server):
+    """Until ``serve``'s prepare_serve has ended (its migrations run while the model
+    loads): a /ping 200 means the admin's tables and login are there."""
+    pid = int(os.environ.pop("SMSERVE_PREPARE_PID", "") or 0)
+    if not pid:
+        return
+    waited = False
+    while _running(pid):
+        if not waited:
+            server.log.info("Waiting for the database migrations (prepare_serve).")
+            waited = True
+        time.sleep(0.02)
+
+
+def _running(pid):
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by serve, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def when_ready(server):
+    # Before the workers fork: the model drops what a fork cannot copy (an ONNX Runtime
+    # session with a thread pool), and the heap that loading freed (unpickling,
+    # converting, verifying: tens of MB that glibc keeps) goes back to the system rather
+    # than into every worker's view of the master's memory.
+    from modelapp.multimodel import trim_heap
+    from modelapp.registry import registry
+
+    registry.before_fork()
+    trim_heap()
+    wait_for_prepare_serve(server)
     # The preloaded model is immutable from here on: move it out of the collector's reach
     # so that collections in the workers do not touch (and copy) its pages.
     if fastpaths.enabled("gc_freeze"):
         gc.freeze()
     # The socket is bound (connections queue until the workers fork): from now on nginx
     # answers /ping with 200 from the ready file.
-    from modelapp.registry import registry
-
     fastpaths.write_ready_file(registry)
 
 

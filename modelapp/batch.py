@@ -7,6 +7,8 @@ the model and predict.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,10 @@ class Batch:
     ``flat``; CSV's are a 2-D object array (a pointer per field). ``records`` holds
     ``{feature: value}`` objects, or a ``RecordTable`` when they are all numbers under
     the same keys. ``columns`` are a CSV header's names.
+
+    A body larger than a chunk sets ``chunks`` instead (``Chunks``): its records are
+    read a chunk at a time, each chunk a ``Batch`` whose ``offset`` is the number of
+    records before it and ``total`` the records of the whole body.
     """
 
     values: np.ndarray | None = None
@@ -36,12 +42,17 @@ class Batch:
     columns: list[str] | None = None
     rows: list[list[Any]] | np.ndarray | None = None
     flat: bool = False
+    chunks: Chunks | None = None
+    offset: int = 0
+    total: int | None = None
 
     def __post_init__(self) -> None:
         if self.values is not None and self.values.ndim == 1:
             self.flat = True
 
     def __len__(self) -> int:
+        if self.chunks is not None:
+            return self.chunks.records
         if self.records is not None:
             return len(self.records)
         if self.flat:
@@ -160,3 +171,102 @@ class RecordTable:
         if self.keys == names:
             return self.values
         return self.values[:, [self.keys.index(name) for name in names]]
+
+
+class Declined(Exception):
+    """A chunk the fast path cannot read: the whole body goes to the general parser,
+    as it would in one pass."""
+
+
+class Chunks:
+    """A large body's records, parsed a chunk of records at a time, so that a worker's
+    memory grows with a chunk, not with the body (``BasePredictor.predict``).
+
+    ``blocks()`` yields the chunks' batches (of ``values``) in order and raises ``Declined`` at one
+    the fast path cannot read; ``general()`` then reads the whole body in one pass with
+    the general parser, whose values and error messages are the one-pass answer.
+    ``records`` is the body's record count, known before the first chunk is read (a
+    fast path's records are its lines).
+    """
+
+    def __init__(
+        self,
+        blocks: Callable[[], Iterator[Batch]],
+        general: Callable[[], Batch],
+        records: int,
+    ) -> None:
+        self.blocks = blocks
+        self.general = general
+        self.records = records
+
+    def __iter__(self) -> Iterator[Batch]:
+        offset = 0
+        for block in self.blocks():
+            block.offset, block.total = offset, self.records
+            offset += len(block)
+            yield block
+
+    def whole(self) -> Batch:
+        """The body as one batch, exactly as one pass reads it (for a consumer that
+        takes the records at once, e.g. a script's default ``input_fn``)."""
+        try:
+            parts = list(self)
+        except Declined:
+            return self.general()
+        values = np.concatenate([p.values for p in parts if p.values is not None])
+        return Batch(values=values, columns=parts[0].columns)
+
+
+# Every message about one record starts so (``InvalidInput`` of the predictors).
+_RECORD = re.compile(r"Record (\d+)")
+
+
+def renumbered(exc: InvalidInput, offset: int) -> InvalidInput:
+    """``exc`` raised for a chunk, naming its record by its number in the whole body."""
+    detail = str(exc.detail)
+    found = _RECORD.match(detail)
+    if not offset or found is None:
+        return exc
+    number = int(found.group(1)) + offset
+    code = getattr(exc.detail, "code", None)
+    return InvalidInput(f"Record {number}{detail[found.end() :]}", code=code)
+
+
+class ChunkedPredictions:
+    """The predictions of a chunked body, one array per chunk, as one result: every
+    part in the dtype the whole would have had (``numpy.promote_types`` of theirs), so
+    a renderer writes each part as it would have written its rows of the whole. Labels
+    are kept in the smallest integer type that holds them until then (lossless: their
+    range decides it), so a body of many short records does not keep eight bytes per
+    record for its answer."""
+
+    def __init__(self) -> None:
+        self.dtype: np.dtype | None = None
+        self._parts: list[np.ndarray] = []
+
+    def append(self, part: np.ndarray) -> None:
+        whole = part.dtype
+        self.dtype = (
+            whole if self.dtype is None else np.promote_types(self.dtype, whole)
+        )
+        if whole.kind in "iu" and part.size:
+            small = np.result_type(
+                np.min_scalar_type(part.min()), np.min_scalar_type(part.max())
+            )
+            part = part.astype(small, copy=False)
+        self._parts.append(part)
+
+    def clear(self) -> None:
+        self._parts.clear()
+
+    def __len__(self) -> int:
+        return sum(map(len, self._parts))
+
+    @property
+    def parts(self) -> Iterator[np.ndarray]:
+        """Each chunk's predictions, in the whole's dtype."""
+        for part in self._parts:
+            yield part.astype(self.dtype, copy=False)
+
+    def whole(self) -> np.ndarray:
+        return np.concatenate(list(self.parts))

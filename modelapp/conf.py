@@ -71,6 +71,11 @@ DEFAULTS: dict[str, Any] = {
     # scientific stack (with their submodules), and the switch back to plain joblib.
     "TRUSTED_MODULES": (),
     "ALLOW_UNSAFE_DESERIALIZATION": False,
+    # A body larger than this many KB is parsed, predicted and rendered a chunk of this
+    # size at a time (its records in order), so a worker's memory grows with the chunk,
+    # not the body (modelapp/batch.py ``Chunks``). Each chunk costs the model a call,
+    # whose fixed cost (its thread pool's start and stop) smaller chunks multiply.
+    "CHUNK_KB": 8192,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.

@@ -499,10 +499,10 @@ PRELOADED_MODULES = (
 )
 
 
-# What compiling a model imports (``modelapp/predictors/compiled.py``), when on. Not
-# onnxruntime: a child of a process that imported it hangs or aborts when it exits, so
-# gunicorn's master must never import it (``compiled.OnnxSession``).
-COMPILED_ENGINE_MODULES = ("onnx", "skl2onnx")
+# What compiling a model imports (``modelapp/predictors/compiled.py``), when on. The
+# workers, forked from a master that imported onnxruntime, end with ``os._exit``, which
+# its exit handlers need (``compiled.OnnxSession``).
+COMPILED_ENGINE_MODULES = ("onnx", "skl2onnx", "onnxruntime")
 
 
 def preload_libraries() -> None:

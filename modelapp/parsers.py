@@ -13,10 +13,12 @@ else it is a 413 before it is made.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
 import tokenize
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -29,6 +31,8 @@ from modelapp import conf, formats
 # to_float_rows is re-exported for parsers of other formats (a plug-in's TSV, say).
 from modelapp.batch import (  # noqa: F401
     Batch,
+    Chunks,
+    Declined,
     RecordTable,
     batch_of_rows,
     to_float_rows,
@@ -104,21 +108,26 @@ class CSVParser(BaseBatchParser):
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
         charset = params.get("charset", "utf-8")
+        header = params.get("header", "").lower() == "present"
+        general = functools.partial(read_csv_bytes, data, charset, header)
         if charset.lower() in ASCII_CHARSETS and conf.fast_path("numeric_csv"):
-            batch = parse_numeric_csv(
-                data, params.get("header", "").lower() == "present"
+            batch = numeric_csv_chunks(data, header, general) or parse_numeric_csv(
+                data, header
             )
             if batch is not None:
                 return batch
-        try:
-            text = data.decode(charset)
-        except (LookupError, UnicodeError) as exc:
-            # UnicodeError, not only its UnicodeDecodeError: punycode, idna and
-            # undefined raise the base class on bytes they cannot read.
-            raise InvalidInput(f"The CSV body is not valid {charset}: {exc}.") from exc
-        return read_csv(
-            text, params.get("header", "").lower() == "present", parsed_budget()
-        )
+        return general()
+
+
+def read_csv_bytes(data: bytes, charset: str, header: bool) -> Batch:
+    """The general CSV reader (``read_csv``) on the body in ``charset``."""
+    try:
+        text = data.decode(charset)
+    except (LookupError, UnicodeError) as exc:
+        # UnicodeError, not only its UnicodeDecodeError: punycode, idna and
+        # undefined raise the base class on bytes they cannot read.
+        raise InvalidInput(f"The CSV body is not valid {charset}: {exc}.") from exc
+    return read_csv(text, header, parsed_budget())
 
 
 class _CSVTable:
@@ -256,35 +265,73 @@ def parse_numeric_csv(data: bytes, header: bool) -> Batch | None:
     as the integer 0, so it becomes 0.0 rather than -0.0 (equal under ``==``, so no
     comparison or sum changes).
     """
-    columns = None
-    if header:
-        first, _, data = data.partition(b"\n")
-        if not first.isascii() or b'"' in first:
-            return None
-        columns = [name.strip() for name in first.decode().split(",")]
-    # Trailing blank lines end the body; found in place (a 6 MB copy costs page faults).
-    stop = len(data)
-    while stop and data[stop - 1] in WHITESPACE:
-        stop -= 1
-    # JSON strings and the literals true/false/null would read as numbers or NaN;
-    # brackets, NaN and anything else are refused by orjson or numpy below.
-    if not stop or any(char in data for char in FORBIDDEN_BYTES):
+    lines = numeric_csv_lines(data, header)
+    if lines is None:
         return None
-    if b"\r" in data:
-        data = data[:stop].replace(b"\r\n", b"\n")
-        stop = len(data)
-        if b"\r" in data:
-            return None
-    values = numeric_lines(data, stop, blanks=True)
+    data, begin, stop, columns = lines
+    values = numeric_lines(data, stop, blanks=True, start=begin)
     if values is None or (columns is not None and len(columns) != values.shape[1]):
         return None
     return Batch(values=values, columns=columns)
 
 
-def numeric_lines(data: bytes, stop: int, blanks: bool) -> np.ndarray | None:
-    """``data[:stop]``: lines of comma-separated JSON numbers (or ``null``) of equal
+def numeric_csv_chunks(
+    data: bytes, header: bool, general: Callable[[], Batch]
+) -> Batch | None:
+    """``parse_numeric_csv`` for a body larger than a chunk: its ``Chunks``, read
+    when their turn comes (``general()`` reads the whole body should one decline);
+    None for a body that fits one chunk or that the fast path refuses at once."""
+    if len(data) <= chunk_bytes():
+        return None
+    lines = numeric_csv_lines(data, header)
+    if lines is None:
+        return None
+    data, begin, stop, columns = lines
+    return numeric_chunks(data, stop, True, general, columns=columns, start=begin)
+
+
+def numeric_csv_lines(
+    data: bytes, header: bool
+) -> tuple[bytes, int, int, list[str] | None] | None:
+    """Where a numeric CSV body's records are: ``(data, start, stop, columns)``, the
+    records being the lines of ``data[start:stop]`` and ``columns`` the header's
+    names; None when it holds what the fast path never reads."""
+    columns = None
+    begin = 0
+    if header:
+        newline = data.find(b"\n")
+        begin = len(data) if newline < 0 else newline + 1
+        first = data[:newline] if newline >= 0 else data
+        if not first.isascii() or b'"' in first:
+            return None
+        columns = [name.strip() for name in first.decode().split(",")]
+    # Trailing blank lines end the body; found in place (a 6 MB copy costs page faults).
+    stop = len(data)
+    while stop > begin and data[stop - 1] in WHITESPACE:
+        stop -= 1
+    # JSON strings and the literals true/false/null would read as numbers or NaN;
+    # brackets, NaN and anything else are refused by orjson or numpy below.
+    if stop <= begin or any(data.find(char, begin) >= 0 for char in FORBIDDEN_BYTES):
+        return None
+    if data.find(b"\r", begin) >= 0:
+        data = data[begin:stop].replace(b"\r\n", b"\n")
+        begin, stop = 0, len(data)
+        if b"\r" in data:
+            return None
+    return data, begin, stop, columns
+
+
+def numeric_lines(
+    data: bytes,
+    stop: int,
+    blanks: bool,
+    prepare: Prepare | None = None,
+    start: int = 0,
+) -> np.ndarray | None:
+    """``data[start:stop]``: lines of comma-separated JSON numbers (or ``null``) of equal
     width -> a 2-D float array; None when it is anything else. ``blanks``: an empty
-    field is a missing value (CSV's rule), else it is no number (JSON's).
+    field is a missing value (CSV's rule), else it is no number (JSON's). ``prepare``
+    turns a run of whole lines into such lines (JSON Lines' brackets), or declines.
 
     Each chunk of whole lines becomes one flat JSON array with ``LINE_END`` after every
     line (two ``bytes.replace``); orjson parses it, numpy reads the floats into the rows
@@ -294,22 +341,51 @@ def numeric_lines(data: bytes, stop: int, blanks: bool) -> np.ndarray | None:
     (NaN), when ``blanks``: a body without gaps pays nothing for them. No Python code
     runs per line or per value, and the memory beyond the answer is one chunk's.
     """
-    if not stop or data[0] == NEWLINE:
-        return None  # a blank line: the general parser says which
-    newline = data.find(b"\n", 0, stop)
-    width = data.count(b",", 0, newline if newline >= 0 else stop) + 1
+    try:
+        width = _line_width(data, start, stop, blanks)
+        return _read_lines(data, start, stop, width, blanks and width > 1, prepare)
+    except Declined:
+        return None
+
+
+# A run of whole lines -> lines of comma-separated numbers (``Declined`` if it cannot).
+Prepare = Callable[[bytes], bytes]
+
+
+def _line_width(data: bytes, start: int, stop: int, blanks: bool) -> int:
+    """The fields of the first line; ``Declined`` where the general parser must say
+    what is wrong (a blank first or last line)."""
+    if stop <= start or data[start] == NEWLINE:
+        raise Declined  # a blank line: the general parser says which
+    newline = data.find(b"\n", start, stop)
+    width = data.count(b",", start, newline if newline >= 0 else stop) + 1
+    last = max(start, data.rfind(b"\n", start, stop) + 1)
     # One column: an empty field is a blank line, which the general parser refuses.
-    blanks = blanks and width > 1
-    if blanks and not data[data.rfind(b"\n", 0, stop) + 1 : stop].strip(b", "):
-        return None  # a last line of blank fields: not a record to the general parser
+    if blanks and width > 1 and not data[last:stop].strip(b", "):
+        raise Declined  # a last line of blank fields: not a record to the general parser
+    return width
+
+
+def _read_lines(
+    data: bytes,
+    start: int,
+    stop: int,
+    width: int,
+    blanks: bool,
+    prepare: Prepare | None,
+) -> np.ndarray:
+    """The lines of ``data[start:stop]`` (``numeric_lines``), or ``Declined``."""
     out = np.empty((0, width))
     line_end = b"," + _LINE_END_JSON + b","
-    filled = start = 0
+    filled, begin = 0, start
     try:
         while start < stop:
             end = data.find(b"\n", start + CSV_CHUNK_BYTES, stop)
             end = stop if end < 0 else end
-            text = data[start:end].replace(b"\n", line_end)
+            text = data[start:end]
+            if prepare is not None:
+                text = prepare(text)
+            text = text.replace(b"\n", line_end)
             text = b"".join((b"[", text, line_end[:-1], b"]"))
             try:
                 items = orjson.loads(text)
@@ -324,21 +400,23 @@ def numeric_lines(data: bytes, stop: int, blanks: bool) -> np.ndarray | None:
             except TypeError:
                 values = np.array(items, np.float64)  # None (null) -> NaN
             if values.ndim != 1 or len(values) % (width + 1):
-                return None
+                raise Declined
             table = values.reshape(-1, width + 1)
             if (table[:, width] != LINE_END).any() or np.count_nonzero(
                 values == LINE_END
             ) != len(table):
-                return None
+                raise Declined
             if end >= stop and not filled:
                 return table[:, :width].copy()  # one chunk: the body was small
             if filled + len(table) > len(out):
-                out = _grown(out, filled, filled + len(table), end + 1, stop)
+                out = _grown(
+                    out, filled, filled + len(table), end + 1 - begin, stop - begin
+                )
             out[filled : filled + len(table)] = table[:, :width]
             filled += len(table)
             start = end + 1
-    except (orjson.JSONDecodeError, ValueError, TypeError):
-        return None
+    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        raise Declined from exc
     # An estimate far above the lines there were: give the room back.
     return out[:filled] if filled > len(out) // 2 else out[:filled].copy()
 
@@ -350,6 +428,50 @@ def _grown(out: np.ndarray, filled: int, rows: int, read: int, stop: int) -> np.
     grown = np.empty((estimate, out.shape[1]))
     grown[:filled] = out[:filled]
     return grown
+
+
+def chunk_bytes() -> int:
+    """Bodies larger than this are read a chunk of this size at a time (``Chunks``)."""
+    return int(conf.get("CHUNK_KB")) * 1024
+
+
+def numeric_chunks(
+    data: bytes,
+    stop: int,
+    blanks: bool,
+    general: Callable[[], Batch],
+    prepare: Prepare | None = None,
+    columns: list[str] | None = None,
+    start: int = 0,
+) -> Batch | None:
+    """``numeric_lines`` for a body larger than a chunk: a ``Batch`` of ``Chunks``,
+    each a run of whole lines of about ``chunk_bytes()`` read when its turn comes, or
+    ``general()`` for the whole body when one of them is no lines of numbers. None
+    for a body that fits one chunk, or whose first or last line the fast path
+    refuses (the caller answers as for a small body)."""
+    size = chunk_bytes()
+    if stop - start <= size:
+        return None
+    try:
+        width = _line_width(data, start, stop, blanks)
+    except Declined:
+        return None
+    if columns is not None and len(columns) != width:
+        return None
+    blanks = blanks and width > 1
+
+    def blocks() -> Iterator[Batch]:
+        begin = start
+        while begin < stop:
+            end = data.find(b"\n", begin + size, stop)
+            end = stop if end < 0 else end
+            values = _read_lines(data, begin, end, width, blanks, prepare)
+            yield Batch(values=values, columns=columns)
+            begin = end + 1
+
+    # Every line is a record, or a chunk declines: the lines are the records.
+    records = data.count(b"\n", start, stop) + 1
+    return Batch(chunks=Chunks(blocks, general, records))
 
 
 # A document whose records sit under one key: the key, then the list to the last brace.
@@ -364,6 +486,30 @@ def parse_numeric_json(data: bytes) -> Batch | None:
     of numbers and nulls only, on one line: the rows become lines for ``numeric_lines``,
     so no Python object is made per value. None for anything else (the general parser
     answers); orjson reads every number, here as there."""
+    found = numeric_json_lines(data)
+    if found is None:
+        return None
+    lines, flat = found
+    values = numeric_lines(lines, len(lines), blanks=False)
+    if values is None:
+        return None
+    return Batch(values=values.reshape(-1) if flat else values)
+
+
+def numeric_json_chunks(data: bytes, general: Callable[[], Batch]) -> Batch | None:
+    """``parse_numeric_json`` of rows for a body larger than a chunk: its ``Chunks``
+    (``numeric_chunks``); None otherwise."""
+    if len(data) <= chunk_bytes():
+        return None
+    found = numeric_json_lines(data)
+    if found is None or found[1]:
+        return None  # a flat list is one record, or one a value: the model says which
+    return numeric_chunks(found[0], len(found[0]), False, general)
+
+
+def numeric_json_lines(data: bytes) -> tuple[bytes, bool] | None:
+    """A JSON body of numbers as lines for ``numeric_lines``, and whether it was a
+    flat list; None when it is no such body."""
     if b'"' in data:
         match = _KEYED.match(data)
         end = data.rfind(b"}")
@@ -393,35 +539,65 @@ def parse_numeric_json(data: bytes) -> Batch | None:
     del data
     if b"[" in lines or b"]" in lines or lines.endswith(b"\n"):
         return None
-    values = numeric_lines(lines, len(lines), blanks=False)
-    if values is None:
-        return None
-    return Batch(values=values.reshape(-1) if flat else values)
+    return lines, flat
 
 
 def parse_numeric_json_lines(data: bytes) -> Batch | None:
     """JSON Lines of numbers, or of arrays of numbers (and nulls), one record a line:
-    read by ``numeric_lines``; None for anything else, as ``parse_numeric_json``."""
+    read by ``numeric_lines``, each run of lines made comma-separated numbers as it is
+    read (no copy of the body); None for anything else, as ``parse_numeric_json``."""
+    found = numeric_json_lines_runs(data)
+    if found is None:
+        return None
+    values = numeric_lines(data, found[0], False, found[1])
+    return None if values is None else Batch(values=values)
+
+
+def numeric_json_lines_chunks(
+    data: bytes, general: Callable[[], Batch]
+) -> Batch | None:
+    """``parse_numeric_json_lines`` for a body larger than a chunk: its ``Chunks``
+    (``numeric_chunks``); None otherwise."""
+    if len(data) <= chunk_bytes():
+        return None
+    found = numeric_json_lines_runs(data)
+    if found is None:
+        return None
+    return numeric_chunks(data, found[0], False, general, found[1])
+
+
+def numeric_json_lines_runs(data: bytes) -> tuple[int, Prepare] | None:
+    """Where JSON Lines of numbers end, and how a run of them becomes lines for
+    ``numeric_lines``; None when the body is no such lines."""
     if b'"' in data or b"{" in data:
         return None
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-    if b" " in data:
-        data = data.replace(b", ", b",")
-    data = data.rstrip(JSON_WHITESPACE)
-    if any(char in data for char in SPACES):
+    stop = len(data)
+    while stop and data[stop - 1] in JSON_WHITESPACE:
+        stop -= 1
+    arrays = data.startswith(b"[")
+    if arrays and data[stop - 1 : stop] != b"]":
         return None
-    if data.startswith(b"["):
-        # Arrays: "[" and "]" close every line, and none is left inside one.
-        if not data.endswith(b"]"):
-            return None
-        data = data[1:-1].replace(b"]\n[", b"\n")
-    elif b"," in data:
+    if not arrays and b"," in data:
         return None  # "1,2" is no JSON value
-    if b"[" in data or b"]" in data:
-        return None
-    values = numeric_lines(data, len(data), blanks=False)
-    return None if values is None else Batch(values=values)
+
+    def prepare(text: bytes) -> bytes:
+        if b"\r" in text:
+            # A run ends before a line's "\n": a "\r" left at its end was a "\r\n".
+            text = text.replace(b"\r\n", b"\n").removesuffix(b"\r")
+        if b" " in text:
+            text = text.replace(b", ", b",")
+        if any(char in text for char in SPACES):
+            raise Declined
+        if arrays:
+            # Arrays: "[" and "]" close every line, and none is left inside one.
+            if not (text.startswith(b"[") and text.endswith(b"]")):
+                raise Declined
+            text = text[1:-1].replace(b"]\n[", b"\n")
+        if b"[" in text or b"]" in text:
+            raise Declined
+        return text
+
+    return stop, prepare
 
 
 # Bytes of records parsed per orjson call by ``parse_numeric_records``.
@@ -510,41 +686,55 @@ class JSONParser(BaseBatchParser):
     format = "json"
 
     def parse_bytes(self, data: bytes, params: dict[str, str]) -> Batch:
-        batch = parse_numeric_json(data)
-        if batch is None:
-            batch = parse_numeric_records(data, lines=False)
-        if batch is not None:
-            return batch
-        check_json_budget(data)
-        try:
-            document = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            if b"\n" in data.strip():
-                return parse_json_lines(data)
-            raise InvalidInput(f"The body is not valid JSON: {exc}.") from exc
-        if isinstance(document, dict):
-            for key in ("instances", "inputs"):
-                if key in document:
-                    if not isinstance(document[key], list):
-                        raise InvalidInput(f'"{key}" must be a list of records.')
-                    return batch_from_items(document[key], f'"{key}"')
-            raise InvalidInput(
-                f"Unknown JSON shape: an object with keys {sorted(document)[:10]}; "
-                f"expected {JSON_SHAPES}."
-            )
-        if isinstance(document, list):
-            return batch_from_items(document, "The JSON list")
-        raise InvalidInput(
-            f"Unknown JSON shape: a {type(document).__name__}; expected {JSON_SHAPES}."
+        general = functools.partial(parse_json_general, data)
+        return (
+            numeric_json_chunks(data, general) or parse_numeric_json(data) or general()
         )
+
+
+def parse_json_general(data: bytes) -> Batch:
+    """A JSON body that is not arrays of numbers on one line (``parse_numeric_json``)."""
+    batch = parse_numeric_records(data, lines=False)
+    if batch is not None:
+        return batch
+    check_json_budget(data)
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if b"\n" in data.strip():
+            return parse_json_lines(data)
+        raise InvalidInput(f"The body is not valid JSON: {exc}.") from exc
+    if isinstance(document, dict):
+        for key in ("instances", "inputs"):
+            if key in document:
+                if not isinstance(document[key], list):
+                    raise InvalidInput(f'"{key}" must be a list of records.')
+                return batch_from_items(document[key], f'"{key}"')
+        raise InvalidInput(
+            f"Unknown JSON shape: an object with keys {sorted(document)[:10]}; "
+            f"expected {JSON_SHAPES}."
+        )
+    if isinstance(document, list):
+        return batch_from_items(document, "The JSON list")
+    raise InvalidInput(
+        f"Unknown JSON shape: a {type(document).__name__}; expected {JSON_SHAPES}."
+    )
 
 
 def parse_json_lines(data: bytes) -> Batch:
     """One record per line: an array of numbers, an object of features, or one number
     (serving's rule: a record of one feature; ``formats.py``)."""
-    batch = parse_numeric_json_lines(data)
-    if batch is None:
-        batch = parse_numeric_records(data, lines=True)
+    general = functools.partial(parse_json_lines_general, data)
+    return (
+        numeric_json_lines_chunks(data, general)
+        or parse_numeric_json_lines(data)
+        or general()
+    )
+
+
+def parse_json_lines_general(data: bytes) -> Batch:
+    """JSON Lines that are not numbers or arrays of numbers (``parse_json_lines``)."""
+    batch = parse_numeric_records(data, lines=True)
     if batch is not None:
         return batch
     check_json_budget(data)
@@ -604,10 +794,28 @@ class NPYParser(BaseBatchParser):
         budget = parsed_budget()
         if array.size * 8 > budget:
             raise too_large("NPY", budget)
+        if array.ndim == 2 and len(data) > chunk_bytes():
+            return npy_chunks(array)
         try:
             return Batch(values=array.astype(np.float64, copy=False))
         except MemoryError as exc:
             raise too_large("NPY", budget) from exc
+
+
+def npy_chunks(array: np.ndarray) -> Batch:
+    """A large 2-D array a run of rows at a time, each made float64 when its turn
+    comes (an array of bytes would take eight times its size at once)."""
+    rows = max(1, chunk_bytes() // max(1, array.itemsize * array.shape[1]))
+
+    def blocks() -> Iterator[Batch]:
+        for start in range(0, len(array), rows):
+            part = array[start : start + rows]
+            yield Batch(values=part.astype(np.float64, copy=False))
+
+    def general() -> Batch:
+        return Batch(values=array.astype(np.float64, copy=False))
+
+    return Batch(chunks=Chunks(blocks, general, len(array)))
 
 
 # dtype kinds read as numbers: booleans, signed and unsigned integers, floats, and

@@ -232,6 +232,13 @@ class ModelRegistry:
         entry.logged_reason, entry.logged_at = entry.reason, now
         logger.error("Model not ready: %s", entry.reason)
 
+    def before_fork(self) -> None:
+        """In gunicorn's master, before the workers fork: each loaded predictor drops
+        what a fork cannot copy (e.g. an ONNX Runtime session with a thread pool)."""
+        for entry in list(self._entries.values()):
+            if entry.loaded is not None:
+                entry.loaded.predictor.before_fork()
+
     def after_fork(self) -> None:
         """In a new gunicorn worker: each loaded predictor remakes its per-process
         state (e.g. ONNX Runtime sessions) before the first request."""

@@ -16,8 +16,11 @@ import orjson
 from rest_framework.renderers import BaseRenderer
 
 from modelapp import formats
+from modelapp.batch import ChunkedPredictions
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+# Rows rendered at a time from a chunked body's predictions (``render_each``).
+RENDER_ROWS = 1 << 16
 
 
 def to_jsonable(predictions: np.ndarray) -> Any:
@@ -48,7 +51,10 @@ class BaseBatchRenderer(BaseRenderer):
     """Renders a prediction array (or a plain document, or an error) as ``media_type``.
 
     Subclasses set ``media_type`` and ``format`` and implement ``render_predictions``;
-    ``render_error`` defaults to JSON, announced by ``error_media_type``.
+    ``render_error`` defaults to JSON, announced by ``error_media_type``. A chunked
+    body's predictions (``ChunkedPredictions``) go to ``render_chunks``, which renders
+    the whole by default; a format whose records are independent lines writes each
+    chunk as it would have written its rows of the whole, one buffer for all.
     """
 
     media_type: str = ""
@@ -67,10 +73,26 @@ class BaseBatchRenderer(BaseRenderer):
             return self.render_error(data)
         if isinstance(data, np.ndarray):
             return self.render_predictions(data)
+        if isinstance(data, ChunkedPredictions):
+            return self.render_chunks(data)
         return dump_json(data)
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:
         raise NotImplementedError(".render_predictions() must be overridden.")
+
+    def render_chunks(self, chunks: ChunkedPredictions) -> bytes:
+        """The bytes ``render_predictions`` gives for the whole of ``chunks``."""
+        return self.render_predictions(chunks.whole())
+
+    def render_each(self, chunks: ChunkedPredictions) -> bytes:
+        """``render_predictions`` of each run of ``RENDER_ROWS`` rows of each chunk,
+        joined: for formats whose records are independent lines (the Python objects
+        of a run's lines are made and freed before the next's)."""
+        return b"".join(
+            self.render_predictions(part[start : start + RENDER_ROWS])
+            for part in chunks.parts
+            for start in range(0, len(part), RENDER_ROWS)
+        )
 
     def render_error(self, error: dict[str, str]) -> bytes:
         return dump_json(error)
@@ -85,6 +107,11 @@ class JSONRenderer(BaseBatchRenderer):
     def render_predictions(self, predictions: np.ndarray) -> bytes:
         return dump_json({"predictions": to_jsonable(predictions)})
 
+    def render_chunks(self, chunks: ChunkedPredictions) -> bytes:
+        # Each chunk's list without its brackets: the whole list's items, in order.
+        items = (dump_json(part)[1:-1] for part in chunks.parts)
+        return b'{"predictions":[' + b",".join(items) + b"]}"
+
 
 class JSONLinesRenderer(BaseBatchRenderer):
     """``application/jsonlines``: one JSON value per line, one line per record."""
@@ -95,6 +122,8 @@ class JSONLinesRenderer(BaseBatchRenderer):
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:
         return b"".join(dump_json(row) + b"\n" for row in to_jsonable(predictions))
+
+    render_chunks = BaseBatchRenderer.render_each
 
     def render_error(self, error: dict[str, str]) -> bytes:
         return dump_json(error) + b"\n"
@@ -117,6 +146,8 @@ class CSVRenderer(BaseBatchRenderer):
         writer = csv.writer(out, lineterminator="\n")
         writer.writerows(rows if predictions.ndim == 2 else ([row] for row in rows))
         return out.getvalue().encode()
+
+    render_chunks = BaseBatchRenderer.render_each
 
     def render_error(self, error: dict[str, str]) -> bytes:
         return (error["detail"] + "\n").encode()

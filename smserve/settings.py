@@ -93,6 +93,7 @@ def _smserve_from_environment() -> dict[str, Any]:
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
         "COMPILED_ENGINE": env_bool("SMSERVE_COMPILED_ENGINE", None),
         "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
+        "CHUNK_KB": env_int("SMSERVE_CHUNK_KB"),
         "READY_FILE": env_str("SMSERVE_READY_FILE"),
         "INVOCATION_LOG": env_str("SMSERVE_INVOCATION_LOG"),
         "GUNICORN_BIND": env_str("SMSERVE_GUNICORN_BIND"),
@@ -125,6 +126,9 @@ def _smserve_from_environment() -> dict[str, Any]:
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:
         raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {mb}")
+    chunk = found["CHUNK_KB"]
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"SMSERVE_CHUNK_KB must be at least 1, got {chunk}")
     memory = found["MME_MEMORY_MB"]
     if memory is not None and memory < 1:
         raise ValueError(f"SMSERVE_MME_MEMORY_MB must be at least 1, got {memory}")

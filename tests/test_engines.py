@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import re
-import subprocess
 from http import HTTPStatus
 from pathlib import Path
 
@@ -239,7 +238,7 @@ def test_text_columns_are_not_compiled():
 @pytest.mark.server
 def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
     """The real train writes model.onnx and the verification rows; the real server
-    (2 workers, each with its own session) answers held-out records as the saved model
+    (2 workers, sharing the master's session) answers held-out records as the saved model
     does, for predict and predict_proba; with the engine off it answers the same.
     docs/training.md, What it writes: "the model converted to ONNX (skl2onnx)"; "when it
     converts"; "`metadata.json`'s `compiled` says so"; "or why not (`onnx_error`)"; "up
@@ -323,20 +322,13 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
         "Engines for RandomForestClassifier: every method by scikit-learn "
         "(off (SMSERVE_COMPILED_ENGINE))" in plain.log
     )
-    # ONNX Runtime lives in the workers only: gunicorn's master never loads it (a
-    # child of a process that did aborts at exit), and the workers stop cleanly.
-    (master,) = [
-        pid
-        for pid in compiled.child_pids()
-        if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    workers = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
-    ).stdout.split()
+    # The session is made in gunicorn's master and run by both workers
+    # (tests/test_shared_engine.py), which stop cleanly.
+    master = compiled.gunicorn_master()
+    workers = compiled.gunicorn_workers()
     assert len(workers) == 2
-    assert "onnxruntime" not in Path(f"/proc/{master}/maps").read_text()
-    for worker in workers:
-        assert "onnxruntime" in Path(f"/proc/{worker}/maps").read_text()
+    for pid in (master, *workers):
+        assert "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
     assert compiled.stop() == 0
     assert "SIGABRT" not in compiled.log
     assert "Worker exiting" in compiled.log

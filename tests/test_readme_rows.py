@@ -1104,6 +1104,11 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_serve_process.py::test_without_nginx_gunicorn_takes_the_port",
         ),
     },
+    (SETTINGS, "Settings", "`SMSERVE_CHUNK_KB`"): {
+        "`SMSERVE_CHUNK_KB`": proof(
+            "tests/test_chunked_batches.py::test_chunked_answers_equal_one_pass"
+        ),
+    },
     (SETTINGS, "Settings", "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`"): {
         "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`": proof(
             "tests/test_serve_process.py::TestBatchMode::test_batch_server",

@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from modelapp.batch import Batch, NotANumber, RecordTable, to_float_rows
+from modelapp.batch import (
+    Batch,
+    ChunkedPredictions,
+    Declined,
+    NotANumber,
+    RecordTable,
+    renumbered,
+    to_float_rows,
+)
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
 from modelapp.predictors.schema import InputSchema
@@ -184,6 +192,8 @@ class BasePredictor:
         """The batch's fields in the model's feature order, width not yet checked: a 2-D
         float array for a float batch, else rows of fields as sent."""
         fields: np.ndarray | list[list[Any]]
+        while batch.chunks is not None:
+            batch = batch.chunks.whole()  # a consumer of the whole body at once
         if batch.records is not None:
             return self._records_to_rows(batch.records)
         if batch.values is not None:
@@ -292,6 +302,12 @@ class BasePredictor:
         libraries."""
         return np.asarray(getattr(self.model, method)(matrix))
 
+    def call_batch(self, method: str, matrix: Any, total: int | None) -> np.ndarray:
+        """``call`` on a batch that is a chunk of ``total`` records (None: the whole
+        body): a kind whose choices depend on the batch's size makes them for the
+        whole body, so that a chunked answer is the one-pass answer."""
+        return self.call(method, matrix)
+
     def invoke(
         self, data: Any, attributes: dict[str, str], media_type: str, accept: str
     ) -> InvocationResult:
@@ -304,12 +320,15 @@ class BasePredictor:
             method=method, records=len(data), predictions=predictions
         )
 
-    def predict(self, batch: Batch, method: str | None = None) -> np.ndarray:
-        """One prediction per record of ``batch``, in order."""
+    def predict(self, batch: Batch, method: str | None = None) -> Any:
+        """One prediction per record of ``batch``, in order: an array, or for a chunked
+        body (``Batch.chunks``) the ``ChunkedPredictions`` of its chunks."""
+        if batch.chunks is not None:
+            return self._predict_chunks(batch, method)
         method = self.check_method(method or self.default_method)
         matrix = self.to_input(batch)
         try:
-            result = self.call(method, matrix)
+            result = self.call_batch(method, matrix, batch.total)
         except self.input_errors as exc:
             # The model's own input validation (e.g. an unknown category): the request's
             # fault. Which record, and which of its fields, is what the caller needs.
@@ -325,6 +344,33 @@ class BasePredictor:
                 f"{len(matrix)} records"
             )
         return result
+
+    def before_fork(self) -> None:
+        """In gunicorn's master, before the workers fork: drop what a fork cannot copy
+        (gunicorn's ``when_ready``); nothing by default."""
+
+    def _predict_chunks(self, batch: Batch, method: str | None) -> Any:
+        """A chunked body, a chunk at a time, answering what one pass would: after an
+        error the chunks are still read, because a later one that only the general
+        parser reads makes the whole body its (one pass parses before it predicts);
+        then the first error, its record numbered in the whole body."""
+        assert batch.chunks is not None
+        predictions = ChunkedPredictions()
+        error: InvalidInput | None = None
+        try:
+            for chunk in batch.chunks:
+                if error is not None:
+                    continue
+                try:
+                    predictions.append(self.predict(chunk, method))
+                except InvalidInput as exc:
+                    error = renumbered(exc, chunk.offset)
+                    predictions.clear()
+        except Declined:
+            return self.predict(batch.chunks.general(), method)
+        if error is not None:
+            raise error
+        return predictions
 
     def after_fork(self) -> None:
         """Remake what one process may not share with another (gunicorn's

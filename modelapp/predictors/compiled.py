@@ -25,11 +25,15 @@ Numerics: float32 input where scikit-learn itself computes in float32 (trees and
 ensembles), double precision otherwise (linear models, scalers, SVMs, kNN, naive Bayes,
 MLPs). Only numeric inputs are compiled; a model fed text columns stays with scikit-learn.
 
-Threads: each session runs with ``SMSERVE['COMPILED_THREADS']`` intra-op threads (default:
-the same share of the cores as BLAS, one per worker) and one inter-op thread. A session
-belongs to the process that made it (``OnnxSession``): gunicorn's master never imports ONNX
-Runtime (it verifies in a short-lived forked child); each worker makes its own session from
-the bytes the master kept (``post_fork``), so none pays for it on its first request.
+One session per container: ``compile_model`` makes the session where the model loads
+(gunicorn's master, before the fork), verifies and times it there, and the workers run that
+same session, its memory shared copy-on-write (``OnnxSession``). It runs
+``SMSERVE['COMPILED_THREADS']`` intra-op threads (default: BLAS's share of the cores, one per
+worker whenever there are at least as many workers as cores) and one inter-op thread,
+without a memory arena. With more than one intra-op thread a session has a thread pool,
+which a fork does not copy: then each worker makes its own session after the fork, and one
+log line says so. ``onnx`` and ``skl2onnx`` are imported only to convert a model at load;
+a model served with ``train``'s ``model.onnx`` needs ONNX Runtime alone.
 """
 
 from __future__ import annotations
@@ -114,7 +118,12 @@ def convert(model: Any, n_features: int) -> bytes:
         raise CompileError(f"skl2onnx is not installed ({exc})") from exc
     hgb_onnx.register()
     sample: np.ndarray = np.zeros((1, n_features), dtype=input_dtype(model))
-    options = {"zipmap": False} if hasattr(model, "predict_proba") else None
+    # Keyed by the model itself, not by name: skl2onnx then skips one of its walks over
+    # every attribute of the model, which computes each tree's properties (seconds for
+    # a large forest); the graph is the same.
+    options = (
+        {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -135,40 +144,88 @@ def threads() -> int:
 
 
 class OnnxSession:
-    """An ONNX Runtime session over ``onnx_bytes``, made in the process that uses it.
+    """An ONNX Runtime session over ``onnx_bytes``, made where the model loads.
 
-    ONNX Runtime must not even be imported before a fork: a child of a process that
-    imported it hangs or aborts when it exits (seen here: ``std::system_error`` and
-    SIGABRT as gunicorn's workers stopped). So gunicorn's master never makes a session
-    (it verifies in a short-lived child, ``compile_model``); each worker makes its own right
-    after the fork (``after_fork``, from ``post_fork``), and any other process on first use.
+    With one intra-op thread (the default whenever there are at least as many workers as
+    cores) the session has no thread pool, so a fork copies all of it: gunicorn's master
+    makes it before the fork and every worker runs that one session, its memory shared
+    copy-on-write (``after_fork`` adopts it). With more threads the session's pool would
+    not survive a fork: the master drops its session before the fork (``before_fork``) and
+    each worker makes its own after it.
+
+    A process forked from one that loaded ONNX Runtime hangs or aborts in ONNX Runtime's
+    exit handlers if it ends through Python's teardown: gunicorn's workers end with
+    ``os._exit`` (``smserve.workers.exit_without_teardown``). A process that was forked
+    but never adopted the session (not a gunicorn worker) makes its own on first use.
     """
 
-    def __init__(self, onnx_bytes: bytes, dtype: type) -> None:
-        import onnx  # the graph's outputs, without ONNX Runtime
-
+    def __init__(
+        self, onnx_bytes: bytes, dtype: type, thread_count: int | None = None
+    ) -> None:
         self.onnx_bytes = onnx_bytes
         self.dtype = dtype
-        self.outputs = [o.name for o in onnx.load_from_string(onnx_bytes).graph.output]
-        self._pid = -1
+        self.threads = thread_count or threads()
+        # Sessions this process inherited and no longer runs: kept, never destroyed,
+        # since destroying one in a forked process runs ONNX Runtime's teardown there.
+        self._inherited: list[Any] = []
         self._session: Any = None
+        self._pid = -1
+        self._make()
+        session: Any = self._session
+        self.outputs = [output.name for output in session.get_outputs()]
 
-    def after_fork(self) -> None:
-        """Make this process's session."""
-        import onnxruntime
+    @property
+    def shared(self) -> bool:
+        """Whether the processes forked from this one run this very session."""
+        return self.threads == 1
 
+    def _make(self) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise CompileError(f"onnxruntime is not installed ({exc})") from exc
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads()
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        self._session = onnxruntime.InferenceSession(
-            self.onnx_bytes, options, providers=["CPUExecutionProvider"]
-        )
+        # Memory allocated per run and freed after it, rather than an arena and planned
+        # patterns that each process forked from the master would grow on its own.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        if self._session is not None:
+            self._inherited.append(self._session)
+        try:
+            self._session = onnxruntime.InferenceSession(
+                self.onnx_bytes, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # a graph ONNX Runtime cannot load: not compiled
+            raise CompileError(f"ONNX Runtime cannot load it ({_brief(exc)})") from exc
         self._input = self._session.get_inputs()[0].name
         self._pid = os.getpid()
 
+    def before_fork(self) -> None:
+        """In gunicorn's master, before the workers fork: drop the session when it
+        cannot be shared (more than one thread); each worker makes its own."""
+        if self.shared or self._pid != os.getpid():
+            return
+        self._session, self._pid = None, -1
+        logger.info(
+            "ONNX Runtime runs %d intra-op threads per session (SMSERVE_COMPILED_THREADS "
+            "or BLAS's share of the cores): each worker makes its own session, since a "
+            "session's thread pool does not survive a fork; with one thread, the "
+            "workers would share the master's.",
+            self.threads,
+        )
+
+    def after_fork(self) -> None:
+        """In a gunicorn worker: run the master's session, or make this process's own."""
+        if self.shared and self._session is not None:
+            self._pid = os.getpid()
+        else:
+            self._make()
+
     def run(self, matrix: np.ndarray) -> list[np.ndarray]:
         if self._pid != os.getpid():
-            self.after_fork()
+            self._make()
         return self._session.run(None, {self._input: matrix})
 
 
@@ -283,7 +340,8 @@ def compile_model(
         records = verification_records(model, model_dir, n_features)
         report.records = len(records)
         wanted = [m for m in methods if m in compiled.available()]
-        verdicts, limit = _verify_in_child(model, compiled, wanted, records)
+        verdicts = {m: _verify(model, compiled, m, records) for m in wanted}
+        limit = _crossover(model, compiled, records) if wanted else None
         compiled.nan_to_fallback = allows_nan and fallback is not None
         compiled.max_records = limit if fallback is not None else None
         report.max_records = compiled.max_records
@@ -359,40 +417,6 @@ def _onnx_bytes(
             path,
         )
     return convert(model, n_features), "converted at start-up"
-
-
-def _verify_in_child(
-    model: Any, compiled: CompiledMethods, methods: list[str], records: np.ndarray
-) -> tuple[dict[str, tuple[bool, float, str]], int | None]:
-    """``_verify`` for each method, and ``_crossover``, run in a forked child that alone
-    imports ONNX Runtime (``OnnxSession``); the results come back over a pipe."""
-    import pickle
-
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: verify, report, and leave without running any exit code
-        status = 0
-        try:
-            os.close(read_end)
-            verdicts = {m: _verify(model, compiled, m, records) for m in methods}
-            limit = _crossover(model, compiled, records) if methods else None
-            payload = pickle.dumps((verdicts, limit))
-            with os.fdopen(write_end, "wb") as out:
-                out.write(payload)
-        except BaseException:
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        payload = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not payload:
-        raise CompileError(
-            f"the verification process failed (wait status {status}): ONNX Runtime "
-            "could not load or run the graph"
-        )
-    return pickle.loads(payload)
 
 
 def _crossover(

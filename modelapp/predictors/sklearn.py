@@ -110,20 +110,17 @@ class SklearnPredictor(BasePredictor):
                 fallback=self._sklearn_call,
             )
 
-    def warm_up(self) -> None:
-        """scikit-learn's own warm-up: the compiled engine was verified in a child
-        process, and ONNX Runtime must not load in gunicorn's master (``compiled.py``)."""
-        kept, self._compiled = self._compiled, {}
-        try:
-            super().warm_up()
-        finally:
-            self._compiled = kept
-
     def _sessions(self) -> set[Any]:
         return {method.__self__.session for method in self._compiled.values()}
 
+    def before_fork(self) -> None:
+        """Drop the ONNX Runtime sessions a fork cannot copy (``compiled.py``)."""
+        for session in self._sessions():
+            session.before_fork()
+
     def after_fork(self) -> None:
-        """Each worker makes its own ONNX Runtime sessions (``compiled.py``)."""
+        """Each worker runs the master's ONNX Runtime sessions, or makes its own when
+        they cannot be shared (``compiled.OnnxSession``)."""
         for session in self._sessions():
             session.after_fork()
 
@@ -135,6 +132,14 @@ class SklearnPredictor(BasePredictor):
         if engine is not None:
             return engine(matrix)
         return self._sklearn_call(method, matrix)
+
+    def call_batch(self, method: str, matrix: Any, total: int | None) -> np.ndarray:
+        """The compiled engine's routing by batch size follows the whole body."""
+        engine = self._compiled.get(method)
+        limit = getattr(getattr(engine, "__self__", None), "max_records", None)
+        if total is not None and limit is not None and total > limit:
+            return self._sklearn_call(method, matrix)
+        return self.call(method, matrix)
 
     def _sklearn_call(self, method: str, matrix: np.ndarray) -> np.ndarray:
         if method in self._unchecked_methods:

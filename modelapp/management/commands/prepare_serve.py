@@ -3,6 +3,12 @@
 One Python process instead of several (start-up time counts): the system checks (the deploy
 set), the secret key file, the migrations, and nginx.conf rendered from ``docker/nginx.conf`` with the values
 Django itself uses (port, payload limit, timeout), so nginx and the app cannot disagree.
+
+With ``--started-file``, what gunicorn needs (the checks, the key, the admin's password
+checked, nginx.conf, the secrets file) comes first and the file is created once it is
+done: ``serve`` starts gunicorn then, and the migrations run while the model loads.
+gunicorn's master waits for this process to end before it answers ``/ping``
+(``docker/gunicorn.conf.py``), so a 200 still means the admin's tables and login exist.
 """
 
 import json
@@ -120,10 +126,24 @@ def create_superuser() -> None:
     username = os.environ.get("DJANGO_SUPERUSER_USERNAME")
     if not username or not os.environ.get("DJANGO_SUPERUSER_PASSWORD"):
         return
+    check_superuser_password()
     User = get_user_model()
     if User._default_manager.filter(**{User.USERNAME_FIELD: username}).exists():
         return
-    # createsuperuser --noinput skips Django's password validators: apply them here.
+    call_command("createsuperuser", interactive=False, verbosity=0)
+    logger.info("Created the superuser %s.", username)
+
+
+def check_superuser_password() -> None:
+    """Django's password validators on ``DJANGO_SUPERUSER_PASSWORD`` (``createsuperuser
+    --noinput`` skips them): a refused one is a ``CommandError`` with their reasons.
+    Needs no database, so it runs before anything starts."""
+    from django.contrib.auth import get_user_model
+
+    username = os.environ.get("DJANGO_SUPERUSER_USERNAME")
+    if not username or not os.environ.get("DJANGO_SUPERUSER_PASSWORD"):
+        return
+    User = get_user_model()
     candidate = User(
         **{
             User.USERNAME_FIELD: username,
@@ -137,8 +157,6 @@ def create_superuser() -> None:
             f"DJANGO_SUPERUSER_PASSWORD is refused for the admin login {username!r}: "
             f"{' '.join(exc.messages)} Choose a stronger one: serve does not start with this one."
         ) from None
-    call_command("createsuperuser", interactive=False, verbosity=0)
-    logger.info("Created the superuser %s.", username)
 
 
 def collect_static_once() -> None:
@@ -184,6 +202,12 @@ class Command(BaseCommand):
             help="Write the secrets of the environment (SECRET_KEY, DATABASE_URL) here, "
             "owner-only, for gunicorn to read instead of its environment.",
         )
+        parser.add_argument(
+            "--started-file",
+            type=Path,
+            help="Create this file once gunicorn may start (everything but the "
+            "migrations and the admin's login is done), then migrate.",
+        )
 
     def handle(
         self,
@@ -193,6 +217,7 @@ class Command(BaseCommand):
         client_timeout: int,
         nginx_user: str,
         secrets_file: Path | None,
+        started_file: Path | None,
         **options: Any,
     ) -> None:
         call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
@@ -203,20 +228,34 @@ class Command(BaseCommand):
         if not (os.environ.get("SECRET_KEY") or os.environ.get("DJANGO_SECRET_KEY")):
             # Read by every worker's settings: one key for the container's sessions.
             keep_secret_key(conf.get("STATE_DIR"))
+        check_superuser_password()
+        self.write_run_files(run_dir, access_log, client_timeout, nginx_user)
+        if secrets_file is not None:
+            write_secrets(secrets_file)
+        if started_file is not None:
+            started_file.touch()
         try:
             call_command("migrate", interactive=False, verbosity=0)
             create_superuser()
         except DatabaseError as exc:
             # Serving never depends on the database: the admin and stats wait for it.
             logger.error("Database not migrated (%s); serving goes on without it.", exc)
+
+    def write_run_files(
+        self, run_dir: Path, access_log: str, client_timeout: int, nginx_user: str
+    ) -> None:
+        """The admin's static files (once) and nginx.conf."""
         if conf.get("ADMIN_ENABLED"):
             collect_static_once()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "nginx.conf").write_text(
             render_nginx_conf(run_dir, access_log, client_timeout, nginx_user)
         )
-        if secrets_file is not None:
-            found = {name: os.environ[name] for name in SECRETS if os.environ.get(name)}
-            fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(found, fh)
+
+
+def write_secrets(secrets_file: Path) -> None:
+    """The secrets of the environment, owner-only, for gunicorn (``--secrets-file``)."""
+    found = {name: os.environ[name] for name in SECRETS if os.environ.get(name)}
+    fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(found, fh)
