@@ -312,3 +312,24 @@ def test_train_compiles_it_and_the_server_serves_it(tmp_path, serve_factory):
         r"1000 verification records, .*; model.onnx written by train;",
         server.log,
     ), server.log
+
+
+@pytest.mark.server
+def test_a_worker_predicts_in_parallel_after_the_master_verified(
+    tmp_path, serve_factory
+):
+    """With more OpenMP threads than one per worker, the master verifies the engine on
+    one thread: an OpenMP pool started in gunicorn's master would hang a forked worker's
+    first parallel prediction (here scikit-learn's, for the records with gaps)."""
+    model, held_out = fitted("binary")
+    base = tmp_path / "ml"
+    write_model(base, model)
+    server = serve_factory(base, workers=1, env={"OMP_NUM_THREADS": "2"})
+    assert "predict by onnxruntime" in server.log
+    body = "".join(
+        ",".join("" if np.isnan(v) else repr(v) for v in row) + "\n"
+        for row in held_out.tolist()
+    )
+    status, _, labels = server.invoke(body.encode(), Accept="application/json")
+    assert status == HTTPStatus.OK, labels
+    assert json.loads(labels)["predictions"] == model.predict(held_out).tolist()
