@@ -46,8 +46,8 @@ FAMILIES = {
     "extra_trees_regressor": ONNX,
     "gradient_boosting": ONNX,
     "gradient_boosting_regressor": ONNX,
-    "hist_gradient_boosting": SKLEARN,  # skl2onnx cannot convert it
-    "hist_gradient_boosting_regressor": SKLEARN,
+    "hist_gradient_boosting": ONNX,  # our converter (predictors/hgb_onnx.py)
+    "hist_gradient_boosting_regressor": ONNX,
     "logistic_regression": ONNX,
     "linear_regression": ONNX,
     "ridge": ONNX,

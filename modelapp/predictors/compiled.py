@@ -113,8 +113,11 @@ def convert(model: Any, n_features: int) -> bytes:
     """``model`` as a serialized ONNX graph with one input ``X`` of ``n_features``."""
     try:
         from skl2onnx import to_onnx
+
+        from modelapp.predictors import hgb_onnx  # our HistGradientBoosting converter
     except ImportError as exc:
         raise CompileError(f"skl2onnx is not installed ({exc})") from exc
+    hgb_onnx.register()
     sample: np.ndarray = np.zeros((1, n_features), dtype=input_dtype(model))
     # Keyed by the model itself, not by name: skl2onnx then skips one of its walks over
     # every attribute of the model, which computes each tree's properties (seconds for

@@ -93,15 +93,22 @@ class SklearnPredictor(BasePredictor):
                 self.engine_report.reason,
             )
             return
-        self._compiled, self.engine_report = compiled.compile_model(
-            self.model,
-            model_dir,
-            self.n_features,
-            self.available_methods,
-            self.allows_nan,
-            self.metadata,
-            fallback=self._sklearn_call,
-        )
+        # One OpenMP thread, as for the warm-up (registry.load): verification predicts
+        # with scikit-learn before gunicorn's workers fork, and a GNU OpenMP pool
+        # started then (HistGradientBoosting predicts in parallel) hangs the first
+        # parallel prediction of a forked process.
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="openmp"):
+            self._compiled, self.engine_report = compiled.compile_model(
+                self.model,
+                model_dir,
+                self.n_features,
+                self.available_methods,
+                self.allows_nan,
+                self.metadata,
+                fallback=self._sklearn_call,
+            )
 
     def _sessions(self) -> set[Any]:
         return {method.__self__.session for method in self._compiled.values()}
