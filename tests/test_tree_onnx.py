@@ -5,6 +5,8 @@ sides of every split; what it does not cover is converted by skl2onnx."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 from http import HTTPStatus
 from typing import Any
@@ -24,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from modelapp.predictors import compiled, tree_onnx
+from tests.support import ROOT
 from tests.support.models import write_model
 
 RNG = np.random.default_rng(0)
@@ -171,3 +174,23 @@ def test_a_bare_joblib_forest_is_served_by_onnx_runtime(tmp_path, serve_factory)
         r"onnxruntime, .*converted at start-up",
         server.log,
     )
+
+
+def test_converting_a_forest_imports_no_skl2onnx(tmp_path):
+    """The converter needs onnx alone: converting a forest leaves skl2onnx unimported.
+    docs/speed.md, Compiled predictions: "and skl2onnx is not imported"."""
+    path = write_model(tmp_path, RandomForestClassifier(**FOREST).fit(X_TRAIN, NAMES))
+    code = (
+        "import sys, joblib\n"
+        "from modelapp.predictors import compiled\n"
+        f"compiled.convert(joblib.load({str(path)!r}), {N_FEATURES})\n"
+        "print('onnx' in sys.modules, 'skl2onnx' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["True", "False"]
