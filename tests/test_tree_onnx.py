@@ -115,6 +115,45 @@ def test_answers_as_skl2onnx_and_scikit_learn(name):
             )
 
 
+def attributes(graph: bytes) -> dict[str, Any]:
+    """The tree operator's attributes, but ``nodes_hitrates`` (all 1.0, unused)."""
+    (node,) = onnx.load_from_string(graph).graph.node
+    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    values.pop("nodes_hitrates", None)
+    return {"op_type": node.op_type, **values}
+
+
+EDGES = {
+    "a single leaf": (
+        DecisionTreeClassifier(),
+        np.zeros_like(X_TRAIN),
+        BINARY,
+    ),
+    "fitted with missing values": (
+        RandomForestClassifier(**FOREST),
+        np.where(X_TRAIN > 1.2, np.nan, X_TRAIN),
+        NAMES,
+    ),
+    "sample weights": (ExtraTreesRegressor(**FOREST), X_TRAIN, VALUES),
+}
+
+
+@pytest.mark.parametrize("name", [*MODELS, *EDGES])
+def test_the_operator_is_skl2onnx_s_attribute_for_attribute(name):
+    """The same operator with the same attributes as skl2onnx's, value for value (the
+    thresholds, the leaves' weights in float32), so it answers bit for bit the same."""
+    if name in MODELS:
+        model, y = MODELS[name]
+        model.fit(X_TRAIN, y)
+    else:
+        model, X, y = EDGES[name]
+        model.fit(X, y, sample_weight=RNG.uniform(0.5, 2.0, len(y)))
+    assert tree_onnx.supports(model, N_FEATURES)
+    assert attributes(tree_onnx.to_onnx(model, N_FEATURES)) == attributes(
+        skl2onnx_graph(model)
+    )
+
+
 def test_thresholds_round_down_to_float32():
     """Every float32 ``x`` is at or below the float32 threshold exactly when it is at or
     below the float64 one, including the float32 values right beside it."""
