@@ -233,3 +233,19 @@ def test_converting_a_forest_imports_no_skl2onnx(tmp_path):
         check=True,
     )
     assert done.stdout.split() == ["True", "False"]
+
+
+class ShiftedRegressor(DecisionTreeRegressor):
+    """A subclass that predicts otherwise than its tree."""
+
+    def predict(self, X, check_input=True):
+        return super().predict(X, check_input) + 1.0
+
+
+def test_a_subclass_is_not_converted_as_its_base():
+    """A subclass of a supported tree may predict otherwise: the converter leaves it
+    (skl2onnx, which does not know it either, then refuses it: not compiled)."""
+    model = ShiftedRegressor(max_depth=3).fit(X_TRAIN, VALUES)
+    assert not tree_onnx.supports(model, N_FEATURES)
+    with pytest.raises(compiled.CompileError, match="skl2onnx cannot convert it"):
+        compiled.convert(model, N_FEATURES)

@@ -25,6 +25,8 @@ The graph is the one skl2onnx makes with ``zipmap`` off, attribute for attribute
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from typing import Any
 
 import numpy as np
@@ -35,28 +37,33 @@ ONNX_OPSET = 22
 IR_VERSION = 10
 
 
-def _supported_types() -> tuple[type, ...]:
-    from sklearn.ensemble import (
-        ExtraTreesClassifier,
-        ExtraTreesRegressor,
-        RandomForestClassifier,
-        RandomForestRegressor,
-    )
-    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+# The estimators converted here, by the public package that exports them.
+SUPPORTED = {
+    "sklearn.tree": frozenset({"DecisionTreeClassifier", "DecisionTreeRegressor"}),
+    "sklearn.ensemble": frozenset(
+        {
+            "RandomForestClassifier",
+            "RandomForestRegressor",
+            "ExtraTreesClassifier",
+            "ExtraTreesRegressor",
+        }
+    ),
+}
 
-    return (
-        DecisionTreeClassifier,
-        DecisionTreeRegressor,
-        RandomForestClassifier,
-        RandomForestRegressor,
-        ExtraTreesClassifier,
-        ExtraTreesRegressor,
-    )
+
+def _supported_type(model: Any) -> bool:
+    """Whether ``model`` is one of ``SUPPORTED`` itself (a subclass may predict
+    otherwise), without importing a package the model's own class did not."""
+    cls = type(model)
+    package = ".".join(cls.__module__.split(".")[:2])
+    if cls.__name__ not in SUPPORTED.get(package, ()):
+        return False
+    return getattr(sys.modules.get(package), cls.__name__, None) is cls
 
 
 def supports(model: Any, n_features: int) -> bool:
     """Whether ``to_onnx`` converts ``model`` (else skl2onnx does)."""
-    if type(model) not in _supported_types():  # a subclass may predict otherwise
+    if not _supported_type(model):
         return False
     if getattr(model, "n_outputs_", None) != 1:
         return False
@@ -65,9 +72,10 @@ def supports(model: Any, n_features: int) -> bool:
     trees = _trees(model)
     if not trees or any(tree.n_outputs != 1 for tree in trees):
         return False
-    if hasattr(model, "classes_"):
-        return _class_labels(model) is not None
-    return True
+    if hasattr(model, "classes_") and _class_labels(model) is None:
+        return False
+    # Without onnx, skl2onnx's import fails too, and convert() says so.
+    return importlib.util.find_spec("onnx") is not None
 
 
 def to_onnx(model: Any, n_features: int) -> bytes:
