@@ -21,6 +21,15 @@ The graph is the one skl2onnx makes with ``zipmap`` off, attribute for attribute
   divided by the number of trees, so the sum over trees is the forest's average
   (``predict_proba``); a binary classifier keeps the second class only, as skl2onnx does.
   A regressor's leaf holds its value divided by the number of trees.
+- **Missing values** go nowhere in particular (as in skl2onnx's graph): records holding
+  NaN are scikit-learn's (``compiled.CompiledMethods``).
+
+The attributes are set in place from ``tolist()`` lists: ``helper.make_attribute`` looks
+at every element's type and ``make_node``/``make_graph`` copy the message, which together
+cost several times the building itself. ``ai.onnx.ml`` 5's ``TreeEnsemble`` (tensor
+attributes) was not used: it keeps one target per leaf, so a multiclass forest would need
+its leaves repeated per class, plus extra nodes for the labels; it would not be skl2onnx's
+graph, and on a 100-tree forest it predicts no faster.
 """
 
 from __future__ import annotations
