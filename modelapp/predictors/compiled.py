@@ -111,6 +111,10 @@ def input_dtype(model: Any) -> type:
 
 def convert(model: Any, n_features: int) -> bytes:
     """``model`` as a serialized ONNX graph with one input ``X`` of ``n_features``."""
+    from modelapp.predictors import tree_onnx  # trees and forests, without skl2onnx
+
+    if tree_onnx.supports(model, n_features):
+        return tree_onnx.to_onnx(model, n_features)
     try:
         from skl2onnx import to_onnx
 
