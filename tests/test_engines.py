@@ -240,7 +240,8 @@ def test_train_compiles_and_the_server_serves_it(tmp_path, serve_factory):
     """The real train writes model.onnx and the verification rows; the real server
     (2 workers, sharing the master's session) answers held-out records as the saved model
     does, for predict and predict_proba; with the engine off it answers the same.
-    docs/training.md, What it writes: "the model converted to ONNX (skl2onnx)"; "when it
+    docs/training.md, What it writes: "the model converted to ONNX (trees, forests and
+    HistGradientBoosting by our own converters, the rest by skl2onnx)"; "when it
     converts"; "`metadata.json`'s `compiled` says so"; "or why not (`onnx_error`)"; "up
     to 1,000 training rows (float64, the model's feature order): what serving verifies
     the [compiled engine](speed.md#compiled-predictions-onnx-runtime) on". The

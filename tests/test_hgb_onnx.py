@@ -253,7 +253,9 @@ def test_a_disagreeing_graph_is_caught(tmp_path):
 def test_train_compiles_it_and_the_server_serves_it(tmp_path, serve_factory):
     """The real train fits ``hist_gradient_boosting`` on a table with gaps and writes
     model.onnx; the real server says ONNX Runtime serves predict and predict_proba and
-    answers held-out records, gaps included, as the saved model does."""
+    answers held-out records, gaps included, as the saved model does. docs/training.md,
+    What it writes: "the model converted to ONNX (trees, forests and
+    HistGradientBoosting by our own converters, the rest by skl2onnx)"."""
     X, y = dataset("binary")
     base = sagemaker_tree(
         tmp_path / "ml",

@@ -1696,8 +1696,10 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`duration_seconds`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
     },
     (TRAINING, "What it writes", "`model/model.onnx`"): {
-        "the model converted to ONNX (skl2onnx)": proof(
-            f"{ENGINES}::test_train_compiles_and_the_server_serves_it"
+        "the model converted to ONNX (trees, forests and HistGradientBoosting by our "
+        "own converters, the rest by skl2onnx)": proof(
+            f"{ENGINES}::test_train_compiles_and_the_server_serves_it",
+            "tests/test_hgb_onnx.py::test_train_compiles_it_and_the_server_serves_it",
         ),
         "when it converts": proof(
             f"{ENGINES}::test_train_compiles_and_the_server_serves_it"
