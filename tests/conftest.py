@@ -10,8 +10,9 @@ every file a test writes is under pytest's temporary directories.
 
 Under pytest-xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup``) the tests of a
 module that share a fixture wider than one test run on one worker, so that fixture (a
-server, a trained model, the container image) is made once; the longest of these groups
-are handed out first, so they run beside the rest rather than after it.
+server, a trained model, the container image) is made once; every other test is handed
+out on its own, and the longest modules first, so they run beside the rest rather than
+after it.
 """
 
 from __future__ import annotations
