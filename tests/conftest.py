@@ -10,8 +10,9 @@ every file a test writes is under pytest's temporary directories.
 
 Under pytest-xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup``) the tests of a
 module that share a fixture wider than one test run on one worker, so that fixture (a
-server, a trained model, the container image) is made once; the longest of these groups
-are handed out first, so they run beside the rest rather than after it.
+server, a trained model, the container image) is made once; every other test is handed
+out on its own, and the longest modules first, so they run beside the rest rather than
+after it.
 """
 
 from __future__ import annotations
@@ -68,9 +69,32 @@ os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(HYPOTHESIS_HOME)
 # Fixture scopes that tie a module's tests to one xdist worker (``session`` fixtures are
 # made once per worker instead).
 SHARED_SCOPES = frozenset({"module", "class", "package"})
+# pytest-django's autouse class-scoped fixture, on every test and only acting for unittest
+# classes: it shares nothing between our tests, so it groups none of them.
+NOT_SHARED = frozenset({"_django_setup_unittest"})
 
-# The longest groups (a container build and runs; several training hosts), started first.
-LONG_MODULES = ("tests/test_image.py", "tests/training/test_cluster.py")
+# The modules whose tests take longest (a container build and runs; several training hosts;
+# many `train` jobs or servers; a shared server's group), longest first: started first, so
+# that the last tests handed out are short and neither worker idles at the end.
+LONG_MODULES = (
+    "tests/test_image.py",
+    "tests/training/test_cluster.py",
+    "tests/test_train.py",
+    "tests/test_mme_http.py",
+    "tests/training/test_search.py",
+    "tests/test_tables_serving.py",
+    "tests/test_serve_under_load.py",
+    "tests/training/test_tables.py",
+    "tests/training/test_script.py",
+    "tests/test_sdk_predictor.py",
+    "tests/test_serve_process.py",
+)
+
+
+def long_rank(item: pytest.Item) -> int:
+    """The item's module's place in ``LONG_MODULES``; after them all if absent."""
+    module = item.nodeid.split("::")[0]
+    return LONG_MODULES.index(module) if module in LONG_MODULES else len(LONG_MODULES)
 
 
 def shared_fixture_group(item: pytest.Item) -> str | None:
@@ -78,7 +102,9 @@ def shared_fixture_group(item: pytest.Item) -> str | None:
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return None
-    for definitions in info.name2fixturedefs.values():
+    for name, definitions in info.name2fixturedefs.items():
+        if name in NOT_SHARED:
+            continue
         if definitions and definitions[-1].scope in SHARED_SCOPES:
             return item.nodeid.split("::")[0]
     return None
@@ -109,7 +135,7 @@ def pytest_unconfigure() -> None:
 def pytest_collection_modifyitems_last(items: list[pytest.Item]) -> Iterator[None]:
     """After every other reordering (pytest-django sorts too)."""
     yield
-    items.sort(key=lambda item: not item.nodeid.startswith(LONG_MODULES))
+    items.sort(key=long_rank)
 
 
 @pytest.fixture(scope="session")

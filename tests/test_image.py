@@ -7,14 +7,19 @@ them. Each container gets a unique name and is always removed.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+import zipfile
+from base64 import urlsafe_b64encode
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -605,6 +610,120 @@ def test_image_contents_are_what_the_docs_say(image: str, container: Container):
     test_only = pins(ROOT / "requirements-test.txt").keys() - wanted.keys()
     assert test_only, "requirements-test.txt pins test tools of its own"
     assert not test_only & installed.keys(), output
+
+
+# --- the build installs wheels only --------------------------------------------------------
+# What scripts/build-image.sh passes to the build (the same values, so the venv stage's first
+# layers come from the image build's cache): a wheel directory mounted at /run/wheels and no
+# index.
+BASE_IMAGE = "localhost/debian:bookworm-slim"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+WHEELS_ONLY = (
+    "docker/Dockerfile: requirements.txt is installed from wheels only (pip"
+    " --only-binary=:all:): each package needs a wheel for CPython 3.11 on Linux"
+)
+
+
+def wheel_file(directory: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel of one empty module, written by hand (no build tool)."""
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": b"",
+        f"{info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        ).encode(),
+        f"{info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: smserve-tests\nRoot-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n"
+        ),
+    }
+    record = "".join(
+        f"{path},sha256={urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for path, data in files.items()
+    )
+    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    path = directory / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+    return path
+
+
+def sdist_file(directory: Path, name: str, version: str) -> Path:
+    """A source distribution (``setup.py``), all pip could install of ``name``."""
+    root = f"{name.replace('-', '_')}-{version}"
+    members = {
+        f"{root}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{root}/setup.py": (
+            f"from setuptools import setup\nsetup(name={name!r}, version={version!r})\n"
+        ),
+    }
+    path = directory / f"{root}.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for member, text in members.items():
+            data = text.encode()
+            entry = tarfile.TarInfo(member)
+            entry.size = len(data)
+            archive.addfile(entry, io.BytesIO(data))
+    return path
+
+
+def test_the_build_installs_wheels_only(image: str, tmp_path: Path):
+    """docker/Dockerfile's venv stage, built as scripts/build-image.sh builds it (its wheel
+    directory, no index), from a requirements.txt naming a package the directory has as
+    a wheel and one it has only as a source distribution: pip takes the wheel from the
+    directory, refuses to build the sdist, and the build fails saying why.
+    docs/image-and-sagemaker.md, Image: "from wheels only".
+    """
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel_file(wheels, "smserve-test-wheel", "0.1")
+    sdist_file(wheels, "smserve-test-sdist", "0.1")
+    context = tmp_path / "context"
+    context.mkdir()
+    context.joinpath("requirements.txt").write_text(
+        "smserve-test-wheel==0.1\nsmserve-test-sdist==0.1\n"
+    )
+    options = [
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "--volume",
+        f"{wheels}:/run/wheels:ro",
+        "--build-arg",
+        "PIP_FIND_LINKS=/run/wheels",
+        "--build-arg",
+        "PIP_NO_INDEX=1",
+    ]
+    if os.access(HOST_CA, os.R_OK):
+        options += [
+            "--volume",
+            f"{HOST_CA}:/run/host-ca.crt:ro",
+            "--build-arg",
+            "PIP_CERT=/run/host-ca.crt",
+        ]
+    result = podman(
+        "build",
+        "--network=host",
+        "--isolation=chroot",
+        "--layers",
+        *options,
+        "--target",
+        "venv",
+        "-f",
+        str(ROOT / "docker" / "Dockerfile"),
+        str(context),
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "/run/wheels/smserve_test_wheel-0.1-py3-none-any.whl" in output, output
+    assert "No matching distribution found for smserve-test-sdist==0.1" in output, (
+        output
+    )
+    # The message itself, not the command podman echoes (which splits it in two).
+    assert WHEELS_ONLY in output.splitlines(), output
+    assert "Building wheel for smserve-test-sdist" not in output, output
 
 
 # --- a training job over two hosts: two containers on the host's network ------------------

@@ -810,10 +810,10 @@ def test_nginx_workers_do_not_run_as_root(serve_factory, iris_base):
         subprocess.run(["rm", "-rf", str(reachable)], check=True)
 
 
-def test_x_forwarded_ssl_from_a_client_is_ignored(serve_factory, iris_base):
+def test_x_forwarded_ssl_from_a_client_is_ignored(server):
     """A client's own scheme headers contradicting nginx's X-Forwarded-Proto are not a
-    400 from gunicorn: nginx drops them. Security review I1."""
-    server = serve_factory(iris_base)
+    400 from gunicorn: nginx drops them. Security review I1. (Reads only: the suite's
+    shared server, with the default settings.)"""
     for header in ("X-Forwarded-Ssl", "X-Forwarded-Protocol"):
         status, _, body = server.invoke(
             b"5.1,3.5,1.4,0.2\n", "text/csv", **{header: "on"}

@@ -199,17 +199,24 @@ def stop_at(server: ServeProcess, moment: str) -> float:
 
 
 @pytest.mark.parametrize(
-    "moment",
-    ["at launch", "during prepare_serve", "when gunicorn boots a worker", "ready"],
+    ("moment", "attempts"),
+    [
+        ("at launch", 3),
+        ("during prepare_serve", 3),
+        ("when gunicorn boots a worker", 3),
+        # Once here: the test below stops serve at this same moment five times, with
+        # four workers still booting rather than two.
+        ("ready", 1),
+    ],
 )
 def test_sigterm_at_any_point_of_start_up_stops_serve_promptly(
-    tmp_path, iris_base, busy_cpus, moment
+    tmp_path, iris_base, busy_cpus, moment, attempts
 ):
-    """SIGTERM at each point of start-up, with nothing in flight, three times each:
-    serve exits 0 within a few seconds, never after gunicorn's 25 s grace period (a
-    worker still booting missed the signal) or never at all (a signal that came while
-    prepare_serve ran left gunicorn to start with nobody to stop it)."""
-    for attempt in range(3):
+    """SIGTERM at each point of start-up, with nothing in flight, three times each
+    (once when ready): serve exits 0 within a few seconds, never after gunicorn's 25 s
+    grace period (a worker still booting missed the signal) or never at all (a signal
+    that came while prepare_serve ran left gunicorn to start with nobody to stop it)."""
+    for attempt in range(attempts):
         work = tmp_path / f"{attempt}"
         work.mkdir()
         server = UnwaitedServe(iris_base, work, workers=2)

@@ -342,10 +342,15 @@ def test_two_hosts_finish_a_search_with_the_allowlist(jobs, data):
     )
 
 
-def test_the_data_stays_on_every_worker():
+def test_the_data_stays_on_every_worker(monkeypatch):
     """X and y, sent once to every worker, stay on every worker: a host that dies then
     takes no data with it. (The scheduler's memory manager would keep one copy within
     seconds, and a search whose one copy died with its host could not go on.)"""
+    # The memory manager, were it on, would look every 0.2 s instead of every 2 s: the
+    # wait below then spans five of its cycles in one second.
+    monkeypatch.setenv(
+        "DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__INTERVAL", "200ms"
+    )
     X, y = load_iris(return_X_y=True)
     with two_workers() as (address, names):
         with fit_context(address, names, 60)(X, y, pytest.fail):
@@ -355,7 +360,7 @@ def test_the_data_stays_on_every_worker():
             # The workers that had joined when the data was sent (a host's second
             # worker may join a moment later, and fetches the data when a task needs it).
             sent = backend.client.who_has(futures)
-            time.sleep(3 * 2)  # three cycles of the memory manager (every 2 s)
+            time.sleep(1)
             held = backend.client.who_has(futures)
 
     assert len(keys) == 2
