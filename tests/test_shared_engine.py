@@ -228,7 +228,7 @@ from modelapp.predictors.compiled import OnnxSession
 session = OnnxSession(open(sys.argv[1], "rb").read(), np.float32, thread_count=1)
 X = np.zeros((5, int(sys.argv[2])), dtype=np.float32)
 session.run(X)
-for leave in (os._exit, sys.exit):
+for leave in (os._exit,):
     pid = os.fork()
     if pid == 0:
         try:
@@ -246,11 +246,14 @@ for leave in (os._exit, sys.exit):
 """
 
 
-def test_a_forked_process_must_not_end_through_pythons_teardown(forest, tmp_path):
-    """Why every worker ends with ``os._exit``: a process forked from one that holds a
-    session, which makes and runs its own (as a process that did not adopt it does),
-    hangs or aborts in ONNX Runtime's exit handlers when it ends with ``sys.exit``; with
-    ``os._exit`` it ends at once. (Should ONNX Runtime fix this, this test says so.)"""
+def test_a_forked_process_with_its_own_session_ends_at_once_with_os_exit(
+    forest, tmp_path
+):
+    """How every worker ends: a process forked from one that holds a session, which makes
+    and runs its own (as a process that did not adopt it does), ends at once and cleanly
+    with ``os._exit``. (Ended with ``sys.exit`` instead, such a process was seen here to
+    hang or abort in ONNX Runtime's exit handlers, though not on every run: the reason
+    workers never end through Python's teardown.)"""
     graph = tmp_path / "model.onnx"
     graph.write_bytes(compiled_engine.convert(forest, X_TRAIN.shape[1]))
     done = subprocess.run(
@@ -262,10 +265,7 @@ def test_a_forked_process_must_not_end_through_pythons_teardown(forest, tmp_path
     )
     assert done.returncode == 0, done.stderr
     statuses = dict(line.split() for line in done.stdout.splitlines())
-    assert statuses["_exit"] == "0"
-    # SIGABRT ("terminate called after throwing ... std::system_error"), or killed
-    # after hanging.
-    assert os.WIFSIGNALED(int(statuses["exit"])), (statuses, done.stderr)
+    assert statuses == {"_exit": "0"}, (statuses, done.stderr)
 
 
 def _rss() -> int:
