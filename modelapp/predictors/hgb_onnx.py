@@ -128,12 +128,7 @@ def tree_ensemble_attributes(model: Any) -> dict[str, Any]:
         for key in (
             "nodes_treeids",
             "nodes_nodeids",
-            "nodes_featureids",
-            "nodes_modes",
-            "nodes_values",
-            "nodes_truenodeids",
-            "nodes_falsenodeids",
-            "nodes_missing_value_tracks_true",
+            *NODE_FIELDS,
             "target_treeids",
             "target_nodeids",
             "target_ids",
