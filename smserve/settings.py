@@ -109,6 +109,7 @@ def _smserve_from_environment() -> dict[str, Any]:
         "ALLOW_UNSAFE_DESERIALIZATION": env_bool(
             "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION", None
         ),
+        "PASS_THROUGH_LABEL": env_bool("SMSERVE_PASS_THROUGH_LABEL", None),
     }
     for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR", "MME_MODEL_ROOT"):
         if found[key] is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from modelapp import conf
 from modelapp.batch import (
     Batch,
     ChunkedPredictions,
@@ -31,6 +32,7 @@ from modelapp.batch import (
 )
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
+from modelapp.predictors import featurizer
 from modelapp.predictors.schema import InputSchema
 from modelapp.text import brief_list
 
@@ -67,7 +69,9 @@ class BasePredictor:
     A kind implements ``from_model_dir`` (and ``handles`` when it serves only some
     directories), which must pass ``artifact``: the file that identifies the model (the
     registry checksums it and reports its size). It sets ``methods`` (the prediction
-    methods a request may ask for, the first being the default) and may refine:
+    methods a request may ask for; the default is the first the model has, so a
+    featurizer, which has ``transform`` and no ``predict``, answers ``transform``) and
+    may refine:
 
     - ``call(method, matrix)``: run a method on the checked input (a float matrix, or a
       DataFrame for a model with text columns);
@@ -135,7 +139,9 @@ class BasePredictor:
 
     @property
     def default_method(self) -> str:
-        return self.methods[0]
+        return next(
+            (m for m in self.methods if m in self.available_methods), self.methods[0]
+        )
 
     def describe_estimator(self, estimator: str) -> str:
         """What the admin and the stats call the model whose estimator is ``estimator``."""
@@ -326,6 +332,9 @@ class BasePredictor:
         if batch.chunks is not None:
             return self._predict_chunks(batch, method)
         method = self.check_method(method or self.default_method)
+        label = None
+        if method == "transform" and conf.get("PASS_THROUGH_LABEL"):
+            batch, label = featurizer.split_label(batch, self.n_features, self.metadata)
         matrix = self.to_input(batch)
         try:
             result = self.call_batch(method, matrix, batch.total)
@@ -343,7 +352,7 @@ class BasePredictor:
                 f"{type(self.model).__name__}.{method} returned {len(result)} results for "
                 f"{len(matrix)} records"
             )
-        return result
+        return result if label is None else featurizer.with_label(label, result)
 
     def before_fork(self) -> None:
         """In gunicorn's master, before the workers fork: drop what a fork cannot copy

@@ -1,0 +1,248 @@
+"""Featurizers served: a model with ``transform`` and no ``predict`` answers ``transform``
+by default, in every format. One trained by the real ``train`` without a label column
+(a scaler and PCA), one fitted elsewhere and saved with joblib (a ``ColumnTransformer``
+one-hot encoding text columns, whose output is sparse); bad inputs get 400s that say
+what is wrong. One server per model, shared by the module's tests."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from http import HTTPStatus
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.support.models import write_model
+from tests.support.servers import ServeProcess
+from tests.support.tables import churn_frame
+from tests.support.training import run_train
+
+pytestmark = pytest.mark.server
+
+ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+WIDTH = 4  # features of the unlabelled table
+NUMBERS = ["tenure", "spend", "calls"]
+TEXT = ["plan", "country"]
+
+
+def unlabelled(rows: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.round(rng.normal(5.0, 2.0, (rows, WIDTH)), 4)
+
+
+def csv_of(rows: np.ndarray) -> bytes:
+    return "".join(",".join(map(repr, row)) + "\n" for row in rows.tolist()).encode()
+
+
+@pytest.fixture(scope="module")
+def scaler(tmp_path_factory) -> Iterator[tuple[ServeProcess, object, Path]]:
+    """The real ``train``: ``["standard_scaler", "pca"]`` on a table with no label
+    column (``smserve_target_column=none``), then the real ``serve`` on its model."""
+    work = tmp_path_factory.mktemp("scaler")
+    data = work / "train.csv"
+    data.write_bytes(csv_of(unlabelled(200, seed=0)))
+    base = work / "ml"
+    done = run_train(
+        base,
+        "--channel",
+        f"train={data}",
+        "--hp",
+        'smserve_estimator=["standard_scaler", "pca"]',
+        "--hp",
+        "smserve_target_column=none",
+        "--hp",
+        "pca__n_components=2",
+        "--hp",
+        "smserve_random_seed=0",
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    server = ServeProcess(base, work, workers=1).start()
+    try:
+        yield server, joblib.load(base / "model" / "model.joblib"), base
+    finally:
+        server.stop()
+
+
+def fitted_column_transformer() -> object:
+    """A featurizer fitted and saved elsewhere: text columns one-hot encoded (a sparse
+    block; unknown categories refused), numbers imputed and scaled."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = churn_frame(300)[NUMBERS + TEXT].fillna({"plan": "basic"})
+    return ColumnTransformer(
+        [
+            ("text", OneHotEncoder(handle_unknown="error"), TEXT),
+            ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), NUMBERS),
+        ],
+        sparse_threshold=1.0,  # sparse whenever the encoder is: the server densifies
+    ).fit(frame)
+
+
+@pytest.fixture(scope="module")
+def column_transformer(tmp_path_factory) -> Iterator[tuple[ServeProcess, object]]:
+    work = tmp_path_factory.mktemp("column-transformer")
+    model = fitted_column_transformer()
+    write_model(work / "ml", model)  # a bare model.joblib, no metadata.json
+    server = ServeProcess(work / "ml", work, workers=1).start()
+    try:
+        yield server, model
+    finally:
+        server.stop()
+
+
+def test_trained_featurizer_serves_transform_in_every_format(scaler):
+    """/ping is 200 (no longer 503 "no predict method"); CSV answers rows of numbers,
+    JSON ``{"predictions": [[...]]}``, JSON Lines a row per line, NPY the 2-D array:
+    each the model's own ``transform``, and the answer names the method."""
+    server, model, _ = scaler
+    rows = unlabelled(9, seed=1)
+    expected = model.transform(rows)
+    status, headers, body = server.invoke(csv_of(rows), "text/csv", Accept="text/csv")
+    assert status == HTTPStatus.OK, body
+    assert headers[ATTRIBUTES] == "method=transform"
+    got = np.loadtxt(io.StringIO(body.decode()), delimiter=",")
+    assert got.shape == (9, 2)
+    assert np.allclose(got, expected, rtol=0, atol=1e-12)
+
+    status, _, body = server.invoke(
+        json.dumps({"instances": rows.tolist()}).encode(),
+        "application/json",
+        Accept="application/json",
+    )
+    assert status == HTTPStatus.OK, body
+    assert np.allclose(json.loads(body)["predictions"], expected, rtol=0, atol=1e-12)
+
+    lines = "".join(json.dumps(row) + "\n" for row in rows.tolist()).encode()
+    status, headers, body = server.invoke(
+        lines, "application/jsonlines", Accept="application/jsonlines"
+    )
+    assert status == HTTPStatus.OK, body
+    assert headers["content-type"] == "application/jsonlines"
+    got_lines = [json.loads(line) for line in body.decode().splitlines()]
+    assert np.allclose(got_lines, expected, rtol=0, atol=1e-12)
+
+    status, _, body = server.invoke(
+        csv_of(rows), "text/csv", Accept="application/x-npy"
+    )
+    assert status == HTTPStatus.OK, body
+    array = np.load(io.BytesIO(body), allow_pickle=False)
+    assert array.shape == (9, 2)
+    assert np.allclose(array, expected, rtol=0, atol=1e-12)
+
+
+def test_featurizer_job_needs_no_label(scaler):
+    """The job fitted every column (the model takes all four), recorded no label and
+    no metrics (a featurizer has none)."""
+    _, model, base = scaler
+    assert model.n_features_in_ == WIDTH
+    metadata = json.loads((base / "model" / "metadata.json").read_text())
+    assert metadata["target"] is None
+    assert metadata["classes"] is None
+    assert metadata["metrics"] == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "attributes", "message"),
+    [
+        (b"1,2,3\n", "text/csv", "", "Expected 4 features per record, got 3."),
+        (b"1,2,x,4\n", "text/csv", "", "'x' is not a number"),
+        (b"1,2,,4\n", "text/csv", "", "does not accept missing (NaN)"),
+        (
+            b"1,2,3,4\n",
+            "text/csv",
+            "method=predict",
+            "Unknown method 'predict'; this model supports: transform.",
+        ),
+    ],
+    ids=["width", "text", "missing", "predict"],
+)
+def test_bad_input_to_a_featurizer_is_a_400(
+    scaler, body, content_type, attributes, message
+):
+    """A record of the wrong width, a word or a gap where a number goes, and a method
+    a featurizer does not have: each a 400 whose detail says what to send."""
+    server, _, _ = scaler
+    headers = {"X-Amzn-SageMaker-Custom-Attributes": attributes} if attributes else {}
+    status, _, answer = server.invoke(
+        body, content_type, Accept="application/json", **headers
+    )
+    assert status == HTTPStatus.BAD_REQUEST, answer
+    assert message in json.loads(answer)["detail"]
+
+
+def test_column_transformer_saved_elsewhere_serves_dense_rows(column_transformer):
+    """A bare joblib of a fitted ``ColumnTransformer`` (sparse one-hot output): records
+    by name (JSON objects) or by position (CSV) get the dense rows of its
+    ``transform``, text columns encoded."""
+    server, model = column_transformer
+    rows = churn_frame(7, seed=5)[NUMBERS + TEXT].fillna(
+        {"plan": "basic", "tenure": 12.0}
+    )
+    expected = model.transform(rows).toarray()
+    objects = rows.to_dict(orient="records")
+    status, headers, body = server.invoke(
+        json.dumps(objects).encode(), "application/json", Accept="application/json"
+    )
+    assert status == HTTPStatus.OK, body
+    assert headers[ATTRIBUTES] == "method=transform"
+    assert np.allclose(json.loads(body)["predictions"], expected, rtol=0, atol=1e-12)
+
+    status, _, body = server.invoke(
+        rows.to_csv(index=False, header=False).encode(), "text/csv", Accept="text/csv"
+    )
+    assert status == HTTPStatus.OK, body
+    got = pd.read_csv(io.BytesIO(body), header=None).to_numpy()
+    assert np.allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_column_transformer_bad_records_are_named(column_transformer):
+    """An unknown category (the encoder refuses them) names the record and its field;
+    a missing feature names the feature."""
+    server, _ = column_transformer
+    rows = churn_frame(5, seed=6)[NUMBERS + TEXT].fillna(
+        {"plan": "basic", "tenure": 1.0}
+    )
+    rows.loc[rows.index[2], "country"] = "NZ"
+    status, _, body = server.invoke(
+        rows.to_csv(index=False, header=False).encode(),
+        "text/csv",
+        Accept="application/json",
+    )
+    assert status == HTTPStatus.BAD_REQUEST, body
+    assert json.loads(body)["detail"].startswith(
+        "Record 3, feature 'country': 'NZ' is not a category the model was trained with"
+    )
+    status, _, body = server.invoke(
+        b'[{"tenure": 3, "spend": 1, "calls": 0, "plan": "pro"}]', "application/json"
+    )
+    assert status == HTTPStatus.BAD_REQUEST, body
+    assert "Record 1 lacks 'country'" in json.loads(body)["detail"]
+
+
+def test_a_classifier_job_without_a_label_fails_saying_why(tmp_path):
+    """``smserve_target_column=none`` is for featurizers: a classifier's job fails with
+    a message that says so, before any fit."""
+    data = tmp_path / "train.csv"
+    data.write_bytes(csv_of(unlabelled(20, seed=2)))
+    done = run_train(
+        tmp_path / "ml",
+        "--channel",
+        f"train={data}",
+        "--hp",
+        "smserve_estimator=logistic_regression",
+        "--hp",
+        "smserve_target_column=none",
+    )
+    assert done.returncode != 0
+    failure = (tmp_path / "ml" / "output" / "failure").read_text()
+    assert "smserve_target_column is none (no label column)" in failure
+    assert "is a classification model: it learns from a label" in failure
