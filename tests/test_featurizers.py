@@ -101,8 +101,9 @@ def column_transformer(tmp_path_factory) -> Iterator[tuple[ServeProcess, object]
 
 def test_trained_featurizer_serves_transform_in_every_format(scaler):
     """/ping is 200 (no longer 503 "no predict method"); CSV answers rows of numbers,
-    JSON ``{"predictions": [[...]]}``, JSON Lines a row per line, NPY the 2-D array:
-    each the model's own ``transform``, and the answer names the method."""
+    JSON ``{"predictions": [[...]]}``, JSON Lines ``{"features": [...]}`` per line, NPY
+    the 2-D array: each the model's own ``transform``, and the answer names the
+    method."""
     server, model, _ = scaler
     rows = unlabelled(9, seed=1)
     expected = model.transform(rows)
@@ -127,7 +128,7 @@ def test_trained_featurizer_serves_transform_in_every_format(scaler):
     )
     assert status == HTTPStatus.OK, body
     assert headers["content-type"] == "application/jsonlines"
-    got_lines = [json.loads(line) for line in body.decode().splitlines()]
+    got_lines = [json.loads(line)["features"] for line in body.decode().splitlines()]
     assert np.allclose(got_lines, expected, rtol=0, atol=1e-12)
 
     status, _, body = server.invoke(

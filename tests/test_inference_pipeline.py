@@ -129,27 +129,32 @@ def pipeline(tmp_path_factory) -> Iterator[Pipeline]:
         "pca__n_components=3",
         "smserve_random_seed=0",
     )
-    featurizer = ServeProcess(
+    # The training table's batch transform: a deployment of its own, environment only.
+    (work / "featurize-training").mkdir()
+    labelling = ServeProcess(
         work / "featurizer",
-        work / "featurizer-serve",
+        work / "featurize-training",
         workers=1,
         env={"SAGEMAKER_BATCH": "true", "SMSERVE_PASS_THROUGH_LABEL": "true"},
-    )
-    (work / "featurizer-serve").mkdir()
-    featurizer.start()
-    classifier = None
+    ).start()
     try:
-        featurized = batch_transform([featurizer], raw_lines, "text/csv", "text/csv")
-        (work / "featurized.csv").write_bytes(b"".join(featurized))
-        classifier_model = train(
-            work / "classifier",
-            work / "featurized.csv",
-            "smserve_estimator=logistic_regression",
-        )
-        (work / "classifier-serve").mkdir()
-        classifier = ServeProcess(
-            work / "classifier", work / "classifier-serve", workers=1
-        ).start()
+        featurized = batch_transform([labelling], raw_lines, "text/csv", "text/csv")
+    finally:
+        labelling.stop()
+    (work / "featurized.csv").write_bytes(b"".join(featurized))
+    classifier_model = train(
+        work / "classifier",
+        work / "featurized.csv",
+        "smserve_estimator=logistic_regression",
+    )
+    # The pipeline model's two containers.
+    (work / "featurizer-serve").mkdir()
+    (work / "classifier-serve").mkdir()
+    featurizer = ServeProcess(work / "featurizer", work / "featurizer-serve", workers=1)
+    classifier = ServeProcess(work / "classifier", work / "classifier-serve", workers=1)
+    try:
+        featurizer.start()
+        classifier.start()
         yield Pipeline(
             featurizer,
             classifier,
@@ -160,8 +165,7 @@ def pipeline(tmp_path_factory) -> Iterator[Pipeline]:
             y,
         )
     finally:
-        if classifier is not None:
-            classifier.stop()
+        classifier.stop()
         featurizer.stop()
 
 
@@ -216,17 +220,28 @@ def test_pipeline_of_json_lines(pipeline):
 
 
 def test_intermediate_answer_is_the_next_containers_input(pipeline):
-    """What the featurizer hands on is exactly what the classifier reads: its
-    Content-Type carries no parameter, and its body in each format parses there."""
+    """What the featurizer hands on: its Content-Type without parameters, CSV rows of
+    numbers, JSON Lines ``{"features": [...]}`` records (Clarify's record shape), one
+    line per record, each the model's ``transform``."""
     X, _ = labelled(5, seed=3)
-    for content_type, body in (
-        ("text/csv", b"".join(csv_lines(X))),
-        ("application/jsonlines", b"".join(jsonl_lines(X))),
-    ):
-        status, headers, answer = pipeline.featurizer.invoke(body, content_type)
-        assert status == HTTPStatus.OK, answer
-        assert headers["content-type"] == content_type
-        assert len(answer.splitlines()) == len(X)
+    expected = pipeline.featurizer_model.transform(X)
+    status, headers, answer = pipeline.featurizer.invoke(
+        b"".join(csv_lines(X)), "text/csv"
+    )
+    assert status == HTTPStatus.OK, answer
+    assert headers["content-type"] == "text/csv"
+    rows = [[float(v) for v in line.split(",")] for line in answer.decode().split()]
+    assert np.allclose(rows, expected, rtol=0, atol=1e-12)
+    status, headers, answer = pipeline.featurizer.invoke(
+        b"".join(jsonl_lines(X)), "application/jsonlines"
+    )
+    assert status == HTTPStatus.OK, answer
+    assert headers["content-type"] == "application/jsonlines"
+    records = [json.loads(line) for line in answer.decode().splitlines()]
+    assert [list(record) for record in records] == [["features"]] * len(X)
+    assert np.allclose(
+        [record["features"] for record in records], expected, rtol=0, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize(

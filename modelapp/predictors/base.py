@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelapp import conf
+from modelapp import conf, formats
 from modelapp.batch import (
     Batch,
     ChunkedPredictions,
@@ -240,6 +240,9 @@ class BasePredictor:
 
     def _records_to_rows(self, records: Any) -> Any:
         names = self.feature_names
+        positional = featurizer.positional_records(records, names)
+        if positional is not None:
+            return positional
         if names is None:
             raise InvalidInput(
                 "Records were sent as objects, but the model was trained without feature "
@@ -322,6 +325,14 @@ class BasePredictor:
         ``media_type`` its Content-Type and ``accept`` the negotiated response type."""
         method = attributes.get("method") or self.default_method
         predictions = self.predict(data, method)
+        if (
+            method == "transform"
+            and formats.canonical(accept) == formats.JSONLINES
+            and not conf.get("PASS_THROUGH_LABEL")
+        ):
+            # The next container's record (featurizer.py); a labelled row stays an
+            # array, the layout train reads.
+            predictions = featurizer.as_feature_records(predictions)
         return InvocationResult(
             method=method, records=len(data), predictions=predictions
         )
