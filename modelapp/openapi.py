@@ -381,7 +381,8 @@ CUSTOM_ATTRIBUTES_REQUEST = OpenApiParameter(
     description=(
         "`key=value` pairs separated by commas or semicolons. `method` picks the "
         "prediction method (`predict`, `predict_proba`, `predict_log_proba`, "
-        "`decision_function`, those the model has; another is a 400); a script-mode "
+        "`decision_function`, `transform`, those the model has; another is a 400; "
+        "by default `predict`, or `transform` for a featurizer); a script-mode "
         "model gets them all."
     ),
 )

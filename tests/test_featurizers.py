@@ -100,10 +100,10 @@ def column_transformer(tmp_path_factory) -> Iterator[tuple[ServeProcess, object]
 
 
 def test_trained_featurizer_serves_transform_in_every_format(scaler):
-    """/ping is 200 (no longer 503 "no predict method"); CSV answers rows of numbers,
-    JSON ``{"predictions": [[...]]}``, JSON Lines ``{"features": [...]}`` per line, NPY
-    the 2-D array: each the model's own ``transform``, and the answer names the
-    method."""
+    """/ping is 200 (no longer 503 "no predict method"). docs/serving.md, Featurizers:
+    CSV "one row of numbers per record"; JSON "{"predictions": [[...], ...]}"; JSON
+    Lines "{"features": [...]} per record"; NPY "the 2-D float array": each the
+    model's own ``transform``, and the answer names the method."""
     server, model, _ = scaler
     rows = unlabelled(9, seed=1)
     expected = model.transform(rows)
@@ -141,8 +141,9 @@ def test_trained_featurizer_serves_transform_in_every_format(scaler):
 
 
 def test_featurizer_job_needs_no_label(scaler):
-    """The job fitted every column (the model takes all four), recorded no label and
-    no metrics (a featurizer has none)."""
+    """docs/training.md, ``smserve_target_column``: "none for no label column (a
+    featurizer's job; a classifier's or a regressor's is refused)": the job fitted
+    every column (the model takes all four), recorded no label and no metrics."""
     _, model, base = scaler
     assert model.n_features_in_ == WIDTH
     metadata = json.loads((base / "model" / "metadata.json").read_text())
@@ -230,8 +231,9 @@ def test_column_transformer_bad_records_are_named(column_transformer):
 
 
 def test_a_classifier_job_without_a_label_fails_saying_why(tmp_path):
-    """``smserve_target_column=none`` is for featurizers: a classifier's job fails with
-    a message that says so, before any fit."""
+    """docs/training.md, ``smserve_target_column``: "none for no label column (a
+    featurizer's job; a classifier's or a regressor's is refused)": a classifier's job
+    fails with a message that says so, before any fit."""
     data = tmp_path / "train.csv"
     data.write_bytes(csv_of(unlabelled(20, seed=2)))
     done = run_train(

@@ -220,9 +220,9 @@ def test_pipeline_of_json_lines(pipeline):
 
 
 def test_intermediate_answer_is_the_next_containers_input(pipeline):
-    """What the featurizer hands on: its Content-Type without parameters, CSV rows of
-    numbers, JSON Lines ``{"features": [...]}`` records (Clarify's record shape), one
-    line per record, each the model's ``transform``."""
+    """What the featurizer hands on: its Content-Type without parameters; CSV "one row
+    of numbers per record"; JSON Lines "{"features": [...]} per record" (Clarify's
+    record shape); each the model's ``transform``."""
     X, _ = labelled(5, seed=3)
     expected = pipeline.featurizer_model.transform(X)
     status, headers, answer = pipeline.featurizer.invoke(
@@ -282,7 +282,7 @@ def test_a_bad_record_stops_the_pipeline_at_the_featurizer(pipeline):
 
 
 def test_npy_answer_from_the_featurizer_is_a_float_matrix(pipeline):
-    """The featurizer in NPY: the 2-D float array of ``transform``, which the next
+    """The featurizer in NPY: "the 2-D float array" of ``transform``, which the next
     container reads as ``application/x-npy``."""
     X, _ = labelled(4, seed=5)
     status, _, body = pipeline.featurizer.invoke(
