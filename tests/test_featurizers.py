@@ -249,3 +249,101 @@ def test_a_classifier_job_without_a_label_fails_saying_why(tmp_path):
     failure = (tmp_path / "ml" / "output" / "failure").read_text()
     assert "smserve_target_column is none (no label column)" in failure
     assert "is a classification model: it learns from a label" in failure
+
+
+# --- the label passed through, by each form a record may take (in-process) ---
+@pytest.fixture
+def passing_labels() -> Iterator[None]:
+    from django.conf import settings
+    from django.test import override_settings
+
+    with override_settings(SMSERVE={**settings.SMSERVE, "PASS_THROUGH_LABEL": True}):
+        yield
+
+
+def answer(predictor, body: bytes, content_type: str, accept: str = "text/csv"):
+    """The parsed body through the predictor, as the view does."""
+    from modelapp.parsers import CSVParser, JSONLinesParser, JSONParser
+
+    base, _, params = content_type.partition(";")
+    parser = {
+        "text/csv": CSVParser,
+        "application/json": JSONParser,
+        "application/jsonlines": JSONLinesParser,
+    }[base]()
+    batch = parser.parse(
+        io.BytesIO(body), content_type, {"request": None, "params": params}
+    )
+    return predictor.invoke(batch, {}, content_type, accept).predictions
+
+
+@pytest.fixture(scope="module")
+def named_featurizer():
+    """A scaler fitted on named columns by a job whose label column was ``churn``."""
+    from sklearn.preprocessing import StandardScaler
+
+    from modelapp.metadata import ModelMetadata
+    from modelapp.predictors import SklearnPredictor
+
+    frame = pd.DataFrame(unlabelled(30, seed=7)[:, :3], columns=["a", "b", "c"])
+    model = StandardScaler().fit(frame)
+    predictor = SklearnPredictor(model, ModelMetadata(target="churn"))
+    return predictor, model
+
+
+def test_label_by_name_in_records_and_in_a_header(named_featurizer, passing_labels):
+    """SMSERVE_PASS_THROUGH_LABEL: records with names carry the label under the
+    training job's label column's name (JSON objects, JSON Lines, a CSV header in any
+    column order): each answer row is the label, then the record's ``transform``."""
+    predictor, model = named_featurizer
+    rows = pd.DataFrame(unlabelled(3, seed=8)[:, :3], columns=["a", "b", "c"])
+    expected = model.transform(rows)
+    labels = ["yes", "no", "yes"]
+    objects = [
+        {"churn": label, **row}
+        for label, row in zip(labels, rows.to_dict(orient="records"), strict=True)
+    ]
+    numeric = [{**record, "churn": i} for i, record in enumerate(objects)]
+    header = rows[["c", "a", "b"]].assign(churn=labels)[["c", "churn", "a", "b"]]
+    cases = {
+        "json objects, text labels": (json.dumps(objects), "application/json", labels),
+        "json lines, number labels": (
+            "".join(json.dumps(record) + "\n" for record in numeric),
+            "application/jsonlines",
+            [0, 1, 2],
+        ),
+        "csv with a header": (
+            header.to_csv(index=False),
+            "text/csv; header=present",
+            labels,
+        ),
+    }
+    for name, (body, content_type, want) in cases.items():
+        got = answer(predictor, body.encode(), content_type)
+        assert list(got[:, 0]) == want, name
+        assert np.allclose(got[:, 1:].astype(float), expected, rtol=0, atol=1e-12), name
+
+
+def test_label_by_position_and_records_without_one(passing_labels):
+    """A table trained without a header: the label is where the job had it (here the
+    third column); a record of the model's own width is transformed as it is."""
+    from sklearn.preprocessing import StandardScaler
+
+    from modelapp.metadata import ModelMetadata
+    from modelapp.predictors import SklearnPredictor
+
+    X = unlabelled(20, seed=9)[:, :3]
+    model = StandardScaler().fit(X)
+    predictor = SklearnPredictor(model, ModelMetadata(target=2))
+    rows = X[:2]
+    labelled = np.insert(rows, 2, [7.0, 8.0], axis=1)
+    got = answer(predictor, csv_of(labelled), "text/csv")
+    assert got[:, 0].tolist() == [7.0, 8.0]
+    assert np.allclose(got[:, 1:], model.transform(rows), rtol=0, atol=1e-12)
+    got = answer(predictor, csv_of(rows), "text/csv")
+    assert np.allclose(got, model.transform(rows), rtol=0, atol=1e-12)
+    # Without metadata (a model saved elsewhere) the label is the first field.
+    bare = SklearnPredictor(model)
+    got = answer(bare, csv_of(np.insert(rows, 0, [1.0, 0.0], axis=1)), "text/csv")
+    assert got[:, 0].tolist() == [1.0, 0.0]
+    assert np.allclose(got[:, 1:], model.transform(rows), rtol=0, atol=1e-12)
