@@ -347,3 +347,41 @@ def test_label_by_position_and_records_without_one(passing_labels):
     got = answer(bare, csv_of(np.insert(rows, 0, [1.0, 0.0], axis=1)), "text/csv")
     assert got[:, 0].tolist() == [1.0, 0.0]
     assert np.allclose(got[:, 1:], model.transform(rows), rtol=0, atol=1e-12)
+
+
+def test_a_chunked_body_answers_what_one_pass_answers():
+    """A body larger than SMSERVE_CHUNK_KB, read a chunk at a time: the featurizer's
+    JSON Lines records, and with SMSERVE_PASS_THROUGH_LABEL its labelled rows, are byte
+    for byte the one-pass answer."""
+    from django.conf import settings
+    from django.test import override_settings
+    from sklearn.preprocessing import StandardScaler
+
+    from modelapp.predictors import SklearnPredictor
+    from modelapp.renderers import CSVRenderer, JSONLinesRenderer
+
+    rows = unlabelled(400, seed=10)[:, :3]
+    model = StandardScaler().fit(rows)
+    predictor = SklearnPredictor(model)  # no metadata: the label is the first field
+    labelled = np.insert(rows, 0, np.arange(400) % 2, axis=1)
+    answers = {}
+    for chunk_kb in (1, 8192):
+        smserve = {**settings.SMSERVE, "CHUNK_KB": chunk_kb}
+        with override_settings(SMSERVE=smserve):
+            features = answer(
+                predictor, csv_of(rows), "text/csv", "application/jsonlines"
+            )
+            body = JSONLinesRenderer().render(features)
+        with override_settings(SMSERVE={**smserve, "PASS_THROUGH_LABEL": True}):
+            labels = CSVRenderer().render(
+                answer(predictor, csv_of(labelled), "text/csv")
+            )
+        answers[chunk_kb] = (body, labels)
+    assert answers[1] == answers[8192]
+    body, labels = answers[1]
+    lines = [json.loads(line) for line in body.decode().splitlines()]
+    assert np.allclose(
+        [line["features"] for line in lines], model.transform(rows), atol=1e-12
+    )
+    first = [line.split(",")[0] for line in labels.decode().splitlines()]
+    assert first == [repr(float(i % 2)) for i in range(400)]
