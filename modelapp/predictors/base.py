@@ -69,9 +69,7 @@ class BasePredictor:
     A kind implements ``from_model_dir`` (and ``handles`` when it serves only some
     directories), which must pass ``artifact``: the file that identifies the model (the
     registry checksums it and reports its size). It sets ``methods`` (the prediction
-    methods a request may ask for; the default is the first the model has, so a
-    featurizer, which has ``transform`` and no ``predict``, answers ``transform``) and
-    may refine:
+    methods a request may ask for, the first being the default) and may refine:
 
     - ``call(method, matrix)``: run a method on the checked input (a float matrix, or a
       DataFrame for a model with text columns);
@@ -139,9 +137,7 @@ class BasePredictor:
 
     @property
     def default_method(self) -> str:
-        return next(
-            (m for m in self.methods if m in self.available_methods), self.methods[0]
-        )
+        return self.methods[0]
 
     def describe_estimator(self, estimator: str) -> str:
         """What the admin and the stats call the model whose estimator is ``estimator``."""

@@ -57,6 +57,12 @@ class SklearnPredictor(BasePredictor):
         predictor.compile(model_dir)
         return predictor
 
+    @property
+    def default_method(self) -> str:
+        """``predict``, or for a featurizer (``transform`` and no ``predict``)
+        ``transform``: the first of ``methods`` the model has."""
+        return self._default_method
+
     def __init__(
         self,
         model: Any,
@@ -64,6 +70,9 @@ class SklearnPredictor(BasePredictor):
         artifact: Path | None = None,
     ) -> None:
         super().__init__(model, metadata, artifact)
+        self._default_method = next(
+            (m for m in self.methods if m in self.available_methods), self.methods[0]
+        )
         # Methods ONNX Runtime serves, set by compile(); none until then.
         self._compiled: dict[str, Any] = {}
         self._frame = None
