@@ -183,8 +183,8 @@ def test_bad_input_to_a_featurizer_is_a_400(
 
 def test_column_transformer_saved_elsewhere_serves_dense_rows(column_transformer):
     """A bare joblib of a fitted ``ColumnTransformer`` (sparse one-hot output): records
-    by name (JSON objects) or by position (CSV) get the dense rows of its
-    ``transform``, text columns encoded."""
+    by name (JSON objects), by position (CSV) or as ``{"features": [...]}`` (JSON
+    Lines) get the dense rows of its ``transform``, text columns encoded."""
     server, model = column_transformer
     rows = churn_frame(7, seed=5)[NUMBERS + TEXT].fillna(
         {"plan": "basic", "tenure": 12.0}
@@ -204,6 +204,16 @@ def test_column_transformer_saved_elsewhere_serves_dense_rows(column_transformer
     assert status == HTTPStatus.OK, body
     got = pd.read_csv(io.BytesIO(body), header=None).to_numpy()
     assert np.allclose(got, expected, rtol=0, atol=1e-12)
+
+    # {"features": [...]} records (Clarify's shape) are positional, text fields too.
+    features = "".join(
+        json.dumps({"features": row}) + "\n" for row in rows.values.tolist()
+    )
+    status, _, body = server.invoke(
+        features.encode(), "application/jsonlines", Accept="application/json"
+    )
+    assert status == HTTPStatus.OK, body
+    assert np.allclose(json.loads(body)["predictions"], expected, rtol=0, atol=1e-12)
 
 
 def test_column_transformer_bad_records_are_named(column_transformer):
