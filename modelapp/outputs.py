@@ -34,7 +34,7 @@ record; NPY only one key of numbers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,8 +64,6 @@ class OutputSpec:
     keys: tuple[str, ...]
     # The classifier's labels; None for a model without them.
     labels: np.ndarray | None
-    # Whether every value of the key is a number (NPY carries nothing else).
-    numeric: dict[str, bool] = field(default_factory=dict)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -73,6 +71,29 @@ class OutputSpec:
         also checks the records of a request that asks only for ``labels``)."""
         methods = dict.fromkeys(_METHOD[key] for key in self.keys if key != "labels")
         return tuple(methods) or ("predict",)
+
+    def invoke(self, predictor: BasePredictor, batch: Batch) -> InvocationResult:
+        """Answer a request with these keys, each record's values computed from the
+        model's methods (the renderer refuses, with a 406, keys its format cannot
+        carry: ``BaseBatchRenderer.keyed_refusal``)."""
+        results = {m: _whole(predictor.predict(batch, m)) for m in self.methods}
+        columns: dict[str, np.ndarray] = {}
+        for key in self.keys:
+            if key == "labels":
+                assert self.labels is not None  # configure() checked the model has them
+                columns[key] = self.labels
+                continue
+            column = results[_METHOD[key]]
+            if key == "probability":
+                # Two labels: the second's (the "positive" one); more: the predicted
+                # one's.
+                column = column[:, 1] if column.shape[1] == 2 else column.max(axis=1)
+            columns[key] = column
+        return InvocationResult(
+            method="+".join(self.methods),
+            records=len(batch),
+            predictions=KeyedPredictions(self.keys, columns, len(batch)),
+        )
 
 
 class OutputNotRenderable(NotAcceptable):
@@ -132,15 +153,8 @@ def configure(predictor: BasePredictor) -> None:
                 f"({', '.join(supported) or 'empty'})."
             )
     labels = getattr(predictor.model, "classes_", None)
-    labels = np.asarray(labels) if labels is not None else None
-    labels_numeric = labels is None or labels.dtype.kind in "fiub"
     predictor.outputs = OutputSpec(
-        keys=tuple(keys),
-        labels=labels,
-        numeric={
-            key: labels_numeric if key in ("predicted_label", "labels") else True
-            for key in keys
-        },
+        keys=tuple(keys), labels=np.asarray(labels) if labels is not None else None
     )
     if "transform" in keys and "transform" not in predictor.available_methods:
         # The key calls the method; a custom attribute may then ask for it too.
@@ -148,46 +162,7 @@ def configure(predictor: BasePredictor) -> None:
     logger.info("Each answer holds %s (SAGEMAKER_INFERENCE_OUTPUT).", ", ".join(keys))
 
 
-def invoke(
-    predictor: BasePredictor, batch: Batch, spec: OutputSpec, accept: str
-) -> InvocationResult:
-    """Answer a request with the keys of ``spec``, each record's values computed
-    from the model's methods; a 406 first when ``accept``'s renderer cannot carry
-    them."""
-    refusal = _refusal(spec, accept)
-    if refusal:
-        raise OutputNotRenderable(refusal)
-    results = {
-        method: _whole(predictor.predict(batch, method)) for method in spec.methods
-    }
-    columns: dict[str, np.ndarray] = {}
-    for key in spec.keys:
-        if key == "labels":
-            assert spec.labels is not None  # configure() checked the model has them
-            columns[key] = spec.labels
-            continue
-        column = results[_METHOD[key]]
-        if key == "probability":
-            # Two labels: the second's (the "positive" one); more: the predicted one's.
-            column = column[:, 1] if column.shape[1] == 2 else column.max(axis=1)
-        columns[key] = column
-    return InvocationResult(
-        method="+".join(spec.methods),
-        records=len(batch),
-        predictions=KeyedPredictions(spec.keys, columns, len(batch)),
-    )
-
-
 def _whole(predictions: Any) -> np.ndarray:
     if isinstance(predictions, ChunkedPredictions):
         return predictions.whole()
     return predictions
-
-
-def _refusal(spec: OutputSpec, accept: str) -> str | None:
-    from modelapp.renderers import BaseBatchRenderer
-
-    for renderer in conf.import_classes("RENDERERS", BaseBatchRenderer):
-        if renderer.media_type == accept:
-            return renderer.keyed_refusal(spec.keys, spec.numeric)
-    return None

@@ -81,15 +81,12 @@ class BaseBatchRenderer(BaseRenderer):
             return self.render_keyed(data)
         return dump_json(data)
 
-    @classmethod
-    def keyed_refusal(
-        cls, keys: tuple[str, ...], numeric: dict[str, bool]
-    ) -> str | None:
-        """Why this format cannot carry the named outputs ``keys`` (``numeric``: which
-        hold only numbers), or None when ``render_keyed`` writes them."""
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        """Why this format cannot carry ``keyed``'s outputs (the view answers 406 with
+        it), or None when ``render_keyed`` writes them."""
         return (
-            f"{cls.media_type} cannot carry the outputs SAGEMAKER_INFERENCE_OUTPUT "
-            f"names ({', '.join(keys)}): ask for text/csv, application/json or "
+            f"{self.media_type} cannot carry the outputs SAGEMAKER_INFERENCE_OUTPUT "
+            f"names ({', '.join(keyed.keys)}): ask for text/csv, application/json or "
             "application/jsonlines."
         )
 
@@ -131,10 +128,7 @@ class JSONRenderer(BaseBatchRenderer):
         items = (dump_json(part)[1:-1] for part in chunks.parts)
         return b'{"predictions":[' + b",".join(items) + b"]}"
 
-    @classmethod
-    def keyed_refusal(
-        cls, keys: tuple[str, ...], numeric: dict[str, bool]
-    ) -> str | None:
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
         return None
 
     def render_keyed(self, keyed: KeyedPredictions) -> bytes:
@@ -154,10 +148,7 @@ class JSONLinesRenderer(BaseBatchRenderer):
 
     render_chunks = BaseBatchRenderer.render_each
 
-    @classmethod
-    def keyed_refusal(
-        cls, keys: tuple[str, ...], numeric: dict[str, bool]
-    ) -> str | None:
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
         return None
 
     def render_keyed(self, keyed: KeyedPredictions) -> bytes:
@@ -189,10 +180,7 @@ class CSVRenderer(BaseBatchRenderer):
 
     render_chunks = BaseBatchRenderer.render_each
 
-    @classmethod
-    def keyed_refusal(
-        cls, keys: tuple[str, ...], numeric: dict[str, bool]
-    ) -> str | None:
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
         return None
 
     def render_keyed(self, keyed: KeyedPredictions) -> bytes:
@@ -224,14 +212,12 @@ class NPYRenderer(BaseBatchRenderer):
         np.save(buffer, predictions, allow_pickle=False)
         return buffer.getvalue()
 
-    @classmethod
-    def keyed_refusal(
-        cls, keys: tuple[str, ...], numeric: dict[str, bool]
-    ) -> str | None:
-        if len(keys) == 1 and numeric[keys[0]]:
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        keys = keyed.keys
+        if len(keys) == 1 and keyed.columns[keys[0]].dtype.kind in "fiub":
             return None
         return (
-            f"{cls.media_type} carries one output of numbers, but "
+            f"{self.media_type} carries one output of numbers, but "
             f"SAGEMAKER_INFERENCE_OUTPUT names {', '.join(keys)}"
             + ("" if len(keys) > 1 else " (labels that are text)")
             + ": ask for text/csv, application/json or application/jsonlines."

@@ -318,9 +318,7 @@ class BasePredictor:
         kind owns its input), ``attributes`` the request's custom attributes,
         ``media_type`` its Content-Type and ``accept`` the negotiated response type."""
         if self.outputs is not None and "method" not in attributes:
-            from modelapp import outputs
-
-            return outputs.invoke(self, data, self.outputs, accept)
+            return self.outputs.invoke(self, data)
         method = attributes.get("method") or self.default_method
         predictions = self.predict(data, method)
         return InvocationResult(
