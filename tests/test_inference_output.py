@@ -160,7 +160,15 @@ def test_the_method_attribute_still_overrides_the_keys(plain, species):
 def test_every_key_in_the_deployments_order(species):
     """CSV one line per record, the keys in the order given, a list one quoted field
     in Python's notation; JSON ``{"predictions": [{key: value}]}``; JSON Lines one
-    object per record; NPY refuses several keys with a 406 that says so."""
+    object per record; NPY refuses several keys with a 406 that says so: "a format
+    that cannot carry the keys SAGEMAKER_INFERENCE_OUTPUT names (NPY: one key of
+    numbers)".
+
+    Each key (docs/serving.md): predicted_label "the model's predict (a label or a
+    regressor's value)"; probability with "more labels: the predicted label's (the
+    largest)"; probabilities "predict_proba's row in labels order"; labels "the
+    classifier's labels (classes_) on every record"; transform "the model's transform
+    row"."""
     model = species_model()
     proba = model.predict_proba(ROWS)
     keys = ALL_KEYS.split(",")
@@ -213,10 +221,12 @@ def test_every_key_in_the_deployments_order(species):
 
 @pytest.mark.server
 def test_clarify_requests_and_answers(clarify):
-    """Clarify's JSON Lines records ``{"features": [...]}`` are read as positional
-    records; the answer with ``predicted_label,probability`` is what
-    ``LabelAttribute``/``ProbabilityAttribute`` (JSON Lines) and ``LabelIndex`` 0 /
-    ``ProbabilityIndex`` 1 (CSV) read; two labels: the probability of the second."""
+    """Clarify's JSON Lines records: "{"features": [...]} is read as its array
+    (Clarify's records; the key is SMSERVE_JSONLINES_FEATURES_KEY)"; the answer with
+    ``predicted_label,probability`` is what ``LabelAttribute``/``ProbabilityAttribute``
+    (JSON Lines) and ``LabelIndex`` 0 / ``ProbabilityIndex`` 1 (CSV) read; probability
+    with "two labels: the probability of the second (classes_[1]: 1 or True)".
+    SAGEMAKER_INFERENCE_SUPPORTED lists more keys than asked for: loaded."""
     model = binary_model()
     labels = model.predict(ROWS).tolist()
     positive = model.predict_proba(ROWS)[:, 1].tolist()
@@ -240,7 +250,8 @@ def test_clarify_requests_and_answers(clarify):
 
 @pytest.mark.server
 def test_a_regressors_label_in_every_format(regression):
-    """A regressor gives ``predicted_label``; one numeric key is an NPY answer too."""
+    """A regressor gives ``predicted_label``, "the model's predict (a label or a
+    regressor's value)"; one numeric key is an NPY answer too."""
     expected = regressor().predict(ROWS[:, 1:])
     body = "".join(",".join(map(repr, row)) + "\n" for row in ROWS[:, 1:].tolist())
     answers = {
@@ -258,8 +269,9 @@ def test_a_regressors_label_in_every_format(regression):
 
 @pytest.mark.server
 def test_a_key_the_model_cannot_give_is_a_503_naming_it(tmp_path_factory):
-    """``SAGEMAKER_INFERENCE_OUTPUT`` with a key the model cannot give: /ping 503,
-    naming the key and the keys the model supports."""
+    """``SAGEMAKER_INFERENCE_OUTPUT`` with a key the model cannot give: /ping 503
+    `model_not_ready`, "unable to give a key SAGEMAKER_INFERENCE_OUTPUT names (naming it
+    and the keys the model supports)"."""
     env = {"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label,probability"}
     server = start(tmp_path_factory, "bad", regressor(), env, expect=503)
     try:
@@ -283,7 +295,8 @@ def test_a_multi_model_endpoint_checks_and_honours_the_keys_for_every_model(
     tmp_path_factory,
 ):
     """Every model a multi-model endpoint loads answers the keys; one that cannot give
-    them fails its own load (400 ``model_load_failed``, naming the key)."""
+    them fails its own load (400 ``model_load_failed``, naming the key). Its
+    SMSERVE_JSONLINES_FEATURES_KEY names another key for Clarify's records."""
     root = tmp_path_factory.mktemp("mmer")
     write_model(root / "clf", binary_model())
     write_model(root / "reg", regressor())
@@ -291,6 +304,7 @@ def test_a_multi_model_endpoint_checks_and_honours_the_keys_for_every_model(
         "SAGEMAKER_MULTI_MODEL": "true",
         "SMSERVE_MME_MODEL_ROOT": str(root),
         "SAGEMAKER_INFERENCE_OUTPUT": "predicted_label,probability",
+        "SMSERVE_JSONLINES_FEATURES_KEY": "row",
     }
     server = ServeProcess(root, tmp_path_factory.mktemp("mmew"), env=env, workers=1)
     server.start()
@@ -309,7 +323,7 @@ def test_a_multi_model_endpoint_checks_and_honours_the_keys_for_every_model(
         status, _, data = server.request(
             "POST",
             "/models/clf/invoke",
-            CLARIFY_BODY,
+            CLARIFY_BODY.replace(b'"features"', b'"row"'),
             {"Content-Type": JSONL, "Accept": JSONL},
         )
         assert status == HTTPStatus.OK, data
