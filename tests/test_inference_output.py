@@ -23,7 +23,9 @@ from modelapp import outputs
 from modelapp.parsers import CSVParser, JSONLinesParser
 from modelapp.predictors import ModelLoadError, SklearnPredictor
 from modelapp.renderers import CSVRenderer, JSONLinesRenderer, JSONRenderer, NPYRenderer
+from tests.support.inference_scripts import DEFAULTS_PY
 from tests.support.models import write_model
+from tests.support.script_mode import source_dir
 from tests.support.servers import ServeProcess
 
 CSV, JSON, JSONL, NPY = (
@@ -106,7 +108,8 @@ def clarify(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def regression(tmp_path_factory):
-    env = {"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"}
+    # A body over 1 KB is read, predicted and rendered a chunk at a time.
+    env = {"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label", "SMSERVE_CHUNK_KB": "1"}
     server = start(tmp_path_factory, "reg", regressor(), env)
     yield server
     server.stop()
@@ -265,6 +268,41 @@ def test_a_regressors_label_in_every_format(regression):
     jsonl = [json.loads(line) for line in answers[JSONL][2].decode().splitlines()]
     assert jsonl == json_records
     assert read_npy(answers[NPY][2]).tolist() == csv_values
+
+
+@pytest.mark.server
+def test_a_chunked_body_answers_the_keys_of_the_whole(regression):
+    """A body larger than SMSERVE_CHUNK_KB: every record's keys, in order."""
+    rows = np.repeat(X[:, 1:], 3, axis=0)
+    body = "".join(",".join(map(repr, row)) + "\n" for row in rows.tolist()).encode()
+    assert len(body) > 4 * 1024
+    status, _, data = invoke(regression, body, CSV, JSONL)
+    assert status == HTTPStatus.OK, data
+    values = [json.loads(line)["predicted_label"] for line in data.splitlines()]
+    assert values == pytest.approx(regressor().predict(rows).tolist())
+
+
+@pytest.mark.server
+def test_script_mode_is_unchanged(tmp_path_factory):
+    """A script-mode model's output_fn owns its answer: the variable does not apply."""
+    model = species_model()
+    base = tmp_path_factory.mktemp("scrb")
+    write_model(base, model)
+    source_dir(base / "model" / "code", {"inference.py": DEFAULTS_PY})
+    env = {
+        "SAGEMAKER_PROGRAM": "inference.py",
+        "SAGEMAKER_INFERENCE_OUTPUT": "predicted_label,probability",
+    }
+    server = ServeProcess(base, tmp_path_factory.mktemp("scrw"), env=env, workers=1)
+    server.start()
+    try:
+        status, _, data = invoke(server, json.dumps(ROWS.tolist()).encode(), JSON, JSON)
+        assert status == HTTPStatus.OK, data
+        # The official container's default output_fn: a bare JSON list of predict's.
+        assert json.loads(data) == model.predict(ROWS).tolist()
+        assert "SAGEMAKER_INFERENCE_OUTPUT is not applied" in server.log
+    finally:
+        server.stop()
 
 
 @pytest.mark.server
