@@ -54,6 +54,14 @@ DEFAULTS: dict[str, Any] = {
     # where its source is (s3://, file:// or a path; empty: <model dir>/code).
     "PROGRAM": "",
     "SUBMIT_DIRECTORY": "",
+    # What every answer holds (modelapp/outputs.py): output keys, in order, from
+    # predicted_label, probability, probabilities, labels, transform; empty: the method's
+    # result alone. SUPPORTED, when set (not None), must list every key asked for.
+    "INFERENCE_OUTPUT": (),
+    "INFERENCE_SUPPORTED": None,
+    # A JSON Lines record {KEY: [...]} is read as the array (Clarify's ContentTemplate
+    # '{"features":$features}'); empty: never.
+    "JSONLINES_FEATURES_KEY": "features",
     # --- smserve ---
     # The SQLite database and the kept secret key; None: var/ beside manage.py (set by
     # smserve/settings.py, which knows where that is).

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelapp import conf
+from modelapp import conf, outputs
 from modelapp.exceptions import ModelNotReady
 from modelapp.metadata import ModelMetadata, sha256_of
 from modelapp.paths import SageMakerPaths
@@ -72,6 +72,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelLoadError(
             f"Loading {model_dir} failed: {type(exc).__name__}: {exc}"
         ) from exc
+    outputs.configure(predictor)  # SAGEMAKER_INFERENCE_OUTPUT: a key it cannot give
     artifact = predictor.artifact
     if artifact is None:
         raise ModelLoadError(

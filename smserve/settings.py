@@ -70,6 +70,13 @@ def _host_addresses(value: str | None) -> dict[str, str] | None:
     return {host.strip(): address.strip() for host, address in pairs}
 
 
+def _keys(value: str | None) -> tuple[str, ...] | None:
+    """``predicted_label, probability`` -> a tuple of lowercase keys (Autopilot's)."""
+    if value is None:
+        return None
+    return tuple(key.strip().lower() for key in value.split(",") if key.strip())
+
+
 def _smserve_from_environment() -> dict[str, Any]:
     """The ``SMSERVE`` entries the environment sets; everything else keeps its default
     (``modelapp.conf.DEFAULTS``)."""
@@ -109,6 +116,9 @@ def _smserve_from_environment() -> dict[str, Any]:
         "ALLOW_UNSAFE_DESERIALIZATION": env_bool(
             "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION", None
         ),
+        "INFERENCE_OUTPUT": _keys(env_str("SAGEMAKER_INFERENCE_OUTPUT")),
+        "INFERENCE_SUPPORTED": _keys(env_str("SAGEMAKER_INFERENCE_SUPPORTED")),
+        "JSONLINES_FEATURES_KEY": os.environ.get("SMSERVE_JSONLINES_FEATURES_KEY"),
         "PASS_THROUGH_LABEL": env_bool("SMSERVE_PASS_THROUGH_LABEL", None),
     }
     for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR", "MME_MODEL_ROOT"):

@@ -95,6 +95,9 @@ class BasePredictor:
     # Which engine serves each method (the compiled engine's ``EngineReport``); None: the
     # kind's own library serves every method.
     engine_report: Any = None
+    # The deployment's output keys checked against this model (``outputs.OutputSpec``);
+    # None: answer with the method alone.
+    outputs: Any = None
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
@@ -236,9 +239,6 @@ class BasePredictor:
 
     def _records_to_rows(self, records: Any) -> Any:
         names = self.feature_names
-        positional = featurizer.positional_records(records, names)
-        if positional is not None:
-            return positional
         if names is None:
             raise InvalidInput(
                 "Records were sent as objects, but the model was trained without feature "
@@ -319,16 +319,16 @@ class BasePredictor:
         """Answer one request: ``data`` is the parsed ``Batch`` (the raw body when the
         kind owns its input), ``attributes`` the request's custom attributes,
         ``media_type`` its Content-Type and ``accept`` the negotiated response type."""
+        if self.outputs is not None and "method" not in attributes:
+            return self.outputs.invoke(self, data)
         method = attributes.get("method") or self.default_method
         predictions = self.predict(data, method)
-        if (
-            method == "transform"
-            and formats.canonical(accept) == formats.JSONLINES
-            and not conf.get("PASS_THROUGH_LABEL")
-        ):
+        if method == "transform" and formats.canonical(accept) == formats.JSONLINES:
             # The next container's record (featurizer.py); a labelled row stays an
             # array, the layout train reads.
-            predictions = featurizer.as_feature_records(predictions)
+            key = conf.get("JSONLINES_FEATURES_KEY")
+            if key and not conf.get("PASS_THROUGH_LABEL"):
+                predictions = featurizer.as_feature_records(predictions, key)
         return InvocationResult(
             method=method, records=len(data), predictions=predictions
         )

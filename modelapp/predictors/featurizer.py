@@ -1,9 +1,10 @@
 """A featurizer's answer as the next container's input, and its label pass-through.
 
 In JSON Lines a featurizer answers ``{"features": [...]}`` per record, the record shape
-SageMaker Clarify's ``ContentTemplate`` makes, and smserve reads such a record as a
-positional one when the model has no feature named ``features`` (``positional_records``):
-a featurizer's JSON Lines answer is the next smserve container's request as it is.
+SageMaker Clarify's ``ContentTemplate`` makes, which smserve's JSON Lines parser reads as
+a positional record (the key is ``SMSERVE_JSONLINES_FEATURES_KEY``; empty: plain
+arrays): a featurizer's JSON Lines answer is the next smserve container's request as it
+is.
 
 A featurizer (a model with ``transform`` and no ``predict``) is the first container of an
 inference pipeline; the classifier behind it is trained on the featurizer's output. To
@@ -30,42 +31,22 @@ import numpy as np
 from modelapp.batch import Batch, ChunkedPredictions, RecordTable
 from modelapp.metadata import ModelMetadata
 
-# The key of a record that holds its features as one list.
-FEATURES_KEY = "features"
 
-
-def positional_records(records: Any, names: list[str] | None) -> list[Any] | None:
-    """Records that are all ``{"features": [...]}`` as their lists, when the model has no
-    feature named ``features``; else None (the records are read by name)."""
-    if isinstance(records, RecordTable) or not records:
-        return None  # a RecordTable holds a number per key, never a list
-    if names is not None and FEATURES_KEY in names:
-        return None
-    rows = []
-    for record in records:
-        if record.keys() != {FEATURES_KEY} or not isinstance(
-            record[FEATURES_KEY], list
-        ):
-            return None
-        rows.append(record[FEATURES_KEY])
-    return rows
-
-
-def as_feature_records(predictions: Any) -> Any:
-    """``transform``'s rows as ``{"features": row}`` objects, one per record (a chunked
-    body's chunk by chunk), which the JSON Lines renderer writes a line each."""
+def as_feature_records(predictions: Any, key: str) -> Any:
+    """``transform``'s rows as ``{key: row}`` objects, one per record (a chunked body's
+    chunk by chunk), which the JSON Lines renderer writes a line each."""
     if isinstance(predictions, ChunkedPredictions):
         records = ChunkedPredictions()
         for part in predictions.parts:
-            records.append(_feature_records(part))
+            records.append(_feature_records(part, key))
         return records
-    return _feature_records(predictions)
+    return _feature_records(predictions, key)
 
 
-def _feature_records(rows: np.ndarray) -> np.ndarray:
+def _feature_records(rows: np.ndarray, key: str) -> np.ndarray:
     out = np.empty(len(rows), dtype=object)
     for i, row in enumerate(rows.reshape(len(rows), -1).tolist()):
-        out[i] = {FEATURES_KEY: row}
+        out[i] = {key: row}
     return out
 
 
