@@ -395,3 +395,28 @@ def test_a_chunked_body_answers_what_one_pass_answers():
     )
     first = [line.split(",")[0] for line in labels.decode().splitlines()]
     assert first == [repr(float(i % 2)) for i in range(400)]
+
+
+def test_json_lines_key_setting_names_the_featurizers_records():
+    """The featurizer's JSON Lines records use SMSERVE_JSONLINES_FEATURES_KEY, the key
+    the next container reads; empty: plain arrays, one per line."""
+    from django.conf import settings
+    from django.test import override_settings
+    from sklearn.preprocessing import StandardScaler
+
+    from modelapp.predictors import SklearnPredictor
+    from modelapp.renderers import JSONLinesRenderer
+
+    rows = unlabelled(4, seed=11)
+    model = StandardScaler().fit(rows)
+    predictor = SklearnPredictor(model)
+    expected = model.transform(rows)
+    for key in ("instance", ""):
+        smserve = {**settings.SMSERVE, "JSONLINES_FEATURES_KEY": key}
+        with override_settings(SMSERVE=smserve):
+            body = JSONLinesRenderer().render(
+                answer(predictor, csv_of(rows), "text/csv", "application/jsonlines")
+            )
+        lines = [json.loads(line) for line in body.decode().splitlines()]
+        got = [line[key] for line in lines] if key else lines
+        assert np.allclose(got, expected, rtol=0, atol=1e-12), key
