@@ -341,6 +341,7 @@ def test_label_by_position_and_records_without_one(passing_labels):
 
     from modelapp.metadata import ModelMetadata
     from modelapp.predictors import SklearnPredictor
+    from modelapp.renderers import JSONLinesRenderer
 
     X = unlabelled(20, seed=9)[:, :3]
     model = StandardScaler().fit(X)
@@ -352,6 +353,13 @@ def test_label_by_position_and_records_without_one(passing_labels):
     assert np.allclose(got[:, 1:], model.transform(rows), rtol=0, atol=1e-12)
     got = answer(predictor, csv_of(rows), "text/csv")
     assert np.allclose(got, model.transform(rows), rtol=0, atol=1e-12)
+    # In JSON Lines a labelled row stays an array, label first: what train reads.
+    got = JSONLinesRenderer().render(
+        answer(predictor, csv_of(labelled), "text/csv", "application/jsonlines")
+    )
+    lines = [json.loads(line) for line in got.decode().splitlines()]
+    assert [line[0] for line in lines] == [7.0, 8.0]
+    assert np.allclose([line[1:] for line in lines], model.transform(rows), atol=1e-12)
     # Without metadata (a model saved elsewhere) the label is the first field.
     bare = SklearnPredictor(model)
     got = answer(bare, csv_of(np.insert(rows, 0, [1.0, 0.0], axis=1)), "text/csv")
