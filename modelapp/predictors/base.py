@@ -93,6 +93,8 @@ class BasePredictor:
     # Which engine serves each method (the compiled engine's ``EngineReport``); None: the
     # kind's own library serves every method.
     engine_report: Any = None
+    # The drift sampler (modelapp/capture.py) the registry attaches when capture is on.
+    capture: Any = None
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
@@ -343,6 +345,8 @@ class BasePredictor:
                 f"{type(self.model).__name__}.{method} returned {len(result)} results for "
                 f"{len(matrix)} records"
             )
+        if self.capture is not None:
+            self.capture.offer(matrix, result, method)
         return result
 
     def before_fork(self) -> None:
