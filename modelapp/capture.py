@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, close_old_connections, transaction
 
 from modelapp import conf, drift
 from modelapp.metadata import NUMERIC, Feature, json_safe
@@ -191,6 +191,7 @@ class CaptureCollector:
             if not taken:
                 return True
             try:
+                close_old_connections()  # as the stats do: a fresh one after an outage
                 write_counts(taken, self.writer)
             except Exception as exc:
                 for key, counted in taken.items():
