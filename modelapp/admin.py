@@ -18,7 +18,7 @@ from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
@@ -339,8 +339,6 @@ class TrainedModelAdmin(ReadOnlyAdmin):
         )
 
     def get_urls(self) -> list[Any]:
-        from django.urls import path
-
         view = self.admin_site.admin_view(
             lambda request, object_id: drift_admin.drift_view(self, request, object_id)
         )

@@ -304,8 +304,9 @@ class FeatureDrift:
     unseen_window: float
     records: int
     drifting: bool
-    reference: list[float] = field(default_factory=list)
-    window: list[float] = field(default_factory=list)
+    # The two count vectors compared (bins, other, missing).
+    reference: list[int] = field(default_factory=list)
+    window: list[int] = field(default_factory=list)
 
 
 def compare_one(
@@ -338,8 +339,8 @@ def compare_one(
         records=records,
         drifting=records >= thresholds.min_records
         and (distance_psi >= thresholds.psi or distance_js >= thresholds.js),
-        reference=expected,
-        window=actual,
+        reference=[int(c) for c in expected],
+        window=[int(c) for c in actual],
     )
 
 

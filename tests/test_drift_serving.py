@@ -182,6 +182,52 @@ def test_one_shifted_feature_is_flagged_and_no_other(single, shift, flagged):
         assert "No drift" in page
 
 
+@pytest.mark.browser
+def test_drift_page_in_chromium(single, tmp_path):
+    """In a real browser: the model list says which feature drifts, the model's page
+    links to its drift page, which marks spend as drifting, first, and draws its PSI
+    per hour; nothing is fetched from the internet."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_admin_browser import CHROMIUM, CHROMIUM_ARGS
+
+    server, db, sha = single
+    forget_counts(db)
+    sent_and_counted(server, db, sha, traffic(13, shift="spend"), "/invocations")
+    base = f"http://127.0.0.1:{server.port}"
+    outside: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith(base) else outside.append(r.url),
+            )
+            page.goto(f"{base}/admin/login/?next=/admin/")
+            page.fill("#id_username", ADMIN_USER)
+            page.fill("#id_password", ADMIN_PASSWORD)
+            page.click("input[type=submit]")
+            page.click("text=Trained models")
+            expect(page.locator("td.field-drift")).to_have_text("drifting: spend")
+            page.click(f"text={sha[:12]}")
+            page.click("a.smserve-drift-link")
+            rows = page.locator("table.smserve-drift-features tbody tr")
+            expect(rows).to_have_count(len(FEATURES))
+            expect(rows.first).to_have_attribute("data-feature", "spend")
+            expect(rows.first).to_have_class("feature drifting")
+            expect(page.locator("tr.feature.drifting")).to_have_count(1)
+            chart = page.locator("figure.smserve-drift-chart svg")
+            expect(chart).to_be_visible()
+            assert chart.locator("rect.psi.drifting").count() >= 1
+            page.click("text=last week")
+            expect(page.locator("tr.feature.drifting")).to_have_count(1)
+            page.screenshot(path=str(tmp_path / "drift.png"), full_page=True)
+        finally:
+            browser.close()
+    assert outside == []
+
+
 # --- a multi-model endpoint ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mme(models, tmp_path_factory) -> Iterator:
