@@ -21,7 +21,7 @@ import pytest
 from tests.support import ROOT
 from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, AdminClient
 from tests.support.models import write_model
-from tests.support.servers import ServeProcess, ServerDatabase, wait_for
+from tests.support.servers import PYTHON, ServeProcess, ServerDatabase, wait_for
 from tests.support.tables import FEATURES, TARGET, churn_frame, fitted_elsewhere
 from tests.support.training import train_env
 
@@ -180,6 +180,28 @@ def test_one_shifted_feature_is_flagged_and_no_other(single, shift, flagged):
         assert f"Drifting: {flagged[0]}" in page
     else:
         assert "No drift" in page
+
+
+def test_demo_traffic_shows_drift(single, models):
+    """``manage.py demo_traffic`` (scripts/demo.sh's traffic) draws records from the
+    model's training distributions and shifts the first numeric feature in half of
+    them: the drift page flags that feature only."""
+    server, db, sha = single
+    forget_counts(db)
+    base, _ = models["a"]
+    done = subprocess.run(
+        [PYTHON, "manage.py", "demo_traffic", "--base-dir", str(base)]
+        + ["--port", str(server.port), "--records", "600"],
+        cwd=ROOT,
+        env=train_env(None, base.parent / "demo-state"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the last 300 with tenure shifted" in done.stdout
+    wait_for(lambda: counted(db, sha) == 600, what="the demo's records counted")
+    assert drifting(drift_page(server, db, sha)) == ["tenure"]
 
 
 @pytest.mark.browser
