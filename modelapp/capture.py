@@ -112,7 +112,15 @@ class Sampler:
         )
 
 
+def _stack(results: list[Any]) -> Any:
+    if any(r is None for r in results):
+        return None
+    return np.concatenate([np.asarray(r) for r in results])
+
+
 def _concat(matrices: list[Any]) -> Any:
+    if len(matrices) == 1:
+        return matrices[0]
     if hasattr(matrices[0], "iloc"):
         import pandas as pd
 
@@ -162,19 +170,26 @@ class CaptureCollector:
         return self._writer[1]
 
     def drain(self, now: float | None = None) -> None:
-        """Count what the samplers queued (the flusher's CPU, not a request's)."""
+        """Count what the samplers queued (the flusher's CPU, not a request's): the
+        batches of one model and method at once, so many small requests cost one
+        count."""
         hour = int(time.time() if now is None else now) // 3600 * 3600
+        groups: dict[tuple[int, str], tuple[Sampler, list[Any], list[Any]]] = {}
         while True:
             try:
                 sampler, matrix, result, method = self.queue.popleft()
             except IndexError:
                 break
+            group = groups.setdefault((id(sampler), method), (sampler, [], []))
+            group[1].append(matrix)
+            group[2].append(result)
+        for (_, method), (sampler, matrices, results) in groups.items():
             try:
-                counted = sampler.count(matrix, result, method)
+                counted = sampler.count(_concat(matrices), _stack(results), method)
             except (ValueError, TypeError, IndexError, KeyError):
-                # A batch the bins cannot read (a column of another type than training
-                # said): a lost sample, never a lost request.
-                logger.warning("A sampled batch was not counted.", exc_info=True)
+                # Batches the bins cannot read (a column of another type than training
+                # said): lost samples, never a lost request.
+                logger.warning("Sampled batches were not counted.", exc_info=True)
                 continue
             if counted is None:  # still collecting a served reference
                 self.references[sampler.sha256] = sampler

@@ -169,7 +169,12 @@ def single(models, tmp_path_factory) -> Iterator:
 def test_one_shifted_feature_is_flagged_and_no_other(single, shift, flagged):
     """Traffic drawn from the training distribution flags nothing; traffic with one
     feature shifted (numeric: spend; categorical: country, half unseen) flags that
-    feature and no other."""
+    feature and no other.
+
+    docs/settings.md: `SMSERVE_CAPTURE_PERCENT` (every request sampled), the thresholds
+    `SMSERVE_DRIFT_PSI`, `SMSERVE_DRIFT_JS` and `SMSERVE_DRIFT_MIN_RECORDS`.
+    docs/training.md, What it writes, metadata.json: "outputs and each feature's
+    distribution (the training distributions that drift is measured against)"."""
     server, db, sha = single
     forget_counts(db)
     sent_and_counted(server, db, sha, traffic(5, shift=shift), "/invocations")
