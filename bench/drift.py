@@ -5,7 +5,7 @@
     .venv/bin/python bench/drift.py [--percent 10] [--rounds 5] [--seconds 3]
 
 Two servers of the iris tree, one with capture off and one with it on, are measured in
-turns (off, on, off, on, ...), so a shared machine's drifting speed hits both alike; the
+turns (off then on, on then off, ...), so a shared machine's drifting speed hits both alike; the
 figure is the ratio of the medians. The model has no training distributions (a bare
 ``model.joblib``), so the capturing server first builds its reference from the first
 sampled records (``SMSERVE_DRIFT_REFERENCE_RECORDS``) in a warm-up run, and is measured
@@ -51,7 +51,7 @@ def main() -> int:
         "off": {},
         "on": {
             "SMSERVE_CAPTURE_PERCENT": str(args.percent),
-            "SMSERVE_DRIFT_REFERENCE_RECORDS": "200",
+            "SMSERVE_DRIFT_REFERENCE_RECORDS": "50",
         },
     }
     servers = {
@@ -67,7 +67,10 @@ def main() -> int:
                 server, body, "csv", args.concurrency, args.seconds, client_cpus
             )
         for round_ in range(args.rounds):
-            for name, server in servers.items():
+            # Each round's order flips, so a machine slowing down (or speeding up)
+            # over the run favours neither.
+            order = list(servers.items())
+            for name, server in order if round_ % 2 == 0 else order[::-1]:
                 r = run.measured_run(
                     server, body, "csv", args.concurrency, args.seconds, client_cpus
                 )

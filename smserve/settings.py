@@ -131,6 +131,9 @@ def _smserve_from_environment() -> dict[str, Any]:
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:
         raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {mb}")
+    capture = found["CAPTURE_PERCENT"]
+    if capture is not None and not 0 <= capture <= 100:
+        raise ValueError(f"SMSERVE_CAPTURE_PERCENT must be 0..100, got {capture}")
     chunk = found["CHUNK_KB"]
     if chunk is not None and chunk < 1:
         raise ValueError(f"SMSERVE_CHUNK_KB must be at least 1, got {chunk}")

@@ -229,3 +229,19 @@ def test_flush_adds_to_this_writers_row():
     assert row.counts["features"]["0"]["counts"][0] == 2
     assert row.hour.minute == 0
     assert row.hour <= datetime.now(UTC)
+
+
+def test_settings_reject_a_capture_share_out_of_range():
+    """SMSERVE_CAPTURE_PERCENT is a percentage: 150 stops start-up with its name."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import smserve.settings"],
+        env={**os.environ, "SMSERVE_CAPTURE_PERCENT": "150"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "SMSERVE_CAPTURE_PERCENT must be 0..100, got 150.0" in result.stderr
