@@ -97,12 +97,11 @@ def _hour(now: datetime | None) -> datetime:
 
 
 def list_column(model: TrainedModel) -> str:
-    """The model list's word on drift over the last day."""
+    """The model list's word on drift over the last day ("—": nothing sampled, or no
+    reference yet)."""
     if not DriftCount.objects.filter(model=model).exists():
         return "—"
     report = report_for(model)
-    if report.source is None:
-        return "collecting a reference"
     names = [f.name for f in report.drifting]
     return f"drifting: {', '.join(names)}" if names else "no drift"
 
