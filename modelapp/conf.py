@@ -71,6 +71,16 @@ DEFAULTS: dict[str, Any] = {
     # log only, and callers get a generic reason (modelapp/exceptions.py).
     "DETAILED_ERRORS": True,
     "STATS_FLUSH_SECONDS": 5.0,
+    # --- drift (modelapp/drift.py, modelapp/capture.py) ---
+    # Share of served requests whose records are counted into the drift bins; 0: off.
+    "CAPTURE_PERCENT": 0.0,
+    # A feature drifts when its PSI or its Jensen-Shannon distance reaches these, in a
+    # window of at least DRIFT_MIN_RECORDS sampled records.
+    "DRIFT_PSI": 0.2,
+    "DRIFT_JS": 0.2,
+    "DRIFT_MIN_RECORDS": 100,
+    # A model with no training distributions: its first sampled records are the reference.
+    "DRIFT_REFERENCE_RECORDS": 1000,
     # Serve the methods verified equal by ONNX Runtime (modelapp/predictors/compiled.py).
     "COMPILED_ENGINE": True,
     # ONNX Runtime intra-op threads per worker; None: BLAS's share (OMP_NUM_THREADS).

@@ -98,6 +98,11 @@ def _smserve_from_environment() -> dict[str, Any]:
         "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
         "ADMIN_ENABLED": env_bool("SMSERVE_ADMIN_ENABLED", None),
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
+        "CAPTURE_PERCENT": env_float("SMSERVE_CAPTURE_PERCENT"),
+        "DRIFT_PSI": env_float("SMSERVE_DRIFT_PSI"),
+        "DRIFT_JS": env_float("SMSERVE_DRIFT_JS"),
+        "DRIFT_MIN_RECORDS": env_int("SMSERVE_DRIFT_MIN_RECORDS"),
+        "DRIFT_REFERENCE_RECORDS": env_int("SMSERVE_DRIFT_REFERENCE_RECORDS"),
         "COMPILED_ENGINE": env_bool("SMSERVE_COMPILED_ENGINE", None),
         "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
         "CHUNK_KB": env_int("SMSERVE_CHUNK_KB"),
@@ -137,6 +142,9 @@ def _smserve_from_environment() -> dict[str, Any]:
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:
         raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {mb}")
+    capture = found["CAPTURE_PERCENT"]
+    if capture is not None and not 0 <= capture <= 100:
+        raise ValueError(f"SMSERVE_CAPTURE_PERCENT must be 0..100, got {capture}")
     chunk = found["CHUNK_KB"]
     if chunk is not None and chunk < 1:
         raise ValueError(f"SMSERVE_CHUNK_KB must be at least 1, got {chunk}")

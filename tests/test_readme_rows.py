@@ -66,6 +66,8 @@ OUTPUTS = "tests/test_inference_output.py"
 UNDER_LOAD = "tests/test_serve_under_load.py"
 FEATURIZERS = "tests/test_featurizers.py"
 PIPELINE = "tests/test_inference_pipeline.py"
+DRIFT_T = "tests/test_drift_serving.py"
+DRIFT_FLAGGED = "test_one_shifted_feature_is_flagged_and_no_other"
 
 # (page, the heading a table sits under, its place among that section's tables) ->
 # (the table's name here, the columns naming a row, the columns whose clauses are proved).
@@ -1277,6 +1279,24 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_stats.py::test_counts_across_workers_are_exact"
         ),
     },
+    # --- drift (docs/monitoring.md) --------------------
+    (SETTINGS, "Settings", "`SMSERVE_CAPTURE_PERCENT`"): {
+        "`SMSERVE_CAPTURE_PERCENT`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_PSI`"): {
+        "`SMSERVE_DRIFT_PSI`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_JS`"): {
+        "`SMSERVE_DRIFT_JS`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_MIN_RECORDS`"): {
+        "`SMSERVE_DRIFT_MIN_RECORDS`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_REFERENCE_RECORDS`"): {
+        "`SMSERVE_DRIFT_REFERENCE_RECORDS`": proof(
+            f"{DRIFT_T}::test_a_model_trained_elsewhere_uses_its_first_served_records"
+        ),
+    },
     (SETTINGS, "Settings", "`SMSERVE_STATIC_ROOT`"): {
         "`SMSERVE_STATIC_ROOT`": proof(
             "tests/test_admin_security.py::test_admin_pages_carry_security_headers_and_strict_cookies"
@@ -1791,6 +1811,8 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
         "`training_job_name`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
         "`duration_seconds`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
+        "`outputs` and each feature's `distribution` (the training distributions "
+        "that drift is measured against)": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
     },
     (TRAINING, "What it writes", "`model/model.onnx`"): {
         "the model converted to ONNX (trees, forests and HistGradientBoosting by our "

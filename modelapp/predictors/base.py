@@ -98,6 +98,8 @@ class BasePredictor:
     # The deployment's output keys checked against this model (``outputs.OutputSpec``);
     # None: answer with the method alone.
     outputs: Any = None
+    # The drift sampler (modelapp/capture.py) the registry attaches when capture is on.
+    capture: Any = None
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
@@ -359,6 +361,8 @@ class BasePredictor:
                 f"{type(self.model).__name__}.{method} returned {len(result)} results for "
                 f"{len(matrix)} records"
             )
+        if self.capture is not None:
+            self.capture.offer(matrix, result, method)
         return result if label is None else featurizer.with_label(label, result)
 
     def before_fork(self) -> None:
