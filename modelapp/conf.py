@@ -94,6 +94,9 @@ DEFAULTS: dict[str, Any] = {
     # not the body (modelapp/batch.py ``Chunks``). Each chunk costs the model a call,
     # whose fixed cost (its thread pool's start and stop) smaller chunks multiply.
     "CHUNK_KB": 8192,
+    # A featurizer's transform passes a record's label column through, first in its
+    # answer (modelapp/predictors/featurizer.py): featurizing training data.
+    "PASS_THROUGH_LABEL": False,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.

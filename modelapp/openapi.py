@@ -398,7 +398,8 @@ CUSTOM_ATTRIBUTES_REQUEST = OpenApiParameter(
     description=(
         "`key=value` pairs separated by commas or semicolons. `method` picks the "
         "prediction method (`predict`, `predict_proba`, `predict_log_proba`, "
-        "`decision_function`, those the model has; another is a 400), and answers "
+        "`decision_function`, `transform`, those the model has; another is a 400; "
+        "by default `predict`, or `transform` for a featurizer), and answers "
         "with it alone even when SAGEMAKER_INFERENCE_OUTPUT names keys; a script-mode "
         "model gets them all."
     ),

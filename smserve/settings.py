@@ -124,6 +124,7 @@ def _smserve_from_environment() -> dict[str, Any]:
         "INFERENCE_OUTPUT": _keys(env_str("SAGEMAKER_INFERENCE_OUTPUT")),
         "INFERENCE_SUPPORTED": _keys(env_str("SAGEMAKER_INFERENCE_SUPPORTED")),
         "JSONLINES_FEATURES_KEY": os.environ.get("SMSERVE_JSONLINES_FEATURES_KEY"),
+        "PASS_THROUGH_LABEL": env_bool("SMSERVE_PASS_THROUGH_LABEL", None),
     }
     for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR", "MME_MODEL_ROOT"):
         if found[key] is not None:

@@ -64,6 +64,8 @@ SAFE = "tests/test_safeload.py"
 VIEWS = "tests/test_views.py"
 OUTPUTS = "tests/test_inference_output.py"
 UNDER_LOAD = "tests/test_serve_under_load.py"
+FEATURIZERS = "tests/test_featurizers.py"
+PIPELINE = "tests/test_inference_pipeline.py"
 DRIFT_T = "tests/test_drift_serving.py"
 DRIFT_FLAGGED = "test_one_shifted_feature_is_flagged_and_no_other"
 
@@ -74,6 +76,11 @@ DRIFT_FLAGGED = "test_one_shifted_feature_is_flagged_and_no_other"
 LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     (SERVING, "Formats", 0): ("Formats: Content-Type", (0,), (0, 1)),
     (SERVING, "Formats", 1): ("Formats: Accept", (0,), (0, 1)),
+    (SERVING, "Featurizers and inference pipelines", 0): (
+        "Featurizers: Accept",
+        (0,),
+        (1,),
+    ),
     (SERVING, "Errors", 0): ("Errors", (2,), (0,)),
     (SERVING, "Outputs chosen at deployment (`SAGEMAKER_INFERENCE_OUTPUT`)", 0): (
         "Output keys",
@@ -716,6 +723,29 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     # --- docs/serving.md: Formats: Accept --------------------
+    (SERVING, "Featurizers: Accept", "`text/csv`"): {
+        "one row of numbers per record": proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_intermediate_answer_is_the_next_containers_input",
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/json`"): {
+        '`{"predictions": [[...], ...]}`': proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format"
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/jsonlines`"): {
+        '`{"features": [...]}` per record': proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_intermediate_answer_is_the_next_containers_input",
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/x-npy`"): {
+        "the 2-D float array": proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_npy_answer_from_the_featurizer_is_a_float_matrix",
+        ),
+    },
     (SERVING, "Formats: Accept", "`text/csv`"): {
         "`text/csv`": proof(f"{HTTP}::test_every_content_type_and_accept"),
         "one line per record: the label": proof(
@@ -1149,6 +1179,11 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_serve_process.py::test_without_nginx_gunicorn_takes_the_port",
         ),
     },
+    (SETTINGS, "Settings", "`SMSERVE_PASS_THROUGH_LABEL`"): {
+        "`SMSERVE_PASS_THROUGH_LABEL`": proof(
+            f"{PIPELINE}::test_batch_transform_featurizes_training_data_line_for_line"
+        ),
+    },
     (SETTINGS, "Settings", "`SMSERVE_CHUNK_KB`"): {
         "`SMSERVE_CHUNK_KB`": proof(
             "tests/test_chunked_batches.py::test_chunked_answers_equal_one_pass"
@@ -1492,6 +1527,10 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{TRAIN}::test_header_csv_gzip_regression"
         ),
         "a name": proof(f"{TRAIN}::test_header_csv_gzip_regression"),
+        "`none` for no label column (a featurizer's job; a classifier's or a regressor's is refused)": proof(
+            f"{FEATURIZERS}::test_featurizer_job_needs_no_label",
+            f"{FEATURIZERS}::test_a_classifier_job_without_a_label_fails_saying_why",
+        ),
     },
     (TRAINING, "Reserved keys", "`smserve_header`"): {
         "`auto`": proof(f"{TRAIN}::test_header_present_and_absent"),

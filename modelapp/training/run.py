@@ -269,6 +269,13 @@ class Trainer:
                 f"{', '.join(sorted(channels)) or 'no channels'}; give the training "
                 f"data as a channel named train ({self.paths.channel_dir(TRAIN)})."
             )
+        if self.hp.target_column is None and task is not None:
+            raise ClientError(
+                f"Hyperparameter smserve_target_column is none (no label column), but "
+                f"{self.result.estimator} is a {task} model: it learns from a label. "
+                "Name the label column, or train a featurizer (an estimator with "
+                'transform, e.g. ["standard_scaler", "pca"]).'
+            )
         for name in sorted(
             set(channels) - {TRAIN, *EVALUATION_CHANNELS, search_channel}
         ):
@@ -320,6 +327,7 @@ class Trainer:
             )
             return metrics
         for name, data in datasets.items():
+            assert data.y is not None  # load_data refuses a model without its label
             predictions = estimator.predict(data.X)
             for metric, value in score(task, estimator, data.y, predictions).items():
                 metrics[f"{name}:{metric}"] = value
