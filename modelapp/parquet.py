@@ -8,11 +8,11 @@ a numeric model's workers never map it otherwise (``tests/test_lean_imports.py``
 them in the model's feature order, or takes them in the file's order for a model without
 feature names, as it does a CSV header. A pandas index stored as a column
 (``__index_level_0__``) is no feature, as training's ``pandas.read_parquet`` sees it.
-Columns of numbers only (integers, floats, decimals; null is NaN) become one float array;
-with any other column (text, category, boolean, dates) every field is kept as its Python
-value in a 2-D object array, each distinct text once, and the model's input schema reads
-it (``predictors/schema.py``): the kinds training gave the same columns. Lists, structs,
-maps and binary columns are no table cells (400).
+Columns of numbers only (integers, floats, decimals; null is NaN) become one float
+array; with any other column (text, category, boolean, dates) every field is kept as its
+Python value in a 2-D object array, each distinct text once, and the model's input
+schema reads it (``predictors/schema.py``): the kinds training gave the same columns.
+Lists, structs, maps and binary columns are no table cells (400).
 
 **Memory.** The body is read where it lies (``pyarrow.BufferReader``, no copy); before a
 column is decoded, the footer's row and column counts are held to the parsed-size budget
@@ -55,7 +55,7 @@ CELL_BYTES = 8
 
 
 class ParquetParser(BaseBatchParser):
-    """``application/x-parquet``: a Parquet file, one record per row, columns by name."""
+    """``application/x-parquet``: one Parquet file, a record per row, by name."""
 
     media_type = formats.PARQUET
     format = "parquet"

@@ -47,7 +47,7 @@ def csv(rows: pd.DataFrame) -> bytes:
 
 
 def mapped_packages(pid: int) -> set[str]:
-    """The installed packages whose files ``pid`` maps (as tests/test_lean_imports.py)."""
+    """The installed packages whose files ``pid`` maps (as test_lean_imports.py)."""
     maps = Path(f"/proc/{pid}/maps").read_text()
     return set(re.findall(r"/site-packages/([^/\s]+)/", maps))
 
@@ -101,9 +101,10 @@ def test_numeric_parquet_answers_what_csv_answers(numeric, iris, iris_model):
     byte for byte what the same records as CSV answer, in JSON and in CSV; columns are
     taken in the file's order for a model without feature names, and integer columns
     are numbers too.
-    docs/serving.md, Formats: "`application/x-parquet`"; "one record per row";
-    "in the file's order for a model without feature names"; "integers"; "floats";
-    Large batches: "a Parquet body"; "a run of rows at a time"."""
+    docs/serving.md, Formats: "one Parquet file"; "one record per row"; "columns by
+    name (in the file's order for a model without feature names)"; Large batches: "a
+    Parquet body of numbers ... is decoded, predicted and rendered a run of rows at a
+    time"."""
     server, _ = numeric
     frame = iris_frame(iris)
     for accept in ("application/json", "text/csv"):
@@ -121,9 +122,11 @@ def test_numeric_parquet_answers_what_csv_answers(numeric, iris, iris_model):
 def test_csv_in_parquet_out(numeric, iris, iris_model):
     """Labels come back as one column `prediction`, scores as one float column per
     class named by its position; a chunked body's answer is a row group per chunk.
-    docs/serving.md, Formats: Accept "`application/x-parquet`"; "a column
-    `prediction`"; "one float column per position named `"0"`, `"1"`, ...";
-    "a row group per chunk"."""
+    docs/serving.md, Formats: Accept "`application/x-parquet`"; "one row per record:
+    a column `prediction` of labels or values"; "or one float column per position
+    named by it (`"0"`, `"1"`, …) for scores (`predict_proba`: the classes in the
+    model's order, as in a CSV row)"; "a chunked body's answer has a row group per
+    chunk"."""
     server, _ = numeric
     body = csv(iris_frame(iris))
     content_type, out = answer(server, body, "text/csv", Accept=PARQUET)
@@ -144,9 +147,9 @@ def test_csv_in_parquet_out(numeric, iris, iris_model):
 def test_parquet_both_ways_under_the_aliases(numeric, iris, iris_model):
     """Training's names for Parquet are read, and asked for: the answer is named as
     the Accept named it.
-    docs/serving.md, Formats: "also `application/parquet`,
-    `application/vnd.apache.parquet`"; "an alias in `Accept` is answered under that
-    name"."""
+    docs/serving.md, Formats: "`application/x-parquet` (also `application/parquet`,
+    `application/vnd.apache.parquet`)"; "an alias in `Accept` is answered by its
+    format, under the name the client asked for"."""
     server, _ = numeric
     body = parquet(iris_frame(iris).iloc[:10])
     expected = iris_model.predict(iris[0][:10]).tolist()
@@ -176,16 +179,27 @@ def test_wrong_feature_count_for_a_model_without_names(numeric, iris):
 
 
 def test_malformed_parquet_bodies_are_400s(numeric, iris):
-    """Bytes that are no Parquet file, a cut file, a file of no rows, nested and binary
-    columns and a name used twice are 400s that say what is wrong; an infinity in a
-    chunked body names its record by its number in the whole body.
-    docs/serving.md, Errors, `invalid_input`: "malformed Parquet"; Formats,
-    `application/x-parquet`: "lists, structs, maps and binary columns are refused"."""
+    """Bytes that are no Parquet file, a cut file, a file of no rows or no columns,
+    nested and binary columns and a name used twice are 400s that say what is wrong;
+    an infinity in a chunked body names its record by its number in the whole body.
+    docs/serving.md, Errors, `invalid_input`: "a Parquet body that is no readable file
+    or has no rows or no columns"; "a Parquet column named twice"; Formats,
+    `application/x-parquet`: "nested columns (lists, structs, maps) and binary ones are
+    refused"."""
     server, _ = numeric
     frame = iris_frame(iris)
     whole = parquet(frame.iloc[:5])
     nested = pa.table({"a": [[1.0, 2.0]], "b": [1.0], "c": [1.0], "d": [1.0]})
     binary = pa.table({"a": [b"\x00"], "b": [1.0], "c": [1.0], "d": [1.0]})
+    struct = pa.table({"a": [{"x": 1.0}], "b": [1.0], "c": [1.0], "d": [1.0]})
+    mapping = pa.table(
+        {
+            "a": pa.array([[("x", 1.0)]], type=pa.map_(pa.string(), pa.float64())),
+            "b": [1.0],
+            "c": [1.0],
+            "d": [1.0],
+        }
+    )
     twice = pa.Table.from_arrays([pa.array([1.0])] * 4, names=["a", "a", "b", "c"])
     cases = {
         b"5.1,3.5,1.4,0.2\n": "not a Parquet file: it does not start and end with PAR1",
@@ -194,6 +208,8 @@ def test_malformed_parquet_bodies_are_400s(numeric, iris):
         parquet(pd.DataFrame(index=range(3))): "The Parquet file has no columns",
         written(nested): "Column 'a' holds list<element: double>",
         written(binary): "Column 'a' holds binary",
+        written(struct): "Column 'a' holds struct<x: double>",
+        written(mapping): "Column 'a' holds map<string, double",
         written(twice): "two columns named 'a'",
     }
     for body, message in cases.items():
@@ -231,7 +247,8 @@ def test_a_small_file_of_a_huge_table_is_a_413(numeric):
 
 def test_pyarrow_arrives_with_the_first_parquet_request(numeric, iris):
     """A numeric model's worker maps no pyarrow until a Parquet body arrives.
-    docs/serving.md, Formats: "pyarrow is imported by the first Parquet request"."""
+    docs/serving.md, Formats: "imported by a worker when the first Parquet body arrives
+    or is asked for: a numeric model's workers never map it otherwise"."""
     server, before = numeric
     assert "sklearn" in before
     assert "pyarrow" not in before, sorted(before)
@@ -294,11 +311,13 @@ def as_trained(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_a_table_as_parquet_answers_what_the_model_answers(churn):
-    """Columns by name in any order, text and category columns read with the kinds
-    training gave them, gaps as missing values, the pandas index left out: labels in
-    JSON and CSV and scores as Parquet equal the saved model's own answers.
-    docs/serving.md, Formats: "columns by name, in any order"; "text, category and
-    boolean columns"; "null is a missing value"; "a pandas index is no feature"."""
+    """Columns by name in any order, text, category and boolean columns read with the
+    kinds training gave them, gaps as missing values, the pandas index left out: labels
+    in JSON and CSV and scores as Parquet equal the saved model's own answers.
+    docs/serving.md, Formats: "columns by name (in the file's order for a model without
+    feature names)"; "columns of numbers or text (category and boolean too) read with
+    the kinds training gave them"; "null is a missing value"; "a pandas index is no
+    feature"; Accept: "or one float column per position named by it"."""
     server, model = churn
     rows = churn_rows()
     labels = own_answer(model, "predict", as_trained(rows)).tolist()
