@@ -25,11 +25,13 @@ text columns is read whole, within the budget.
 **Out.** A table with one row per record: one column ``prediction`` for a label or
 value per record, else one float column per position, named ``"0"``, ``"1"``, ... (for
 ``predict_proba`` the classes in the model's order, as in a CSV row or a JSON list).
-A chunked body's answer is written a row group per chunk. Errors are JSON.
+Labels of mixed types (text and numbers) are written as text. A chunked body's answer
+is written a row group per chunk. Errors are JSON.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -253,7 +255,7 @@ def _table(predictions: np.ndarray) -> pa.Table:
 
     if predictions.ndim == 1:
         return pa.table({PREDICTION: _array(predictions)})
-    flat = predictions.reshape(len(predictions), -1)
+    flat = predictions.reshape(len(predictions), math.prod(predictions.shape[1:]))
     return pa.table({str(j): _array(flat[:, j]) for j in range(flat.shape[1])})
 
 
@@ -261,6 +263,12 @@ def _array(values: np.ndarray) -> pa.Array:
     import pyarrow as pa
 
     if values.dtype.kind == "O":
-        return pa.array(values.tolist())
+        items = values.tolist()
+        try:
+            return pa.array(items)
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            # Labels of mixed types (text and numbers): a column holds one type, and
+            # text is what CSV and JSON Lines show of them too.
+            return pa.array([None if item is None else str(item) for item in items])
     # A column of a 2-D array is strided; pyarrow wants its values in a row.
     return pa.array(np.ascontiguousarray(values))
