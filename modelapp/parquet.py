@@ -51,9 +51,10 @@ if TYPE_CHECKING:
 MAGIC = b"PAR1"
 # The column of a result with one value per record (``ParquetRenderer``).
 PREDICTION = "prediction"
-# Python objects of a text cell beyond its pointer, for the budget: the decoded text is
-# counted by the footer's uncompressed size.
+# For the budget: a field's pointer (or float), and the Python float a number becomes
+# in a table with text columns; text is counted by the footer's uncompressed size.
 CELL_BYTES = 8
+FLOAT_OBJECT_BYTES = 24
 
 
 class ParquetParser(BaseBatchParser):
@@ -113,7 +114,9 @@ def _read(data: bytes) -> Batch:
     budget = parsed_budget()
     cost = CELL_BYTES * rows * len(names)
     if not numeric:
+        numbers = sum(_is_number(field.type) for field in fields)
         groups = range(footer.metadata.num_row_groups)
+        cost += FLOAT_OBJECT_BYTES * rows * numbers
         cost += sum(footer.metadata.row_group(i).total_byte_size for i in groups)
     if cost > budget:
         raise too_large("Parquet", budget)
