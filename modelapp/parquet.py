@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,18 +70,27 @@ class ParquetParser(BaseBatchParser):
 
 def read_parquet(data: bytes) -> Batch:
     """A Parquet body -> ``Batch`` (see the module docstring)."""
-    import pyarrow as pa
-
     if not (data.startswith(MAGIC) and data.endswith(MAGIC)):
         raise InvalidInput(
             "The body is not a Parquet file: it does not start and end with PAR1. Send "
             "a whole file, as pandas' to_parquet or pyarrow writes it."
         )
-    try:
+    with readable():
         return _read(data)
+
+
+@contextmanager
+def readable() -> Iterator[None]:
+    """pyarrow's errors while a body is decoded as the request's: a 400 (a 413 when
+    it runs out of memory). Around every decoding, the lazy runs of rows included."""
+    import pyarrow as pa
+
+    try:
+        yield
     except MemoryError as exc:  # pyarrow's ArrowMemoryError is one too
         raise too_large("Parquet", parsed_budget()) from exc
     except (pa.ArrowException, OSError, ValueError) as exc:
+        # ValueError: the file's own pandas metadata, JSON, may be broken too.
         raise InvalidInput(f"The body is not a readable Parquet file: {exc}.") from exc
 
 
@@ -210,13 +220,14 @@ def _chunked(file: pq.ParquetFile, names: list[str], rows: int) -> Batch:
     step = max(1, chunk_bytes() // (CELL_BYTES * len(names)))
 
     def blocks() -> Iterator[Batch]:
-        for part in file.iter_batches(
-            batch_size=step, columns=names, use_threads=False
-        ):
-            yield Batch(values=_floats(part.columns, part.num_rows), columns=names)
+        with readable():
+            runs = file.iter_batches(batch_size=step, columns=names, use_threads=False)
+            for part in runs:
+                yield Batch(values=_floats(part.columns, part.num_rows), columns=names)
 
     def whole() -> Batch:
-        table = file.read(columns=names, use_threads=False)
+        with readable():
+            table = file.read(columns=names, use_threads=False)
         return Batch(values=_floats(table.columns, rows), columns=names)
 
     return Batch(chunks=Chunks(blocks, whole, rows))

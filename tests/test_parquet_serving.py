@@ -224,6 +224,22 @@ def test_malformed_parquet_bodies_are_400s(numeric, iris):
     assert detail["detail"].startswith("Record 100, feature 3 is inf"), detail
 
 
+def test_a_file_broken_after_its_footer_was_read_is_a_400(numeric, iris):
+    """A page that cannot be decoded (its header overwritten) under a sound footer is
+    found when its rows' turn comes (a body read a run of rows at a time) or at once
+    (a small one): a 400 either way.
+    docs/serving.md, Errors, `invalid_input`: "a Parquet body that is no readable file
+    or has no rows or no columns"."""
+    server, _ = numeric
+    for rows in (150, 20):
+        frame = iris_frame(iris).iloc[:rows]
+        body = bytearray(parquet(frame))
+        body[4:40] = b"\xff" * 36  # the first page's header follows PAR1
+        status, detail = error(server, bytes(body))
+        assert status == HTTPStatus.BAD_REQUEST, (rows, detail)
+        assert "not a readable Parquet file" in detail["detail"], detail
+
+
 def written(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)

@@ -802,7 +802,8 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SERVING, "Errors", "`invalid_input`"): {
         "malformed CSV/JSON/NPY": proof(f"{HTTP}::test_error_table"),
         "a Parquet body that is no readable file or has no rows or no columns": proof(
-            f"{PARQUET}::test_malformed_parquet_bodies_are_400s"
+            f"{PARQUET}::test_malformed_parquet_bodies_are_400s",
+            f"{PARQUET}::test_a_file_broken_after_its_footer_was_read_is_a_400",
         ),
         "a Parquet column named twice": proof(
             f"{PARQUET}::test_malformed_parquet_bodies_are_400s"
