@@ -26,7 +26,7 @@ text columns is read whole, within the budget.
 value per record, else one float column per position, named ``"0"``, ``"1"``, ... (for
 ``predict_proba`` the classes in the model's order, as in a CSV row or a JSON list).
 Labels of mixed types (text and numbers) are written as text. A chunked body's answer
-is written a row group per chunk. Errors are JSON.
+is written whole, byte for byte the one-pass answer. Errors are JSON.
 """
 
 from __future__ import annotations
@@ -194,7 +194,9 @@ def _floats(columns: Iterable[Any], rows: int) -> np.ndarray:
     values = np.empty((rows, len(columns)))
     for j, column in enumerate(columns):
         # safe=False: an integer beyond 2**53 becomes its nearest float, as in CSV.
-        values[:, j] = column.cast(pa.float64(), safe=False).to_numpy()
+        values[:, j] = column.cast(pa.float64(), safe=False).to_numpy(
+            zero_copy_only=False
+        )
     return values
 
 
@@ -205,13 +207,17 @@ def _objects(column: Any) -> np.ndarray:
 
     kind = column.type
     if _is_number(kind):
-        return column.cast(pa.float64(), safe=False).to_numpy().astype(object)
+        return (
+            column.cast(pa.float64(), safe=False)
+            .to_numpy(zero_copy_only=False)
+            .astype(object)
+        )
     if pa.types.is_dictionary(kind):
         column = column.unify_dictionaries().combine_chunks()
         values = np.array(column.dictionary.to_pylist() + [None], dtype=object)
         # Null indices point at the None after the dictionary's values.
         indices = column.indices.fill_null(len(column.dictionary))
-        return values[indices.to_numpy()]
+        return values[indices.to_numpy(zero_copy_only=False)]
     return np.array(column.to_pylist(), dtype=object)
 
 
@@ -239,29 +245,16 @@ class ParquetRenderer(BaseBatchRenderer):
     media_type = formats.PARQUET
     format = "parquet"
 
+    # A chunked body's answer is written whole (``render_chunks``' default), so that
+    # it is byte for byte the one-pass answer: the predictions are one value (or one
+    # row of scores) per record, and a row group per chunk would change the file.
     def render_predictions(self, predictions: np.ndarray) -> bytes:
-        return write_parquet([predictions])
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    def render_chunks(self, chunks: Any) -> bytes:
-        # A row group per chunk: no chunk's table need outlive its turn.
-        return write_parquet(chunks.parts)
-
-
-def write_parquet(parts: Iterable[np.ndarray]) -> bytes:
-    """The predictions, part after part, as one Parquet file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    writer: pq.ParquetWriter | None = None
-    for part in parts:
-        table = _table(part)
-        if writer is None:
-            writer = pq.ParquetWriter(sink, table.schema)
-        writer.write_table(table.cast(writer.schema))
-    assert writer is not None, "no predictions to write"
-    writer.close()
-    return sink.getvalue().to_pybytes()
+        sink = pa.BufferOutputStream()
+        pq.write_table(_table(predictions), sink)
+        return sink.getvalue().to_pybytes()
 
 
 def _table(predictions: np.ndarray) -> pa.Table:

@@ -121,12 +121,11 @@ def test_numeric_parquet_answers_what_csv_answers(numeric, iris, iris_model):
 
 def test_csv_in_parquet_out(numeric, iris, iris_model):
     """Labels come back as one column `prediction`, scores as one float column per
-    class named by its position; a chunked body's answer is a row group per chunk.
+    class named by its position.
     docs/serving.md, Formats: Accept "`application/x-parquet`"; "one row per record:
     a column `prediction` of labels or values"; "or one float column per position
     named by it (`"0"`, `"1"`, …) for scores (`predict_proba`: the classes in the
-    model's order, as in a CSV row)"; "a chunked body's answer has a row group per
-    chunk"."""
+    model's order, as in a CSV row)"."""
     server, _ = numeric
     body = csv(iris_frame(iris))
     content_type, out = answer(server, body, "text/csv", Accept=PARQUET)
@@ -138,10 +137,6 @@ def test_csv_in_parquet_out(numeric, iris, iris_model):
     scores = read(out)
     assert list(scores.columns) == ["0", "1", "2"]
     assert scores.to_numpy().tolist() == iris_model.predict_proba(iris[0]).tolist()
-    # Parquet in: decoded 32 rows at a time (150 = 4 x 32 + 22), written so.
-    _, out = answer(server, parquet(iris_frame(iris)), PARQUET, Accept=PARQUET)
-    assert pq.ParquetFile(io.BytesIO(out)).num_row_groups == 5
-    assert read(out)["prediction"].tolist() == labels["prediction"].tolist()
 
 
 def test_parquet_both_ways_under_the_aliases(numeric, iris, iris_model):

@@ -777,9 +777,6 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "text labels as text": proof(
             f"{PARQUET}::test_csv_in_text_labels_out_as_parquet"
         ),
-        "a chunked body's answer has a row group per chunk": proof(
-            f"{PARQUET}::test_csv_in_parquet_out"
-        ),
     },
     (SERVING, "Formats: Accept", "absent or `*/*`"): {
         "absent or `*/*`": proof(f"{HTTP}::test_accept_rules"),
