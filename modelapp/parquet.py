@@ -19,7 +19,7 @@ column is decoded, the footer's row and column counts are held to the parsed-siz
 (``parsers.parsed_budget``): a small file may hold a huge table. Parquet cannot be split
 at line ends, but its footer says how many rows it holds and pyarrow decodes any run of
 them: a numeric body whose floats would take more than a chunk (``SMSERVE_CHUNK_KB``) is
-decoded, predicted and rendered a run of rows at a time (``batch.Chunks``). A body with
+decoded and predicted a run of rows at a time (``batch.Chunks``). A body with
 text columns is read whole, within the budget.
 
 **Out.** A table with one row per record: one column ``prediction`` for a label or

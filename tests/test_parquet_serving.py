@@ -103,8 +103,7 @@ def test_numeric_parquet_answers_what_csv_answers(numeric, iris, iris_model):
     are numbers too.
     docs/serving.md, Formats: "one Parquet file"; "one record per row"; "columns by
     name (in the file's order for a model without feature names)"; Large batches: "a
-    Parquet body of numbers ... is decoded, predicted and rendered a run of rows at a
-    time"."""
+    Parquet body of numbers ... is decoded and predicted a run of rows at a time"."""
     server, _ = numeric
     frame = iris_frame(iris)
     for accept in ("application/json", "text/csv"):
