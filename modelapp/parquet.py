@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelapp import formats
-from modelapp.batch import Batch, Chunks
+from modelapp.batch import Batch, Chunks, KeyedPredictions
 from modelapp.exceptions import InvalidInput
 from modelapp.parsers import BaseBatchParser, chunk_bytes, parsed_budget, too_large
 from modelapp.renderers import BaseBatchRenderer
@@ -249,12 +249,32 @@ class ParquetRenderer(BaseBatchRenderer):
     # it is byte for byte the one-pass answer: the predictions are one value (or one
     # row of scores) per record, and a row group per chunk would change the file.
     def render_predictions(self, predictions: np.ndarray) -> bytes:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        return _written(_table(predictions))
 
-        sink = pa.BufferOutputStream()
-        pq.write_table(_table(predictions), sink)
-        return sink.getvalue().to_pybytes()
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        return None
+
+    def render_keyed(self, keyed: KeyedPredictions) -> bytes:
+        """A column per key, in the order named: a value per record, or a list per
+        record (``probabilities``, ``labels``, ``transform``)."""
+        import pyarrow as pa
+
+        columns = {}
+        for key in keyed.keys:
+            values = keyed.columns[key]
+            if key == "labels":
+                values = np.tile(values, (keyed.records, 1))
+            columns[key] = _array(values) if values.ndim == 1 else _lists(values)
+        return _written(pa.table(columns))
+
+
+def _written(table: pa.Table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def _table(predictions: np.ndarray) -> pa.Table:
@@ -264,6 +284,15 @@ def _table(predictions: np.ndarray) -> pa.Table:
         return pa.table({PREDICTION: _array(predictions)})
     flat = predictions.reshape(len(predictions), math.prod(predictions.shape[1:]))
     return pa.table({str(j): _array(flat[:, j]) for j in range(flat.shape[1])})
+
+
+def _lists(rows: np.ndarray) -> pa.Array:
+    """A list per record (a row of ``rows``), of one type as ``_array`` makes it."""
+    import pyarrow as pa
+
+    flat = _array(rows.reshape(-1))
+    width = rows.shape[1] if rows.ndim > 1 else 0
+    return pa.FixedSizeListArray.from_arrays(flat, width).cast(pa.list_(flat.type))
 
 
 def _array(values: np.ndarray) -> pa.Array:

@@ -267,6 +267,26 @@ def test_pyarrow_arrives_with_the_first_parquet_request(numeric, iris):
     assert "pyarrow" in mapped_packages(worker)
 
 
+def test_keys_a_deployment_names_are_columns(
+    iris_base, serve_factory, iris, iris_model
+):
+    """With SAGEMAKER_INFERENCE_OUTPUT, a Parquet answer has a column per key, in the
+    order named: values per record, lists for probabilities and labels."""
+    keys = "predicted_label,probability,probabilities,labels"
+    server = serve_factory(
+        iris_base, env={"SAGEMAKER_INFERENCE_OUTPUT": keys}, workers=1
+    )
+    X = iris[0][::15]
+    _, out = answer(server, parquet(pd.DataFrame(X, columns=IRIS_COLUMNS)), PARQUET)
+    table = pq.read_table(io.BytesIO(out))
+    assert table.column_names == keys.split(",")
+    proba = iris_model.predict_proba(X)
+    assert table.column("predicted_label").to_pylist() == iris_model.predict(X).tolist()
+    assert table.column("probability").to_pylist() == proba.max(axis=1).tolist()
+    assert table.column("probabilities").to_pylist() == proba.tolist()
+    assert table.column("labels").to_pylist() == [[0, 1, 2]] * len(X)
+
+
 # --- a table with text columns, fitted by ./train -----------------------------------
 
 
