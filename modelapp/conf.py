@@ -105,6 +105,7 @@ DEFAULTS: dict[str, Any] = {
         "modelapp.parsers.JSONParser",
         "modelapp.parsers.JSONLinesParser",
         "modelapp.parsers.NPYParser",
+        "modelapp.parquet.ParquetParser",
     ],
     # Response formats, picked by Accept; the first one also renders errors that happen
     # before a format could be chosen (e.g. an unsatisfiable Accept).
@@ -113,6 +114,7 @@ DEFAULTS: dict[str, Any] = {
         "modelapp.renderers.CSVRenderer",
         "modelapp.renderers.JSONLinesRenderer",
         "modelapp.renderers.NPYRenderer",
+        "modelapp.parquet.ParquetRenderer",
     ],
     # Predictor kinds (modelapp/predictors/), asked in order which one serves a model
     # directory: SklearnPredictor serves any directory, so it comes last.

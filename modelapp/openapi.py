@@ -223,6 +223,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "record); pickled objects are refused."
         ),
     },
+    "ParquetBatch": {
+        "type": "string",
+        "format": "binary",
+        "description": (
+            "A Parquet file: one record per row, one column per feature, by name "
+            "(in the file's order for a model without feature names)."
+        ),
+    },
     "JSONPredictions": {
         "type": "object",
         "required": ["predictions"],
@@ -264,6 +272,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "format": "binary",
         "description": "`numpy.save` of the predictions (never pickled).",
     },
+    "ParquetPredictions": {
+        "type": "string",
+        "format": "binary",
+        "description": (
+            "A Parquet file, one row per record: a column `prediction`, or one column "
+            'per score named by its position ("0", "1", ...).'
+        ),
+    },
     "CSVError": {"type": "string", "description": "The error's detail, as one line."},
     "Bytes": {"type": "string", "format": "binary"},
 }
@@ -274,12 +290,14 @@ REQUEST_BODIES = {
     formats.JSON: "JSONBatch",
     formats.JSONLINES: "JSONLinesBatch",
     formats.NPY: "NPYBatch",
+    formats.PARQUET: "ParquetBatch",
 }
 PREDICTIONS = {
     formats.JSON: "JSONPredictions",
     formats.CSV: "CSVPredictions",
     formats.JSONLINES: "JSONLinesPredictions",
     formats.NPY: "NPYPredictions",
+    formats.PARQUET: "ParquetPredictions",
 }
 ERROR_BODIES = {formats.CSV: "CSVError"}
 _REFERENCE = re.compile(r"#/components/schemas/(\w+)")

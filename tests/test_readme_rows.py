@@ -66,6 +66,7 @@ OUTPUTS = "tests/test_inference_output.py"
 UNDER_LOAD = "tests/test_serve_under_load.py"
 FEATURIZERS = "tests/test_featurizers.py"
 PIPELINE = "tests/test_inference_pipeline.py"
+PARQUET = "tests/test_parquet_serving.py"
 DRIFT_T = "tests/test_drift_serving.py"
 DRIFT_FLAGGED = "test_one_shifted_feature_is_flagged_and_no_other"
 
@@ -722,6 +723,37 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input",
         ),
     },
+    (
+        SERVING,
+        "Formats: Content-Type",
+        "`application/x-parquet` (also `application/parquet`, `application/vnd.apache.parquet`)",
+    ): {
+        "`application/x-parquet` (also `application/parquet`, `application/vnd.apache.parquet`)": proof(
+            f"{PARQUET}::test_parquet_both_ways_under_the_aliases"
+        ),
+        "one Parquet file": proof(
+            f"{PARQUET}::test_numeric_parquet_answers_what_csv_answers"
+        ),
+        "one record per row": proof(
+            f"{PARQUET}::test_numeric_parquet_answers_what_csv_answers"
+        ),
+        "columns by name (in the file's order for a model without feature names)": proof(
+            f"{PARQUET}::test_numeric_parquet_answers_what_csv_answers",
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers",
+        ),
+        "columns of numbers or text (category and boolean too) read with the kinds training gave them": proof(
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers"
+        ),
+        "null is a missing value": proof(
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers"
+        ),
+        "a pandas index is no feature": proof(
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers"
+        ),
+        "nested columns (lists, structs, maps) and binary ones are refused": proof(
+            f"{PARQUET}::test_malformed_parquet_bodies_are_400s"
+        ),
+    },
     # --- docs/serving.md: Formats: Accept --------------------
     (SERVING, "Featurizers: Accept", "`text/csv`"): {
         "one row of numbers per record": proof(
@@ -775,6 +807,18 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{PROCESS}::test_feature_names_model",
         ),
     },
+    (SERVING, "Formats: Accept", "`application/x-parquet`"): {
+        "`application/x-parquet`": proof(f"{PARQUET}::test_csv_in_parquet_out"),
+        "one row per record: a column `prediction` of labels or values": proof(
+            f"{PARQUET}::test_csv_in_parquet_out"
+        ),
+        'or one float column per position named by it (`"0"`, `"1"`, …) for scores (`predict_proba`: the classes in the model\'s order, as in a CSV row)': proof(
+            f"{PARQUET}::test_csv_in_parquet_out"
+        ),
+        "text labels as text": proof(
+            f"{PARQUET}::test_csv_in_text_labels_out_as_parquet"
+        ),
+    },
     (SERVING, "Formats: Accept", "absent or `*/*`"): {
         "absent or `*/*`": proof(f"{HTTP}::test_accept_rules"),
         "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT` if set": proof(
@@ -795,6 +839,13 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (SERVING, "Errors", "`invalid_input`"): {
         "malformed CSV/JSON/NPY": proof(f"{HTTP}::test_error_table"),
+        "a Parquet body that is no readable file or has no rows or no columns": proof(
+            f"{PARQUET}::test_malformed_parquet_bodies_are_400s",
+            f"{PARQUET}::test_a_file_broken_after_its_footer_was_read_is_a_400",
+        ),
+        "a Parquet column named twice": proof(
+            f"{PARQUET}::test_malformed_parquet_bodies_are_400s"
+        ),
         "ragged records": proof(f"{HTTP}::test_error_table"),
         "text where the model takes a number": proof(f"{HTTP}::test_error_table"),
         "blank line": proof(f"{HTTP}::test_error_table"),

@@ -268,10 +268,16 @@ class BasePredictor:
 
     @staticmethod
     def _order(columns: list[str], names: list[str]) -> list[int]:
+        """Where each feature is among the named columns (a CSV header, Parquet's)."""
         if sorted(columns) != sorted(names):
+            missing = [n for n in names if n not in columns]
+            unknown = [c for c in columns if c not in names]
+            parts = [f"lack {brief_list(missing)}"] if missing else []
+            parts += [f"have unknown {brief_list(unknown)}"] if unknown else []
             raise InvalidInput(
-                f"The CSV header names {', '.join(columns)}; expected the features "
-                f"{', '.join(names)}."
+                f"The columns {brief_list(columns)} "
+                f"{' and '.join(parts) or 'name a feature twice'}; expected the "
+                f"features {', '.join(names)}."
             )
         return [columns.index(name) for name in names]
 
