@@ -76,6 +76,8 @@ DEFAULTS: dict[str, Any] = {
     # not the body (modelapp/batch.py ``Chunks``). Each chunk costs the model a call,
     # whose fixed cost (its thread pool's start and stop) smaller chunks multiply.
     "CHUNK_KB": 8192,
+    # method=explain: the most records one request may ask to explain (413 past it).
+    "EXPLAIN_MAX_RECORDS": 100,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.

@@ -75,6 +75,8 @@ class BaseBatchRenderer(BaseRenderer):
             return self.render_predictions(data)
         if isinstance(data, ChunkedPredictions):
             return self.render_chunks(data)
+        if hasattr(data, "as_format"):  # a result that writes itself in each format
+            return bytes(data.as_format(self.format))
         return dump_json(data)
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:

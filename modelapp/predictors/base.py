@@ -37,6 +37,8 @@ from modelapp.text import brief_list
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
+# The method that answers with attributions instead of predictions.
+EXPLAIN = "explain"
 ARTIFACT_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
 
@@ -315,9 +317,21 @@ class BasePredictor:
         kind owns its input), ``attributes`` the request's custom attributes,
         ``media_type`` its Content-Type and ``accept`` the negotiated response type."""
         method = attributes.get("method") or self.default_method
+        if method == EXPLAIN:
+            return self.explain(data, attributes, accept)
         predictions = self.predict(data, method)
         return InvocationResult(
             method=method, records=len(data), predictions=predictions
+        )
+
+    def explain(
+        self, batch: Batch, attributes: dict[str, str], accept: str
+    ) -> InvocationResult:
+        """``method=explain``: each record's attributions (``explain.py``); a kind that
+        cannot explain its models says so."""
+        raise InvalidInput(
+            f"{type(self).__name__} does not explain its predictions (method=explain).",
+            code="not_explainable",
         )
 
     def predict(self, batch: Batch, method: str | None = None) -> Any:
