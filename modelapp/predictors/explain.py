@@ -276,7 +276,10 @@ def _step_fold(step: Any, n_in: int) -> np.ndarray:
             len(c) for c in step.categories_
         ]
         return np.repeat(np.eye(n_in), counts, axis=0)
-    if type(step).__name__ in ONE_TO_ONE:
+    one_to_one = getattr(step, "feature_names_out", None) == "one-to-one"
+    if type(step).__name__ in ONE_TO_ONE or one_to_one:
+        # (A ColumnTransformer's remainder="passthrough" is a one-to-one
+        # FunctionTransformer.)
         return np.eye(n_in)
     raise NotExplainable(
         f"the columns {type(step).__name__} makes cannot be traced back to the input's"

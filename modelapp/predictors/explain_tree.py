@@ -126,7 +126,8 @@ def ensemble_of(model: Any) -> tuple[list[tuple[_Tree, float, int]], np.ndarray,
             for stage in model.estimators_
             for k, est in enumerate(stage)
         ]
-        return trees, base, RAW_SCORE
+        regressor = isinstance(model, ensemble.GradientBoostingRegressor)
+        return trees, base, VALUE if regressor else RAW_SCORE
     if isinstance(
         model,
         ensemble.HistGradientBoostingRegressor
@@ -138,7 +139,11 @@ def ensemble_of(model: Any) -> tuple[list[tuple[_Tree, float, int]], np.ndarray,
             for stage in model._predictors
             for k, predictor in enumerate(stage)
         ]
-        return trees, base, RAW_SCORE
+        # A regressor whose loss has a link (Poisson, gamma) predicts exp(raw score).
+        identity = isinstance(model, ensemble.HistGradientBoostingRegressor) and (
+            model.loss not in ("poisson", "gamma")
+        )
+        return trees, base, VALUE if identity else RAW_SCORE
     raise NotExplainable(f"{name} is not a tree ensemble")
 
 
