@@ -109,7 +109,9 @@ def test_forest_attributions_equal_shaps_in_every_format(forest):
     docs/serving.md, Methods: "`explain`"."""
     server, model = forest
     rows = X[HELD_OUT]
-    reference = shap.TreeExplainer(model).shap_values(rows)  # (records, features, classes)
+    reference = shap.TreeExplainer(model).shap_values(
+        rows
+    )  # (records, features, classes)
     proba = model.predict_proba(rows)
     answers = {accept: explained(server, rows, accept) for accept in FORMATS}
     as_json = answers["application/json"]
