@@ -105,8 +105,7 @@ def attributions(record: dict) -> np.ndarray:
 def test_forest_attributions_equal_shaps_in_every_format(forest):
     """A forest's explanation: the predicted class's probability, its base value and
     exact TreeSHAP attributions (shap's own to 1e-6), keyed by column, adding up to the
-    probability; JSON, JSON Lines and CSV say the same.
-    docs/serving.md, Methods: "`explain`"."""
+    probability; JSON, JSON Lines and CSV say the same (docs/explain.md)."""
     server, model = forest
     rows = X[HELD_OUT]
     reference = shap.TreeExplainer(model).shap_values(
@@ -149,8 +148,10 @@ def test_every_class_on_request(forest):
 
 
 def test_records_past_the_cap_are_a_413_naming_it(forest):
-    """SMSERVE_EXPLAIN_MAX_RECORDS caps the records of one explain request: past it a
-    413 that names the cap; predictions are not capped."""
+    """`SMSERVE_EXPLAIN_MAX_RECORDS` caps the records of one explain request: past it a
+    413 that names the cap; predictions are not capped.
+    docs/serving.md, Errors: "`method=explain` with more records than
+    `SMSERVE_EXPLAIN_MAX_RECORDS` (the detail names the cap)"."""
     server, _ = forest
     body = csv_body(X[:7])
     status, _, answer = server.invoke(
@@ -259,7 +260,9 @@ def test_a_regressor_explains_its_value(tmp_path_factory):
 
 def test_a_model_without_explainer_refuses_clearly(tmp_path: Path):
     """A pipeline whose columns cannot be traced back and that takes text (no sampling
-    over text) still predicts, and refuses ``explain`` with a 400 saying why."""
+    over text) still predicts, and refuses ``explain`` with a 400 saying why.
+    docs/serving.md, Errors: "`method=explain` for a model no explainer serves (the
+    detail says why)"."""
     from sklearn.compose import make_column_transformer
     from sklearn.decomposition import PCA
     from sklearn.pipeline import make_pipeline

@@ -46,9 +46,8 @@ def trained(tmp_path_factory) -> Iterator:
 def test_one_hot_columns_fold_back_onto_their_text_column(trained):
     """Attributions keyed by the raw columns (plan, country, payment, not plan_basic,
     ...): each text column's is the sum of its one-hot columns' exact TreeSHAP values,
-    equal to shap's to 1e-6, and they add up to the predicted class's probability.
-    docs/serving.md, Methods: "one-hot and ordinal encodings folded back into their
-    column"."""
+    equal to shap's to 1e-6, and they add up to the predicted class's probability
+    (docs/explain.md)."""
     server, model = trained
     rows = churn_frame(6, seed=9, gaps=0.0)[FEATURES]
     body = rows.to_csv(header=False, index=False).encode()

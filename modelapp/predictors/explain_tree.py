@@ -235,9 +235,10 @@ class TreeShap:
             level, last, d = children, rows, d + 1
         self.max_distinct = int(distinct.max()) if n else 0
         points = max(1, (self.max_distinct + 1) // 2)
-        t, w = np.polynomial.legendre.leggauss(points)
-        self._t = (t + 1) / 2
-        self._w = w / 2
+        nodes, weights = np.polynomial.legendre.leggauss(points)
+        # The quadrature on [0, 1].
+        self._t: np.ndarray = (nodes + 1) / 2
+        self._w: np.ndarray = weights / 2
 
         # Renumber by (depth, leaf): a level is a slice, its internal nodes first.
         order = np.lexsort((leaf, depth))
@@ -321,8 +322,9 @@ class TreeShap:
         for s, _, e in self._levels[1:]:
             o[s:e] = o[prev[s:e]] & takes_edge[s:e]
             reached[s:e] = reached[parent[s:e]] & takes_edge[s:e]
+        # The model's own outputs: the constant and the values of the leaves reached.
+        own = self.base_offset + self._values[reached & self._leaf].sum(axis=0)
         if outputs is None:
-            own = self.base_offset + self._values[reached & self._leaf].sum(axis=0)
             outputs = [int(own.argmax())]
         case = np.where(o[:n], 0, np.where(o[prev], 1, 2))
         ratio_rows = case * n + self._rows
@@ -348,7 +350,7 @@ class TreeShap:
                 np.add(h[self._left[s:m]], h[self._right[s:m]], out=h[s:m])
             terms = np.einsum("nq,nq->n", h[live], weight)
             phis[row] = np.bincount(edge, terms, self.n_features)
-            result[row] = self.expected[k] + phis[row].sum()
+            result[row] = own[k]
         return outputs, phis, result
 
 
