@@ -384,6 +384,13 @@ class ModelExplainer:
                     )
 
 
+def dump_json(value: Any) -> bytes:
+    """JSON of plain values (NaN, which no explainer gives, would be null)."""
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 class Explanations:
     """The answer to ``method=explain``, which every renderer writes (``as_format``):
     JSON ``{"explanations": [...]}`` and JSON Lines one object per record; CSV one line
@@ -442,8 +449,6 @@ class Explanations:
         return records
 
     def as_format(self, format: str) -> bytes:
-        from modelapp.renderers import dump_json
-
         if format == "json":
             return dump_json({"explanations": self.objects()})
         if format == "jsonl":
