@@ -207,6 +207,10 @@ class TreeShap:
         depth = np.zeros(n, np.int64)
         prev = np.full(n, n)
         z = np.ones(n)
+        # Per edge, the values of its feature that take it and every edge before it on
+        # that feature: the interval (low, high].
+        low = np.full(n + 1, -np.inf)
+        high = np.full(n + 1, np.inf)
         distinct = np.zeros(n, np.int64)
         roots = offsets[:-1].astype(np.int64)
         level = roots
@@ -230,6 +234,13 @@ class TreeShap:
                 np.where(before < n, z[np.minimum(before, n - 1)], 1.0) * ratio
             )
             distinct[children] = distinct[parents] + (before == n)
+            went_left = np.arange(len(children)) < len(inner)
+            low[children] = np.where(
+                went_left, low[before], np.maximum(low[before], threshold[parents])
+            )
+            high[children] = np.where(
+                went_left, np.minimum(high[before], threshold[parents]), high[before]
+            )
             rows = rows.copy()
             rows[np.arange(len(children)), feats] = children
             level, last, d = children, rows, d + 1
@@ -262,6 +273,9 @@ class TreeShap:
         self._threshold = threshold[order]
         self._missing_left = missing_left[order]
         self._z = np.append(z[order], 1.0)
+        self._low = low[order]
+        self._high = high[order]
+        self._roots = new[roots]
         self._values = values[order]
         self._leaf = leaf[order]
         depth = depth[order]
@@ -277,22 +291,22 @@ class TreeShap:
     def _tables(self) -> None:
         """The per-edge quantities at the quadrature points for each case of an edge
         and its previous edge on the feature, taken or not (a taken edge's previous one
-        is taken too): the ratio of the path products across the edge (``ratio``: rows
-        ``[both taken | edge not taken | neither]``) and the term's weight times the
-        quadrature weights (``weight``: the same rows, the third all zero)."""
+        is taken too): the ratio of the path products across the edge (``ratio``: per
+        node the rows both taken, edge not taken, neither) and the term's weight times
+        the quadrature weights (``weight_taken``, ``weight_not``; zero for neither)."""
         n, t, z = self.n_nodes, self._t, self._z
         zc, zp = z[:n, None], z[self._prev, None]
         taken_c, taken_p = t + (1 - t) * zc, t + (1 - t) * zp
         not_c = (1 - t) * zc
         g_p = (1 - zp) / taken_p
-        self._ratio = np.concatenate(
-            [taken_c / taken_p, not_c / taken_p, np.broadcast_to(zc / zp, (n, len(t)))]
-        )
-        self._weight = np.concatenate(
-            [((1 - zc) / taken_c - g_p) * self._w, (-1 / (1 - t) - g_p) * self._w]
-        )
-        self._weight = np.concatenate([self._weight, np.zeros((1, len(t)))])
-        self._rows = np.arange(n)
+        neither = np.broadcast_to(zc / zp, (n, len(t)))
+        # A node's three rows side by side: a level's gather reads forward.
+        self._ratio = np.stack(
+            [taken_c / taken_p, not_c / taken_p, neither], axis=1
+        ).reshape(3 * n, len(t))
+        self._weight_taken = ((1 - zc) / taken_c - g_p) * self._w
+        self._weight_not = (-1 / (1 - t) - g_p) * self._w
+        self._rows3 = np.arange(n) * 3
 
     def explain(
         self, x: np.ndarray, outputs: list[int] | None
@@ -300,58 +314,74 @@ class TreeShap:
         """The attributions of record ``x`` (float64, the model's features) to each of
         ``outputs`` (None: the largest output, e.g. the predicted class's probability):
         the outputs, an (outputs, features) array, and the outputs' values."""
-        n = self.n_nodes
+        n, points = self.n_nodes, len(self._t)
         if self._float32:
             # What scikit-learn compares with its thresholds.
             x = x.astype(np.float32).astype(np.float64)
-        # Which way the record goes at every split, and whether it takes each edge and
-        # every edge before it on the same feature.
-        inner = self._inner
-        values = x[self._feature[inner]]
-        goes_left = np.zeros(n, bool)
-        goes_left[inner] = np.where(
-            np.isnan(values),
-            self._missing_left[inner],
-            values <= self._threshold[inner],
-        )
-        parent = self._parent
-        takes_edge = goes_left[parent] == self._is_left
-        o = np.ones(n + 1, bool)
-        reached = np.ones(n, bool)
-        prev = self._prev
-        for s, _, e in self._levels[1:]:
-            o[s:e] = o[prev[s:e]] & takes_edge[s:e]
-            reached[s:e] = reached[parent[s:e]] & takes_edge[s:e]
-        # The model's own outputs: the constant and the values of the leaves reached.
-        own = self.base_offset + self._values[reached & self._leaf].sum(axis=0)
+        own = self.base_offset + self._values[self._leaves_reached(x)].sum(axis=0)
         if outputs is None:
             outputs = [int(own.argmax())]
-        case = np.where(o[:n], 0, np.where(o[prev], 1, 2))
-        ratio_rows = case * n + self._rows
-        # Downward: path products.
-        product = np.empty((n, len(self._t)))
+        # Whether the record takes each edge and every edge before it on its feature.
+        prev = self._prev
+        o = np.ones(n + 1, bool)
+        if np.isnan(x).any():
+            goes_left = np.zeros(n + 1, bool)
+            values = x[self._feature[self._inner]]
+            goes_left[self._inner] = np.where(
+                np.isnan(values),
+                self._missing_left[self._inner],
+                values <= self._threshold[self._inner],
+            )
+            takes_edge = goes_left[self._parent] == self._is_left
+            for s, _, e in self._levels[1:]:
+                o[s:e] = o[prev[s:e]] & takes_edge[s:e]
+        else:
+            values = x[self._edge_feature]
+            o[:n] = (values > self._low) & (values <= self._high)
         s0, _, e0 = self._levels[0]
+        o[s0:e0] = True
+        case = np.where(o[:n], 0, np.where(o[prev], 1, 2))
+        ratio_rows = self._rows3 + case
+        # Downward: path products, a level at a time (gathered into scratch rows).
+        product = np.empty((n, points))
+        widest = max(e - s for s, _, e in self._levels)
+        above, across = np.empty((widest, points)), np.empty((widest, points))
         product[s0:e0] = 1.0
         for s, _, e in self._levels[1:]:
-            np.multiply(
-                product[parent[s:e]], self._ratio[ratio_rows[s:e]], out=product[s:e]
-            )
-        # Upward per output: sums over the leaves under each node, then the terms of
-        # the edges whose weight is not zero.
-        live = np.flatnonzero(case[e0:] < 2) + e0
-        weight = self._weight[ratio_rows[live]]
-        edge = self._edge_feature[live]
+            np.take(product, self._parent[s:e], axis=0, out=above[: e - s])
+            np.take(self._ratio, ratio_rows[s:e], axis=0, out=across[: e - s])
+            np.multiply(above[: e - s], across[: e - s], out=product[s:e])
+        # Upward per output: sums over the leaves under each node, then the terms.
         phis = np.zeros((len(outputs), self.n_features))
-        result = np.zeros(len(outputs))
         h = np.empty_like(product)
+        edges = self._edge_feature[e0:]
         for row, k in enumerate(outputs):
             for s, m, e in reversed(self._levels):
                 np.multiply(product[m:e], self._values[m:e, k, None], out=h[m:e])
-                np.add(h[self._left[s:m]], h[self._right[s:m]], out=h[s:m])
-            terms = np.einsum("nq,nq->n", h[live], weight)
-            phis[row] = np.bincount(edge, terms, self.n_features)
-            result[row] = own[k]
-        return outputs, phis, result
+                np.take(h, self._left[s:m], axis=0, out=above[: m - s])
+                np.take(h, self._right[s:m], axis=0, out=across[: m - s])
+                np.add(above[: m - s], across[: m - s], out=h[s:m])
+            taken = np.einsum("nq,nq->n", h, self._weight_taken)
+            not_taken = np.einsum("nq,nq->n", h, self._weight_not)
+            terms = np.where(case == 0, taken, np.where(case == 1, not_taken, 0.0))
+            phis[row] = np.bincount(edges, terms[e0:], self.n_features)
+        return outputs, phis, own[outputs]
+
+    def _leaves_reached(self, x: np.ndarray) -> np.ndarray:
+        """The leaf each tree sends ``x`` to (as scikit-learn predicts)."""
+        node = self._roots
+        for _ in self._levels:
+            inner = ~self._leaf[node]
+            if not inner.any():
+                break
+            at = node[inner]
+            value = x[self._feature[at]]
+            left = np.where(
+                np.isnan(value), self._missing_left[at], value <= self._threshold[at]
+            )
+            node = node.copy()
+            node[inner] = np.where(left, self._left[at], self._right[at])
+        return node
 
 
 def _expected(trees: list[tuple[_Tree, float, int]], n_outputs: int) -> np.ndarray:
