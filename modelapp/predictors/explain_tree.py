@@ -276,7 +276,8 @@ class TreeShap:
         self._low = low[order]
         self._high = high[order]
         self._roots = new[roots]
-        self._values = values[order]
+        # Per output, contiguous (zero for internal nodes).
+        self._leaf_values = np.ascontiguousarray(values[order].T)
         self._leaf = leaf[order]
         depth = depth[order]
         bounds = np.searchsorted(depth, np.arange(depth.max() + 2 if n else 1))
@@ -318,7 +319,9 @@ class TreeShap:
         if self._float32:
             # What scikit-learn compares with its thresholds.
             x = x.astype(np.float32).astype(np.float64)
-        own = self.base_offset + self._values[self._leaves_reached(x)].sum(axis=0)
+        own = self.base_offset + self._leaf_values[:, self._leaves_reached(x)].sum(
+            axis=1
+        )
         if outputs is None:
             outputs = [int(own.argmax())]
         # Whether the record takes each edge and every edge before it on its feature.
@@ -336,11 +339,13 @@ class TreeShap:
             for s, _, e in self._levels[1:]:
                 o[s:e] = o[prev[s:e]] & takes_edge[s:e]
         else:
-            values = x[self._edge_feature]
+            values = np.take(x, self._edge_feature, mode="clip")
             o[:n] = (values > self._low) & (values <= self._high)
         s0, _, e0 = self._levels[0]
         o[s0:e0] = True
-        case = np.where(o[:n], 0, np.where(o[prev], 1, 2))
+        # (mode="clip": the indices are ours, always in range; numpy skips its checks.)
+        o_prev = np.take(o, prev, mode="clip")
+        case = np.where(o[:n], 0, np.where(o_prev, 1, 2))
         ratio_rows = self._rows3 + case
         # Downward: path products, a level at a time (gathered into scratch rows).
         product = np.empty((n, points))
@@ -348,8 +353,10 @@ class TreeShap:
         above, across = np.empty((widest, points)), np.empty((widest, points))
         product[s0:e0] = 1.0
         for s, _, e in self._levels[1:]:
-            np.take(product, self._parent[s:e], axis=0, out=above[: e - s])
-            np.take(self._ratio, ratio_rows[s:e], axis=0, out=across[: e - s])
+            np.take(product, self._parent[s:e], axis=0, out=above[: e - s], mode="clip")
+            np.take(
+                self._ratio, ratio_rows[s:e], axis=0, out=across[: e - s], mode="clip"
+            )
             np.multiply(above[: e - s], across[: e - s], out=product[s:e])
         # Upward per output: sums over the leaves under each node, then the terms.
         phis = np.zeros((len(outputs), self.n_features))
@@ -357,13 +364,14 @@ class TreeShap:
         edges = self._edge_feature[e0:]
         for row, k in enumerate(outputs):
             for s, m, e in reversed(self._levels):
-                np.multiply(product[m:e], self._values[m:e, k, None], out=h[m:e])
-                np.take(h, self._left[s:m], axis=0, out=above[: m - s])
-                np.take(h, self._right[s:m], axis=0, out=across[: m - s])
+                np.multiply(product[m:e], self._leaf_values[k, m:e, None], out=h[m:e])
+                np.take(h, self._left[s:m], axis=0, out=above[: m - s], mode="clip")
+                np.take(h, self._right[s:m], axis=0, out=across[: m - s], mode="clip")
                 np.add(above[: m - s], across[: m - s], out=h[s:m])
             taken = np.einsum("nq,nq->n", h, self._weight_taken)
             not_taken = np.einsum("nq,nq->n", h, self._weight_not)
-            terms = np.where(case == 0, taken, np.where(case == 1, not_taken, 0.0))
+            # Neither taken: no term.
+            terms = np.where(o[:n], taken, not_taken * o_prev)
             phis[row] = np.bincount(edges, terms[e0:], self.n_features)
         return outputs, phis, own[outputs]
 
