@@ -19,6 +19,8 @@ from tests.support.training import run_train
 
 EXPLAIN = {"X-Amzn-SageMaker-Custom-Attributes": "method=explain"}
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Iterator:
