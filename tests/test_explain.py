@@ -19,6 +19,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsClassifier
 
+from tests.support.explain_models import SharpenedForest
 from tests.support.models import write_model
 from tests.support.servers import ServeProcess
 
@@ -300,5 +301,29 @@ def test_a_model_without_explainer_refuses_clearly(tmp_path: Path):
         error = json.loads(answer)
         assert error["code"] == "not_explainable"
         assert "PCA" in error["detail"]
+    finally:
+        server.stop()
+
+
+def test_a_model_whose_attributions_do_not_add_up_refuses(tmp_path: Path):
+    """Additivity is checked at load on the warm-up records: a forest whose
+    probabilities are not its trees' mean still predicts, says so in the log, and
+    refuses ``explain`` naming the sums that differ."""
+    model = SharpenedForest(5, random_state=0).fit(X[TRAIN], Y[TRAIN])
+    write_model(tmp_path / "ml", model)
+    server = ServeProcess(tmp_path / "ml", tmp_path, workers=1).start()
+    try:
+        body = csv_body(X[:1])
+        status, _, _ = server.invoke(body, "text/csv", Accept="application/json")
+        assert status == HTTPStatus.OK
+        status, _, answer = server.invoke(
+            body, "text/csv", Accept="application/json", **explain_header()
+        )
+        assert status == HTTPStatus.BAD_REQUEST
+        error = json.loads(answer)
+        assert error["code"] == "not_explainable"
+        assert "add up to" in error["detail"]
+        assert "but the model answers" in error["detail"]
+        assert "Explanations of SharpenedForest refused" in server.log
     finally:
         server.stop()

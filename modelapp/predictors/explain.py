@@ -224,6 +224,10 @@ class SamplingExplainer(Explainer):
         ]
 
 
+class AdditivityError(NotExplainable):
+    """The attributions do not add up to what the model answers."""
+
+
 # --- which explainer, and the fold onto raw columns ---------------------------------------
 def split_pipeline(model: Any) -> tuple[Any, Any]:
     """``(the steps before the final estimator, or None; the final estimator)``."""
@@ -377,7 +381,7 @@ class ModelExplainer:
                 total = one.base_value + one.attributions.sum()
                 expected = own[r, one.index]
                 if abs(total - expected) > ADDITIVITY_RTOL * max(1.0, abs(expected)):
-                    raise NotExplainable(
+                    raise AdditivityError(
                         f"the {self.explainer.kind} explainer's attributions of warm-up "
                         f"record {r + 1} add up to {total:.9g}, but the model answers "
                         f"{expected:.9g}"

@@ -29,7 +29,11 @@ SCHEMA_RECORDS = 8
 def prepare(predictor: Any) -> tuple[Any, str]:
     """``(explainer, "")``, or ``(None, why not)``; never raises: a model that cannot be
     explained still serves its predictions."""
-    from modelapp.predictors.explain import ModelExplainer, NotExplainable
+    from modelapp.predictors.explain import (
+        AdditivityError,
+        ModelExplainer,
+        NotExplainable,
+    )
 
     if predictor.n_features is None:
         return None, "the model does not say how many features it takes"
@@ -41,6 +45,11 @@ def prepare(predictor: Any) -> tuple[Any, str]:
             predictor.n_features,
             takes_numbers=not predictor.schema.is_frame,
         )
+    except AdditivityError as exc:
+        logger.warning(
+            "Explanations of %s refused: %s.", type(predictor.model).__name__, exc
+        )
+        return None, str(exc)
     except NotExplainable as exc:
         logger.info("No explanations for %s: %s.", type(predictor.model).__name__, exc)
         return None, str(exc)
