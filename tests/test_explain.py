@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 import shap
 from sklearn.datasets import make_classification, make_regression
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -325,5 +329,24 @@ def test_a_model_whose_attributions_do_not_add_up_refuses(tmp_path: Path):
         assert "add up to" in error["detail"]
         assert "but the model answers" in error["detail"]
         assert "Explanations of SharpenedForest refused" in server.log
+    finally:
+        server.stop()
+
+
+def test_gradient_boosting_explains_its_raw_score(tmp_path: Path):
+    """GradientBoosting: the raw score (log-odds) its decision_function gives, exact
+    TreeSHAP equal to shap's to 1e-6."""
+    model = GradientBoostingClassifier(n_estimators=20, random_state=0)
+    model.fit(X[TRAIN], Y[TRAIN])
+    write_model(tmp_path / "ml", model)
+    server = ServeProcess(tmp_path / "ml", tmp_path, workers=1).start()
+    try:
+        rows = X[HELD_OUT]
+        reference = shap.TreeExplainer(model).shap_values(rows)
+        raw = model.decision_function(rows)
+        for r, record in enumerate(explained(server, rows)):
+            assert (record["explainer"], record["output"]) == ("tree", "raw_score")
+            np.testing.assert_allclose(attributions(record), reference[r], atol=1e-6)
+            assert record["value"] == pytest.approx(raw[r], abs=1e-9)
     finally:
         server.stop()

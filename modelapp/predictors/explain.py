@@ -125,8 +125,13 @@ class TreeExplainer(Explainer):
     def model_output(self, encoded: np.ndarray) -> np.ndarray:
         if self.output == PROBABILITY:
             return np.asarray(self.model.predict_proba(encoded))
-        raw = getattr(self.model, "_raw_predict", self.model.predict)
-        return np.asarray(raw(encoded), dtype=np.float64).reshape(len(encoded), -1)
+        if self.output == VALUE:
+            values = self.model.predict(encoded)
+        elif hasattr(self.model, "classes_"):
+            values = self.model.decision_function(encoded)
+        else:  # a regressor whose loss has a log link: its raw score is log(value)
+            values = np.log(self.model.predict(encoded))
+        return np.asarray(values, dtype=np.float64).reshape(len(encoded), -1)
 
 
 class LinearExplainer(Explainer):
