@@ -350,3 +350,16 @@ def test_gradient_boosting_explains_its_raw_score(tmp_path: Path):
             assert record["value"] == pytest.approx(raw[r], abs=1e-9)
     finally:
         server.stop()
+
+
+def test_the_tree_explainer_is_built_once_before_the_fork(forest):
+    """The master builds the explainer where it loads the model, before gunicorn forks
+    its workers, which share it: its one log line is the master's."""
+    server, _ = forest
+    lines = [
+        line
+        for line in server.log.splitlines()
+        if "Explanations of RandomForestClassifier: the tree explainer" in line
+    ]
+    assert len(lines) == 1, lines
+    assert f"[{server.gunicorn_master()}]" in lines[0]

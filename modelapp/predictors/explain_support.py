@@ -108,10 +108,10 @@ def answer(
             f"(SMSERVE_EXPLAIN_MAX_RECORDS); this one has {len(batch)}: split it.",
             code="too_many_records",
         )
-    explainer = predictor._explainer
+    explainer = predictor.explainer
     if explainer is None:
         raise InvalidInput(
-            f"This model cannot be explained: {predictor._explain_refusal}.",
+            f"This model cannot be explained: {predictor.explain_refusal}.",
             code="not_explainable",
         )
     if accept not in FORMATS:

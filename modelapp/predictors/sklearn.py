@@ -61,8 +61,8 @@ class SklearnPredictor(BasePredictor):
         # Methods ONNX Runtime serves, set by compile(); none until then.
         self._compiled: dict[str, Any] = {}
         # The explainer (explain.py), built by warm_up(), or why there is none.
-        self._explainer: Any = None
-        self._explain_refusal = "the model has not been warmed up"
+        self.explainer: Any = None
+        self.explain_refusal = "the model has not been warmed up"
         self._frame = None
         if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
             # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
@@ -132,7 +132,7 @@ class SklearnPredictor(BasePredictor):
         """The warm-up prediction, then the explainer, built here (gunicorn's master,
         before the fork) so the workers share its arrays."""
         super().warm_up()
-        self._explainer, self._explain_refusal = explain_support.prepare(self)
+        self.explainer, self.explain_refusal = explain_support.prepare(self)
 
     def explain(
         self, batch: Any, attributes: dict[str, str], accept: str
