@@ -95,6 +95,11 @@ class BasePredictor:
     # Which engine serves each method (the compiled engine's ``EngineReport``); None: the
     # kind's own library serves every method.
     engine_report: Any = None
+    # The deployment's output keys checked against this model (``outputs.OutputSpec``);
+    # None: answer with the method alone.
+    outputs: Any = None
+    # The drift sampler (modelapp/capture.py) the registry attaches when capture is on.
+    capture: Any = None
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
@@ -316,6 +321,8 @@ class BasePredictor:
         """Answer one request: ``data`` is the parsed ``Batch`` (the raw body when the
         kind owns its input), ``attributes`` the request's custom attributes,
         ``media_type`` its Content-Type and ``accept`` the negotiated response type."""
+        if self.outputs is not None and "method" not in attributes:
+            return self.outputs.invoke(self, data)
         method = attributes.get("method") or self.default_method
         if method == EXPLAIN:
             return self.explain(data, attributes, accept)
@@ -357,6 +364,8 @@ class BasePredictor:
                 f"{type(self.model).__name__}.{method} returned {len(result)} results for "
                 f"{len(matrix)} records"
             )
+        if self.capture is not None:
+            self.capture.offer(matrix, result, method)
         return result
 
     def before_fork(self) -> None:

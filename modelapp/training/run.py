@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import modelapp
+from modelapp import drift
 from modelapp.metadata import Feature, ModelMetadata, dotted_path, json_safe
 from modelapp.paths import SageMakerPaths
 from modelapp.training import (
@@ -338,12 +339,16 @@ class Trainer:
         validation = datasets.get("validation")
         n_features = getattr(estimator, "n_features_in_", train.n_features)
         features = train.features or [Feature() for _ in range(n_features)]
+        outputs = drift.record_distributions(
+            estimator, features, train, validation or train, classes
+        )
         return ModelMetadata(
             estimator=self.result.estimator or "",
             params=json_safe(estimator.get_params(deep=True)),
             hyperparameters=self.hp.raw,
             features=features,
             preprocessing=self.preprocessing,
+            outputs=outputs,
             target=train.target_name,
             classes=list(classes) if classes is not None else None,
             task=task,
