@@ -90,7 +90,16 @@ def background_rows(predictor: Any) -> list[list[Any]]:
 
 
 def _input(predictor: Any, rows: list[list[Any]]) -> Any:
-    return predictor.to_input(Batch(rows=rows))
+    return _named(predictor, predictor.to_input(Batch(rows=rows)))
+
+
+def _named(predictor: Any, matrix: Any) -> Any:
+    """A numeric model fitted on a DataFrame is handed one (as ``SklearnPredictor``
+    does), or scikit-learn warns on every call."""
+    frame = getattr(predictor, "_frame", None)
+    if frame is not None and isinstance(matrix, np.ndarray):
+        return frame(matrix, columns=predictor.feature_names, copy=False)
+    return matrix
 
 
 def answer(
@@ -118,7 +127,7 @@ def answer(
         raise NotAcceptable(accept, FORMATS)
     deadline = time.monotonic() + DEADLINE_SHARE * conf.get("TIMEOUT")
     all_outputs = attributes.get("explain_classes", "").lower() == "all"
-    matrix = predictor.to_input(batch)
+    matrix = _named(predictor, predictor.to_input(batch))
     answers = explainer.explain(matrix, all_outputs, deadline)
     names = predictor.feature_names or [str(i) for i in range(predictor.n_features)]
     classes = getattr(predictor.model, "classes_", None)
