@@ -97,6 +97,8 @@ DEFAULTS: dict[str, Any] = {
     # A featurizer's transform passes a record's label column through, first in its
     # answer (modelapp/predictors/featurizer.py): featurizing training data.
     "PASS_THROUGH_LABEL": False,
+    # method=explain: the most records one request may ask to explain (413 past it).
+    "EXPLAIN_MAX_RECORDS": 100,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.

@@ -79,6 +79,8 @@ class BaseBatchRenderer(BaseRenderer):
             return self.render_chunks(data)
         if isinstance(data, KeyedPredictions):
             return self.render_keyed(data)
+        if hasattr(data, "as_format"):  # a result that writes itself in each format
+            return bytes(data.as_format(self.format))
         return dump_json(data)
 
     def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:

@@ -106,6 +106,7 @@ def _smserve_from_environment() -> dict[str, Any]:
         "COMPILED_ENGINE": env_bool("SMSERVE_COMPILED_ENGINE", None),
         "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
         "CHUNK_KB": env_int("SMSERVE_CHUNK_KB"),
+        "EXPLAIN_MAX_RECORDS": env_int("SMSERVE_EXPLAIN_MAX_RECORDS"),
         "READY_FILE": env_str("SMSERVE_READY_FILE"),
         "INVOCATION_LOG": env_str("SMSERVE_INVOCATION_LOG"),
         "GUNICORN_BIND": env_str("SMSERVE_GUNICORN_BIND"),

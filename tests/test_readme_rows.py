@@ -866,6 +866,16 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{HTTP}::test_unknown_method"
         ),
     },
+    (SERVING, "Errors", "`not_explainable`"): {
+        "`method=explain` for a model no explainer serves (the detail says why)": proof(
+            "tests/test_explain.py::test_a_model_without_explainer_refuses_clearly"
+        ),
+    },
+    (SERVING, "Errors", "`too_many_records`"): {
+        "`method=explain` with more records than `SMSERVE_EXPLAIN_MAX_RECORDS` (the detail names the cap)": proof(
+            "tests/test_explain.py::test_records_past_the_cap_are_a_413_naming_it"
+        ),
+    },
     (SERVING, "Errors", "`not_found` / `method_not_allowed`"): {
         "unknown path / method on a path": proof(
             f"{HTTP}::test_unknown_paths_and_methods_are_json"
@@ -1238,6 +1248,11 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SETTINGS, "Settings", "`SMSERVE_CHUNK_KB`"): {
         "`SMSERVE_CHUNK_KB`": proof(
             "tests/test_chunked_batches.py::test_chunked_answers_equal_one_pass"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_EXPLAIN_MAX_RECORDS`"): {
+        "`SMSERVE_EXPLAIN_MAX_RECORDS`": proof(
+            "tests/test_explain.py::test_records_past_the_cap_are_a_413_naming_it"
         ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_INFERENCE_OUTPUT`"): {

@@ -39,6 +39,8 @@ from modelapp.text import brief_list
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
+# The method that answers with attributions instead of predictions.
+EXPLAIN = "explain"
 ARTIFACT_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
 
@@ -330,6 +332,8 @@ class BasePredictor:
         if self.outputs is not None and "method" not in attributes:
             return self.outputs.invoke(self, data)
         method = attributes.get("method") or self.default_method
+        if method == EXPLAIN:
+            return self.explain(data, attributes, accept)
         predictions = self.predict(data, method)
         if method == "transform" and formats.canonical(accept) == formats.JSONLINES:
             # The next container's record (featurizer.py); a labelled row stays an
@@ -339,6 +343,16 @@ class BasePredictor:
                 predictions = featurizer.as_feature_records(predictions, key)
         return InvocationResult(
             method=method, records=len(data), predictions=predictions
+        )
+
+    def explain(
+        self, batch: Batch, attributes: dict[str, str], accept: str
+    ) -> InvocationResult:
+        """``method=explain``: each record's attributions (``explain.py``); a kind that
+        cannot explain its models says so."""
+        raise InvalidInput(
+            f"{type(self).__name__} does not explain its predictions (method=explain).",
+            code="not_explainable",
         )
 
     def predict(self, batch: Batch, method: str | None = None) -> Any:

@@ -13,10 +13,11 @@ import numpy as np
 
 from modelapp import conf
 from modelapp.metadata import ModelMetadata, allows_nan
-from modelapp.predictors import compiled
+from modelapp.predictors import compiled, explain_support
 from modelapp.predictors.base import (
     MODEL_FILE,
     BasePredictor,
+    InvocationResult,
     ModelLoadError,
     find_artifact,
     load_pickle,
@@ -75,6 +76,9 @@ class SklearnPredictor(BasePredictor):
         )
         # Methods ONNX Runtime serves, set by compile(); none until then.
         self._compiled: dict[str, Any] = {}
+        # The explainer (explain.py), built by warm_up(), or why there is none.
+        self.explainer: Any = None
+        self.explain_refusal = "the model has not been warmed up"
         self._frame = None
         if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
             # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
@@ -139,6 +143,17 @@ class SklearnPredictor(BasePredictor):
         they cannot be shared (``compiled.OnnxSession``)."""
         for session in self._sessions():
             session.after_fork()
+
+    def warm_up(self) -> None:
+        """The warm-up prediction, then the explainer, built here (gunicorn's master,
+        before the fork) so the workers share its arrays."""
+        super().warm_up()
+        self.explainer, self.explain_refusal = explain_support.prepare(self)
+
+    def explain(
+        self, batch: Any, attributes: dict[str, str], accept: str
+    ) -> InvocationResult:
+        return explain_support.answer(self, batch, attributes, accept)
 
     def allows_nan_of(self, model: Any) -> bool:
         return allows_nan(model)
