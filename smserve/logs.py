@@ -32,6 +32,9 @@ from typing import Any, BinaryIO
 # The ``extra`` key whose dict becomes top-level fields of a JSON line.
 FIELDS = "fields"
 FORMATS = ("text", "json")
+# One encoder for every line (json.dumps with an argument builds a new one per call);
+# ASCII only, so no line separator of a message's reaches the line.
+_encode = json.JSONEncoder(default=str).encode
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
@@ -58,7 +61,7 @@ class JSONFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str)
+        return _encode(entry)
 
 
 def formatter_config(log_format: str) -> dict[str, Any]:
@@ -164,7 +167,7 @@ def nginx_line(line: bytes) -> bytes:
         entry["message"] = match["message"].decode(errors="replace")
         if match["pid"]:
             entry["process"] = int(match["pid"])
-    return json.dumps(entry).encode() + b"\n"
+    return _encode(entry).encode() + b"\n"
 
 
 def relay_nginx(source: BinaryIO, sink: BinaryIO) -> None:
