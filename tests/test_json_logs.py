@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import uuid
@@ -208,11 +209,12 @@ def test_the_inference_id_is_on_the_text_lines(server):
     found = wait_for(lambda: len(lines(bad)) == 2 and lines(bad), what="two lines")
     app = next(line for line in found if "[nginx]" not in line)
     assert f"ms inference_id={bad} detail='Expected 4 features" in app
-    # Lines without an id are as they were.
-    server.invoke(BODY)
-    assert any(
-        line.endswith("s") and "[nginx]" in line and "inference_id" not in line
-        for line in server.log.splitlines()
+    # A line without an id is as it was: it ends with nginx's time.
+    tagged = f"text/csv; rid={uuid.uuid4().hex}"
+    assert server.invoke(BODY, tagged)[0] == HTTPStatus.OK
+    (plain,) = wait_for(lambda: lines(tagged), what="the line without an id")
+    assert re.search(
+        rf"in={re.escape(tagged)} out=text/csv bytes_in=16 \d+\.\d{{3}}s$", plain
     )
 
 
