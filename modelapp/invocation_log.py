@@ -78,9 +78,10 @@ def _log_line(
     level: int, request: Request, response: HttpResponseBase, fields: dict[str, Any]
 ) -> None:
     detail = ""
-    if "detail" in fields:
+    data = getattr(response, "data", None)
+    if "detail" in fields and isinstance(data, dict):
         # Capped: a detail may quote the caller's input.
-        detail = f" detail={brief(fields['detail'], LOGGED_DETAIL)}"
+        detail = f" detail={brief(data.get('detail', ''), LOGGED_DETAIL)}"
     inference_id = ""
     if fields["inference_id"]:
         inference_id = f" inference_id={printable(fields['inference_id'])}"
