@@ -64,8 +64,9 @@ def access_log_directives(access_log: str) -> str:
     if conf.get("INVOCATION_LOG") == "nginx" and logging.getLogger(
         "modelapp.invocations"
     ).isEnabledFor(logging.INFO):
+        # JSON: serve's stderr as fd 3, past the filter nginx's stderr goes through.
         directives.append(
-            "access_log /dev/stderr invocation_json if=$invocation_unlogged;"
+            "access_log /dev/fd/3 invocation_json if=$invocation_unlogged;"
             if json_lines
             else "access_log /dev/stderr invocation if=$invocation;"
         )
