@@ -27,7 +27,6 @@ if _secrets_file:
 
 from modelapp import conf  # noqa: E402
 from smserve import fastpaths  # noqa: E402
-from smserve.logs import gunicorn_logconfig  # noqa: E402
 
 # ``serve`` sets the unix socket nginx proxies to; without nginx gunicorn takes the port.
 bind = conf.get("GUNICORN_BIND") or f"{conf.get('HOST')}:{conf.get('PORT')}"
@@ -52,8 +51,12 @@ accesslog = None  # nginx or the app logs each invocation (modelapp/invocation_l
 errorlog = "-"
 loglevel = "info"
 # SMSERVE_LOG_FORMAT=json: gunicorn's lines (and its access log, if turned on with
-# GUNICORN_CMD_ARGS) as JSON, like every other line (smserve/logs.py).
-logconfig_dict = gunicorn_logconfig(conf.get("LOG_FORMAT")) or {}
+# GUNICORN_CMD_ARGS) as JSON, like every other line (smserve/gunicorn_logger.py).
+logger_class = (
+    "smserve.gunicorn_logger.JSONLogger"
+    if conf.get("LOG_FORMAT") == "json"
+    else "gunicorn.glogging.Logger"
+)
 # Room for a full 100 MB batch body arriving slowly is nginx's job; gunicorn gets it whole.
 limit_request_line = 8190
 # The unix socket for this user only: nobody else on the machine may talk to gunicorn

@@ -3,8 +3,8 @@
 | writer | text (default) | json |
 |---|---|---|
 | Python: smserve, Django, ``prepare_serve`` | ``LOGGING`` in ``smserve/settings.py`` | ``JSONFormatter`` |
-| gunicorn's error and access logs | gunicorn's own format | ``gunicorn_logconfig()``, ``JSONFormatter`` |
-| nginx's invocation and access lines | ``log_format invocation`` / ``combined`` | ``log_format ... escape=json`` (``docker/nginx.conf``) |
+| gunicorn's error and access logs | gunicorn's own format | ``smserve/gunicorn_logger.py``, ``JSONFormatter`` |
+| nginx's invocation and access lines | ``log_format invocation`` / ``combined`` | ``log_format ... escape=json`` (``docker/nginx.conf``); the invocation lines to ``serve``'s stderr as fd 3 |
 | nginx's error log (it has no JSON form) | as nginx writes it | each line wrapped by ``python -m smserve.logs nginx``, which reads nginx's stderr |
 | ``serve``'s own lines | ``date serve: message`` | a JSON object printed by ``serve`` |
 
@@ -15,8 +15,8 @@ adds ``exception``. ``docs/logs.md`` lists every field.
 
 Our own formatter rather than python-json-logger: thirty lines, no dependency in the
 image, and the field names and the merging of ``FIELDS`` are exactly what the docs
-promise. Nothing here imports Django: gunicorn's configuration and the nginx wrapper use
-it before (or without) Django.
+promise. Nothing here imports Django or gunicorn: gunicorn's logger and the nginx wrapper use it
+before (or without) Django.
 """
 
 from __future__ import annotations
@@ -91,35 +91,6 @@ def django_logging(log_format: str, level: str) -> dict[str, Any]:
             "django.request": {"level": "ERROR"},
             "django.server": {"level": "WARNING"},
             "modelapp.emf": {"handlers": ["emf"], "level": "INFO", "propagate": False},
-        },
-    }
-
-
-def gunicorn_logconfig(log_format: str) -> dict[str, Any] | None:
-    """gunicorn's ``logconfig_dict``: its error log (and access log, when someone turns
-    it on) as JSON on stderr; None for text, which keeps gunicorn's own format."""
-    if log_format != "json":
-        return None
-    handler = {"class": "logging.StreamHandler", "formatter": "json"}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": formatter_config("json")},
-        "handlers": {"stderr": {**handler, "stream": "ext://sys.stderr"}},
-        "root": {"level": "INFO", "handlers": ["stderr"]},
-        "loggers": {
-            "gunicorn.error": {
-                "level": "INFO",
-                "handlers": ["stderr"],
-                "propagate": False,
-                "qualname": "gunicorn.error",
-            },
-            "gunicorn.access": {
-                "level": "INFO",
-                "handlers": ["stderr"],
-                "propagate": False,
-                "qualname": "gunicorn.access",
-            },
         },
     }
 
