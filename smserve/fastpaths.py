@@ -36,7 +36,8 @@ The nginx <-> app protocol (``docker/serve`` sets it up; these are its only site
   invocation`` and hides the header from the client (``proxy_hide_header``). With JSON
   logs the view also sends the model and the engine, and the app marks an error it
   logged itself (``X-Smserve-Logged``), which nginx then does not log (``log_format
-  invocation_json``; ``modelapp/invocation_log.py``).
+  invocation_json``; ``modelapp/invocation_log.py``), writing its lines to fd 3 (``serve``'s
+  stderr) while its own stderr goes through the filter of ``smserve/logs.py``.
 - **Limits**: nginx's ``client_max_body_size`` and ``proxy_read_timeout`` are rendered
   from the same settings the app uses (``prepare_serve``), so the two cannot disagree.
 """
