@@ -144,6 +144,12 @@ DEFAULTS: dict[str, Any] = {
     "INVOCATION_LOG": "app",
     # gunicorn's bind (the unix socket nginx proxies to); empty: HOST:PORT.
     "GUNICORN_BIND": "",
+    # --- logs and CloudWatch metrics (docs/logs.md) ---
+    # "text" or "json": every line of every process serve starts (smserve/logs.py).
+    "LOG_FORMAT": "text",
+    # CloudWatch Embedded Metric Format lines per model, every METRICS_EMF_SECONDS.
+    "METRICS_EMF": False,
+    "METRICS_EMF_SECONDS": 60.0,
 }
 
 # Defaults that depend on the machine or on other settings.

@@ -98,6 +98,8 @@ class StatsCollector:
     def flush(self) -> bool:
         """Write the pending counts in one transaction; on failure keep them and say so."""
         with self._flush_lock:
+            if conf.get("METRICS_EMF"):
+                emit_emf()  # first: it needs no database
             deployments.record()
             # The drift counts ride on this thread (its database connection handling).
             capture.collector.flush()
@@ -154,6 +156,8 @@ class StatsCollector:
         """Stop the thread and write what is left (gunicorn's ``worker_exit``)."""
         self._flusher.stop()
         self.flush()
+        if conf.get("METRICS_EMF"):
+            emit_emf(force=True)
         discard_connection()
 
 
@@ -193,6 +197,14 @@ def write_buckets(buckets: dict[Key, list[float]]) -> None:
 
 
 collector = StatsCollector()
+
+
+def emit_emf(force: bool = False) -> None:
+    """The CloudWatch EMF lines that are due (``modelapp/emf.py``), written by this same
+    thread: one background thread per worker serves both."""
+    from modelapp.emf import metrics
+
+    metrics.emit_due(force=force)
 
 
 def record_invocation(request: Any, response: Any) -> None:

@@ -32,7 +32,7 @@ from modelapp.exceptions import (
     error_body,
 )
 from modelapp.formats import CUSTOM_ATTRIBUTES
-from modelapp.invocation_log import RECORDS_HEADER, log_invocation
+from modelapp.invocation_log import engine_of, log_invocation, nginx_headers
 from modelapp.negotiation import (
     FirstRendererNegotiation,
     OwnedInputParser,
@@ -194,6 +194,8 @@ class InvocationsView(APIView):
         request.started = time.perf_counter()
         request.records = 0
         request.model_sha256 = None
+        request.model_name = kwargs.get("name", self.model_name)
+        request.engine = ""
         # The predictor is known before negotiation, which may depend on it; a model
         # that is not ready answers 503 from post(), after negotiation, as it always has.
         try:
@@ -241,12 +243,13 @@ class InvocationsView(APIView):
             **extra,
         )
         request.records = result.records
+        request.engine = engine_of(predictor, result.method, result.records)
         headers = {
             CUSTOM_ATTRIBUTES: f"method={result.method}",
             **(result.headers or {}),
         }
         if conf.get("INVOCATION_LOG") == "nginx":
-            headers[RECORDS_HEADER] = str(result.records)
+            headers.update(nginx_headers(request, result.records, self.model_sha256()))
         if result.body is not None:
             return HttpResponse(
                 result.body,

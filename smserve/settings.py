@@ -16,6 +16,8 @@ import dj_database_url
 
 from modelapp.conf import DEFAULTS as SMSERVE_DEFAULTS
 from modelapp.state import read_secret_key
+from smserve.logs import FORMATS as LOG_FORMATS
+from smserve.logs import django_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -122,6 +124,10 @@ def _smserve_from_environment() -> dict[str, Any]:
         "ALLOW_UNSAFE_DESERIALIZATION": env_bool(
             "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION", None
         ),
+        # Logs and CloudWatch metrics (docs/logs.md).
+        "LOG_FORMAT": (env_str("SMSERVE_LOG_FORMAT") or "").lower() or None,
+        "METRICS_EMF": env_bool("SMSERVE_METRICS_EMF", None),
+        "METRICS_EMF_SECONDS": env_float("SMSERVE_METRICS_EMF_SECONDS"),
         "INFERENCE_OUTPUT": _keys(env_str("SAGEMAKER_INFERENCE_OUTPUT")),
         "INFERENCE_SUPPORTED": _keys(env_str("SAGEMAKER_INFERENCE_SUPPORTED")),
         "JSONLINES_FEATURES_KEY": os.environ.get("SMSERVE_JSONLINES_FEATURES_KEY"),
@@ -156,6 +162,16 @@ def _smserve_from_environment() -> dict[str, Any]:
     if log is not None and log not in ("app", "nginx"):
         raise ValueError(
             f"SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got {log!r}"
+        )
+    log_format = found["LOG_FORMAT"]
+    if log_format is not None and log_format not in LOG_FORMATS:
+        raise ValueError(
+            f"SMSERVE_LOG_FORMAT must be 'text' or 'json', got {log_format!r}"
+        )
+    emf_seconds = found["METRICS_EMF_SECONDS"]
+    if emf_seconds is not None and not emf_seconds > 0:
+        raise ValueError(
+            f"SMSERVE_METRICS_EMF_SECONDS must be above 0, got {emf_seconds}"
         )
     return {key: value for key, value in found.items() if value is not None}
 
@@ -328,24 +344,10 @@ SPECTACULAR_SETTINGS = {
 }
 
 _log_level = (env_str("SMSERVE_LOG_LEVEL") or "INFO").upper()
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {
-            "format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-        },
-    },
-    "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
-    },
-    "root": {"handlers": ["stderr"], "level": _log_level},
-    "loggers": {
-        # Our 4xx/5xx are logged once by modelapp.invocations; Django's duplicate goes.
-        "django.request": {"level": "ERROR"},
-        "django.server": {"level": "WARNING"},
-    },
-}
+# Text or JSON lines, the same in every process serve starts (smserve/logs.py).
+LOGGING: dict[str, Any] = django_logging(
+    SMSERVE.get("LOG_FORMAT", SMSERVE_DEFAULTS["LOG_FORMAT"]), _log_level
+)
 APPEND_SLASH = False  # unknown paths are a JSON 404, never a redirect
 
 # --- the admin's login and pages (docs/reliability.md "Securing the admin") --------------

@@ -38,6 +38,7 @@ ADMIN = "docs/admin.md"
 IMAGE = "docs/image-and-sagemaker.md"
 RELIABILITY = "docs/reliability.md"
 DEVELOPMENT = "docs/development.md"
+LOGS = "docs/logs.md"
 
 HTTP = "tests/test_contract_http.py"
 PROCESS = "tests/test_serve_process.py"
@@ -64,6 +65,7 @@ SAFE = "tests/test_safeload.py"
 VIEWS = "tests/test_views.py"
 OUTPUTS = "tests/test_inference_output.py"
 UNDER_LOAD = "tests/test_serve_under_load.py"
+JSON_LOGS = "tests/test_json_logs.py"
 FEATURIZERS = "tests/test_featurizers.py"
 PIPELINE = "tests/test_inference_pipeline.py"
 PARQUET = "tests/test_parquet_serving.py"
@@ -144,6 +146,12 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
     (RELIABILITY, "Safe model loading", 0): ("Safe loading refusals", (0,), (0,)),
     (DEVELOPMENT, "Tests and lint", 0): ("Test phases", (0,), (1,)),
     (DEVELOPMENT, "Tests and lint", 1): ("Test markers", (0,), (1,)),
+    (LOGS, "Fields", 0): ("Log fields", (0,), (0,)),
+    (LOGS, "Embedded Metric Format (`SMSERVE_METRICS_EMF=true`)", 0): (
+        "EMF metrics",
+        (0,),
+        (0,),
+    ),
 }
 
 
@@ -2227,6 +2235,118 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
         'whose job fails (exit 1, no model) with "Host algo-2 failed: it was stopped (SIGTERM)" in its `output/failure`': proof(
             f"{CLUSTER}::test_sigterm_on_another_host_fails_the_leader"
+        ),
+    },
+    # docs/logs.md and its settings (h-logs).
+    (LOGS, "Log fields", "`timestamp`"): {
+        "`timestamp`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`level`"): {
+        "`level`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`logger`"): {
+        "`logger`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`message`"): {
+        "`message`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`process`"): {
+        "`process`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`method`"): {
+        "`method`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`path`"): {
+        "`path`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`status`"): {
+        "`status`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`code`"): {
+        "`code`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`records`"): {
+        "`records`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`content_type`"): {
+        "`content_type`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`response_type`"): {
+        "`response_type`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`bytes_in`"): {
+        "`bytes_in`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`bytes_out`"): {
+        "`bytes_out`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`duration_ms`"): {
+        "`duration_ms`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`model`"): {
+        "`model`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`model_sha256`"): {
+        "`model_sha256`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`engine`"): {
+        "`engine`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`inference_id`"): {
+        "`inference_id`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`detail`"): {
+        "`detail`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`source`"): {
+        "`source`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`exception`"): {
+        "`exception`": in_process(
+            f"{JSON_LOGS}::test_json_formatter_keeps_the_traceback_and_the_fields"
+        ),
+    },
+    (LOGS, "Log fields", "`remote_addr`, `referer`, `user_agent`"): {
+        clause: proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json")
+        for clause in ("`remote_addr`", "`referer`", "`user_agent`")
+    },
+    (LOGS, "EMF metrics", "`Invocations`"): {
+        "`Invocations`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Records`"): {
+        "`Records`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Errors4xx`"): {
+        "`Errors4xx`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Errors5xx`"): {
+        "`Errors5xx`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`BytesIn`"): {
+        "`BytesIn`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`BytesOut`"): {
+        "`BytesOut`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Latency`"): {
+        "`Latency`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`LatencyMax`"): {
+        "`LatencyMax`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_LOG_FORMAT`"): {
+        "`SMSERVE_LOG_FORMAT`": proof(
+            f"{JSON_LOGS}::test_every_line_of_the_server_is_json"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_METRICS_EMF`"): {
+        "`SMSERVE_METRICS_EMF`": proof(
+            f"{JSON_LOGS}::test_emf_lines_follow_the_specification"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_METRICS_EMF_SECONDS`"): {
+        "`SMSERVE_METRICS_EMF_SECONDS`": proof(
+            f"{JSON_LOGS}::test_emf_lines_follow_the_specification"
         ),
     },
 }
