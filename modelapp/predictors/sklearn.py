@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from modelapp import conf
+from modelapp.batch import Batch
 from modelapp.metadata import ModelMetadata, allows_nan
 from modelapp.predictors import compiled
 from modelapp.predictors.base import (
@@ -22,6 +23,7 @@ from modelapp.predictors.base import (
     load_pickle,
 )
 from modelapp.predictors.compiled import as_float32
+from modelapp.predictors.schema import Columns
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class SklearnPredictor(BasePredictor):
         super().__init__(model, metadata, artifact)
         # Methods ONNX Runtime serves, set by compile(); none until then.
         self._compiled: dict[str, Any] = {}
+        # Whether a compiled table graph serves a method: to_input keeps the columns.
+        self._takes_columns = False
         self._frame = None
         if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
             # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
@@ -108,7 +112,19 @@ class SklearnPredictor(BasePredictor):
                 self.allows_nan,
                 self.metadata,
                 fallback=self._sklearn_call,
+                schema=self.schema,
             )
+        self._takes_columns = self.schema.is_frame and any(
+            isinstance(method.__self__, compiled.CompiledTable)
+            for method in self._compiled.values()
+        )
+
+    def to_input(self, batch: Batch) -> Any:
+        """A table's columns as they are (``schema.Columns``) while a compiled table
+        graph serves one of its methods; scikit-learn's methods make the DataFrame."""
+        if self._takes_columns:
+            return self.schema.to_columns(self._checked_width(self._align(batch)))
+        return super().to_input(batch)
 
     def _sessions(self) -> set[Any]:
         return {method.__self__.session for method in self._compiled.values()}
@@ -146,6 +162,8 @@ class SklearnPredictor(BasePredictor):
             return np.asarray(
                 getattr(self.model, method)(as_float32(matrix), check_input=False)
             )
+        if isinstance(matrix, Columns):
+            matrix = matrix.frame()
         if not isinstance(matrix, np.ndarray):
             # A table (schema.py): its encoders and imputers check their own columns,
             # and config_context would cost a small request more than the check it
