@@ -84,6 +84,10 @@ class EngineReport:
     """Which engine serves each method, and why: logged, kept in the admin."""
 
     methods: dict[str, str] = field(default_factory=dict)
+    # Each method's engine, and why that one (one sentence per method).
+    why: dict[str, str] = field(default_factory=dict)
+    # What was compiled: the model's class, a pipeline's steps, a table's encoders.
+    model: str = ""
     # Which methods the graph answers as scikit-learn does (whether or not it serves them).
     verified: dict[str, bool] = field(default_factory=dict)
     reason: str = ""
@@ -95,9 +99,23 @@ class EngineReport:
     max_records: int | None = None
     seconds: float = 0.0
 
+    @classmethod
+    def scikit_learn(
+        cls, model: Any, methods: tuple[str, ...], reason: str
+    ) -> EngineReport:
+        """Every method by scikit-learn, for ``reason``."""
+        return cls(
+            methods=dict.fromkeys(methods, SKLEARN),
+            why=dict.fromkeys(methods, reason),
+            model=describe(model),
+            reason=reason,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "methods": self.methods,
+            "why": self.why,
+            "model": self.model,
             "verified": self.verified,
             "reason": self.reason,
             "source": self.source,
@@ -108,6 +126,47 @@ class EngineReport:
             "tolerance": {"rtol": RTOL, "atol": ATOL},
             "seconds": round(self.seconds, 3),
         }
+
+    def log(self) -> None:
+        """The start-up log line: each method's engine, then why."""
+        served = ", ".join(f"{m} by {e}" for m, e in self.methods.items())
+        why = "; ".join(f"{m}: {w}" for m, w in self.why.items())
+        if not self.source and not self.records:
+            logger.info(
+                "Engines for %s: every method by %s (%s). Why: %s.",
+                self.model,
+                SKLEARN,
+                self.reason,
+                why,
+            )
+            return
+        logger.info(
+            "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; "
+            "batches over %s records to scikit-learn; %.2fs). Why: %s.",
+            self.model,
+            served,
+            self.reason,
+            self.records,
+            {m: f"{d:.2g}" for m, d in self.max_abs_diff.items()},
+            self.source or "no graph",
+            "no" if self.max_records is None else self.max_records,
+            self.seconds,
+            why,
+        )
+
+
+def describe(model: Any) -> str:
+    """A model's class; a pipeline's steps, and a ColumnTransformer's parts, in turn."""
+    steps = getattr(model, "steps", None)
+    if steps:
+        return f"{type(model).__name__}({', '.join(describe(s) for _, s in steps)})"
+    parts = getattr(model, "transformers_", None)
+    if parts:
+        inner = [describe(p) if not isinstance(p, str) else p for _, p, _ in parts]
+        return f"{type(model).__name__}({', '.join(inner)})"
+    if type(model).__name__ == "FunctionTransformer" and model.func is None:
+        return "passthrough"
+    return type(model).__name__
 
 
 def input_dtype(model: Any) -> type:
@@ -341,6 +400,27 @@ class CompiledTable(CompiledMethods):
         super().__init__(session, model, fallback)
         self.features = schema.features
         self.labels = schema.labels
+        # Columns nothing says are numbers (passed through): a batch with text in one
+        # is scikit-learn's, whose error names it.
+        self._loose = [
+            label
+            for label, feature in zip(self.labels, self.features, strict=True)
+            if feature.kind == "any"
+        ]
+
+    def _text_in_numbers(self, matrix: Any) -> bool:
+        data = getattr(matrix, "data", None)
+        return data is not None and any(data[i].dtype == object for i in self._loose)
+
+    def predict(self, matrix: Any) -> np.ndarray:
+        if self._loose and self._text_in_numbers(matrix):
+            return np.asarray(self.fallback("predict", matrix))
+        return super().predict(matrix)
+
+    def predict_proba(self, matrix: Any) -> np.ndarray:
+        if self._loose and self._text_in_numbers(matrix):
+            return np.asarray(self.fallback("predict_proba", matrix))
+        return super().predict_proba(matrix)
 
     def prepare(self, matrix: Any) -> Any:
         from modelapp.predictors import table_onnx
@@ -368,14 +448,16 @@ def compile_model(
     predictor's ``InputSchema``) whether a column is text and how records become a
     DataFrame; ``fallback(method, matrix)`` is scikit-learn's own call."""
     started = time.perf_counter()
-    report = EngineReport(methods={m: SKLEARN for m in methods})
+    report = EngineReport.scikit_learn(model, methods, "")
     engines: dict[str, Any] = {}
     try:
         if not n_features:
             raise CompileError("the model does not say how many features it takes")
         compiled: CompiledMethods
         if _takes_text(metadata, schema):
-            compiled, records = _compile_table(model, schema, fallback, report)
+            compiled, records = _compile_table(
+                model, model_dir, n_features, metadata, schema, fallback, report
+            )
         else:
             onnx_bytes, report.source = _onnx_bytes(
                 model, model_dir, n_features, metadata
@@ -396,8 +478,9 @@ def compile_model(
         engines = _verified_engines(compiled, verdicts, report)
     except CompileError as exc:
         report.reason = f"not compiled: {exc}"
+        report.why = dict.fromkeys(methods, report.reason)
     report.seconds = time.perf_counter() - started
-    _log_report(type(model).__name__, report)
+    report.log()
     return engines, report
 
 
@@ -407,7 +490,13 @@ def _takes_text(metadata: Any, schema: Any) -> bool:
 
 
 def _compile_table(
-    model: Any, schema: Any, fallback: Any, report: EngineReport
+    model: Any,
+    model_dir: Path | None,
+    n_features: int,
+    metadata: Any,
+    schema: Any,
+    fallback: Any,
+    report: EngineReport,
 ) -> tuple[CompiledTable, Any]:
     """A table pipeline's graph (``table_onnx``), converted apart, and the DataFrame
     of records it is verified on."""
@@ -419,12 +508,15 @@ def _compile_table(
             "with a ColumnTransformer"
         )
     features = getattr(schema, "features", None)
-    if not features or any(f.kind not in ("numeric", "categorical") for f in features):
-        raise CompileError(
-            "it takes columns whose kind (number or text) the model does not say"
-        )
-    onnx_bytes = _apart(convert_table, model, features, schema.labels)
-    report.source = "table pipeline converted at start-up"
+    if not features:
+        raise CompileError("the model does not say what its columns are")
+    onnx_bytes, report.source = _onnx_bytes(
+        model,
+        model_dir,
+        n_features,
+        metadata,
+        lambda: _apart(convert_table, model, features, schema.labels),
+    )
     session = OnnxSession(onnx_bytes, input_dtype(model))
     compiled = CompiledTable(session, model, schema, fallback)
     rows = table_onnx.records(model, features, schema.labels, TABLE_RECORDS)
@@ -454,14 +546,24 @@ def _verified_engines(
     others did not; none when scikit-learn is as fast at every batch size."""
     engines: dict[str, Any] = {}
     failures = []
+    for method in report.methods:
+        if method not in verdicts:
+            report.why[method] = "the graph does not compute it"
     for method, (ok, diff, why) in verdicts.items():
         report.max_abs_diff[method] = diff
         report.verified[method] = ok
         if ok:
             engines[method] = getattr(compiled, method)
             report.methods[method] = ENGINE
+            report.why[method] = f"verified on {report.records} records" + (
+                ""
+                if compiled.max_records is None
+                else f"; batches over {compiled.max_records} records to "
+                "scikit-learn, faster there (measured at load)"
+            )
         else:
             failures.append(f"{method}: {why}")
+            report.why[method] = f"verification failed ({why})"
     report.reason = (
         "verification failed for " + "; ".join(failures)
         if failures
@@ -469,33 +571,26 @@ def _verified_engines(
     )
     if engines and compiled.max_records == 0:
         report.methods = dict.fromkeys(report.methods, SKLEARN)
-        report.reason += (
-            "; not used: scikit-learn answers this model as fast or faster at any "
+        not_used = (
+            "not used: scikit-learn answers this model as fast or faster at any "
             "batch size (measured at load)"
         )
+        report.reason += "; " + not_used
+        for method in engines:
+            report.why[method] = f"verified, {not_used}"
         return {}
     return engines
 
 
-def _log_report(model_name: str, report: EngineReport) -> None:
-    served = ", ".join(f"{m} by {e}" for m, e in report.methods.items())
-    logger.info(
-        "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; "
-        "batches over %s records to scikit-learn; %.2fs).",
-        model_name,
-        served,
-        report.reason,
-        report.records,
-        {m: f"{d:.2g}" for m, d in report.max_abs_diff.items()},
-        report.source or "no graph",
-        "no" if report.max_records is None else report.max_records,
-        report.seconds,
-    )
-
-
 def _onnx_bytes(
-    model: Any, model_dir: Path | None, n_features: int, metadata: Any
+    model: Any,
+    model_dir: Path | None,
+    n_features: int,
+    metadata: Any,
+    converter: Any = None,
 ) -> tuple[bytes, str]:
+    """``train``'s ``model.onnx`` when it is the graph train wrote, else
+    ``converter()`` (by default ``convert_apart``)."""
     compiled = (getattr(metadata, "compiled", None) or {}) if metadata else {}
     path = model_dir / ONNX_FILE if model_dir is not None else None
     if path is not None and path.is_file() and compiled.get("onnx") == ONNX_FILE:
@@ -508,6 +603,8 @@ def _onnx_bytes(
             "onnx_sha256): converting the model again.",
             path,
         )
+    if converter is not None:
+        return converter(), "converted at start-up"
     return convert_apart(model, n_features), "converted at start-up"
 
 

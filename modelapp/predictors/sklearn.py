@@ -87,15 +87,10 @@ class SklearnPredictor(BasePredictor):
         """Let ONNX Runtime serve the methods it answers exactly as scikit-learn does
         (``compiled.py``); the others, and every method when it is off, stay here."""
         if not conf.get("COMPILED_ENGINE"):
-            self.engine_report = compiled.EngineReport(
-                methods={m: compiled.SKLEARN for m in self.available_methods},
-                reason="off (SMSERVE_COMPILED_ENGINE)",
+            self.engine_report = compiled.EngineReport.scikit_learn(
+                self.model, self.available_methods, "off (SMSERVE_COMPILED_ENGINE)"
             )
-            logger.info(
-                "Engines for %s: every method by scikit-learn (%s).",
-                type(self.model).__name__,
-                self.engine_report.reason,
-            )
+            self.engine_report.log()
             return
         # One OpenMP thread, as for the warm-up (registry.load): verification predicts
         # with scikit-learn before gunicorn's workers fork, and a GNU OpenMP pool
