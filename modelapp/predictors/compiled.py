@@ -684,16 +684,17 @@ def crossover_limit(
     ours_one: float, ours_batch: float, theirs_one: float, theirs_batch: float
 ) -> int | None:
     """The batch size above which scikit-learn serves, from the two engines' costs on
-    one record and on ``CROSSOVER_BATCH`` records (a fixed part plus one per record):
-    None (the engine serves every batch) unless scikit-learn is ``CROSSOVER_MARGIN``
-    times cheaper per record; 0 (scikit-learn serves every batch) when it is that much
-    cheaper on one record too. A limit is rounded down to a power of two, so that
-    measurements a little apart give the same limit."""
+    one record and on ``CROSSOVER_BATCH`` records (a fixed part plus one per record).
+    A side must be ``CROSSOVER_MARGIN`` times cheaper to count as cheaper, so that
+    measurements a little apart make the same choice: None (the engine serves every
+    batch) unless scikit-learn is cheaper per record; then 0 (scikit-learn serves every
+    batch: not compiled) unless the engine is cheaper on one record; else the crossover,
+    rounded down to a power of two."""
     per_ours = max(0.0, ours_batch - ours_one) / (CROSSOVER_BATCH - 1)
     per_theirs = max(0.0, theirs_batch - theirs_one) / (CROSSOVER_BATCH - 1)
     if per_theirs * CROSSOVER_MARGIN >= per_ours:
         return None
-    if theirs_one * CROSSOVER_MARGIN <= ours_one:
+    if ours_one * CROSSOVER_MARGIN >= theirs_one:
         return 0
     fixed_gain = (theirs_one - per_theirs) - (ours_one - per_ours)
     limit = int(fixed_gain / (per_ours - per_theirs))
