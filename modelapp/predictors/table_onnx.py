@@ -177,9 +177,9 @@ def to_onnx(model: Any, features: list[Feature], labels: list[Any]) -> bytes:
         raise NotConvertible("not a Pipeline starting with a ColumnTransformer")
     parts = blocks(model, features, labels)
     rest = model.steps[1][1] if len(model.steps) == 2 else model[1:]
-    width = int(getattr(model.steps[0][1], "n_features_out", 0) or 0) or sum(
-        _width(kind, part, positions) for kind, part, positions in parts
-    )
+    width = sum(_width(kind, part, positions) for kind, part, positions in parts)
+    if getattr(rest, "n_features_in_", width) != width:
+        raise NotConvertible("the transformer's output is not what the estimator takes")
     estimator = onnx.load_from_string(compiled.convert(rest, width))
     dtype = compiled.input_dtype(rest)
     float_type = TensorProto.FLOAT if dtype is np.float32 else TensorProto.DOUBLE
