@@ -23,7 +23,18 @@ others by the engine, in one response.
 
 Numerics: float32 input where scikit-learn itself computes in float32 (trees and their
 ensembles), double precision otherwise (linear models, scalers, SVMs, kNN, naive Bayes,
-MLPs). Only numeric inputs are compiled; a model fed text columns stays with scikit-learn.
+MLPs).
+
+Tables with text columns: a pipeline that starts with a ``ColumnTransformer`` is converted
+by ``table_onnx`` into a graph over the table's columns (``CompiledTable``), verified on
+seeded records holding every known category, an unseen one, a missing one and numeric
+gaps (``TABLE_RECORDS``), fed the request's columns as the schema reads them
+(``schema.Columns``); its graph sends gaps and unknown categories where the pipeline does,
+so no record is set aside. Other models fed text columns stay with scikit-learn.
+
+Which engine serves each method, and why, is one log line at load and the admin's
+"Prediction engines" (``EngineReport``); batches go to scikit-learn above the size
+``crossover_limit`` finds, a rule that gives the same answer on a noisy machine.
 
 One session per container: ``compile_model`` makes the session where the model loads
 (gunicorn's master, before the fork), verifies and times it there, and the workers run that
