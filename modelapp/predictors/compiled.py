@@ -539,7 +539,7 @@ def convert_table(model: Any, features: list[Any], labels: list[Any]) -> bytes:
     from modelapp.predictors import table_onnx
 
     try:
-        return table_onnx.to_onnx(model, features, labels)
+        return table_onnx.to_onnx(model, features, labels, convert, input_dtype(model))
     except table_onnx.NotConvertible as exc:
         raise CompileError(str(exc)) from exc
     except CompileError:

@@ -17,7 +17,8 @@ trained elsewhere) becomes one graph that takes the table's own columns.
 - **Numbers**: ``passthrough`` as they are, ``SimpleImputer`` (NaN as the missing value,
   no indicator) as ``Where(IsNaN(x), statistic, x)``.
 - **The estimator** (the pipeline's remaining steps) is converted as a bare model is
-  (``compiled.convert``) on the transformer's output width, and its graph is appended.
+  (``compiled.convert``, passed in) on the transformer's output width, and its graph
+  appended.
   A tree or forest (our ``tree_onnx``) sends NaN where scikit-learn does, by each node's
   ``missing_go_to_left``; so the encoders' NaN codes (unknown or missing categories) and
   numeric gaps reach the trees as they reach scikit-learn's.
@@ -30,6 +31,7 @@ Verification (``compiled.py``) decides whether the graph serves.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -166,12 +168,20 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def to_onnx(model: Any, features: list[Feature], labels: list[Any]) -> bytes:
-    """``model`` as one graph over the table's columns (module doc)."""
+def to_onnx(
+    model: Any,
+    features: list[Feature],
+    labels: list[Any],
+    convert: Callable[[Any, int], bytes],
+    dtype: type,
+) -> bytes:
+    """``model`` as one graph over the table's columns (module doc); ``convert(estimator,
+    width)`` converts the estimator after the transformer, fed ``dtype`` numbers
+    (``compiled.convert``, ``compiled.input_dtype``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from modelapp.predictors import compiled, tree_onnx
+    from modelapp.predictors import tree_onnx
 
     if not is_table_pipeline(model):
         raise NotConvertible("not a Pipeline starting with a ColumnTransformer")
@@ -180,8 +190,7 @@ def to_onnx(model: Any, features: list[Feature], labels: list[Any]) -> bytes:
     width = sum(_width(kind, part, positions) for kind, part, positions in parts)
     if getattr(rest, "n_features_in_", width) != width:
         raise NotConvertible("the transformer's output is not what the estimator takes")
-    estimator = onnx.load_from_string(compiled.convert(rest, width))
-    dtype = compiled.input_dtype(rest)
+    estimator = onnx.load_from_string(convert(rest, width))
     float_type = TensorProto.FLOAT if dtype is np.float32 else TensorProto.DOUBLE
     if tree_onnx.supports(rest, width) and rest.__class__.__name__ != "Pipeline":
         _missing_directions(estimator, rest)
@@ -302,9 +311,7 @@ def _imputer_fill(imputer: Any, n: int) -> np.ndarray:
 
 def _missing_directions(estimator: Any, forest: Any) -> None:
     """Send NaN where each scikit-learn node does (``missing_go_to_left``)."""
-    from modelapp.predictors.compiled import _trees
-
-    trees = _trees(forest) or []
+    trees = list(getattr(forest, "estimators_", None) or [forest])
     directions = np.concatenate(
         [np.asarray(t.tree_.missing_go_to_left, dtype=np.int64) for t in trees]
     )
