@@ -27,7 +27,7 @@ from django.db import (
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
-from modelapp import conf
+from modelapp import capture, conf
 from modelapp.deployments import deployments
 from modelapp.periodic import Periodic, discard_connection
 
@@ -99,6 +99,8 @@ class StatsCollector:
         """Write the pending counts in one transaction; on failure keep them and say so."""
         with self._flush_lock:
             deployments.record()
+            # The drift counts ride on this thread (its database connection handling).
+            capture.collector.flush()
             with self._lock:
                 taken, self._buckets = self._buckets, {}
             if not taken:

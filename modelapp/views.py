@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from modelapp import conf, multimodel, openapi
+from modelapp.batch import KeyedPredictions
 from modelapp.exceptions import (
     InvalidInput,
     ModelNotFound,
@@ -38,6 +39,7 @@ from modelapp.negotiation import (
     OwnedOutputRenderer,
     SageMakerContentNegotiation,
 )
+from modelapp.outputs import OutputNotRenderable
 from modelapp.parsers import BaseBatchParser
 from modelapp.registry import DEFAULT_MODEL, registry
 from modelapp.renderers import BaseBatchRenderer, JSONRenderer, dump_json
@@ -261,9 +263,13 @@ class InvocationsView(APIView):
         ``HttpResponse`` (which DRF views may return): what DRF's ``Response`` would send,
         without its template-response machinery (``smserve/fastpaths.py``). Errors still go
         through DRF's exception handling and ``Response``."""
+        renderer = request.accepted_renderer
+        if isinstance(data, KeyedPredictions):
+            refusal = renderer.keyed_refusal(data)
+            if refusal:
+                raise OutputNotRenderable(refusal)
         if not conf.fast_path("plain_response"):
             return Response(data, headers=headers)
-        renderer = request.accepted_renderer
         media_type = request.accepted_media_type
         body = renderer.render(data, media_type, self.get_renderer_context())
         if renderer.charset:

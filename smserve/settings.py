@@ -70,6 +70,13 @@ def _host_addresses(value: str | None) -> dict[str, str] | None:
     return {host.strip(): address.strip() for host, address in pairs}
 
 
+def _keys(value: str | None) -> tuple[str, ...] | None:
+    """``predicted_label, probability`` -> a tuple of lowercase keys (Autopilot's)."""
+    if value is None:
+        return None
+    return tuple(key.strip().lower() for key in value.split(",") if key.strip())
+
+
 def _smserve_from_environment() -> dict[str, Any]:
     """The ``SMSERVE`` entries the environment sets; everything else keeps its default
     (``modelapp.conf.DEFAULTS``)."""
@@ -91,6 +98,11 @@ def _smserve_from_environment() -> dict[str, Any]:
         "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
         "ADMIN_ENABLED": env_bool("SMSERVE_ADMIN_ENABLED", None),
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
+        "CAPTURE_PERCENT": env_float("SMSERVE_CAPTURE_PERCENT"),
+        "DRIFT_PSI": env_float("SMSERVE_DRIFT_PSI"),
+        "DRIFT_JS": env_float("SMSERVE_DRIFT_JS"),
+        "DRIFT_MIN_RECORDS": env_int("SMSERVE_DRIFT_MIN_RECORDS"),
+        "DRIFT_REFERENCE_RECORDS": env_int("SMSERVE_DRIFT_REFERENCE_RECORDS"),
         "COMPILED_ENGINE": env_bool("SMSERVE_COMPILED_ENGINE", None),
         "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
         "CHUNK_KB": env_int("SMSERVE_CHUNK_KB"),
@@ -109,6 +121,10 @@ def _smserve_from_environment() -> dict[str, Any]:
         "ALLOW_UNSAFE_DESERIALIZATION": env_bool(
             "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION", None
         ),
+        "INFERENCE_OUTPUT": _keys(env_str("SAGEMAKER_INFERENCE_OUTPUT")),
+        "INFERENCE_SUPPORTED": _keys(env_str("SAGEMAKER_INFERENCE_SUPPORTED")),
+        "JSONLINES_FEATURES_KEY": os.environ.get("SMSERVE_JSONLINES_FEATURES_KEY"),
+        "PASS_THROUGH_LABEL": env_bool("SMSERVE_PASS_THROUGH_LABEL", None),
     }
     for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR", "MME_MODEL_ROOT"):
         if found[key] is not None:
@@ -126,6 +142,9 @@ def _smserve_from_environment() -> dict[str, Any]:
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:
         raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {mb}")
+    capture = found["CAPTURE_PERCENT"]
+    if capture is not None and not 0 <= capture <= 100:
+        raise ValueError(f"SMSERVE_CAPTURE_PERCENT must be 0..100, got {capture}")
     chunk = found["CHUNK_KB"]
     if chunk is not None and chunk < 1:
         raise ValueError(f"SMSERVE_CHUNK_KB must be at least 1, got {chunk}")

@@ -62,7 +62,12 @@ RECORD = "tests/training/test_record.py"
 TABLES_T = "tests/training/test_tables.py"
 SAFE = "tests/test_safeload.py"
 VIEWS = "tests/test_views.py"
+OUTPUTS = "tests/test_inference_output.py"
 UNDER_LOAD = "tests/test_serve_under_load.py"
+FEATURIZERS = "tests/test_featurizers.py"
+PIPELINE = "tests/test_inference_pipeline.py"
+DRIFT_T = "tests/test_drift_serving.py"
+DRIFT_FLAGGED = "test_one_shifted_feature_is_flagged_and_no_other"
 
 # (page, the heading a table sits under, its place among that section's tables) ->
 # (the table's name here, the columns naming a row, the columns whose clauses are proved).
@@ -71,7 +76,17 @@ UNDER_LOAD = "tests/test_serve_under_load.py"
 LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     (SERVING, "Formats", 0): ("Formats: Content-Type", (0,), (0, 1)),
     (SERVING, "Formats", 1): ("Formats: Accept", (0,), (0, 1)),
+    (SERVING, "Featurizers and inference pipelines", 0): (
+        "Featurizers: Accept",
+        (0,),
+        (1,),
+    ),
     (SERVING, "Errors", 0): ("Errors", (2,), (0,)),
+    (SERVING, "Outputs chosen at deployment (`SAGEMAKER_INFERENCE_OUTPUT`)", 0): (
+        "Output keys",
+        (0,),
+        (1,),
+    ),
     (
         SERVING,
         "Script mode for serving: `inference.py` (coming from the official"
@@ -683,6 +698,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "or a single number": proof(
             f"{PROCESS}::test_lone_pickle_beside_tarball_loads"
         ),
+        '`{"features": [...]}` is read as its array (Clarify\'s records; the key is `SMSERVE_JSONLINES_FEATURES_KEY`)': proof(
+            f"{OUTPUTS}::test_clarify_requests_and_answers"
+        ),
     },
     (SERVING, "Formats: Content-Type", "`application/x-npy`"): {
         "`application/x-npy`": proof(f"{HTTP}::test_format_rows"),
@@ -705,6 +723,29 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
     },
     # --- docs/serving.md: Formats: Accept --------------------
+    (SERVING, "Featurizers: Accept", "`text/csv`"): {
+        "one row of numbers per record": proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_intermediate_answer_is_the_next_containers_input",
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/json`"): {
+        '`{"predictions": [[...], ...]}`': proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format"
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/jsonlines`"): {
+        '`{"features": [...]}` per record': proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_intermediate_answer_is_the_next_containers_input",
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/x-npy`"): {
+        "the 2-D float array": proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_npy_answer_from_the_featurizer_is_a_float_matrix",
+        ),
+    },
     (SERVING, "Formats: Accept", "`text/csv`"): {
         "`text/csv`": proof(f"{HTTP}::test_every_content_type_and_accept"),
         "one line per record: the label": proof(
@@ -839,12 +880,18 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "unsatisfiable `Accept` (lists the supported ones)": proof(
             f"{HTTP}::test_error_table"
         ),
+        "a format that cannot carry the keys `SAGEMAKER_INFERENCE_OUTPUT` names (NPY: one key of numbers)": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
     },
     (SERVING, "Errors", "`model_not_ready`"): {
         "model missing": proof(f"{PROCESS}::test_missing_model_is_503_with_reason"),
         "corrupt": proof(f"{PROCESS}::test_corrupt_model_is_503"),
         "refused by the safe loader (naming the global and the setting that admits it)": proof(
             f"{SAFE}::test_serve_refuses_the_artifact_with_the_reason_on_ping"
+        ),
+        "unable to give a key `SAGEMAKER_INFERENCE_OUTPUT` names (naming it and the keys the model supports)": proof(
+            f"{OUTPUTS}::test_a_key_the_model_cannot_give_is_a_503_naming_it"
         ),
         "or failing its warm-up (on `/ping` and `/invocations`, with the reason unless `SMSERVE_DETAILED_ERRORS=false`; the log says it when it changes and at most once a minute while it lasts, not once per ping)": proof(
             f"{PROCESS}::test_failed_warm_up_is_503",
@@ -1051,6 +1098,36 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{MME}::test_unloading_gives_the_memory_back"
         ),
     },
+    # --- docs/serving.md: Outputs chosen at deployment --------------------
+    (SERVING, "Output keys", "`predicted_label`"): {
+        "the model's `predict` (a label or a regressor's value)": proof(
+            f"{OUTPUTS}::test_a_regressors_label_in_every_format",
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order",
+        ),
+    },
+    (SERVING, "Output keys", "`probability`"): {
+        "two labels: the probability of the second (`classes_[1]`: 1 or `True`)": proof(
+            f"{OUTPUTS}::test_clarify_requests_and_answers"
+        ),
+        "more labels: the predicted label's (the largest)": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
+    (SERVING, "Output keys", "`probabilities`"): {
+        "`predict_proba`'s row in `labels` order": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
+    (SERVING, "Output keys", "`labels`"): {
+        "the classifier's labels (`classes_`) on every record": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
+    (SERVING, "Output keys", "`transform`"): {
+        "the model's `transform` row": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
     # --- docs/settings.md: Settings --------------------
     (SETTINGS, "Settings", "`SAGEMAKER_BASE_DIR`"): {
         "`SAGEMAKER_BASE_DIR`": proof(
@@ -1102,9 +1179,29 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_serve_process.py::test_without_nginx_gunicorn_takes_the_port",
         ),
     },
+    (SETTINGS, "Settings", "`SMSERVE_PASS_THROUGH_LABEL`"): {
+        "`SMSERVE_PASS_THROUGH_LABEL`": proof(
+            f"{PIPELINE}::test_batch_transform_featurizes_training_data_line_for_line"
+        ),
+    },
     (SETTINGS, "Settings", "`SMSERVE_CHUNK_KB`"): {
         "`SMSERVE_CHUNK_KB`": proof(
             "tests/test_chunked_batches.py::test_chunked_answers_equal_one_pass"
+        ),
+    },
+    (SETTINGS, "Settings", "`SAGEMAKER_INFERENCE_OUTPUT`"): {
+        "`SAGEMAKER_INFERENCE_OUTPUT`": proof(
+            f"{OUTPUTS}::test_a_key_the_model_cannot_give_is_a_503_naming_it"
+        ),
+    },
+    (SETTINGS, "Settings", "`SAGEMAKER_INFERENCE_SUPPORTED`"): {
+        "`SAGEMAKER_INFERENCE_SUPPORTED`": proof(
+            f"{OUTPUTS}::test_clarify_requests_and_answers"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_JSONLINES_FEATURES_KEY`"): {
+        "`SMSERVE_JSONLINES_FEATURES_KEY`": proof(
+            f"{OUTPUTS}::test_a_multi_model_endpoint_checks_and_honours_the_keys_for_every_model"
         ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`"): {
@@ -1180,6 +1277,24 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SETTINGS, "Settings", "`SMSERVE_STATS_FLUSH_SECONDS`"): {
         "`SMSERVE_STATS_FLUSH_SECONDS`": proof(
             "tests/test_stats.py::test_counts_across_workers_are_exact"
+        ),
+    },
+    # --- drift (docs/monitoring.md) --------------------
+    (SETTINGS, "Settings", "`SMSERVE_CAPTURE_PERCENT`"): {
+        "`SMSERVE_CAPTURE_PERCENT`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_PSI`"): {
+        "`SMSERVE_DRIFT_PSI`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_JS`"): {
+        "`SMSERVE_DRIFT_JS`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_MIN_RECORDS`"): {
+        "`SMSERVE_DRIFT_MIN_RECORDS`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_REFERENCE_RECORDS`"): {
+        "`SMSERVE_DRIFT_REFERENCE_RECORDS`": proof(
+            f"{DRIFT_T}::test_a_model_trained_elsewhere_uses_its_first_served_records"
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_STATIC_ROOT`"): {
@@ -1412,6 +1527,10 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{TRAIN}::test_header_csv_gzip_regression"
         ),
         "a name": proof(f"{TRAIN}::test_header_csv_gzip_regression"),
+        "`none` for no label column (a featurizer's job; a classifier's or a regressor's is refused)": proof(
+            f"{FEATURIZERS}::test_featurizer_job_needs_no_label",
+            f"{FEATURIZERS}::test_a_classifier_job_without_a_label_fails_saying_why",
+        ),
     },
     (TRAINING, "Reserved keys", "`smserve_header`"): {
         "`auto`": proof(f"{TRAIN}::test_header_present_and_absent"),
@@ -1692,6 +1811,8 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
         "`training_job_name`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
         "`duration_seconds`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
+        "`outputs` and each feature's `distribution` (the training distributions "
+        "that drift is measured against)": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
     },
     (TRAINING, "What it writes", "`model/model.onnx`"): {
         "the model converted to ONNX (trees, forests and HistGradientBoosting by our "

@@ -29,11 +29,18 @@ logger = logging.getLogger(__name__)
 
 
 class SklearnPredictor(BasePredictor):
-    """Any scikit-learn estimator or pipeline (anything with ``predict``), saved with
-    joblib or pickle: ``model.joblib`` (with ``metadata.json``), else the one
-    ``*.joblib``/``*.pkl`` file of the directory."""
+    """Any scikit-learn estimator or pipeline (anything with ``predict``, or a featurizer
+    with ``transform``: a scaler, an encoder, a ``ColumnTransformer``, PCA, a pipeline
+    ending in one), saved with joblib or pickle: ``model.joblib`` (with
+    ``metadata.json``), else the one ``*.joblib``/``*.pkl`` file of the directory."""
 
-    methods = ("predict", "predict_proba", "predict_log_proba", "decision_function")
+    methods = (
+        "predict",
+        "predict_proba",
+        "predict_log_proba",
+        "decision_function",
+        "transform",
+    )
 
     @classmethod
     def from_model_dir(
@@ -43,14 +50,20 @@ class SklearnPredictor(BasePredictor):
         if artifact.name != MODEL_FILE:
             metadata = None  # metadata.json describes model.joblib, not another file
         model = load_pickle(artifact)
-        if not callable(getattr(model, "predict", None)):
+        if not any(callable(getattr(model, m, None)) for m in ("predict", "transform")):
             raise ModelLoadError(
                 f"{artifact.name} holds a {type(model).__name__}, which has no predict "
-                "method."
+                "method (nor transform, which a featurizer would serve)."
             )
         predictor = cls(model, metadata, artifact)
         predictor.compile(model_dir)
         return predictor
+
+    @property
+    def default_method(self) -> str:
+        """``predict``, or for a featurizer (``transform`` and no ``predict``)
+        ``transform``: the first of ``methods`` the model has."""
+        return self._default_method
 
     def __init__(
         self,
@@ -59,6 +72,9 @@ class SklearnPredictor(BasePredictor):
         artifact: Path | None = None,
     ) -> None:
         super().__init__(model, metadata, artifact)
+        self._default_method = next(
+            (m for m in self.methods if m in self.available_methods), self.methods[0]
+        )
         # Methods ONNX Runtime serves, set by compile(); none until then.
         self._compiled: dict[str, Any] = {}
         # Whether a compiled table graph serves a method: to_input keeps the columns.
@@ -163,7 +179,7 @@ class SklearnPredictor(BasePredictor):
             # A table (schema.py): its encoders and imputers check their own columns,
             # and config_context would cost a small request more than the check it
             # saves (bench/tables.py).
-            return np.asarray(getattr(self.model, method)(matrix))
+            return _dense(getattr(self.model, method)(matrix))
         if self._frame is not None:
             matrix = self._frame(matrix, columns=self.feature_names, copy=False)
         # to_matrix has checked NaN/infinity against the model's tags already:
@@ -172,7 +188,16 @@ class SklearnPredictor(BasePredictor):
         from sklearn import config_context
 
         with config_context(assume_finite=True):
-            return np.asarray(getattr(self.model, method)(matrix))
+            return _dense(getattr(self.model, method)(matrix))
+
+
+def _dense(result: Any) -> np.ndarray:
+    """A method's answer as an array: a featurizer's ``transform`` may give a sparse
+    matrix (``OneHotEncoder``, a ``ColumnTransformer`` holding one), which every
+    renderer writes as the dense rows the next container reads."""
+    if hasattr(result, "toarray"):
+        result = result.toarray()
+    return np.asarray(result)
 
 
 def _is_tree(model: Any) -> bool:
