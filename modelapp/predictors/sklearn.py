@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from modelapp import conf
+from modelapp.batch import Batch
 from modelapp.metadata import ModelMetadata, allows_nan
 from modelapp.predictors import compiled, explain_support
 from modelapp.predictors.base import (
@@ -23,6 +24,7 @@ from modelapp.predictors.base import (
     load_pickle,
 )
 from modelapp.predictors.compiled import as_float32
+from modelapp.predictors.schema import Columns
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class SklearnPredictor(BasePredictor):
         # The explainer (explain.py), built by warm_up(), or why there is none.
         self.explainer: Any = None
         self.explain_refusal = "the model has not been warmed up"
+        # Whether a compiled table graph serves a method: to_input keeps the columns.
+        self._takes_columns = False
         self._frame = None
         if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
             # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
@@ -103,15 +107,10 @@ class SklearnPredictor(BasePredictor):
         """Let ONNX Runtime serve the methods it answers exactly as scikit-learn does
         (``compiled.py``); the others, and every method when it is off, stay here."""
         if not conf.get("COMPILED_ENGINE"):
-            self.engine_report = compiled.EngineReport(
-                methods={m: compiled.SKLEARN for m in self.available_methods},
-                reason="off (SMSERVE_COMPILED_ENGINE)",
+            self.engine_report = compiled.EngineReport.scikit_learn(
+                self.model, self.available_methods, "off (SMSERVE_COMPILED_ENGINE)"
             )
-            logger.info(
-                "Engines for %s: every method by scikit-learn (%s).",
-                type(self.model).__name__,
-                self.engine_report.reason,
-            )
+            self.engine_report.log()
             return
         # One OpenMP thread, as for the warm-up (registry.load): verification predicts
         # with scikit-learn before gunicorn's workers fork, and a GNU OpenMP pool
@@ -128,7 +127,19 @@ class SklearnPredictor(BasePredictor):
                 self.allows_nan,
                 self.metadata,
                 fallback=self._sklearn_call,
+                schema=self.schema,
             )
+        self._takes_columns = self.schema.is_frame and any(
+            isinstance(method.__self__, compiled.CompiledTable)
+            for method in self._compiled.values()
+        )
+
+    def to_input(self, batch: Batch) -> Any:
+        """A table's columns as they are (``schema.Columns``) while a compiled table
+        graph serves one of its methods; scikit-learn's methods make the DataFrame."""
+        if self._takes_columns:
+            return self.schema.to_columns(self._checked_width(self._align(batch)))
+        return super().to_input(batch)
 
     def _sessions(self) -> set[Any]:
         return {method.__self__.session for method in self._compiled.values()}
@@ -177,6 +188,8 @@ class SklearnPredictor(BasePredictor):
             return np.asarray(
                 getattr(self.model, method)(as_float32(matrix), check_input=False)
             )
+        if isinstance(matrix, Columns):
+            matrix = matrix.frame()
         if not isinstance(matrix, np.ndarray):
             # A table (schema.py): its encoders and imputers check their own columns,
             # and config_context would cost a small request more than the check it
