@@ -452,3 +452,12 @@ def test_the_tables_estimate_is_the_size_built(model):
     )
     model.fit(rows, labels)
     assert table_bytes(model) == pytest.approx(TreeShap(model).nbytes, rel=0.25)
+
+
+def test_a_negative_memory_budget_stops_start_up():
+    """`SMSERVE_EXPLAIN_MEMORY_MB` is a whole number of MB, 0 or more."""
+    from tests.test_settings import load_settings
+
+    result = load_settings({"SMSERVE_EXPLAIN_MEMORY_MB": "-1"})
+    assert result.returncode != 0
+    assert "SMSERVE_EXPLAIN_MEMORY_MB must be 0 or more, got -1" in result.stderr
