@@ -91,7 +91,11 @@ def served(name: str, model: Any, X: np.ndarray, shap_one_ms: float) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-explain-") as work:
         base = Path(work) / "ml"
         write_model(base, model)
-        server = ServeProcess(base, Path(work), workers=1).start(deadline=300)
+        # The forest's tables are over the default memory budget.
+        budget = {"SMSERVE_EXPLAIN_MEMORY_MB": "1024"}
+        server = ServeProcess(base, Path(work), env=budget, workers=1).start(
+            deadline=300
+        )
         try:
             body = (",".join(map(repr, X[0].tolist())) + "\n").encode()
             pids = server.gunicorn_workers()

@@ -99,6 +99,9 @@ DEFAULTS: dict[str, Any] = {
     "PASS_THROUGH_LABEL": False,
     # method=explain: the most records one request may ask to explain (413 past it).
     "EXPLAIN_MAX_RECORDS": 100,
+    # method=explain: the most memory (MiB) an explainer's precomputed tables may take,
+    # estimated before building them; over it none is built. 0: explanations off.
+    "EXPLAIN_MEMORY_MB": 64,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.

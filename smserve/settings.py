@@ -109,6 +109,7 @@ def _smserve_from_environment() -> dict[str, Any]:
         "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
         "CHUNK_KB": env_int("SMSERVE_CHUNK_KB"),
         "EXPLAIN_MAX_RECORDS": env_int("SMSERVE_EXPLAIN_MAX_RECORDS"),
+        "EXPLAIN_MEMORY_MB": env_int("SMSERVE_EXPLAIN_MEMORY_MB"),
         "READY_FILE": env_str("SMSERVE_READY_FILE"),
         "INVOCATION_LOG": env_str("SMSERVE_INVOCATION_LOG"),
         "GUNICORN_BIND": env_str("SMSERVE_GUNICORN_BIND"),
@@ -155,6 +156,9 @@ def _smserve_from_environment() -> dict[str, Any]:
     chunk = found["CHUNK_KB"]
     if chunk is not None and chunk < 1:
         raise ValueError(f"SMSERVE_CHUNK_KB must be at least 1, got {chunk}")
+    explain = found["EXPLAIN_MEMORY_MB"]
+    if explain is not None and explain < 0:
+        raise ValueError(f"SMSERVE_EXPLAIN_MEMORY_MB must be 0 or more, got {explain}")
     memory = found["MME_MEMORY_MB"]
     if memory is not None and memory < 1:
         raise ValueError(f"SMSERVE_MME_MEMORY_MB must be at least 1, got {memory}")

@@ -23,6 +23,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsClassifier
 
+from modelapp.predictors.explain_tree import TreeShap, table_bytes
 from tests.support.explain_models import SharpenedForest
 from tests.support.models import write_model
 from tests.support.servers import ServeProcess
@@ -108,6 +109,16 @@ def other(tmp_path_factory) -> Iterator:
     """A model neither a tree nor linear: the sampling explainer."""
     model = KNeighborsClassifier(7).fit(X[TRAIN], Y[TRAIN])
     yield from serve(tmp_path_factory, "knn", model)
+
+
+@pytest.fixture(scope="module")
+def over_budget(tmp_path_factory) -> Iterator:
+    """A forest whose explainer's tables (about 3 MB) exceed a 1 MB budget."""
+    rows, labels = make_classification(2000, 8, n_informative=5, random_state=0)
+    model = RandomForestClassifier(20, random_state=0).fit(rows, labels)
+    yield from serve(
+        tmp_path_factory, "budget", model, {"SMSERVE_EXPLAIN_MEMORY_MB": "1"}
+    )
 
 
 def attributions(record: dict) -> np.ndarray:
@@ -363,3 +374,90 @@ def test_the_tree_explainer_is_built_once_before_the_fork(forest):
     ]
     assert len(lines) == 1, lines
     assert f"[{server.gunicorn_master()}]" in lines[0]
+
+
+def test_a_model_over_the_memory_budget_predicts_but_builds_no_explainer(over_budget):
+    """`SMSERVE_EXPLAIN_MEMORY_MB`: a model whose explainer's tables are estimated over
+    the budget gets none (one log line with the estimate and the setting); it still
+    predicts, and ``explain`` is a 400 naming the estimate, the budget and the setting.
+    docs/settings.md: "`SMSERVE_EXPLAIN_MEMORY_MB`"."""
+    server, model = over_budget
+    needed = -(-table_bytes(model) // 2**20)
+    assert needed > 1
+    body = csv_body(np.zeros((1, 8)))
+    status, _, answer = server.invoke(body, "text/csv", Accept="text/csv")
+    assert status == HTTPStatus.OK, answer
+    assert answer.strip() == str(model.predict(np.zeros((1, 8)))[0]).encode()
+    status, _, answer = server.invoke(
+        body, "text/csv", Accept="application/json", **explain_header()
+    )
+    assert status == HTTPStatus.BAD_REQUEST
+    error = json.loads(answer)
+    assert error["code"] == "not_explainable"
+    assert f"about {needed} MB, over the budget of 1 MB" in error["detail"]
+    assert f"set SMSERVE_EXPLAIN_MEMORY_MB to {needed} or more" in error["detail"]
+    log = server.log
+    assert (
+        f"No explanations for RandomForestClassifier: its explainer's tables would "
+        f"take about {needed} MB, over SMSERVE_EXPLAIN_MEMORY_MB=1; not built."
+    ) in log
+    assert "the tree explainer" not in log
+
+
+def test_a_zero_memory_budget_turns_explanations_off(tmp_path: Path):
+    """`SMSERVE_EXPLAIN_MEMORY_MB=0`: no explainer is built for any model, even one whose
+    explainer is small (a linear model's); predictions are served."""
+    model = LogisticRegression().fit(X[TRAIN], Y[TRAIN])
+    write_model(tmp_path / "ml", model)
+    server = ServeProcess(
+        tmp_path / "ml", tmp_path, env={"SMSERVE_EXPLAIN_MEMORY_MB": "0"}, workers=1
+    ).start()
+    try:
+        body = csv_body(X[:1])
+        status, _, _ = server.invoke(body, "text/csv", Accept="application/json")
+        assert status == HTTPStatus.OK
+        status, _, answer = server.invoke(
+            body, "text/csv", Accept="application/json", **explain_header()
+        )
+        assert status == HTTPStatus.BAD_REQUEST
+        error = json.loads(answer)
+        assert error["code"] == "not_explainable"
+        assert (
+            "explanations are off (SMSERVE_EXPLAIN_MEMORY_MB is 0)" in error["detail"]
+        )
+        assert (
+            "No explanations for LogisticRegression: SMSERVE_EXPLAIN_MEMORY_MB is 0."
+            in server.log
+        )
+        assert "the linear explainer" not in server.log
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        RandomForestClassifier(20, random_state=0),
+        RandomForestClassifier(20, max_depth=4, random_state=0),
+        GradientBoostingClassifier(n_estimators=20, random_state=0),
+        HistGradientBoostingClassifier(max_iter=20, random_state=0),
+    ],
+    ids=lambda model: f"{type(model).__name__}-{model.max_depth}",
+)
+def test_the_tables_estimate_is_the_size_built(model):
+    """The estimate the budget is checked against, from the trees' sizes alone, is
+    within 25% of what the tree explainer keeps."""
+    rows, labels = make_classification(
+        1000, 8, n_informative=5, n_classes=3, random_state=0
+    )
+    model.fit(rows, labels)
+    assert table_bytes(model) == pytest.approx(TreeShap(model).nbytes, rel=0.25)
+
+
+def test_a_negative_memory_budget_stops_start_up():
+    """`SMSERVE_EXPLAIN_MEMORY_MB` is a whole number of MB, 0 or more."""
+    from tests.test_settings import load_settings
+
+    result = load_settings({"SMSERVE_EXPLAIN_MEMORY_MB": "-1"})
+    assert result.returncode != 0
+    assert "SMSERVE_EXPLAIN_MEMORY_MB must be 0 or more, got -1" in result.stderr

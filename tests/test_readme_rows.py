@@ -1263,6 +1263,12 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_explain.py::test_records_past_the_cap_are_a_413_naming_it"
         ),
     },
+    (SETTINGS, "Settings", "`SMSERVE_EXPLAIN_MEMORY_MB`"): {
+        "`SMSERVE_EXPLAIN_MEMORY_MB`": proof(
+            "tests/test_explain.py::"
+            "test_a_model_over_the_memory_budget_predicts_but_builds_no_explainer"
+        ),
+    },
     (SETTINGS, "Settings", "`SAGEMAKER_INFERENCE_OUTPUT`"): {
         "`SAGEMAKER_INFERENCE_OUTPUT`": proof(
             f"{OUTPUTS}::test_a_key_the_model_cannot_give_is_a_503_naming_it"

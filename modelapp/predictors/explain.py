@@ -35,6 +35,7 @@ from modelapp.predictors.explain_tree import (
     VALUE,
     NotExplainable,
     TreeShap,
+    table_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,15 @@ def split_pipeline(model: Any) -> tuple[Any, Any]:
     if isinstance(model, Pipeline):
         return None, model.steps[-1][1]
     return None, model
+
+
+def estimated_bytes(model: Any) -> int:
+    """What the explainer of ``model`` would keep, before building it: the tree
+    explainer's tables; the others keep a few background rows, counted as nothing."""
+    try:
+        return table_bytes(split_pipeline(model)[1])
+    except NotExplainable:
+        return 0
 
 
 def fold_matrix(prefix: Any, n_raw: int) -> np.ndarray:

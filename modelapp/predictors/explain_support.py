@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 FORMATS = (formats.JSON, formats.JSONLINES, formats.CSV)
 # The share of the invocation timeout the sampling explainer may spend.
 DEADLINE_SHARE = 0.5
+MIB = 1024 * 1024
 # Warm-up records made from the schema: the typical record and variants of it.
 SCHEMA_RECORDS = 8
 
@@ -38,6 +39,9 @@ def prepare(predictor: Any) -> tuple[Any, str]:
     if predictor.n_features is None:
         return None, "the model does not say how many features it takes"
     try:
+        over = _over_budget(predictor)
+        if over:
+            return None, over
         background = _input(predictor, background_rows(predictor))
         explainer = ModelExplainer(
             predictor.model,
@@ -63,6 +67,32 @@ def prepare(predictor: Any) -> tuple[Any, str]:
         explainer.explainer.output,
     )
     return explainer, ""
+
+
+def _over_budget(predictor: Any) -> str:
+    """Why no explainer is built within ``EXPLAIN_MEMORY_MB`` (logged), else ""."""
+    from modelapp.predictors.explain import estimated_bytes
+
+    name = type(predictor.model).__name__
+    budget = conf.get("EXPLAIN_MEMORY_MB")
+    if budget == 0:
+        logger.info("No explanations for %s: SMSERVE_EXPLAIN_MEMORY_MB is 0.", name)
+        return "explanations are off (SMSERVE_EXPLAIN_MEMORY_MB is 0)"
+    # Rounded up, so raising the setting to the figure given is enough.
+    needed = -(-estimated_bytes(predictor.model) // MIB)
+    if needed <= budget:
+        return ""
+    logger.info(
+        "No explanations for %s: its explainer's tables would take about %d MB, over "
+        "SMSERVE_EXPLAIN_MEMORY_MB=%d; not built.",
+        name,
+        needed,
+        budget,
+    )
+    return (
+        f"its explainer's tables would take about {needed} MB, over the budget of "
+        f"{budget} MB: set SMSERVE_EXPLAIN_MEMORY_MB to {needed} or more to explain it"
+    )
 
 
 def background_rows(predictor: Any) -> list[list[Any]]:

@@ -152,6 +152,63 @@ def _forest(model: Any, classifier: bool) -> list[tuple[_Tree, float, int]]:
     return [(_sklearn_tree(e.tree_, classifier), scale, -1) for e in model.estimators_]
 
 
+# What ``TreeShap`` keeps per node, in bytes: eleven 8-byte arrays (children, parent,
+# previous edge, edge feature, feature, threshold, cover product, interval ends, row
+# offset), three bool arrays, the internal nodes' index (under half the nodes, 8 each);
+# then 8 per output (the leaf values) and 40 per quadrature point (the ratio's three
+# rows and the two weights).
+PER_NODE, PER_OUTPUT, PER_POINT = 11 * 8 + 3 + 4, 8, 5 * 8
+
+
+def table_bytes(model: Any) -> int:
+    """What ``TreeShap(model)`` would keep, from the fitted trees' sizes alone (nothing
+    is copied): the quadrature points are bounded by the distinct features a path can
+    split on, at most the trees' depth and the model's features. ``NotExplainable`` for
+    a model that is not a tree ensemble."""
+    nodes, depth, outputs = _sizes(model)
+    distinct = min(depth, int(model.n_features_in_))
+    points = max(1, (distinct + 1) // 2)
+    return nodes * (PER_NODE + PER_OUTPUT * outputs + PER_POINT * points)
+
+
+def _sizes(model: Any) -> tuple[int, int, int]:
+    """(nodes of all trees, the deepest tree's depth, outputs explained)."""
+    from sklearn import ensemble, tree
+
+    name = type(model).__name__
+    if isinstance(
+        model,
+        ensemble.HistGradientBoostingRegressor
+        | ensemble.HistGradientBoostingClassifier,
+    ):
+        stages = model._predictors
+        every = [p.nodes for stage in stages for p in stage]
+        depth = max(int(nodes["depth"].max()) for nodes in every)
+        return sum(len(nodes) for nodes in every), depth, len(stages[0])
+    if isinstance(model, tree.BaseDecisionTree):
+        trees, outputs = [model.tree_], model.tree_.value.shape[2]
+    elif isinstance(
+        model,
+        ensemble.RandomForestClassifier
+        | ensemble.ExtraTreesClassifier
+        | ensemble.RandomForestRegressor
+        | ensemble.ExtraTreesRegressor,
+    ):
+        trees = [e.tree_ for e in model.estimators_]
+        outputs = len(getattr(model, "classes_", [None]))
+    elif isinstance(
+        model, ensemble.GradientBoostingRegressor | ensemble.GradientBoostingClassifier
+    ):
+        trees = [e.tree_ for e in model.estimators_.ravel()]
+        outputs = model.estimators_.shape[1]
+    else:
+        raise NotExplainable(f"{name} is not a tree ensemble")
+    if any(t.n_outputs != 1 for t in trees):
+        raise NotExplainable(f"a {name} with several outputs")
+    nodes = sum(int(t.node_count) for t in trees)
+    return nodes, max(int(t.max_depth) for t in trees), int(outputs)
+
+
 class TreeShap:
     """The precomputed arrays of one ensemble; ``explain`` gives a record's attributions.
 
@@ -288,6 +345,11 @@ class TreeShap:
         self._inner = np.flatnonzero(~self._leaf)
         self.n_nodes = n
         self._tables()
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the arrays kept (what ``table_bytes`` estimates)."""
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
     def _tables(self) -> None:
         """The per-edge quantities at the quadrature points for each case of an edge
