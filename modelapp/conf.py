@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     # log only, and callers get a generic reason (modelapp/exceptions.py).
     "DETAILED_ERRORS": True,
     "STATS_FLUSH_SECONDS": 5.0,
+    # Prometheus metrics on a port of their own, served by gunicorn's master
+    # (modelapp/metrics.py); None: off. The host: None = HOST's.
+    "METRICS_PORT": None,
+    "METRICS_HOST": None,
     # Serve the methods verified equal by ONNX Runtime (modelapp/predictors/compiled.py).
     "COMPILED_ENGINE": True,
     # ONNX Runtime intra-op threads per worker; None: BLAS's share (OMP_NUM_THREADS).

@@ -91,6 +91,8 @@ def _smserve_from_environment() -> dict[str, Any]:
         "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
         "ADMIN_ENABLED": env_bool("SMSERVE_ADMIN_ENABLED", None),
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
+        "METRICS_PORT": env_int("SMSERVE_METRICS_PORT"),
+        "METRICS_HOST": env_str("SMSERVE_METRICS_HOST"),
         "COMPILED_ENGINE": env_bool("SMSERVE_COMPILED_ENGINE", None),
         "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
         "CHUNK_KB": env_int("SMSERVE_CHUNK_KB"),
