@@ -30,7 +30,12 @@ from smserve import fastpaths  # noqa: E402
 
 # Prometheus metrics (modelapp/metrics.py), when a port is set: their directory is made and
 # prometheus_client imported here, in the master, before the preloaded app counts anything.
-_metrics = observers.enable() if conf.get("METRICS_PORT") is not None else None
+if conf.get("METRICS_PORT") is not None:
+    observers.prepare()
+    from modelapp import metrics as _metrics_module
+
+    _metrics_module.install()
+_metrics = observers.sink
 
 # ``serve`` sets the unix socket nginx proxies to; without nginx gunicorn takes the port.
 bind = conf.get("GUNICORN_BIND") or f"{conf.get('HOST')}:{conf.get('PORT')}"

@@ -1,7 +1,7 @@
 """Prometheus metrics over every gunicorn worker, alive and recycled, on a port of their own.
 
-Imported only when ``SMSERVE['METRICS_PORT']`` is set, through ``observers.enable()`` in
-gunicorn's master, which first points ``PROMETHEUS_MULTIPROC_DIR`` at a new directory:
+Imported only when ``SMSERVE['METRICS_PORT']`` is set, by gunicorn's master, after
+``observers.prepare()`` has pointed ``PROMETHEUS_MULTIPROC_DIR`` at a new directory:
 ``prometheus_client``'s multiprocess mode then keeps each process's values in a memory
 mapped file of its own there. An increment is a write into shared memory (no system call,
 no thread): it survives the process, even a SIGKILL, so the totals stay exact over
@@ -23,16 +23,35 @@ Who writes what:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from django.core.exceptions import ImproperlyConfigured
 
-from modelapp import __version__, conf
+from modelapp import __version__, conf, observers
+
+# prometheus_client picks its multiprocess mode when imported, from the environment.
+if not os.environ.get(observers.MULTIPROC_ENV):
+    raise ImproperlyConfigured(
+        "modelapp.metrics needs observers.prepare() first: without "
+        f"{observers.MULTIPROC_ENV}, each worker would count apart."
+    )
+
+from prometheus_client import (  # noqa: E402
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily  # noqa: E402
+from prometheus_client.multiprocess import (  # noqa: E402
+    MultiProcessCollector,
+    mark_process_dead,
+)
 
 # Request latencies: a one-record prediction takes around a millisecond, a large batch
 # seconds; the timeout bounds them.
@@ -140,6 +159,11 @@ MODEL_EVICTIONS = Counter(
     "(least recently used; multi-model).",
     ("model", "sha256"),
 )
+
+
+def install() -> None:
+    """Make this module the sink the serving code reports to (``observers``)."""
+    observers.sink = sys.modules[__name__]
 
 
 def short(sha256: str | None) -> str:
@@ -301,6 +325,7 @@ class StateCollector:
     their memory, the versions."""
 
     def collect(self) -> Any:
+        # Imported at the first scrape: this module is imported before the app loads.
         from modelapp import multimodel
         from modelapp.registry import registry
 
@@ -358,8 +383,6 @@ def serve() -> tuple[Any, threading.Thread]:
     """Start the exposition on ``SMSERVE['METRICS_HOST']:SMSERVE['METRICS_PORT']`` in a
     thread of this process (gunicorn's master)."""
     global _server
-    from prometheus_client import start_http_server
-
     collectors = CollectorRegistry()
     MultiProcessCollector(collectors)
     collectors.register(StateCollector())

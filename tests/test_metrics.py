@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT, free_port
-from tests.support.servers import PYTHON, ServeProcess, invoke_many, wait_for
+from tests.support.servers import PYTHON, ServeProcess, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -75,6 +76,19 @@ def total(text: str, name: str, **labels: str) -> float:
         for s in samples(text)
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def invoke_concurrently(server: ServeProcess, bodies: list[bytes]) -> list[bytes]:
+    """The response bodies of ``bodies`` sent four at a time (over both workers), each
+    a success."""
+
+    def one(body: bytes) -> bytes:
+        status, _, answer = server.invoke(body)
+        assert status == HTTPStatus.OK, answer
+        return answer
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, bodies))
 
 
 def documented() -> dict[str, set[str]]:
@@ -177,18 +191,33 @@ def prometheus(metrics_server, tmp_path_factory) -> Iterator[Prometheus]:
 
 
 def test_totals_are_exact_over_a_killed_worker(metrics_server, prometheus):
-    """N invocations over two workers, one of them SIGKILLed midway and replaced by
-    gunicorn: Prometheus' query API and the text exposition both count exactly N
-    successes (and their records), the errors by code, one killed worker, and a
-    histogram quantile of the latency."""
+    """N invocations over two workers (SMSERVE_METRICS_PORT set), one of them SIGKILLed
+    midway and replaced by gunicorn: Prometheus' query API and the text exposition both
+    count exactly N successes in smserve_invocations_total, their records in
+    smserve_invocation_records_total, their bytes in
+    smserve_invocation_request_bytes_total and smserve_invocation_response_bytes_total,
+    the error by its code; smserve_invocation_duration_seconds and
+    smserve_invocation_phase_duration_seconds observe each (a histogram quantile comes
+    back); smserve_invocations_in_flight is back to 0; smserve_worker_starts_total
+    counts 3 and smserve_worker_exits_total one killed; smserve_ping_ready,
+    smserve_model_loaded, smserve_model_memory_bytes (the artifact's size),
+    smserve_model_loads_total, smserve_model_load_duration_seconds,
+    smserve_model_warmup_duration_seconds and smserve_build_info describe the one
+    model's server."""
     server = metrics_server
     before = scrape(server.metrics_port)
     assert total(before, "smserve_invocations_total") == 0
     assert total(before, "smserve_ping_ready") == 1
     assert total(before, "smserve_model_loads_total", result="loaded") == 1
+    assert total(before, "smserve_model_load_duration_seconds_count") == 1
+    assert total(before, "smserve_model_warmup_duration_seconds_count") == 1
+    artifact = server.base_dir / "model" / "model.joblib"
+    assert total(before, "smserve_model_loaded", model="model") == 1
+    assert total(before, "smserve_model_memory_bytes", model="model") == (
+        artifact.stat().st_size
+    )
 
-    statuses = invoke_many(server, [RECORD, BATCH] * 10, threads=4)
-    assert statuses == [HTTPStatus.OK] * 20
+    bodies = invoke_concurrently(server, [RECORD, BATCH] * 10)
     workers = server.gunicorn_workers()
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
@@ -196,8 +225,7 @@ def test_totals_are_exact_over_a_killed_worker(metrics_server, prometheus):
         lambda: (w := server.gunicorn_workers()) and len(w) == 2 and victim not in w,
         what="the killed worker replaced",
     )
-    statuses = invoke_many(server, [RECORD, BATCH] * 10, threads=4)
-    assert statuses == [HTTPStatus.OK] * 20
+    bodies += invoke_concurrently(server, [RECORD, BATCH] * 10)
     status, _, body = server.invoke(b"5.1,oops,1.4,0.2\n", Accept="application/json")
     assert status == HTTPStatus.BAD_REQUEST
     code = json.loads(body)["code"]
@@ -209,6 +237,8 @@ def test_totals_are_exact_over_a_killed_worker(metrics_server, prometheus):
     assert total(text, "smserve_invocation_request_bytes_total", status="200") == (
         20 * (len(RECORD) + len(BATCH))
     )
+    responses = total(text, "smserve_invocation_response_bytes_total", status="200")
+    assert responses == sum(len(b) for b in bodies)
     assert total(text, "smserve_invocation_duration_seconds_count") == 41
     for phase in ("parse", "predict", "render"):
         assert (
@@ -256,8 +286,8 @@ def test_every_metric_exposed_is_documented(metrics_server):
 
 
 def test_only_the_master_listens_on_the_metrics_port(metrics_server):
-    """The master serves the exposition, on SMSERVE_METRICS_HOST only; the workers hold
-    no copy of its socket."""
+    """With SMSERVE_METRICS_PORT set, the master serves the exposition there, on
+    SMSERVE_METRICS_HOST only; the workers hold no copy of its socket."""
     server = metrics_server
     with pytest.raises(urllib.error.URLError, match="refused"):
         scrape(server.metrics_port, host="127.0.0.1")
@@ -290,7 +320,10 @@ def test_metrics_off_import_nothing(iris_base, tmp_path, on):
     both (installed as docker/gunicorn.conf.py does)."""
     script = IMPORTS_ON_THE_REQUEST_PATH
     if on:
-        script = "from modelapp import observers; observers.enable()\n" + script
+        script = (
+            "from modelapp import observers; observers.prepare()\n"
+            "from modelapp import metrics; metrics.install()\n" + script
+        )
     env = {
         **os.environ,
         "SAGEMAKER_BASE_DIR": str(iris_base),
@@ -308,3 +341,125 @@ def test_metrics_off_import_nothing(iris_base, tmp_path, on):
         assert {"prometheus_client", "modelapp.metrics"} <= imported
     else:
         assert imported == set()
+
+
+@pytest.fixture
+def mme_server(tmp_path, tmp_path_factory) -> Iterator[ServeProcess]:
+    """A multi-model server, two workers, metrics on."""
+    base = tmp_path / "base"
+    base.mkdir()
+    server = ServeProcess(
+        base,
+        tmp_path,
+        env={
+            "SAGEMAKER_MULTI_MODEL": "TRUE",
+            "SMSERVE_MME_MODEL_ROOT": str(tmp_path_factory.getbasetemp()),
+            "SMSERVE_METRICS_PORT": str(free_port(METRICS_HOST)),
+            "SMSERVE_METRICS_HOST": METRICS_HOST,
+        },
+        workers=2,
+    )
+    server.metrics_port = int(server.env["SMSERVE_METRICS_PORT"])  # type: ignore[attr-defined]
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_multi_model_loads_unloads_and_memory(mme_server, iris_base):
+    """Multi-model: smserve_ping_ready is 1 (the server is up); smserve_model_loaded and smserve_model_memory_bytes list the loaded
+    models while they are loaded; smserve_model_loads_total,
+    smserve_model_load_duration_seconds and smserve_model_warmup_duration_seconds count
+    the registering load and the other worker's copy; smserve_model_unloads_total and
+    smserve_model_unload_duration_seconds the unload; invocations carry the model's
+    name, and a name that is not loaded none."""
+    server = mme_server
+    body = json.dumps({"model_name": "iris", "url": str(iris_base / "model")})
+    status, _, answer = server.request(
+        "POST", "/models", body.encode(), {"Content-Type": "application/json"}
+    )
+    assert status == HTTPStatus.OK, answer
+    for _ in range(10):
+        status, _, answer = server.request(
+            "POST", "/models/iris/invoke", RECORD, {"Content-Type": "text/csv"}
+        )
+        assert status == HTTPStatus.OK, answer
+    status, _, _ = server.request(
+        "POST", "/models/nope/invoke", RECORD, {"Content-Type": "text/csv"}
+    )
+    assert status == HTTPStatus.NOT_FOUND
+
+    text = scrape(server.metrics_port)
+    assert total(text, "smserve_ping_ready") == 1
+    assert total(text, "smserve_model_loaded", model="iris") == 1
+    assert total(text, "smserve_model_memory_bytes", model="iris") > 0
+    loads = total(text, "smserve_model_loads_total", model="iris", result="loaded")
+    # The registering worker's load, and the other's copy if it answered any of the 10.
+    assert loads in (1, 2)
+    assert total(text, "smserve_model_load_duration_seconds_count") == loads
+    assert total(text, "smserve_model_warmup_duration_seconds_count") == loads
+    assert total(text, "smserve_invocations_total", model="iris", status="200") == 10
+    assert total(text, "smserve_invocations_total", model="", status="404") == 1
+
+    assert server.request("DELETE", "/models/iris")[0] == HTTPStatus.OK
+    text = scrape(server.metrics_port)
+    assert total(text, "smserve_model_unloads_total", model="iris") == 1
+    assert total(text, "smserve_model_unload_duration_seconds_count", model="iris") == 1
+    assert total(text, "smserve_model_loaded", model="iris") == 0
+
+
+EVICTION = """
+import sys
+from pathlib import Path
+
+import django
+
+from modelapp import observers
+
+observers.prepare()
+django.setup()
+from modelapp import metrics
+
+metrics.install()
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from modelapp.multimodel import SharedRegistry, WorkerModels
+
+url, root = sys.argv[1:]
+shared = SharedRegistry(Path(root)).make()
+loader = WorkerModels(shared, 1 << 40)  # the registering worker: room for all
+for name in ("one", "two", "three"):
+    loader.load(name, url)
+one, two, three = (shared.get(n).size for n in ("one", "two", "three"))
+worker = WorkerModels(shared, share_bytes=one + max(two, three))
+for name in ("one", "two", "one", "three"):  # "two" is the least recently used
+    worker.get(name)
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+sys.stdout.write(generate_latest(registry).decode())
+"""
+
+
+def test_an_eviction_is_counted(iris_base, tmp_path):
+    """smserve_model_evictions_total: a worker whose copies outgrow its share drops the
+    least recently used one (modelapp/multimodel.py, in one process, as
+    tests/test_mme.py drives it)."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "smserve.settings",
+        "SMSERVE_MME_MODEL_ROOT": str(iris_base),
+        "SMSERVE_COMPILED_ENGINE": "off",
+        "SMSERVE_STATE_DIR": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+    }
+    out = subprocess.run(
+        [PYTHON, "-c", EVICTION, str(iris_base / "model"), str(tmp_path / "mme")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert total(out.stdout, "smserve_model_evictions_total", model="two") == 1
+    assert total(out.stdout, "smserve_model_evictions_total") == 1
+    assert total(out.stdout, "smserve_model_loads_total", result="loaded") == 6
