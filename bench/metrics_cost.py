@@ -1,7 +1,8 @@
 """What the Prometheus metrics add to one invocation, in-process: the calls a worker makes
 for an answered invocation (``modelapp.metrics.invocation`` and the function it returns:
-four counters, the whole-request histogram and three phase histograms, the in-flight
-gauge), median CPU time over repeated calls, in prometheus_client's multiprocess mode.
+the counts written at once, the histograms and byte counts held for the flusher thread,
+the in-flight gauge), median CPU time over repeated calls, in prometheus_client's
+multiprocess mode; the flusher's writes, once a second, are left out.
 
     .venv/bin/python bench/metrics_cost.py
 

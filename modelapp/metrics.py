@@ -3,9 +3,10 @@
 Imported only when ``SMSERVE['METRICS_PORT']`` is set, by gunicorn's master, after
 ``observers.prepare()`` has pointed ``PROMETHEUS_MULTIPROC_DIR`` at a new directory:
 ``prometheus_client``'s multiprocess mode then keeps each process's values in a memory
-mapped file of its own there. An increment is a write into shared memory (no system call,
-no thread): it survives the process, even a SIGKILL, so the totals stay exact over
-recycled and killed workers. The master serves the exposition (``serve()``, a thread
+mapped file of its own there. An increment is a write into shared memory (no system call):
+it survives the process, even a SIGKILL, so the counts of invocations and records, written
+at once, stay exact over recycled and killed workers; the histograms and byte counts are
+held in memory and written every second (``flush``), which costs the request far less. The master serves the exposition (``serve()``, a thread
 started in ``when_ready``), merging the files at each scrape; it never passes through
 nginx or the SageMaker port. ``docs/metrics.md`` lists every metric and label.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from bisect import bisect_left
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from modelapp import __version__, conf, observers
+from modelapp.periodic import Periodic
 
 # prometheus_client picks its multiprocess mode when imported, from the environment.
 if not os.environ.get(observers.MULTIPROC_ENV):
@@ -175,6 +178,17 @@ def short(sha256: str | None) -> str:
 _invocation_children: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
 _duration_children: dict[tuple[str, ...], tuple[Any, ...]] = {}
 
+# A write into the mapped files costs the request more than the rest of the metrics
+# (bench/RESULTS.md): the counts of invocations and records, which must survive a SIGKILL,
+# are written at once; the histograms' observations and the byte counts wait here, summed,
+# for the worker's flusher thread (every FLUSH_SECONDS, and at its exit).
+FLUSH_SECONDS = 1.0
+_held_lock = threading.Lock()
+# Histogram child -> observations per bucket, then their sum.
+_held_observations: dict[Any, list[float]] = {}
+# Counter child -> amount.
+_held_amounts: dict[Any, float] = {}
+
 
 def started() -> None:
     """An invocation reached the view."""
@@ -207,13 +221,14 @@ def invocation(request: Any, response: Any) -> Any:
     def done(status: int, bytes_out: int, seconds: float, rendered_at: float) -> None:
         IN_FLIGHT.dec()
         key = (model, sha, str(status), str(code), method, engine)
-        _count(key, records, bytes_in, bytes_out)
         durations = _durations((model, sha, engine))
-        durations[0].observe(seconds)
-        if status < 400 and parsed is not None and predicted is not None:
-            durations[1].observe(parsed - begun)
-            durations[2].observe(predicted - parsed)
-            durations[3].observe(rendered_at - predicted)
+        with _held_lock:
+            _count(key, records, bytes_in, bytes_out)
+            _hold(durations[0], seconds)
+            if status < 400 and parsed is not None and predicted is not None:
+                _hold(durations[1], parsed - begun)
+                _hold(durations[2], predicted - parsed)
+                _hold(durations[3], rendered_at - predicted)
 
     return done
 
@@ -230,10 +245,38 @@ def _count(key: tuple[str, ...], records: int, bytes_in: int, bytes_out: int) ->
     children[0].inc()
     if records:
         children[1].inc(records)
-    if bytes_in:
-        children[2].inc(bytes_in)
-    if bytes_out:
-        children[3].inc(bytes_out)
+    for child, amount in ((children[2], bytes_in), (children[3], bytes_out)):
+        if amount:
+            _held_amounts[child] = _held_amounts.get(child, 0) + amount
+
+
+def _hold(histogram: Any, seconds: float) -> None:
+    # prometheus_client 0.26's Histogram keeps its bounds, buckets and sum in these
+    # attributes (its observe() writes one bucket and the sum); the pin keeps them.
+    held = _held_observations.get(histogram)
+    if held is None:
+        bounds = histogram._upper_bounds
+        held = _held_observations[histogram] = [0.0] * (len(bounds) + 1)
+    held[bisect_left(histogram._upper_bounds, seconds)] += 1
+    held[-1] += seconds
+
+
+def flush() -> None:
+    """Write the held observations and amounts into this process's files."""
+    global _held_observations, _held_amounts
+    with _held_lock:
+        observations, _held_observations = _held_observations, {}
+        amounts, _held_amounts = _held_amounts, {}
+    for histogram, held in observations.items():
+        for index, count in enumerate(held[:-1]):
+            if count:
+                histogram._buckets[index].inc(count)
+        histogram._sum.inc(held[-1])
+    for counter, amount in amounts.items():
+        counter.inc(amount)
+
+
+_flusher = Periodic("smserve-metrics", flush)
 
 
 def _durations(key: tuple[str, ...]) -> tuple[Any, ...]:
@@ -296,11 +339,15 @@ def worker_started() -> None:
     if _server is not None:
         _server.socket.close()
     WORKER_STARTS.inc()
+    _flusher.start(FLUSH_SECONDS)
 
 
 def worker_exiting(reason: str) -> None:
     """In a worker that ends of its own accord (``worker_exit``: ``exit``) or aborts
-    (``worker_abort``: ``timeout``): say so for the master, which counts the exit."""
+    (``worker_abort``: ``timeout``): write what is held, and say so for the master,
+    which counts the exit."""
+    _flusher.stop()
+    flush()
     note = _exit_note(os.getpid())
     if not note.exists():
         note.write_text(reason)

@@ -218,6 +218,17 @@ def test_totals_are_exact_over_a_killed_worker(metrics_server, prometheus):
     )
 
     bodies = invoke_concurrently(server, [RECORD, BATCH] * 10)
+    # The latency histograms are written within a second (modelapp.metrics.flush); the
+    # counts at once.
+    wait_for(
+        lambda: (
+            total(
+                scrape(server.metrics_port), "smserve_invocation_duration_seconds_count"
+            )
+            == 20
+        ),
+        what="the first 20 latencies written",
+    )
     workers = server.gunicorn_workers()
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
@@ -230,7 +241,14 @@ def test_totals_are_exact_over_a_killed_worker(metrics_server, prometheus):
     assert status == HTTPStatus.BAD_REQUEST
     code = json.loads(body)["code"]
 
-    text = scrape(server.metrics_port)
+    text = wait_for(
+        lambda: (
+            (text := scrape(server.metrics_port))
+            and total(text, "smserve_invocation_duration_seconds_count") == 41
+            and text
+        ),
+        what="every latency written",
+    )
     assert total(text, "smserve_invocations_total", status="200", model="model") == 40
     assert total(text, "smserve_invocation_records_total", status="200") == 80
     assert total(text, "smserve_invocations_total", status="400", code=code) == 1
