@@ -40,7 +40,7 @@ def main() -> int:
             predictor=None,
             prediction_method="predict",
             records=1,
-            model_name="model",
+            served_model="model",
             model_sha256="0123456789abcdef" * 4,
             META={"CONTENT_LENGTH": "16"},
             started=time.perf_counter(),

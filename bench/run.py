@@ -32,6 +32,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -499,6 +500,23 @@ def measured_run(
     return result
 
 
+def served_by(server: Server, records: int) -> str:
+    """Which engine answered ``predict`` for a batch of ``records``, from the server's
+    start-up log line (``compiled.EngineReport.log``)."""
+    log = (server.work / "serve.log").read_text(errors="replace")
+    found = re.search(
+        r"Engines for .*?: predict by ([\w-]+)(?:.*?batches over (\w+) records to "
+        r"scikit-learn)?",
+        log,
+    )
+    if found is None:
+        return "?"
+    engine, limit = found.group(1), found.group(2)
+    if engine != "onnxruntime" or limit in (None, "no") or records <= int(limit):
+        return engine
+    return f"scikit-learn (over {limit})"
+
+
 # --- the run --------------------------------------------------------------------------------
 def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
@@ -646,6 +664,7 @@ def main() -> int:
                             floor["parse_smserve"],
                             floor["total_onnx"],
                             r["cpu_ms"] / floor["total_onnx"],
+                            served_by(server, records),
                         ]
                     )
                     print("  ", rows[-1][:4], f"cpu {r['cpu_ms']:.3f} ms", flush=True)
@@ -716,6 +735,7 @@ def main() -> int:
                 "our parse ms",
                 "ONNX floor ms",
                 "CPU/ONNX floor",
+                "predict by",
             ],
             rows,
         )

@@ -59,6 +59,13 @@ wsgi_app = "smserve.wsgi:application"
 accesslog = None  # nginx or the app logs each invocation (modelapp/invocation_log.py)
 errorlog = "-"
 loglevel = "info"
+# SMSERVE_LOG_FORMAT=json: gunicorn's lines (and its access log, if turned on with
+# GUNICORN_CMD_ARGS) as JSON, like every other line (smserve/gunicorn_logger.py).
+logger_class = (
+    "smserve.gunicorn_logger.JSONLogger"
+    if conf.get("LOG_FORMAT") == "json"
+    else "gunicorn.glogging.Logger"
+)
 # Room for a full 100 MB batch body arriving slowly is nginx's job; gunicorn gets it whole.
 limit_request_line = 8190
 # The unix socket for this user only: nobody else on the machine may talk to gunicorn

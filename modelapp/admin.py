@@ -18,9 +18,11 @@ from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
+from modelapp import drift_admin
 from modelapp.metadata import Feature, ModelMetadata
 from modelapp.models import InvocationStat, ModelEvent, TrainedModel, TrainingRun
 
@@ -273,6 +275,7 @@ class TrainedModelAdmin(ReadOnlyAdmin):
         "headline_metric",
         "training_job_name",
         "requests",
+        "drift",
         "source",
         "last_seen",
     ]
@@ -296,7 +299,7 @@ class TrainedModelAdmin(ReadOnlyAdmin):
         ),
         (
             "Traffic",
-            {"fields": ["traffic"]},
+            {"fields": ["traffic", "drift_link"]},
         ),
         (
             "Multi-model loads and unloads",
@@ -333,6 +336,27 @@ class TrainedModelAdmin(ReadOnlyAdmin):
             super()
             .get_queryset(request)
             .annotate(total_requests=Sum("stats__requests"))
+        )
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(
+            lambda request, object_id: drift_admin.drift_view(self, request, object_id)
+        )
+        return [
+            path("<path:object_id>/drift/", view, name="modelapp_trainedmodel_drift"),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="drift (last day)")
+    def drift(self, obj: TrainedModel) -> str:
+        return drift_admin.list_column(obj)
+
+    @admin.display(description="drift")
+    def drift_link(self, obj: TrainedModel) -> SafeString:
+        return format_html(
+            '<a class="smserve-drift-link" href="{}">drift against training: {}</a>',
+            reverse("admin:modelapp_trainedmodel_drift", args=[obj.pk]),
+            drift_admin.list_column(obj),
         )
 
     @admin.display(description="classes")

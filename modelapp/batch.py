@@ -270,3 +270,41 @@ class ChunkedPredictions:
 
     def whole(self) -> np.ndarray:
         return np.concatenate(list(self.parts))
+
+
+@dataclass
+class KeyedPredictions:
+    """One invocation's answer under the keys a deployment named
+    (``SAGEMAKER_INFERENCE_OUTPUT``, ``outputs.py``): ``columns[key]`` holds one value
+    per record (1-D) or one row per record (2-D); ``labels`` is one row for all
+    records."""
+
+    keys: tuple[str, ...]
+    columns: dict[str, np.ndarray]
+    records: int
+
+    def __len__(self) -> int:
+        return self.records
+
+    def rows(self) -> list[list[Any]]:
+        """Each record's values in key order, as Python values (lists for rows)."""
+        columns = []
+        for key in self.keys:
+            column = self.columns[key]
+            if key == "labels":
+                columns.append([column.tolist()] * self.records)
+            else:
+                columns.append(column.tolist())
+        return [list(values) for values in zip(*columns, strict=True)]
+
+    def objects(self) -> list[dict[str, Any]]:
+        """Each record as ``{key: value}``, keys in order."""
+        return [dict(zip(self.keys, row, strict=True)) for row in self.rows()]
+
+    def array(self) -> np.ndarray:
+        """The one key's values as an array, a row per record (NPY)."""
+        (key,) = self.keys
+        column = self.columns[key]
+        if key == "labels":
+            return np.tile(column, (self.records, 1))
+        return column

@@ -54,6 +54,14 @@ DEFAULTS: dict[str, Any] = {
     # where its source is (s3://, file:// or a path; empty: <model dir>/code).
     "PROGRAM": "",
     "SUBMIT_DIRECTORY": "",
+    # What every answer holds (modelapp/outputs.py): output keys, in order, from
+    # predicted_label, probability, probabilities, labels, transform; empty: the method's
+    # result alone. SUPPORTED, when set (not None), must list every key asked for.
+    "INFERENCE_OUTPUT": (),
+    "INFERENCE_SUPPORTED": None,
+    # A JSON Lines record {KEY: [...]} is read as the array (Clarify's ContentTemplate
+    # '{"features":$features}'); empty: never.
+    "JSONLINES_FEATURES_KEY": "features",
     # --- smserve ---
     # The SQLite database and the kept secret key; None: var/ beside manage.py (set by
     # smserve/settings.py, which knows where that is).
@@ -67,6 +75,16 @@ DEFAULTS: dict[str, Any] = {
     # (modelapp/metrics.py); None: off. The host: None = HOST's.
     "METRICS_PORT": None,
     "METRICS_HOST": None,
+    # --- drift (modelapp/drift.py, modelapp/capture.py) ---
+    # Share of served requests whose records are counted into the drift bins; 0: off.
+    "CAPTURE_PERCENT": 0.0,
+    # A feature drifts when its PSI or its Jensen-Shannon distance reaches these, in a
+    # window of at least DRIFT_MIN_RECORDS sampled records.
+    "DRIFT_PSI": 0.2,
+    "DRIFT_JS": 0.2,
+    "DRIFT_MIN_RECORDS": 100,
+    # A model with no training distributions: its first sampled records are the reference.
+    "DRIFT_REFERENCE_RECORDS": 1000,
     # Serve the methods verified equal by ONNX Runtime (modelapp/predictors/compiled.py).
     "COMPILED_ENGINE": True,
     # ONNX Runtime intra-op threads per worker; None: BLAS's share (OMP_NUM_THREADS).
@@ -80,6 +98,11 @@ DEFAULTS: dict[str, Any] = {
     # not the body (modelapp/batch.py ``Chunks``). Each chunk costs the model a call,
     # whose fixed cost (its thread pool's start and stop) smaller chunks multiply.
     "CHUNK_KB": 8192,
+    # A featurizer's transform passes a record's label column through, first in its
+    # answer (modelapp/predictors/featurizer.py): featurizing training data.
+    "PASS_THROUGH_LABEL": False,
+    # method=explain: the most records one request may ask to explain (413 past it).
+    "EXPLAIN_MAX_RECORDS": 100,
     # Names of the speed tricks to leave out (smserve/fastpaths.py lists them).
     "FAST_PATHS_OFF": frozenset(),
     # Request formats, picked by Content-Type. A new format is a class and a line here.
@@ -88,6 +111,7 @@ DEFAULTS: dict[str, Any] = {
         "modelapp.parsers.JSONParser",
         "modelapp.parsers.JSONLinesParser",
         "modelapp.parsers.NPYParser",
+        "modelapp.parquet.ParquetParser",
     ],
     # Response formats, picked by Accept; the first one also renders errors that happen
     # before a format could be chosen (e.g. an unsatisfiable Accept).
@@ -96,6 +120,7 @@ DEFAULTS: dict[str, Any] = {
         "modelapp.renderers.CSVRenderer",
         "modelapp.renderers.JSONLinesRenderer",
         "modelapp.renderers.NPYRenderer",
+        "modelapp.parquet.ParquetRenderer",
     ],
     # Predictor kinds (modelapp/predictors/), asked in order which one serves a model
     # directory: SklearnPredictor serves any directory, so it comes last.
@@ -123,6 +148,12 @@ DEFAULTS: dict[str, Any] = {
     "INVOCATION_LOG": "app",
     # gunicorn's bind (the unix socket nginx proxies to); empty: HOST:PORT.
     "GUNICORN_BIND": "",
+    # --- logs and CloudWatch metrics (docs/logs.md) ---
+    # "text" or "json": every line of every process serve starts (smserve/logs.py).
+    "LOG_FORMAT": "text",
+    # CloudWatch Embedded Metric Format lines per model, every METRICS_EMF_SECONDS.
+    "METRICS_EMF": False,
+    "METRICS_EMF_SECONDS": 60.0,
 }
 
 # Defaults that depend on the machine or on other settings.

@@ -16,7 +16,7 @@ The differences that must stay, and why:
 | CSV reading | Python's ``csv`` (and an orjson fast path for numeric bodies, ``fastpaths.py``), bodies of at most 100 MB | pandas' ``read_csv``, for files of any size |
 | a field that is not a number | kept as sent (``Batch.rows``); the model's schema reads it as a category or refuses it (``predictors/schema.py``) | makes its column categorical, unless the column is mostly numbers: then a mistake (``channels.py``) |
 | NPY | read | not a channel format |
-| Parquet | not a request format | read |
+| Parquet | one file per body, read in place by pyarrow alone (``parquet.py``): a numeric model's workers never import pandas | one or more files, read by pandas' ``read_parquet`` into the frame training fits on |
 """
 
 from __future__ import annotations

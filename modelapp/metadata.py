@@ -17,6 +17,13 @@ Schema versions:
   written, so a reader of version 1 reads version 2 files too. Optional, per feature:
   ``missing``, the share of missing values in the training data, and ``typical``, a
   typical number (the training median) that serving's warm-up record uses.
+- 3: adds the training distributions drift is measured against (``modelapp/drift.py``):
+  per feature an optional ``distribution`` (numeric: quantile ``edges``, ``counts`` per
+  bin and ``missing``; categorical: the most frequent ``categories`` with their
+  ``counts``, ``other``, ``missing`` and every ``known`` category), and ``outputs``, the
+  distribution of the model's own outputs on the validation data (else the training
+  data): ``labels``, ``probability`` (the predicted class's, in ten bins) or
+  ``values`` (a regressor's, in quantile bins). Files of versions 1 and 2 have none.
 
 A model trained elsewhere (a bare joblib) has no file: ``ModelMetadata.from_estimator``
 derives its schema from the model (``schema_of``). A third kind, ``any``, is for columns
@@ -41,7 +48,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 METADATA_FILE = "metadata.json"
 NUMERIC, CATEGORICAL, ANY = "numeric", "categorical", "any"
 # Categories kept per feature in metadata.json (n_categories counts them all).
@@ -115,6 +122,8 @@ class Feature:
     missing: float | None = None
     # A typical value of a numeric feature (its training median); None: not known.
     typical: float | None = None
+    # The training values' bins and counts (modelapp/drift.py); None: not recorded.
+    distribution: dict[str, Any] | None = None
 
     @property
     def numeric_categories(self) -> bool:
@@ -134,6 +143,8 @@ class Feature:
             out["missing"] = round(float(self.missing), 6)
         if self.typical is not None:
             out["typical"] = json_safe(self.typical)
+        if self.distribution is not None:
+            out["distribution"] = json_safe(self.distribution)
         return out
 
     @classmethod
@@ -148,6 +159,11 @@ class Feature:
             n_categories=data.get("n_categories"),
             missing=_number(data.get("missing")),
             typical=_number(data.get("typical")),
+            distribution=(
+                data["distribution"]
+                if isinstance(data.get("distribution"), dict)
+                else None
+            ),
         )
 
 
@@ -202,6 +218,8 @@ class ModelMetadata:
     # What train compiled beside the model (model.onnx, verification.npy;
     # predictors/compiled.py).
     compiled: dict[str, Any] = field(default_factory=dict)
+    # The distribution of the model's outputs on its validation (else training) data.
+    outputs: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     # Keys of a newer (or foreign) writer, kept as they were.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -261,6 +279,7 @@ class ModelMetadata:
             "rows",
             "channels",
             "compiled",
+            "outputs",
         ):
             if not isinstance(values.get(key), dict):
                 values.pop(key, None)

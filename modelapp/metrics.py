@@ -208,7 +208,7 @@ def invocation(request: Any, response: Any) -> Any:
     predictor = getattr(request, "predictor", None)
     method = getattr(request, "prediction_method", "")
     records = getattr(request, "records", 0)
-    model = getattr(request, "model_name", "")
+    model = getattr(request, "served_model", "")
     sha = short(getattr(request, "model_sha256", None))
     engine = engine_of(predictor, method, records) if predictor is not None else ""
     data = getattr(response, "data", None)

@@ -266,3 +266,47 @@ class InvocationStat(models.Model):
     @property
     def latency_ms_mean(self) -> float:
         return self.latency_ms_total / self.requests if self.requests else 0.0
+
+
+class DriftCount(models.Model):
+    """Sampled served records of one model in one hour (UTC), counted into the bins of
+    its reference by one worker process (``modelapp.capture``): ``counts`` holds, per
+    feature position, the bin counts and the missing, unknown and out-of-range ones, and
+    the output distribution. The drift page adds a window's rows up."""
+
+    model = model_by_checksum(related_name="drift_counts")
+    hour = models.DateTimeField(db_index=True)
+    writer = models.CharField("worker process", max_length=32)
+    records = models.PositiveBigIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-hour"]
+        verbose_name = "drift count"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "hour", "writer"], name="modelapp_drift_model_hour"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.records} records"
+
+
+class DriftReference(models.Model):
+    """The reference of a model with no training distributions in its metadata.json
+    (trained elsewhere): the bins of its first served records."""
+
+    model = model_by_checksum(related_name="drift_references")
+    records = models.PositiveIntegerField(default=0)
+    reference = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "drift reference (first served records)"
+        constraints = [
+            models.UniqueConstraint(fields=["model"], name="modelapp_driftref_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"first {self.records} served records"

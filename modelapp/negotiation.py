@@ -22,7 +22,7 @@ from rest_framework.request import Request
 
 from modelapp import conf
 from modelapp.exceptions import NotAcceptable, UnsupportedMediaType
-from modelapp.formats import JSON, base_type, canonical
+from modelapp.formats import ALIASES, JSON, base_type, canonical
 from modelapp.renderers import BaseBatchRenderer
 
 GENERIC_TYPES = {"", "application/octet-stream"}
@@ -137,9 +137,13 @@ class SageMakerContentNegotiation(BaseContentNegotiation):
                 else [media_range]
             )
             for candidate in wanted:
+                # An alias (application/parquet) is answered by its format's renderer,
+                # under the name the client asked for.
+                known = ALIASES.get(candidate, candidate)
                 for renderer in renderers:
-                    if _matches(candidate, renderer.media_type):
-                        return renderer, renderer.media_type
+                    if _matches(known, renderer.media_type):
+                        exact = known == renderer.media_type
+                        return renderer, candidate if exact else renderer.media_type
         raise NotAcceptable(header, [r.media_type for r in renderers])
 
 

@@ -129,7 +129,11 @@ BATCH_ERRORS = {
         "A multi-model container (`multi_model`): invoke a loaded model with "
         "POST /models/{name}/invoke."
     ),
-    406: "No renderer satisfies the Accept header (`not_acceptable`).",
+    406: (
+        "No renderer satisfies the Accept header, or its format cannot carry the keys "
+        "SAGEMAKER_INFERENCE_OUTPUT names (NPY: one key of numbers) "
+        "(`not_acceptable`)."
+    ),
     413: "The body is over the payload limit (`payload_too_large`).",
     415: "No parser reads this Content-Type (`unsupported_media_type`).",
     500: (
@@ -207,7 +211,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "string",
         "description": (
             "One record per line: a JSON array of features, an object of features, or "
-            "one number (a record of one feature)."
+            'one number (a record of one feature); `{"features": [...]}` (Clarify\'s '
+            "records; the key is SMSERVE_JSONLINES_FEATURES_KEY) is the array."
         ),
     },
     "NPYBatch": {
@@ -218,6 +223,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "record); pickled objects are refused."
         ),
     },
+    "ParquetBatch": {
+        "type": "string",
+        "format": "binary",
+        "description": (
+            "A Parquet file: one record per row, one column per feature, by name "
+            "(in the file's order for a model without feature names)."
+        ),
+    },
     "JSONPredictions": {
         "type": "object",
         "required": ["predictions"],
@@ -226,26 +239,46 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "description": (
                     "One per record, in order: a label or a value, or a row of scores "
-                    "(`predict_proba`)."
+                    "(`predict_proba`); with SAGEMAKER_INFERENCE_OUTPUT, an object of "
+                    "the keys it names, in its order."
                 ),
                 "items": {
-                    "anyOf": [_ref("Value"), {"type": "array", "items": _ref("Value")}]
+                    "anyOf": [
+                        _ref("Value"),
+                        {"type": "array", "items": _ref("Value")},
+                        {"type": "object", "additionalProperties": True},
+                    ]
                 },
             }
         },
     },
     "CSVPredictions": {
         "type": "string",
-        "description": "One line per record: a label, or a comma-joined row of scores.",
+        "description": (
+            "One line per record: a label, or a comma-joined row of scores; with "
+            "SAGEMAKER_INFERENCE_OUTPUT, the values of its keys in order, a list as "
+            'one quoted field (`0,0.11,"[0.89, 0.11]","[0, 1]"`).'
+        ),
     },
     "JSONLinesPredictions": {
         "type": "string",
-        "description": "One JSON value per line, one line per record.",
+        "description": (
+            "One JSON value per line, one line per record (with "
+            "SAGEMAKER_INFERENCE_OUTPUT, an object of its keys)."
+        ),
     },
     "NPYPredictions": {
         "type": "string",
         "format": "binary",
         "description": "`numpy.save` of the predictions (never pickled).",
+    },
+    "ParquetPredictions": {
+        "type": "string",
+        "format": "binary",
+        "description": (
+            "A Parquet file, one row per record: a column `prediction`, or one column "
+            'per score named by its position ("0", "1", ...).'
+        ),
     },
     "CSVError": {"type": "string", "description": "The error's detail, as one line."},
     "Bytes": {"type": "string", "format": "binary"},
@@ -257,12 +290,14 @@ REQUEST_BODIES = {
     formats.JSON: "JSONBatch",
     formats.JSONLINES: "JSONLinesBatch",
     formats.NPY: "NPYBatch",
+    formats.PARQUET: "ParquetBatch",
 }
 PREDICTIONS = {
     formats.JSON: "JSONPredictions",
     formats.CSV: "CSVPredictions",
     formats.JSONLINES: "JSONLinesPredictions",
     formats.NPY: "NPYPredictions",
+    formats.PARQUET: "ParquetPredictions",
 }
 ERROR_BODIES = {formats.CSV: "CSVError"}
 _REFERENCE = re.compile(r"#/components/schemas/(\w+)")
@@ -381,7 +416,9 @@ CUSTOM_ATTRIBUTES_REQUEST = OpenApiParameter(
     description=(
         "`key=value` pairs separated by commas or semicolons. `method` picks the "
         "prediction method (`predict`, `predict_proba`, `predict_log_proba`, "
-        "`decision_function`, those the model has; another is a 400); a script-mode "
+        "`decision_function`, `transform`, those the model has; another is a 400; "
+        "by default `predict`, or `transform` for a featurizer), and answers "
+        "with it alone even when SAGEMAKER_INFERENCE_OUTPUT names keys; a script-mode "
         "model gets them all."
     ),
 )
@@ -390,7 +427,11 @@ CUSTOM_ATTRIBUTES_RESPONSE = OpenApiParameter(
     location=OpenApiParameter.HEADER,
     response=[200],
     required=True,
-    description="`method=<the prediction method that answered>`.",
+    description=(
+        "`method=<the prediction method that answered>`; with "
+        "SAGEMAKER_INFERENCE_OUTPUT, the methods its keys called, joined by `+` "
+        "(`predict+predict_proba`)."
+    ),
 )
 MODEL_NAME = OpenApiParameter(
     "name",

@@ -743,7 +743,21 @@ def parse_json_lines_general(data: bytes) -> Batch:
     except formats.FormatError as exc:
         raise InvalidInput(f"{exc.reason}.") from exc
     records = [item if isinstance(item, (list, dict)) else [item] for _, item in items]
-    return batch_from_items(records, "The JSON Lines body")
+    return batch_from_items(features_arrays(records), "The JSON Lines body")
+
+
+def features_arrays(records: list[Any]) -> list[Any]:
+    """Records that are each ``{KEY: [...]}`` (``SMSERVE['JSONLINES_FEATURES_KEY']``,
+    ``features``: Clarify's ``ContentTemplate`` ``{"features":$features}``) -> the
+    arrays, positional records. A feature's value is never an array, so a model with a
+    feature of that name still gets its objects."""
+    key = conf.get("JSONLINES_FEATURES_KEY")
+    if key and all(
+        type(record) is dict and len(record) == 1 and type(record.get(key)) is list
+        for record in records
+    ):
+        return [record[key] for record in records]
+    return records
 
 
 class JSONLinesParser(BaseBatchParser):

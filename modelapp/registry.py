@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelapp import conf, observers
+from modelapp import capture, conf, observers, outputs
 from modelapp.exceptions import ModelNotReady
 from modelapp.metadata import ModelMetadata, sha256_of
 from modelapp.paths import SageMakerPaths
@@ -73,6 +73,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelLoadError(
             f"Loading {model_dir} failed: {type(exc).__name__}: {exc}"
         ) from exc
+    outputs.configure(predictor)  # SAGEMAKER_INFERENCE_OUTPUT: a key it cannot give
     artifact = predictor.artifact
     if artifact is None:
         raise ModelLoadError(
@@ -98,6 +99,8 @@ def load_model(model_dir: Path) -> LoadedModel:
             f"{artifact.name} loaded but its warm-up prediction failed: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    # After the warm-up, so that its record is not counted as traffic.
+    predictor.capture = capture.sampler_for(sha256, predictor)
     return LoadedModel(
         predictor=predictor,
         path=artifact,

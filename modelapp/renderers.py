@@ -16,7 +16,7 @@ import orjson
 from rest_framework.renderers import BaseRenderer
 
 from modelapp import formats
-from modelapp.batch import ChunkedPredictions
+from modelapp.batch import ChunkedPredictions, KeyedPredictions
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 # Rows rendered at a time from a chunked body's predictions (``render_each``).
@@ -51,7 +51,9 @@ class BaseBatchRenderer(BaseRenderer):
     """Renders a prediction array (or a plain document, or an error) as ``media_type``.
 
     Subclasses set ``media_type`` and ``format`` and implement ``render_predictions``;
-    ``render_error`` defaults to JSON, announced by ``error_media_type``. A chunked
+    ``render_error`` defaults to JSON, announced by ``error_media_type``. Named outputs
+    (``SAGEMAKER_INFERENCE_OUTPUT``, ``outputs.KeyedPredictions``) go to
+    ``render_keyed``, for formats whose ``keyed_refusal`` lets them. A chunked
     body's predictions (``ChunkedPredictions``) go to ``render_chunks``, which renders
     the whole by default; a format whose records are independent lines writes each
     chunk as it would have written its rows of the whole, one buffer for all.
@@ -75,7 +77,23 @@ class BaseBatchRenderer(BaseRenderer):
             return self.render_predictions(data)
         if isinstance(data, ChunkedPredictions):
             return self.render_chunks(data)
+        if isinstance(data, KeyedPredictions):
+            return self.render_keyed(data)
+        if hasattr(data, "as_format"):  # a result that writes itself in each format
+            return bytes(data.as_format(self.format))
         return dump_json(data)
+
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        """Why this format cannot carry ``keyed``'s outputs (the view answers 406 with
+        it), or None when ``render_keyed`` writes them."""
+        return (
+            f"{self.media_type} cannot carry the outputs SAGEMAKER_INFERENCE_OUTPUT "
+            f"names ({', '.join(keyed.keys)}): ask for text/csv, application/json or "
+            "application/jsonlines."
+        )
+
+    def render_keyed(self, keyed: KeyedPredictions) -> bytes:
+        raise NotImplementedError(".render_keyed() must be overridden.")
 
     def render_predictions(self, predictions: np.ndarray) -> bytes:
         raise NotImplementedError(".render_predictions() must be overridden.")
@@ -112,6 +130,13 @@ class JSONRenderer(BaseBatchRenderer):
         items = (dump_json(part)[1:-1] for part in chunks.parts)
         return b'{"predictions":[' + b",".join(items) + b"]}"
 
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        return None
+
+    def render_keyed(self, keyed: KeyedPredictions) -> bytes:
+        """``{"predictions": [{key: value, ...}, ...]}``, keys in the order asked."""
+        return dump_json({"predictions": keyed.objects()})
+
 
 class JSONLinesRenderer(BaseBatchRenderer):
     """``application/jsonlines``: one JSON value per line, one line per record."""
@@ -124,6 +149,14 @@ class JSONLinesRenderer(BaseBatchRenderer):
         return b"".join(dump_json(row) + b"\n" for row in to_jsonable(predictions))
 
     render_chunks = BaseBatchRenderer.render_each
+
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        return None
+
+    def render_keyed(self, keyed: KeyedPredictions) -> bytes:
+        """One ``{key: value, ...}`` object per line (Clarify's ``LabelAttribute`` and
+        ``ProbabilityAttribute`` name its keys)."""
+        return b"".join(dump_json(item) + b"\n" for item in keyed.objects())
 
     def render_error(self, error: dict[str, str]) -> bytes:
         return dump_json(error) + b"\n"
@@ -149,6 +182,21 @@ class CSVRenderer(BaseBatchRenderer):
 
     render_chunks = BaseBatchRenderer.render_each
 
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        return None
+
+    def render_keyed(self, keyed: KeyedPredictions) -> bytes:
+        """One line per record, the keys' values in order (Clarify's ``LabelIndex`` and
+        ``ProbabilityIndex`` count them); a list is one field in Python's list notation,
+        as Autopilot writes it: ``1,0.1,"[0.9, 0.1]","[0, 1]"``."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerows(
+            [str(value) if isinstance(value, list) else value for value in row]
+            for row in keyed.rows()
+        )
+        return out.getvalue().encode()
+
     def render_error(self, error: dict[str, str]) -> bytes:
         return (error["detail"] + "\n").encode()
 
@@ -165,3 +213,18 @@ class NPYRenderer(BaseBatchRenderer):
         buffer = io.BytesIO()
         np.save(buffer, predictions, allow_pickle=False)
         return buffer.getvalue()
+
+    def keyed_refusal(self, keyed: KeyedPredictions) -> str | None:
+        keys = keyed.keys
+        if len(keys) == 1 and keyed.columns[keys[0]].dtype.kind in "fiub":
+            return None
+        return (
+            f"{self.media_type} carries one output of numbers, but "
+            f"SAGEMAKER_INFERENCE_OUTPUT names {', '.join(keys)}"
+            + ("" if len(keys) > 1 else " (labels that are text)")
+            + ": ask for text/csv, application/json or application/jsonlines."
+        )
+
+    def render_keyed(self, keyed: KeyedPredictions) -> bytes:
+        """The one key's values: a value per record, or a row per record."""
+        return self.render_predictions(keyed.array())

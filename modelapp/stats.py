@@ -27,7 +27,7 @@ from django.db import (
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
-from modelapp import conf, observers
+from modelapp import capture, conf, observers
 from modelapp.deployments import deployments
 from modelapp.periodic import Periodic, discard_connection
 
@@ -98,7 +98,11 @@ class StatsCollector:
     def flush(self) -> bool:
         """Write the pending counts in one transaction; on failure keep them and say so."""
         with self._flush_lock:
+            if conf.get("METRICS_EMF"):
+                emit_emf()  # first: it needs no database
             deployments.record()
+            # The drift counts ride on this thread (its database connection handling).
+            capture.collector.flush()
             with self._lock:
                 taken, self._buckets = self._buckets, {}
             if not taken:
@@ -152,6 +156,8 @@ class StatsCollector:
         """Stop the thread and write what is left (gunicorn's ``worker_exit``)."""
         self._flusher.stop()
         self.flush()
+        if conf.get("METRICS_EMF"):
+            emit_emf(force=True)
         discard_connection()
 
 
@@ -191,6 +197,14 @@ def write_buckets(buckets: dict[Key, list[float]]) -> None:
 
 
 collector = StatsCollector()
+
+
+def emit_emf(force: bool = False) -> None:
+    """The CloudWatch EMF lines that are due (``modelapp/emf.py``), written by this same
+    thread: one background thread per worker serves both."""
+    from modelapp.emf import metrics
+
+    metrics.emit_due(force=force)
 
 
 def record_invocation(request: Any, response: Any) -> None:

@@ -65,7 +65,9 @@ def has_control(text: str) -> bool:
 def printable(text: str) -> str:
     """``text`` with its control characters escaped (``\\n``, ``\\x1b``), for a log
     line; other text, non-ASCII included, is kept as it is."""
-    if not has_control(text):
+    # Printable text holds no control character (Cc is "Other", Zl/Zp "Separator"): a
+    # check in C for the usual case, every invocation's path.
+    if text.isprintable() or not has_control(text):
         return text
     return "".join(
         c.encode("unicode_escape").decode("ascii") if _is_control(c) else c

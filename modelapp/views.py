@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from modelapp import conf, multimodel, observers, openapi
+from modelapp.batch import KeyedPredictions
 from modelapp.exceptions import (
     InvalidInput,
     ModelNotFound,
@@ -31,13 +32,14 @@ from modelapp.exceptions import (
     error_body,
 )
 from modelapp.formats import CUSTOM_ATTRIBUTES
-from modelapp.invocation_log import RECORDS_HEADER, log_invocation
+from modelapp.invocation_log import engine_of, log_invocation, nginx_headers
 from modelapp.negotiation import (
     FirstRendererNegotiation,
     OwnedInputParser,
     OwnedOutputRenderer,
     SageMakerContentNegotiation,
 )
+from modelapp.outputs import OutputNotRenderable
 from modelapp.parsers import BaseBatchParser
 from modelapp.registry import DEFAULT_MODEL, registry
 from modelapp.renderers import BaseBatchRenderer, JSONRenderer, dump_json
@@ -205,6 +207,8 @@ class InvocationsView(APIView):
         request.prediction_method = ""
         if observers.sink is not None:
             observers.sink.started()
+        request.model_name = kwargs.get("name", self.model_name)
+        request.engine = ""
         # The predictor is known before negotiation, which may depend on it; a model
         # that is not ready answers 503 from post(), after negotiation, as it always has.
         try:
@@ -257,12 +261,13 @@ class InvocationsView(APIView):
         request.predicted_at = time.perf_counter()
         request.records = result.records
         request.prediction_method = result.method
+        request.engine = engine_of(predictor, result.method, result.records)
         headers = {
             CUSTOM_ATTRIBUTES: f"method={result.method}",
             **(result.headers or {}),
         }
         if conf.get("INVOCATION_LOG") == "nginx":
-            headers[RECORDS_HEADER] = str(result.records)
+            headers.update(nginx_headers(request, result.records, self.model_sha256()))
         if result.body is not None:
             return HttpResponse(
                 result.body,
@@ -279,9 +284,13 @@ class InvocationsView(APIView):
         ``HttpResponse`` (which DRF views may return): what DRF's ``Response`` would send,
         without its template-response machinery (``smserve/fastpaths.py``). Errors still go
         through DRF's exception handling and ``Response``."""
+        renderer = request.accepted_renderer
+        if isinstance(data, KeyedPredictions):
+            refusal = renderer.keyed_refusal(data)
+            if refusal:
+                raise OutputNotRenderable(refusal)
         if not conf.fast_path("plain_response"):
             return Response(data, headers=headers)
-        renderer = request.accepted_renderer
         media_type = request.accepted_media_type
         body = renderer.render(data, media_type, self.get_renderer_context())
         if renderer.charset:
@@ -298,7 +307,7 @@ class InvocationsView(APIView):
             response.content_type = response.accepted_renderer.error_media_type
         request.model_sha256 = self.model_sha256()
         request.predictor = self.predictor
-        request.model_name = self.served_model_name()
+        request.served_model = self.served_model_name()
         log_invocation(request, response)
         return response
 

@@ -33,7 +33,11 @@ The nginx <-> app protocol (``docker/serve`` sets it up; these are its only site
 - **Invocation log** (``SMSERVE_INVOCATION_LOG`` = ``nginx`` when ``serve`` runs nginx and
   nginx can write to stderr): the view sends the record count in ``X-Smserve-Records``
   (``modelapp.invocation_log.RECORDS_HEADER``); nginx logs it with ``log_format
-  invocation`` and hides the header from the client (``proxy_hide_header``).
+  invocation`` and hides the header from the client (``proxy_hide_header``). With JSON
+  logs the view also sends the model and the engine, and the app marks an error it
+  logged itself (``X-Smserve-Logged``), which nginx then does not log (``log_format
+  invocation_json``; ``modelapp/invocation_log.py``), writing its lines to fd 3 (``serve``'s
+  stderr) while its own stderr goes through the filter of ``smserve/logs.py``.
 - **Limits**: nginx's ``client_max_body_size`` and ``proxy_read_timeout`` are rendered
   from the same settings the app uses (``prepare_serve``), so the two cannot disagree.
 """

@@ -16,6 +16,8 @@ import dj_database_url
 
 from modelapp.conf import DEFAULTS as SMSERVE_DEFAULTS
 from modelapp.state import read_secret_key
+from smserve.logs import FORMATS as LOG_FORMATS
+from smserve.logs import django_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -70,6 +72,13 @@ def _host_addresses(value: str | None) -> dict[str, str] | None:
     return {host.strip(): address.strip() for host, address in pairs}
 
 
+def _keys(value: str | None) -> tuple[str, ...] | None:
+    """``predicted_label, probability`` -> a tuple of lowercase keys (Autopilot's)."""
+    if value is None:
+        return None
+    return tuple(key.strip().lower() for key in value.split(",") if key.strip())
+
+
 def _smserve_from_environment() -> dict[str, Any]:
     """The ``SMSERVE`` entries the environment sets; everything else keeps its default
     (``modelapp.conf.DEFAULTS``)."""
@@ -93,9 +102,15 @@ def _smserve_from_environment() -> dict[str, Any]:
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
         "METRICS_PORT": env_int("SMSERVE_METRICS_PORT"),
         "METRICS_HOST": env_str("SMSERVE_METRICS_HOST"),
+        "CAPTURE_PERCENT": env_float("SMSERVE_CAPTURE_PERCENT"),
+        "DRIFT_PSI": env_float("SMSERVE_DRIFT_PSI"),
+        "DRIFT_JS": env_float("SMSERVE_DRIFT_JS"),
+        "DRIFT_MIN_RECORDS": env_int("SMSERVE_DRIFT_MIN_RECORDS"),
+        "DRIFT_REFERENCE_RECORDS": env_int("SMSERVE_DRIFT_REFERENCE_RECORDS"),
         "COMPILED_ENGINE": env_bool("SMSERVE_COMPILED_ENGINE", None),
         "COMPILED_THREADS": env_int("SMSERVE_COMPILED_THREADS"),
         "CHUNK_KB": env_int("SMSERVE_CHUNK_KB"),
+        "EXPLAIN_MAX_RECORDS": env_int("SMSERVE_EXPLAIN_MAX_RECORDS"),
         "READY_FILE": env_str("SMSERVE_READY_FILE"),
         "INVOCATION_LOG": env_str("SMSERVE_INVOCATION_LOG"),
         "GUNICORN_BIND": env_str("SMSERVE_GUNICORN_BIND"),
@@ -111,6 +126,14 @@ def _smserve_from_environment() -> dict[str, Any]:
         "ALLOW_UNSAFE_DESERIALIZATION": env_bool(
             "SMSERVE_ALLOW_UNSAFE_DESERIALIZATION", None
         ),
+        # Logs and CloudWatch metrics (docs/logs.md).
+        "LOG_FORMAT": (env_str("SMSERVE_LOG_FORMAT") or "").lower() or None,
+        "METRICS_EMF": env_bool("SMSERVE_METRICS_EMF", None),
+        "METRICS_EMF_SECONDS": env_float("SMSERVE_METRICS_EMF_SECONDS"),
+        "INFERENCE_OUTPUT": _keys(env_str("SAGEMAKER_INFERENCE_OUTPUT")),
+        "INFERENCE_SUPPORTED": _keys(env_str("SAGEMAKER_INFERENCE_SUPPORTED")),
+        "JSONLINES_FEATURES_KEY": os.environ.get("SMSERVE_JSONLINES_FEATURES_KEY"),
+        "PASS_THROUGH_LABEL": env_bool("SMSERVE_PASS_THROUGH_LABEL", None),
     }
     for key in ("BASE_DIR", "STATE_DIR", "MME_REGISTRY_DIR", "MME_MODEL_ROOT"):
         if found[key] is not None:
@@ -128,6 +151,9 @@ def _smserve_from_environment() -> dict[str, Any]:
     mb = found["MAX_PAYLOAD_MB"]
     if mb is not None and not 0 <= mb <= 100:
         raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be 0..100, got {mb}")
+    capture = found["CAPTURE_PERCENT"]
+    if capture is not None and not 0 <= capture <= 100:
+        raise ValueError(f"SMSERVE_CAPTURE_PERCENT must be 0..100, got {capture}")
     chunk = found["CHUNK_KB"]
     if chunk is not None and chunk < 1:
         raise ValueError(f"SMSERVE_CHUNK_KB must be at least 1, got {chunk}")
@@ -138,6 +164,16 @@ def _smserve_from_environment() -> dict[str, Any]:
     if log is not None and log not in ("app", "nginx"):
         raise ValueError(
             f"SMSERVE_INVOCATION_LOG must be 'app' or 'nginx', got {log!r}"
+        )
+    log_format = found["LOG_FORMAT"]
+    if log_format is not None and log_format not in LOG_FORMATS:
+        raise ValueError(
+            f"SMSERVE_LOG_FORMAT must be 'text' or 'json', got {log_format!r}"
+        )
+    emf_seconds = found["METRICS_EMF_SECONDS"]
+    if emf_seconds is not None and not emf_seconds > 0:
+        raise ValueError(
+            f"SMSERVE_METRICS_EMF_SECONDS must be above 0, got {emf_seconds}"
         )
     return {key: value for key, value in found.items() if value is not None}
 
@@ -310,24 +346,10 @@ SPECTACULAR_SETTINGS = {
 }
 
 _log_level = (env_str("SMSERVE_LOG_LEVEL") or "INFO").upper()
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {
-            "format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-        },
-    },
-    "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
-    },
-    "root": {"handlers": ["stderr"], "level": _log_level},
-    "loggers": {
-        # Our 4xx/5xx are logged once by modelapp.invocations; Django's duplicate goes.
-        "django.request": {"level": "ERROR"},
-        "django.server": {"level": "WARNING"},
-    },
-}
+# Text or JSON lines, the same in every process serve starts (smserve/logs.py).
+LOGGING: dict[str, Any] = django_logging(
+    SMSERVE.get("LOG_FORMAT", SMSERVE_DEFAULTS["LOG_FORMAT"]), _log_level
+)
 APPEND_SLASH = False  # unknown paths are a JSON 404, never a redirect
 
 # --- the admin's login and pages (docs/reliability.md "Securing the admin") --------------

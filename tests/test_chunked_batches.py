@@ -12,6 +12,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -86,6 +87,12 @@ def npy_body(values: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def parquet_body(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    pd.DataFrame(values, columns=["a", "b", "c"]).to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
 def bodies() -> dict[str, tuple[str, bytes]]:
     values = matrix()
     rows = json_rows(values)
@@ -107,11 +114,18 @@ def bodies() -> dict[str, tuple[str, bytes]]:
         "jsonlines arrays": ("application/jsonlines", lines),
         "jsonlines crlf": ("application/jsonlines", lines.replace(b"\n", b"\r\n")),
         "npy": ("application/x-npy", npy_body(values)),
+        "parquet": ("application/x-parquet", parquet_body(values)),
     }
 
 
 BODIES = bodies()
-ACCEPTS = ["text/csv", "application/json", "application/jsonlines", "application/x-npy"]
+ACCEPTS = [
+    "text/csv",
+    "application/json",
+    "application/jsonlines",
+    "application/x-npy",
+    "application/x-parquet",
+]
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))

@@ -6,6 +6,7 @@ import io
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from modelapp import conf
@@ -23,6 +24,10 @@ def encode(parser: BaseBatchParser, rows: np.ndarray) -> bytes:
         return json.dumps({"instances": rows.tolist()}).encode()
     if parser.media_type == "application/jsonlines":
         return "".join(json.dumps(r) + "\n" for r in rows.tolist()).encode()
+    if parser.media_type == "application/x-parquet":
+        buffer = io.BytesIO()
+        pd.DataFrame(rows, columns=[f"f{j}" for j in range(4)]).to_parquet(buffer)
+        return buffer.getvalue()
     buffer = io.BytesIO()
     np.save(buffer, rows)
     return buffer.getvalue()
@@ -37,6 +42,11 @@ def decode(renderer: BaseBatchRenderer, body: bytes) -> list:
         return json.loads(body)["predictions"]
     if renderer.media_type == "application/jsonlines":
         return [json.loads(line) for line in body.decode().splitlines()]
+    if renderer.media_type == "application/x-parquet":
+        frame = pd.read_parquet(io.BytesIO(body))
+        if list(frame.columns) == ["prediction"]:
+            return frame["prediction"].tolist()
+        return frame.to_numpy().tolist()
     return np.load(io.BytesIO(body)).tolist()
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from modelapp.metadata import ModelMetadata
+from modelapp.metadata import SCHEMA_VERSION, ModelMetadata
 from modelapp.models import TrainedModel
 from modelapp.paths import SageMakerPaths
 from modelapp.registry import load_model
@@ -43,7 +43,7 @@ def test_describe_reads_training_metadata():
     assert (values["training_finished_at"] - values["training_started_at"]).seconds == 4
     # The file as smserve reads it: every key of it kept, the schema version added.
     assert {k: values["metadata"][k] for k in metadata} == metadata
-    assert values["metadata"]["schema_version"] == 2
+    assert values["metadata"]["schema_version"] == SCHEMA_VERSION
 
 
 def test_describe_without_metadata_asks_the_estimator():

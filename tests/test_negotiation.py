@@ -184,6 +184,22 @@ def test_accept_list_goes_by_quality(content_type, accept, expected):
     assert select_renderer(request(content_type, accept)) == (expected, expected)
 
 
+@pytest.mark.parametrize(
+    ("accept", "renderer"),
+    [
+        ("application/parquet", "application/x-parquet"),
+        ("application/vnd.apache.parquet;q=0.9, image/png", "application/x-parquet"),
+        ("application/x-ndjson", "application/jsonlines"),
+        ("text/plain", "text/csv"),
+    ],
+)
+def test_an_alias_in_accept_is_answered_under_its_own_name(accept, renderer):
+    """The aliases of formats.py (training's names) pick their format's renderer, and
+    the answer is named as the client asked."""
+    asked = accept.split(";")[0]
+    assert select_renderer(request("text/csv", accept)) == (renderer, asked)
+
+
 @pytest.mark.parametrize("accept", ["text/html", "text/csv;q=0", "image/*"])
 def test_unsatisfiable_accept_is_not_acceptable(accept):
     """An Accept no renderer satisfies is a 406 that names the types it could have."""

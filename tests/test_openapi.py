@@ -99,7 +99,13 @@ def test_batch_bodies_are_the_configured_formats_and_their_aliases(document):
     (aliases and application/octet-stream included) and a 200 body for every renderer;
     errors come in each renderer's error type."""
     operation = document["paths"]["/invocations"]["post"]
-    served = (formats.CSV, formats.JSON, formats.JSONLINES, formats.NPY)
+    served = (
+        formats.CSV,
+        formats.JSON,
+        formats.JSONLINES,
+        formats.NPY,
+        formats.PARQUET,
+    )
     assert set(operation["requestBody"]["content"]) == {
         *(alias for alias, name in formats.ALIASES.items() if name in served),
         "application/octet-stream",
@@ -109,6 +115,7 @@ def test_batch_bodies_are_the_configured_formats_and_their_aliases(document):
         "text/csv",
         "application/jsonlines",
         "application/x-npy",
+        "application/x-parquet",
     }
     assert set(operation["responses"]["415"]["content"]) == {
         "application/json",

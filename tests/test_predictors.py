@@ -56,7 +56,9 @@ def test_records_and_header_use_feature_names():
     assert by_records.tolist() == expected.tolist() == by_header.tolist()
     with pytest.raises(InvalidInput, match="has unknown 'c'"):
         predictor.predict(Batch(records=[{"a": 1, "b": 2, "c": 3}]))
-    with pytest.raises(InvalidInput, match="CSV header names x, y"):
+    with pytest.raises(
+        InvalidInput, match="columns 'x', 'y' lack 'a', 'b' and have unknown 'x', 'y'"
+    ):
         predictor.predict(Batch(values=np.array([[1.0, 2.0]]), columns=["x", "y"]))
 
 

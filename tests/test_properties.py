@@ -25,6 +25,7 @@ from modelapp.batch import Batch, RecordTable
 from modelapp.exceptions import InvalidInput, NotAcceptable, UnsupportedMediaType
 from modelapp.formats import ALIASES
 from modelapp.negotiation import SageMakerContentNegotiation, parse_accept
+from modelapp.parquet import ParquetParser, ParquetRenderer
 from modelapp.parsers import CSVParser, JSONLinesParser, JSONParser, NPYParser
 from modelapp.renderers import (
     CSVRenderer,
@@ -38,8 +39,8 @@ from modelapp.views import parse_custom_attributes
 # lost. (DeprecationWarnings, e.g. unicode_escape's, are Python's business.)
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
-PARSERS = [CSVParser, JSONParser, JSONLinesParser, NPYParser]
-RENDERERS = [JSONRenderer, CSVRenderer, JSONLinesRenderer, NPYRenderer]
+PARSERS = [CSVParser, JSONParser, JSONLinesParser, NPYParser, ParquetParser]
+RENDERERS = [JSONRenderer, CSVRenderer, JSONLinesRenderer, NPYRenderer, ParquetRenderer]
 
 
 def seeded(examples: int):
@@ -257,6 +258,7 @@ def read_back(renderer_class, body: bytes) -> np.ndarray:
         CSVRenderer: CSVParser,
         JSONLinesRenderer: JSONLinesParser,
         NPYRenderer: NPYParser,
+        ParquetRenderer: ParquetParser,
     }[renderer_class]
     return parser().parse(io.BytesIO(body), parser.media_type).values
 
@@ -549,7 +551,8 @@ def test_any_accept_picks_a_renderer_or_is_not_acceptable(accept, content_type):
     except NotAcceptable:
         return
     assert renderer in renderers
-    assert media_type == renderer.media_type
+    # An alias is answered under its own name (formats.ALIASES).
+    assert ALIASES.get(media_type, media_type) == renderer.media_type
 
 
 @seeded(200)

@@ -39,6 +39,7 @@ IMAGE = "docs/image-and-sagemaker.md"
 RELIABILITY = "docs/reliability.md"
 DEVELOPMENT = "docs/development.md"
 METRICS = "docs/metrics.md"
+LOGS = "docs/logs.md"
 
 HTTP = "tests/test_contract_http.py"
 PROCESS = "tests/test_serve_process.py"
@@ -64,7 +65,14 @@ RECORD = "tests/training/test_record.py"
 TABLES_T = "tests/training/test_tables.py"
 SAFE = "tests/test_safeload.py"
 VIEWS = "tests/test_views.py"
+OUTPUTS = "tests/test_inference_output.py"
 UNDER_LOAD = "tests/test_serve_under_load.py"
+JSON_LOGS = "tests/test_json_logs.py"
+FEATURIZERS = "tests/test_featurizers.py"
+PIPELINE = "tests/test_inference_pipeline.py"
+PARQUET = "tests/test_parquet_serving.py"
+DRIFT_T = "tests/test_drift_serving.py"
+DRIFT_FLAGGED = "test_one_shifted_feature_is_flagged_and_no_other"
 
 # (page, the heading a table sits under, its place among that section's tables) ->
 # (the table's name here, the columns naming a row, the columns whose clauses are proved).
@@ -73,7 +81,17 @@ UNDER_LOAD = "tests/test_serve_under_load.py"
 LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     (SERVING, "Formats", 0): ("Formats: Content-Type", (0,), (0, 1)),
     (SERVING, "Formats", 1): ("Formats: Accept", (0,), (0, 1)),
+    (SERVING, "Featurizers and inference pipelines", 0): (
+        "Featurizers: Accept",
+        (0,),
+        (1,),
+    ),
     (SERVING, "Errors", 0): ("Errors", (2,), (0,)),
+    (SERVING, "Outputs chosen at deployment (`SAGEMAKER_INFERENCE_OUTPUT`)", 0): (
+        "Output keys",
+        (0,),
+        (1,),
+    ),
     (
         SERVING,
         "Script mode for serving: `inference.py` (coming from the official"
@@ -131,6 +149,12 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
     (DEVELOPMENT, "Tests and lint", 0): ("Test phases", (0,), (1,)),
     (DEVELOPMENT, "Tests and lint", 1): ("Test markers", (0,), (1,)),
     (METRICS, "Metrics", 0): ("Metrics", (0,), (0,)),
+    (LOGS, "Fields", 0): ("Log fields", (0,), (0,)),
+    (LOGS, "Embedded Metric Format (`SMSERVE_METRICS_EMF=true`)", 0): (
+        "EMF metrics",
+        (0,),
+        (0,),
+    ),
 }
 
 
@@ -686,6 +710,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "or a single number": proof(
             f"{PROCESS}::test_lone_pickle_beside_tarball_loads"
         ),
+        '`{"features": [...]}` is read as its array (Clarify\'s records; the key is `SMSERVE_JSONLINES_FEATURES_KEY`)': proof(
+            f"{OUTPUTS}::test_clarify_requests_and_answers"
+        ),
     },
     (SERVING, "Formats: Content-Type", "`application/x-npy`"): {
         "`application/x-npy`": proof(f"{HTTP}::test_format_rows"),
@@ -707,7 +734,61 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_parser_hardening.py::test_npy_of_a_non_numeric_dtype_is_invalid_input",
         ),
     },
+    (
+        SERVING,
+        "Formats: Content-Type",
+        "`application/x-parquet` (also `application/parquet`, `application/vnd.apache.parquet`)",
+    ): {
+        "`application/x-parquet` (also `application/parquet`, `application/vnd.apache.parquet`)": proof(
+            f"{PARQUET}::test_parquet_both_ways_under_the_aliases"
+        ),
+        "one Parquet file": proof(
+            f"{PARQUET}::test_numeric_parquet_answers_what_csv_answers"
+        ),
+        "one record per row": proof(
+            f"{PARQUET}::test_numeric_parquet_answers_what_csv_answers"
+        ),
+        "columns by name (in the file's order for a model without feature names)": proof(
+            f"{PARQUET}::test_numeric_parquet_answers_what_csv_answers",
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers",
+        ),
+        "columns of numbers or text (category and boolean too) read with the kinds training gave them": proof(
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers"
+        ),
+        "null is a missing value": proof(
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers"
+        ),
+        "a pandas index is no feature": proof(
+            f"{PARQUET}::test_a_table_as_parquet_answers_what_the_model_answers"
+        ),
+        "nested columns (lists, structs, maps) and binary ones are refused": proof(
+            f"{PARQUET}::test_malformed_parquet_bodies_are_400s"
+        ),
+    },
     # --- docs/serving.md: Formats: Accept --------------------
+    (SERVING, "Featurizers: Accept", "`text/csv`"): {
+        "one row of numbers per record": proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_intermediate_answer_is_the_next_containers_input",
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/json`"): {
+        '`{"predictions": [[...], ...]}`': proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format"
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/jsonlines`"): {
+        '`{"features": [...]}` per record': proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_intermediate_answer_is_the_next_containers_input",
+        ),
+    },
+    (SERVING, "Featurizers: Accept", "`application/x-npy`"): {
+        "the 2-D float array": proof(
+            f"{FEATURIZERS}::test_trained_featurizer_serves_transform_in_every_format",
+            f"{PIPELINE}::test_npy_answer_from_the_featurizer_is_a_float_matrix",
+        ),
+    },
     (SERVING, "Formats: Accept", "`text/csv`"): {
         "`text/csv`": proof(f"{HTTP}::test_every_content_type_and_accept"),
         "one line per record: the label": proof(
@@ -737,6 +818,18 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{PROCESS}::test_feature_names_model",
         ),
     },
+    (SERVING, "Formats: Accept", "`application/x-parquet`"): {
+        "`application/x-parquet`": proof(f"{PARQUET}::test_csv_in_parquet_out"),
+        "one row per record: a column `prediction` of labels or values": proof(
+            f"{PARQUET}::test_csv_in_parquet_out"
+        ),
+        'or one float column per position named by it (`"0"`, `"1"`, …) for scores (`predict_proba`: the classes in the model\'s order, as in a CSV row)': proof(
+            f"{PARQUET}::test_csv_in_parquet_out"
+        ),
+        "text labels as text": proof(
+            f"{PARQUET}::test_csv_in_text_labels_out_as_parquet"
+        ),
+    },
     (SERVING, "Formats: Accept", "absent or `*/*`"): {
         "absent or `*/*`": proof(f"{HTTP}::test_accept_rules"),
         "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT` if set": proof(
@@ -757,6 +850,13 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (SERVING, "Errors", "`invalid_input`"): {
         "malformed CSV/JSON/NPY": proof(f"{HTTP}::test_error_table"),
+        "a Parquet body that is no readable file or has no rows or no columns": proof(
+            f"{PARQUET}::test_malformed_parquet_bodies_are_400s",
+            f"{PARQUET}::test_a_file_broken_after_its_footer_was_read_is_a_400",
+        ),
+        "a Parquet column named twice": proof(
+            f"{PARQUET}::test_malformed_parquet_bodies_are_400s"
+        ),
         "ragged records": proof(f"{HTTP}::test_error_table"),
         "text where the model takes a number": proof(f"{HTTP}::test_error_table"),
         "blank line": proof(f"{HTTP}::test_error_table"),
@@ -775,6 +875,16 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SERVING, "Errors", "`unknown_method`"): {
         "unknown method in the custom attributes": proof(
             f"{HTTP}::test_unknown_method"
+        ),
+    },
+    (SERVING, "Errors", "`not_explainable`"): {
+        "`method=explain` for a model no explainer serves (the detail says why)": proof(
+            "tests/test_explain.py::test_a_model_without_explainer_refuses_clearly"
+        ),
+    },
+    (SERVING, "Errors", "`too_many_records`"): {
+        "`method=explain` with more records than `SMSERVE_EXPLAIN_MAX_RECORDS` (the detail names the cap)": proof(
+            "tests/test_explain.py::test_records_past_the_cap_are_a_413_naming_it"
         ),
     },
     (SERVING, "Errors", "`not_found` / `method_not_allowed`"): {
@@ -842,12 +952,18 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "unsatisfiable `Accept` (lists the supported ones)": proof(
             f"{HTTP}::test_error_table"
         ),
+        "a format that cannot carry the keys `SAGEMAKER_INFERENCE_OUTPUT` names (NPY: one key of numbers)": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
     },
     (SERVING, "Errors", "`model_not_ready`"): {
         "model missing": proof(f"{PROCESS}::test_missing_model_is_503_with_reason"),
         "corrupt": proof(f"{PROCESS}::test_corrupt_model_is_503"),
         "refused by the safe loader (naming the global and the setting that admits it)": proof(
             f"{SAFE}::test_serve_refuses_the_artifact_with_the_reason_on_ping"
+        ),
+        "unable to give a key `SAGEMAKER_INFERENCE_OUTPUT` names (naming it and the keys the model supports)": proof(
+            f"{OUTPUTS}::test_a_key_the_model_cannot_give_is_a_503_naming_it"
         ),
         "or failing its warm-up (on `/ping` and `/invocations`, with the reason unless `SMSERVE_DETAILED_ERRORS=false`; the log says it when it changes and at most once a minute while it lasts, not once per ping)": proof(
             f"{PROCESS}::test_failed_warm_up_is_503",
@@ -1054,6 +1170,36 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{MME}::test_unloading_gives_the_memory_back"
         ),
     },
+    # --- docs/serving.md: Outputs chosen at deployment --------------------
+    (SERVING, "Output keys", "`predicted_label`"): {
+        "the model's `predict` (a label or a regressor's value)": proof(
+            f"{OUTPUTS}::test_a_regressors_label_in_every_format",
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order",
+        ),
+    },
+    (SERVING, "Output keys", "`probability`"): {
+        "two labels: the probability of the second (`classes_[1]`: 1 or `True`)": proof(
+            f"{OUTPUTS}::test_clarify_requests_and_answers"
+        ),
+        "more labels: the predicted label's (the largest)": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
+    (SERVING, "Output keys", "`probabilities`"): {
+        "`predict_proba`'s row in `labels` order": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
+    (SERVING, "Output keys", "`labels`"): {
+        "the classifier's labels (`classes_`) on every record": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
+    (SERVING, "Output keys", "`transform`"): {
+        "the model's `transform` row": proof(
+            f"{OUTPUTS}::test_every_key_in_the_deployments_order"
+        ),
+    },
     # --- docs/settings.md: Settings --------------------
     (SETTINGS, "Settings", "`SAGEMAKER_BASE_DIR`"): {
         "`SAGEMAKER_BASE_DIR`": proof(
@@ -1105,9 +1251,34 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             "tests/test_serve_process.py::test_without_nginx_gunicorn_takes_the_port",
         ),
     },
+    (SETTINGS, "Settings", "`SMSERVE_PASS_THROUGH_LABEL`"): {
+        "`SMSERVE_PASS_THROUGH_LABEL`": proof(
+            f"{PIPELINE}::test_batch_transform_featurizes_training_data_line_for_line"
+        ),
+    },
     (SETTINGS, "Settings", "`SMSERVE_CHUNK_KB`"): {
         "`SMSERVE_CHUNK_KB`": proof(
             "tests/test_chunked_batches.py::test_chunked_answers_equal_one_pass"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_EXPLAIN_MAX_RECORDS`"): {
+        "`SMSERVE_EXPLAIN_MAX_RECORDS`": proof(
+            "tests/test_explain.py::test_records_past_the_cap_are_a_413_naming_it"
+        ),
+    },
+    (SETTINGS, "Settings", "`SAGEMAKER_INFERENCE_OUTPUT`"): {
+        "`SAGEMAKER_INFERENCE_OUTPUT`": proof(
+            f"{OUTPUTS}::test_a_key_the_model_cannot_give_is_a_503_naming_it"
+        ),
+    },
+    (SETTINGS, "Settings", "`SAGEMAKER_INFERENCE_SUPPORTED`"): {
+        "`SAGEMAKER_INFERENCE_SUPPORTED`": proof(
+            f"{OUTPUTS}::test_clarify_requests_and_answers"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_JSONLINES_FEATURES_KEY`"): {
+        "`SMSERVE_JSONLINES_FEATURES_KEY`": proof(
+            f"{OUTPUTS}::test_a_multi_model_endpoint_checks_and_honours_the_keys_for_every_model"
         ),
     },
     (SETTINGS, "Settings", "`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`"): {
@@ -1183,6 +1354,24 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SETTINGS, "Settings", "`SMSERVE_STATS_FLUSH_SECONDS`"): {
         "`SMSERVE_STATS_FLUSH_SECONDS`": proof(
             "tests/test_stats.py::test_counts_across_workers_are_exact"
+        ),
+    },
+    # --- drift (docs/monitoring.md) --------------------
+    (SETTINGS, "Settings", "`SMSERVE_CAPTURE_PERCENT`"): {
+        "`SMSERVE_CAPTURE_PERCENT`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_PSI`"): {
+        "`SMSERVE_DRIFT_PSI`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_JS`"): {
+        "`SMSERVE_DRIFT_JS`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_MIN_RECORDS`"): {
+        "`SMSERVE_DRIFT_MIN_RECORDS`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_DRIFT_REFERENCE_RECORDS`"): {
+        "`SMSERVE_DRIFT_REFERENCE_RECORDS`": proof(
+            f"{DRIFT_T}::test_a_model_trained_elsewhere_uses_its_first_served_records"
         ),
     },
     (SETTINGS, "Settings", "`SMSERVE_STATIC_ROOT`"): {
@@ -1415,6 +1604,10 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{TRAIN}::test_header_csv_gzip_regression"
         ),
         "a name": proof(f"{TRAIN}::test_header_csv_gzip_regression"),
+        "`none` for no label column (a featurizer's job; a classifier's or a regressor's is refused)": proof(
+            f"{FEATURIZERS}::test_featurizer_job_needs_no_label",
+            f"{FEATURIZERS}::test_a_classifier_job_without_a_label_fails_saying_why",
+        ),
     },
     (TRAINING, "Reserved keys", "`smserve_header`"): {
         "`auto`": proof(f"{TRAIN}::test_header_present_and_absent"),
@@ -1695,6 +1888,8 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
         "`training_job_name`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
         "`duration_seconds`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
+        "`outputs` and each feature's `distribution` (the training distributions "
+        "that drift is measured against)": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
     },
     (TRAINING, "What it writes", "`model/model.onnx`"): {
         "the model converted to ONNX (trees, forests and HistGradientBoosting by our "
@@ -2154,6 +2349,118 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     (SETTINGS, "Settings", "`SMSERVE_METRICS_HOST`"): {
         "`SMSERVE_METRICS_HOST`": proof(
             f"{METRICS_T}::test_only_the_master_listens_on_the_metrics_port"
+        ),
+    },
+    # docs/logs.md and its settings (h-logs).
+    (LOGS, "Log fields", "`timestamp`"): {
+        "`timestamp`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`level`"): {
+        "`level`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`logger`"): {
+        "`logger`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`message`"): {
+        "`message`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`process`"): {
+        "`process`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`method`"): {
+        "`method`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`path`"): {
+        "`path`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`status`"): {
+        "`status`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`code`"): {
+        "`code`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`records`"): {
+        "`records`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`content_type`"): {
+        "`content_type`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`response_type`"): {
+        "`response_type`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`bytes_in`"): {
+        "`bytes_in`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`bytes_out`"): {
+        "`bytes_out`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`duration_ms`"): {
+        "`duration_ms`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`model`"): {
+        "`model`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`model_sha256`"): {
+        "`model_sha256`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`engine`"): {
+        "`engine`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`inference_id`"): {
+        "`inference_id`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`detail`"): {
+        "`detail`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`source`"): {
+        "`source`": proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json"),
+    },
+    (LOGS, "Log fields", "`exception`"): {
+        "`exception`": in_process(
+            f"{JSON_LOGS}::test_json_formatter_keeps_the_traceback_and_the_fields"
+        ),
+    },
+    (LOGS, "Log fields", "`remote_addr`, `referer`, `user_agent`"): {
+        clause: proof(f"{JSON_LOGS}::test_every_line_of_the_server_is_json")
+        for clause in ("`remote_addr`", "`referer`", "`user_agent`")
+    },
+    (LOGS, "EMF metrics", "`Invocations`"): {
+        "`Invocations`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Records`"): {
+        "`Records`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Errors4xx`"): {
+        "`Errors4xx`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Errors5xx`"): {
+        "`Errors5xx`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`BytesIn`"): {
+        "`BytesIn`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`BytesOut`"): {
+        "`BytesOut`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`Latency`"): {
+        "`Latency`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (LOGS, "EMF metrics", "`LatencyMax`"): {
+        "`LatencyMax`": proof(f"{JSON_LOGS}::test_emf_lines_follow_the_specification"),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_LOG_FORMAT`"): {
+        "`SMSERVE_LOG_FORMAT`": proof(
+            f"{JSON_LOGS}::test_every_line_of_the_server_is_json"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_METRICS_EMF`"): {
+        "`SMSERVE_METRICS_EMF`": proof(
+            f"{JSON_LOGS}::test_emf_lines_follow_the_specification"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_METRICS_EMF_SECONDS`"): {
+        "`SMSERVE_METRICS_EMF_SECONDS`": proof(
+            f"{JSON_LOGS}::test_emf_lines_follow_the_specification"
         ),
     },
 }

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from modelapp import conf, formats
 from modelapp.batch import (
     Batch,
     ChunkedPredictions,
@@ -31,12 +32,15 @@ from modelapp.batch import (
 )
 from modelapp.exceptions import InvalidInput
 from modelapp.metadata import ModelMetadata
+from modelapp.predictors import featurizer
 from modelapp.predictors.schema import InputSchema
 from modelapp.text import brief_list
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
+# The method that answers with attributions instead of predictions.
+EXPLAIN = "explain"
 ARTIFACT_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
 
@@ -93,6 +97,11 @@ class BasePredictor:
     # Which engine serves each method (the compiled engine's ``EngineReport``); None: the
     # kind's own library serves every method.
     engine_report: Any = None
+    # The deployment's output keys checked against this model (``outputs.OutputSpec``);
+    # None: answer with the method alone.
+    outputs: Any = None
+    # The drift sampler (modelapp/capture.py) the registry attaches when capture is on.
+    capture: Any = None
 
     @classmethod
     def handles(cls, model_dir: Path) -> bool:
@@ -261,10 +270,16 @@ class BasePredictor:
 
     @staticmethod
     def _order(columns: list[str], names: list[str]) -> list[int]:
+        """Where each feature is among the named columns (a CSV header, Parquet's)."""
         if sorted(columns) != sorted(names):
+            missing = [n for n in names if n not in columns]
+            unknown = [c for c in columns if c not in names]
+            parts = [f"lack {brief_list(missing)}"] if missing else []
+            parts += [f"have unknown {brief_list(unknown)}"] if unknown else []
             raise InvalidInput(
-                f"The CSV header names {', '.join(columns)}; expected the features "
-                f"{', '.join(names)}."
+                f"The columns {brief_list(columns)} "
+                f"{' and '.join(parts) or 'name a feature twice'}; expected the "
+                f"features {', '.join(names)}."
             )
         return [columns.index(name) for name in names]
 
@@ -314,10 +329,30 @@ class BasePredictor:
         """Answer one request: ``data`` is the parsed ``Batch`` (the raw body when the
         kind owns its input), ``attributes`` the request's custom attributes,
         ``media_type`` its Content-Type and ``accept`` the negotiated response type."""
+        if self.outputs is not None and "method" not in attributes:
+            return self.outputs.invoke(self, data)
         method = attributes.get("method") or self.default_method
+        if method == EXPLAIN:
+            return self.explain(data, attributes, accept)
         predictions = self.predict(data, method)
+        if method == "transform" and formats.canonical(accept) == formats.JSONLINES:
+            # The next container's record (featurizer.py); a labelled row stays an
+            # array, the layout train reads.
+            key = conf.get("JSONLINES_FEATURES_KEY")
+            if key and not conf.get("PASS_THROUGH_LABEL"):
+                predictions = featurizer.as_feature_records(predictions, key)
         return InvocationResult(
             method=method, records=len(data), predictions=predictions
+        )
+
+    def explain(
+        self, batch: Batch, attributes: dict[str, str], accept: str
+    ) -> InvocationResult:
+        """``method=explain``: each record's attributions (``explain.py``); a kind that
+        cannot explain its models says so."""
+        raise InvalidInput(
+            f"{type(self).__name__} does not explain its predictions (method=explain).",
+            code="not_explainable",
         )
 
     def predict(self, batch: Batch, method: str | None = None) -> Any:
@@ -326,6 +361,9 @@ class BasePredictor:
         if batch.chunks is not None:
             return self._predict_chunks(batch, method)
         method = self.check_method(method or self.default_method)
+        label = None
+        if method == "transform" and conf.get("PASS_THROUGH_LABEL"):
+            batch, label = featurizer.split_label(batch, self.n_features, self.metadata)
         matrix = self.to_input(batch)
         try:
             result = self.call_batch(method, matrix, batch.total)
@@ -343,7 +381,9 @@ class BasePredictor:
                 f"{type(self.model).__name__}.{method} returned {len(result)} results for "
                 f"{len(matrix)} records"
             )
-        return result
+        if self.capture is not None:
+            self.capture.offer(matrix, result, method)
+        return result if label is None else featurizer.with_label(label, result)
 
     def before_fork(self) -> None:
         """In gunicorn's master, before the workers fork: drop what a fork cannot copy

@@ -23,7 +23,18 @@ others by the engine, in one response.
 
 Numerics: float32 input where scikit-learn itself computes in float32 (trees and their
 ensembles), double precision otherwise (linear models, scalers, SVMs, kNN, naive Bayes,
-MLPs). Only numeric inputs are compiled; a model fed text columns stays with scikit-learn.
+MLPs).
+
+Tables with text columns: a pipeline that starts with a ``ColumnTransformer`` is converted
+by ``table_onnx`` into a graph over the table's columns (``CompiledTable``), verified on
+seeded records holding every known category, an unseen one, a missing one and numeric
+gaps (``TABLE_RECORDS``), fed the request's columns as the schema reads them
+(``schema.Columns``); its graph sends gaps and unknown categories where the pipeline does,
+so no record is set aside. Other models fed text columns stay with scikit-learn.
+
+Which engine serves each method, and why, is one log line at load and the admin's
+"Prediction engines" (``EngineReport``); batches go to scikit-learn above the size
+``crossover_limit`` finds, a rule that gives the same answer on a noisy machine.
 
 One session per container: ``compile_model`` makes the session where the model loads
 (gunicorn's master, before the fork), verifies and times it there, and the workers run that
@@ -41,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 import warnings
@@ -61,6 +73,11 @@ MAX_RECORDS = 4000
 RTOL, ATOL = 1e-5, 1e-6
 # The batch size the engine's cost per record is measured on (``_crossover``).
 CROSSOVER_BATCH = 1000
+# The rounds of that measurement, and how much cheaper scikit-learn must be to serve.
+CROSSOVER_ROUNDS = 5
+CROSSOVER_MARGIN = 1.25
+# Records a table pipeline is verified on (``table_onnx.records``).
+TABLE_RECORDS = 2000
 # Probabilities this close are a tie that float32 may break either way (CompiledMethods).
 TIE_GAP = 1e-5
 # How much of a converter's or runtime's message a log line and the admin keep.
@@ -78,6 +95,10 @@ class EngineReport:
     """Which engine serves each method, and why: logged, kept in the admin."""
 
     methods: dict[str, str] = field(default_factory=dict)
+    # Each method's engine, and why that one (one sentence per method).
+    why: dict[str, str] = field(default_factory=dict)
+    # What was compiled: the model's class, a pipeline's steps, a table's encoders.
+    model: str = ""
     # Which methods the graph answers as scikit-learn does (whether or not it serves them).
     verified: dict[str, bool] = field(default_factory=dict)
     reason: str = ""
@@ -89,9 +110,23 @@ class EngineReport:
     max_records: int | None = None
     seconds: float = 0.0
 
+    @classmethod
+    def scikit_learn(
+        cls, model: Any, methods: tuple[str, ...], reason: str
+    ) -> EngineReport:
+        """Every method by scikit-learn, for ``reason``."""
+        return cls(
+            methods=dict.fromkeys(methods, SKLEARN),
+            why=dict.fromkeys(methods, reason),
+            model=describe(model),
+            reason=reason,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "methods": self.methods,
+            "why": self.why,
+            "model": self.model,
             "verified": self.verified,
             "reason": self.reason,
             "source": self.source,
@@ -102,6 +137,47 @@ class EngineReport:
             "tolerance": {"rtol": RTOL, "atol": ATOL},
             "seconds": round(self.seconds, 3),
         }
+
+    def log(self) -> None:
+        """The start-up log line: each method's engine, then why."""
+        served = ", ".join(f"{m} by {e}" for m, e in self.methods.items())
+        why = "; ".join(f"{m}: {w}" for m, w in self.why.items())
+        if not self.source and not self.records:
+            logger.info(
+                "Engines for %s: every method by %s (%s). Why: %s.",
+                self.model,
+                SKLEARN,
+                self.reason,
+                why,
+            )
+            return
+        logger.info(
+            "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; "
+            "batches over %s records to scikit-learn; %.2fs). Why: %s.",
+            self.model,
+            served,
+            self.reason,
+            self.records,
+            {m: f"{d:.2g}" for m, d in self.max_abs_diff.items()},
+            self.source or "no graph",
+            "no" if self.max_records is None else self.max_records,
+            self.seconds,
+            why,
+        )
+
+
+def describe(model: Any) -> str:
+    """A model's class; a pipeline's steps, and a ColumnTransformer's parts, in turn."""
+    steps = getattr(model, "steps", None)
+    if steps:
+        return f"{type(model).__name__}({', '.join(describe(s) for _, s in steps)})"
+    parts = getattr(model, "transformers_", None)
+    if parts:
+        inner = [describe(p) if not isinstance(p, str) else p for _, p, _ in parts]
+        return f"{type(model).__name__}({', '.join(inner)})"
+    if type(model).__name__ == "FunctionTransformer" and model.func is None:
+        return "passthrough"
+    return type(model).__name__
 
 
 def input_dtype(model: Any) -> type:
@@ -228,10 +304,12 @@ class OnnxSession:
         else:
             self._make()
 
-    def run(self, matrix: np.ndarray) -> list[np.ndarray]:
+    def run(self, matrix: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs for a float matrix, or for a dict of its inputs."""
         if self._pid != os.getpid():
             self._make()
-        return self._session.run(None, {self._input: matrix})
+        feed = matrix if isinstance(matrix, dict) else {self._input: matrix}
+        return self._session.run(None, feed)
 
 
 class CompiledMethods:
@@ -265,6 +343,10 @@ class CompiledMethods:
         if self.dtype is np.float32:
             return as_float32(matrix)
         return np.ascontiguousarray(matrix, dtype=np.float64)
+
+    def take(self, matrix: Any, rows: Any) -> Any:
+        """Some of a batch's records (a boolean mask or a slice)."""
+        return matrix[rows]
 
     def _split_nan(self, method: str, matrix: np.ndarray, run: Any) -> np.ndarray:
         """``run`` on the records without NaN, scikit-learn on the others, in order."""
@@ -305,7 +387,7 @@ class CompiledMethods:
                 ties = best[:, 1] - best[:, 0] <= TIE_GAP
                 if ties.any():
                     labels = labels.copy()
-                    labels[ties] = self.fallback("predict", matrix[ties])
+                    labels[ties] = self.fallback("predict", self.take(matrix, ties))
             return labels
         values = np.asarray(outputs[0])
         return values.ravel() if values.ndim == 2 and values.shape[1] == 1 else values
@@ -317,6 +399,51 @@ class CompiledMethods:
         return ("predict", "predict_proba") if self._classifier else ("predict",)
 
 
+class CompiledTable(CompiledMethods):
+    """The verified methods of a table pipeline (``table_onnx``), as callables on the
+    DataFrame the schema builds: its text columns and its numbers go to the graph as
+    they are. The graph sends missing values and unknown categories where the pipeline
+    does (verified), so no record is set aside for scikit-learn."""
+
+    def __init__(
+        self, session: OnnxSession, model: Any, schema: Any, fallback: Any = None
+    ) -> None:
+        super().__init__(session, model, fallback)
+        self.features = schema.features
+        self.labels = schema.labels
+        # Columns nothing says are numbers (passed through): a batch with text in one
+        # is scikit-learn's, whose error names it.
+        self._loose = [
+            label
+            for label, feature in zip(self.labels, self.features, strict=True)
+            if feature.kind == "any"
+        ]
+
+    def _text_in_numbers(self, matrix: Any) -> bool:
+        data = getattr(matrix, "data", None)
+        return data is not None and any(data[i].dtype == object for i in self._loose)
+
+    def predict(self, matrix: Any) -> np.ndarray:
+        if self._loose and self._text_in_numbers(matrix):
+            return np.asarray(self.fallback("predict", matrix))
+        return super().predict(matrix)
+
+    def predict_proba(self, matrix: Any) -> np.ndarray:
+        if self._loose and self._text_in_numbers(matrix):
+            return np.asarray(self.fallback("predict_proba", matrix))
+        return super().predict_proba(matrix)
+
+    def prepare(self, matrix: Any) -> Any:
+        from modelapp.predictors import table_onnx
+
+        return table_onnx.feeds(matrix, self.features, self.labels, self.dtype)
+
+    def take(self, matrix: Any, rows: Any) -> Any:
+        if hasattr(matrix, "iloc") and not hasattr(matrix, "data"):  # a DataFrame
+            return matrix.iloc[rows]
+        return matrix[rows]
+
+
 def compile_model(
     model: Any,
     model_dir: Path | None,
@@ -325,37 +452,100 @@ def compile_model(
     allows_nan: bool,
     metadata: Any = None,
     fallback: Any = None,
+    schema: Any = None,
 ) -> tuple[dict[str, Any], EngineReport]:
     """The methods ONNX Runtime serves for ``model`` (verified), and the report.
-    ``metadata`` (a ``ModelMetadata``) says which graph train wrote and whether a
-    column is text; ``fallback(method, matrix)`` is scikit-learn's own call."""
+    ``metadata`` (a ``ModelMetadata``) says which graph train wrote; ``schema`` (the
+    predictor's ``InputSchema``) whether a column is text and how records become a
+    DataFrame; ``fallback(method, matrix)`` is scikit-learn's own call."""
     started = time.perf_counter()
-    report = EngineReport(methods={m: SKLEARN for m in methods})
+    report = EngineReport.scikit_learn(model, methods, "")
     engines: dict[str, Any] = {}
     try:
         if not n_features:
             raise CompileError("the model does not say how many features it takes")
-        features = getattr(metadata, "features", None) or ()
-        if any(feature.kind != "numeric" for feature in features):
-            raise CompileError("it takes text (categorical) columns")
-        onnx_bytes, report.source = _onnx_bytes(model, model_dir, n_features, metadata)
-        dtype = input_dtype(model)
-        report.dtype = np.dtype(dtype).name
-        compiled = CompiledMethods(OnnxSession(onnx_bytes, dtype), model, fallback)
-        records = verification_records(model, model_dir, n_features)
+        compiled: CompiledMethods
+        if _takes_text(metadata, schema):
+            compiled, records = _compile_table(
+                model, model_dir, n_features, metadata, schema, fallback, report
+            )
+        else:
+            onnx_bytes, report.source = _onnx_bytes(
+                model, model_dir, n_features, metadata
+            )
+            dtype = input_dtype(model)
+            compiled = CompiledMethods(OnnxSession(onnx_bytes, dtype), model, fallback)
+            records = verification_records(model, model_dir, n_features)
+        report.dtype = np.dtype(compiled.dtype).name
         report.records = len(records)
         wanted = [m for m in methods if m in compiled.available()]
         verdicts = {m: _verify(model, compiled, m, records) for m in wanted}
         limit = _crossover(model, compiled, records) if wanted else None
-        compiled.nan_to_fallback = allows_nan and fallback is not None
+        compiled.nan_to_fallback = (
+            allows_nan and fallback is not None and type(compiled) is CompiledMethods
+        )
         compiled.max_records = limit if fallback is not None else None
         report.max_records = compiled.max_records
         engines = _verified_engines(compiled, verdicts, report)
     except CompileError as exc:
         report.reason = f"not compiled: {exc}"
+        report.why = dict.fromkeys(methods, report.reason)
     report.seconds = time.perf_counter() - started
-    _log_report(type(model).__name__, report)
+    report.log()
     return engines, report
+
+
+def _takes_text(metadata: Any, schema: Any) -> bool:
+    features = getattr(schema, "features", None) or getattr(metadata, "features", None)
+    return any(feature.kind != "numeric" for feature in features or ())
+
+
+def _compile_table(
+    model: Any,
+    model_dir: Path | None,
+    n_features: int,
+    metadata: Any,
+    schema: Any,
+    fallback: Any,
+    report: EngineReport,
+) -> tuple[CompiledTable, Any]:
+    """A table pipeline's graph (``table_onnx``), converted apart, and the DataFrame
+    of records it is verified on."""
+    from modelapp.predictors import table_onnx
+
+    if not table_onnx.is_table_pipeline(model):
+        raise CompileError(
+            "it takes text (categorical) columns, and is not a pipeline that starts "
+            "with a ColumnTransformer"
+        )
+    features = getattr(schema, "features", None)
+    if not features:
+        raise CompileError("the model does not say what its columns are")
+    onnx_bytes, report.source = _onnx_bytes(
+        model,
+        model_dir,
+        n_features,
+        metadata,
+        lambda: _apart(convert_table, model, features, schema.labels),
+    )
+    session = OnnxSession(onnx_bytes, input_dtype(model))
+    compiled = CompiledTable(session, model, schema, fallback)
+    rows = table_onnx.records(model, features, schema.labels, TABLE_RECORDS)
+    return compiled, schema.to_columns(rows)
+
+
+def convert_table(model: Any, features: list[Any], labels: list[Any]) -> bytes:
+    """``table_onnx.to_onnx``, its refusals as ``CompileError``."""
+    from modelapp.predictors import table_onnx
+
+    try:
+        return table_onnx.to_onnx(model, features, labels, convert, input_dtype(model))
+    except table_onnx.NotConvertible as exc:
+        raise CompileError(str(exc)) from exc
+    except CompileError:
+        raise
+    except Exception as exc:  # any converter failure means: not compiled
+        raise CompileError(f"the table converter failed ({_brief(exc)})") from exc
 
 
 def _verified_engines(
@@ -367,14 +557,24 @@ def _verified_engines(
     others did not; none when scikit-learn is as fast at every batch size."""
     engines: dict[str, Any] = {}
     failures = []
+    for method in report.methods:
+        if method not in verdicts:
+            report.why[method] = "the graph does not compute it"
     for method, (ok, diff, why) in verdicts.items():
         report.max_abs_diff[method] = diff
         report.verified[method] = ok
         if ok:
             engines[method] = getattr(compiled, method)
             report.methods[method] = ENGINE
+            report.why[method] = f"verified on {report.records} records" + (
+                ""
+                if compiled.max_records is None
+                else f"; batches over {compiled.max_records} records to "
+                "scikit-learn, faster there (measured at load)"
+            )
         else:
             failures.append(f"{method}: {why}")
+            report.why[method] = f"verification failed ({why})"
     report.reason = (
         "verification failed for " + "; ".join(failures)
         if failures
@@ -382,33 +582,26 @@ def _verified_engines(
     )
     if engines and compiled.max_records == 0:
         report.methods = dict.fromkeys(report.methods, SKLEARN)
-        report.reason += (
-            "; not used: scikit-learn answers this model as fast or faster at any "
+        not_used = (
+            "not used: scikit-learn answers this model as fast or faster at any "
             "batch size (measured at load)"
         )
+        report.reason += "; " + not_used
+        for method in engines:
+            report.why[method] = f"verified, {not_used}"
         return {}
     return engines
 
 
-def _log_report(model_name: str, report: EngineReport) -> None:
-    served = ", ".join(f"{m} by {e}" for m, e in report.methods.items())
-    logger.info(
-        "Engines for %s: %s (%s; %d verification records, max |diff| %s; %s; "
-        "batches over %s records to scikit-learn; %.2fs).",
-        model_name,
-        served,
-        report.reason,
-        report.records,
-        {m: f"{d:.2g}" for m, d in report.max_abs_diff.items()},
-        report.source or "no graph",
-        "no" if report.max_records is None else report.max_records,
-        report.seconds,
-    )
-
-
 def _onnx_bytes(
-    model: Any, model_dir: Path | None, n_features: int, metadata: Any
+    model: Any,
+    model_dir: Path | None,
+    n_features: int,
+    metadata: Any,
+    converter: Any = None,
 ) -> tuple[bytes, str]:
+    """``train``'s ``model.onnx`` when it is the graph train wrote, else
+    ``converter()`` (by default ``convert_apart``)."""
     compiled = (getattr(metadata, "compiled", None) or {}) if metadata else {}
     path = model_dir / ONNX_FILE if model_dir is not None else None
     if path is not None and path.is_file() and compiled.get("onnx") == ONNX_FILE:
@@ -421,12 +614,19 @@ def _onnx_bytes(
             "onnx_sha256): converting the model again.",
             path,
         )
+    if converter is not None:
+        return converter(), "converted at start-up"
     return convert_apart(model, n_features), "converted at start-up"
 
 
 def convert_apart(model: Any, n_features: int) -> bytes:
-    """``convert`` run in a forked child, whose graph comes back over a pipe: skl2onnx,
-    onnx and pandas (which skl2onnx imports) and the conversion's garbage, tens of MB
+    """``convert`` run in a forked child (``_apart``)."""
+    return _apart(convert, model, n_features)
+
+
+def _apart(converter: Any, *args: Any) -> bytes:
+    """``converter(*args)`` in a forked child, whose graph comes back over a pipe:
+    skl2onnx, onnx and pandas (which skl2onnx imports) and the conversion's garbage, tens of MB
     for a forest, stay out of the serving process, and so out of every worker forked
     from it. The child ends with ``os._exit``, running no exit code of the parent's."""
     import pickle
@@ -438,7 +638,7 @@ def convert_apart(model: Any, n_features: int) -> bytes:
         try:
             os.close(read_end)
             try:
-                result: tuple[str, Any] = ("graph", convert(model, n_features))
+                result: tuple[str, Any] = ("graph", converter(*args))
             except CompileError as exc:
                 result = ("error", str(exc))
             with os.fdopen(write_end, "wb") as out:
@@ -459,54 +659,80 @@ def convert_apart(model: Any, n_features: int) -> bytes:
     return value
 
 
-def _crossover(
-    model: Any, compiled: CompiledMethods, records: np.ndarray
-) -> int | None:
+def _crossover(model: Any, compiled: CompiledMethods, records: Any) -> int | None:
     """Up to how many records the engine answers faster than scikit-learn; None when it
-    always does. Measured on ``predict`` (CPU time, medians of repeats) for one record and
-    for ``CROSSOVER_BATCH``; each engine's cost as a fixed part plus one per record.
-    A deep forest on a large batch can be slower in ONNX Runtime than in scikit-learn
-    (``bench/RESULTS.md``, round 4)."""
-    rows = np.resize(records, (CROSSOVER_BATCH, records.shape[1])).astype(np.float64)
-
-    def cost(fn: Any, X: np.ndarray) -> float:
-        runs = []
-        for _ in range(3):
-            started = time.process_time()
-            fn(X)
-            runs.append(time.process_time() - started)
-        return sorted(runs)[1]
-
+    always does. Each engine's ``predict`` on one record and on ``CROSSOVER_BATCH``,
+    CPU time, the four measured in turn ``CROSSOVER_ROUNDS`` times and each case's
+    fastest run kept: on a busy machine the fastest run is the least disturbed, and a
+    disturbance lasting a while falls on every case alike. ``crossover_limit`` then
+    decides with a margin. A deep forest on a large batch can be slower in ONNX Runtime
+    than in scikit-learn (``bench/RESULTS.md``, round 4)."""
+    rows = compiled.take(records, np.resize(np.arange(len(records)), CROSSOVER_BATCH))
+    if isinstance(rows, np.ndarray):
+        rows = rows.astype(np.float64)
+    one = compiled.take(rows, slice(0, 1))
     sklearn_predict = (
         (lambda X: compiled.fallback("predict", X))
         if compiled.fallback is not None
         else model.predict
     )
-    ours = [cost(compiled._predict, X) for X in (rows[:1], rows)]
-    theirs = [cost(sklearn_predict, X) for X in (rows[:1], rows)]
-    per_ours = (ours[1] - ours[0]) / (CROSSOVER_BATCH - 1)
-    per_theirs = (theirs[1] - theirs[0]) / (CROSSOVER_BATCH - 1)
-    if per_ours <= per_theirs:
+    cases = [
+        (compiled._predict, one),
+        (compiled._predict, rows),
+        (sklearn_predict, one),
+        (sklearn_predict, rows),
+    ]
+    fastest = [math.inf] * len(cases)
+    for _ in range(CROSSOVER_ROUNDS):
+        for i, (fn, X) in enumerate(cases):
+            started = time.process_time()
+            fn(X)
+            fastest[i] = min(fastest[i], time.process_time() - started)
+    return crossover_limit(*fastest)
+
+
+def crossover_limit(
+    ours_one: float, ours_batch: float, theirs_one: float, theirs_batch: float
+) -> int | None:
+    """The batch size above which scikit-learn serves, from the two engines' costs on
+    one record and on ``CROSSOVER_BATCH`` records (a fixed part plus one per record).
+    A side must be ``CROSSOVER_MARGIN`` times cheaper to count as cheaper, so that
+    measurements a little apart make the same choice: None (the engine serves every
+    batch) unless scikit-learn is cheaper per record; then 0 (scikit-learn serves every
+    batch: not compiled) unless the engine is cheaper on one record; else the crossover,
+    rounded down to a power of two."""
+    per_ours = max(0.0, ours_batch - ours_one) / (CROSSOVER_BATCH - 1)
+    per_theirs = max(0.0, theirs_batch - theirs_one) / (CROSSOVER_BATCH - 1)
+    if per_theirs * CROSSOVER_MARGIN >= per_ours:
         return None
-    fixed_gain = (theirs[0] - per_theirs) - (ours[0] - per_ours)
-    return max(0, int(fixed_gain / (per_ours - per_theirs)))
+    if ours_one * CROSSOVER_MARGIN >= theirs_one:
+        return 0
+    fixed_gain = (theirs_one - per_theirs) - (ours_one - per_ours)
+    limit = int(fixed_gain / (per_ours - per_theirs))
+    return 1 << (limit.bit_length() - 1) if limit >= 1 else 1
 
 
 def _verify(
-    model: Any, compiled: CompiledMethods, method: str, records: np.ndarray
+    model: Any, compiled: CompiledMethods, method: str, records: Any
 ) -> tuple[bool, float, str]:
     dtype = compiled.dtype
-    # scikit-learn sees the values the engine sees (a float32 engine's input is float32).
-    X = records.astype(dtype).astype(np.float64) if dtype is np.float32 else records
+    X: Any
+    X_sklearn: Any
+    if isinstance(compiled, CompiledTable):
+        # The columns a request becomes, and scikit-learn their DataFrame, as served;
+        # the pipeline converts them itself (its trees to float32 after the encoders).
+        X, X_sklearn = records, records.frame()
+    else:
+        # scikit-learn sees the values the engine sees (a float32 engine's input is
+        # float32).
+        X = records.astype(dtype).astype(np.float64) if dtype is np.float32 else records
+        X_sklearn = X
     names = getattr(model, "feature_names_in_", None)
-    if (
-        names is not None
-    ):  # fitted on a DataFrame: scikit-learn is handed one, as served
+    if names is not None and isinstance(X, np.ndarray):
+        # Fitted on a DataFrame: scikit-learn is handed one, as served.
         import pandas
 
-        X_sklearn: Any = pandas.DataFrame(X, columns=list(names))
-    else:
-        X_sklearn = X
+        X_sklearn = pandas.DataFrame(X, columns=list(names))
     try:
         expected = np.asarray(getattr(model, method)(X_sklearn))
         got = getattr(compiled, method)(X)

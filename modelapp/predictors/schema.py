@@ -31,6 +31,35 @@ from modelapp.text import brief
 SHOWN_CATEGORIES = 8
 
 
+class Columns:
+    """A batch of a table, one array per column keyed by the model's column labels
+    (numbers as float64 with NaN for a gap, text as objects): what a compiled table
+    graph takes, without the cost of a DataFrame (most of a one-record prediction's).
+    ``frame()`` is the DataFrame scikit-learn takes; slicing selects records."""
+
+    def __init__(self, data: dict[Any, np.ndarray], n_records: int) -> None:
+        self.data = data
+        self.n_records = n_records
+
+    def __len__(self) -> int:
+        return self.n_records
+
+    def __getitem__(self, rows: Any) -> Columns:
+        data = {label: column[rows] for label, column in self.data.items()}
+        first = next(iter(data.values()), None)
+        return Columns(data, len(first) if first is not None else 0)
+
+    def frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.data, copy=False)
+
+    @property
+    def iloc(self) -> Any:
+        """The DataFrame's ``iloc``: where an error names a record, a frame is made."""
+        return self.frame().iloc
+
+
 class InputSchema:
     """The schema of one model's input; ``features`` is None when it is not known."""
 
@@ -77,8 +106,10 @@ class InputSchema:
     def to_frame(self, rows: Any) -> Any:
         """Rows of fields (lists, or a 2-D float array) in the model's order -> the
         DataFrame the model was fitted on, or ``InvalidInput`` naming the field."""
-        import pandas as pd
+        return self.to_columns(rows).frame()
 
+    def to_columns(self, rows: Any) -> Columns:
+        """``to_frame``'s columns, before they become a DataFrame (``Columns``)."""
         data = {}
         array = isinstance(rows, np.ndarray)
         for j, feature in enumerate(self.features or ()):
@@ -90,7 +121,7 @@ class InputSchema:
             else:
                 column = self._numbers(j, cells)
             data[self.labels[j]] = column
-        return pd.DataFrame(data, copy=False)
+        return Columns(data, len(rows))
 
     def _numbers(self, j: int, cells: Any) -> np.ndarray:
         try:

@@ -12,26 +12,36 @@ from typing import Any
 import numpy as np
 
 from modelapp import conf
+from modelapp.batch import Batch
 from modelapp.metadata import ModelMetadata, allows_nan
-from modelapp.predictors import compiled
+from modelapp.predictors import compiled, explain_support
 from modelapp.predictors.base import (
     MODEL_FILE,
     BasePredictor,
+    InvocationResult,
     ModelLoadError,
     find_artifact,
     load_pickle,
 )
 from modelapp.predictors.compiled import as_float32
+from modelapp.predictors.schema import Columns
 
 logger = logging.getLogger(__name__)
 
 
 class SklearnPredictor(BasePredictor):
-    """Any scikit-learn estimator or pipeline (anything with ``predict``), saved with
-    joblib or pickle: ``model.joblib`` (with ``metadata.json``), else the one
-    ``*.joblib``/``*.pkl`` file of the directory."""
+    """Any scikit-learn estimator or pipeline (anything with ``predict``, or a featurizer
+    with ``transform``: a scaler, an encoder, a ``ColumnTransformer``, PCA, a pipeline
+    ending in one), saved with joblib or pickle: ``model.joblib`` (with
+    ``metadata.json``), else the one ``*.joblib``/``*.pkl`` file of the directory."""
 
-    methods = ("predict", "predict_proba", "predict_log_proba", "decision_function")
+    methods = (
+        "predict",
+        "predict_proba",
+        "predict_log_proba",
+        "decision_function",
+        "transform",
+    )
 
     @classmethod
     def from_model_dir(
@@ -41,14 +51,20 @@ class SklearnPredictor(BasePredictor):
         if artifact.name != MODEL_FILE:
             metadata = None  # metadata.json describes model.joblib, not another file
         model = load_pickle(artifact)
-        if not callable(getattr(model, "predict", None)):
+        if not any(callable(getattr(model, m, None)) for m in ("predict", "transform")):
             raise ModelLoadError(
                 f"{artifact.name} holds a {type(model).__name__}, which has no predict "
-                "method."
+                "method (nor transform, which a featurizer would serve)."
             )
         predictor = cls(model, metadata, artifact)
         predictor.compile(model_dir)
         return predictor
+
+    @property
+    def default_method(self) -> str:
+        """``predict``, or for a featurizer (``transform`` and no ``predict``)
+        ``transform``: the first of ``methods`` the model has."""
+        return self._default_method
 
     def __init__(
         self,
@@ -57,8 +73,16 @@ class SklearnPredictor(BasePredictor):
         artifact: Path | None = None,
     ) -> None:
         super().__init__(model, metadata, artifact)
+        self._default_method = next(
+            (m for m in self.methods if m in self.available_methods), self.methods[0]
+        )
         # Methods ONNX Runtime serves, set by compile(); none until then.
         self._compiled: dict[str, Any] = {}
+        # The explainer (explain.py), built by warm_up(), or why there is none.
+        self.explainer: Any = None
+        self.explain_refusal = "the model has not been warmed up"
+        # Whether a compiled table graph serves a method: to_input keeps the columns.
+        self._takes_columns = False
         self._frame = None
         if self.feature_names is not None and hasattr(self.model, "feature_names_in_"):
             # Fitted on a DataFrame: keep handing it one, or scikit-learn warns every call.
@@ -83,15 +107,10 @@ class SklearnPredictor(BasePredictor):
         """Let ONNX Runtime serve the methods it answers exactly as scikit-learn does
         (``compiled.py``); the others, and every method when it is off, stay here."""
         if not conf.get("COMPILED_ENGINE"):
-            self.engine_report = compiled.EngineReport(
-                methods={m: compiled.SKLEARN for m in self.available_methods},
-                reason="off (SMSERVE_COMPILED_ENGINE)",
+            self.engine_report = compiled.EngineReport.scikit_learn(
+                self.model, self.available_methods, "off (SMSERVE_COMPILED_ENGINE)"
             )
-            logger.info(
-                "Engines for %s: every method by scikit-learn (%s).",
-                type(self.model).__name__,
-                self.engine_report.reason,
-            )
+            self.engine_report.log()
             return
         # One OpenMP thread, as for the warm-up (registry.load): verification predicts
         # with scikit-learn before gunicorn's workers fork, and a GNU OpenMP pool
@@ -108,7 +127,19 @@ class SklearnPredictor(BasePredictor):
                 self.allows_nan,
                 self.metadata,
                 fallback=self._sklearn_call,
+                schema=self.schema,
             )
+        self._takes_columns = self.schema.is_frame and any(
+            isinstance(method.__self__, compiled.CompiledTable)
+            for method in self._compiled.values()
+        )
+
+    def to_input(self, batch: Batch) -> Any:
+        """A table's columns as they are (``schema.Columns``) while a compiled table
+        graph serves one of its methods; scikit-learn's methods make the DataFrame."""
+        if self._takes_columns:
+            return self.schema.to_columns(self._checked_width(self._align(batch)))
+        return super().to_input(batch)
 
     def _sessions(self) -> set[Any]:
         return {method.__self__.session for method in self._compiled.values()}
@@ -123,6 +154,17 @@ class SklearnPredictor(BasePredictor):
         they cannot be shared (``compiled.OnnxSession``)."""
         for session in self._sessions():
             session.after_fork()
+
+    def warm_up(self) -> None:
+        """The warm-up prediction, then the explainer, built here (gunicorn's master,
+        before the fork) so the workers share its arrays."""
+        super().warm_up()
+        self.explainer, self.explain_refusal = explain_support.prepare(self)
+
+    def explain(
+        self, batch: Any, attributes: dict[str, str], accept: str
+    ) -> InvocationResult:
+        return explain_support.answer(self, batch, attributes, accept)
 
     def allows_nan_of(self, model: Any) -> bool:
         return allows_nan(model)
@@ -146,11 +188,13 @@ class SklearnPredictor(BasePredictor):
             return np.asarray(
                 getattr(self.model, method)(as_float32(matrix), check_input=False)
             )
+        if isinstance(matrix, Columns):
+            matrix = matrix.frame()
         if not isinstance(matrix, np.ndarray):
             # A table (schema.py): its encoders and imputers check their own columns,
             # and config_context would cost a small request more than the check it
             # saves (bench/tables.py).
-            return np.asarray(getattr(self.model, method)(matrix))
+            return _dense(getattr(self.model, method)(matrix))
         if self._frame is not None:
             matrix = self._frame(matrix, columns=self.feature_names, copy=False)
         # to_matrix has checked NaN/infinity against the model's tags already:
@@ -159,7 +203,16 @@ class SklearnPredictor(BasePredictor):
         from sklearn import config_context
 
         with config_context(assume_finite=True):
-            return np.asarray(getattr(self.model, method)(matrix))
+            return _dense(getattr(self.model, method)(matrix))
+
+
+def _dense(result: Any) -> np.ndarray:
+    """A method's answer as an array: a featurizer's ``transform`` may give a sparse
+    matrix (``OneHotEncoder``, a ``ColumnTransformer`` holding one), which every
+    renderer writes as the dense rows the next container reads."""
+    if hasattr(result, "toarray"):
+        result = result.toarray()
+    return np.asarray(result)
 
 
 def _is_tree(model: Any) -> bool:

@@ -72,9 +72,10 @@ class Dataset:
 
     channel: str
     X: pd.DataFrame | np.ndarray
-    y: np.ndarray
+    # None: the job has no label column (``smserve_target_column=none``).
+    y: np.ndarray | None
     feature_names: list[str] | None
-    target_name: str | int
+    target_name: str | int | None
     sources: list[str] = field(default_factory=list)
     # One per feature column, in order: kind, categories, share missing, typical value.
     features: list[Feature] = field(default_factory=list)
@@ -85,7 +86,7 @@ class Dataset:
 
     @property
     def rows(self) -> int:
-        return len(self.y)
+        return len(self.X)
 
     @property
     def n_features(self) -> int:
@@ -96,7 +97,7 @@ def load_channel(
     config: ChannelConfig,
     paths: SageMakerPaths,
     *,
-    target_column: int | str = 0,
+    target_column: int | str | None = 0,
     header: str = "auto",
     numeric_target: bool = False,
     categorical_columns: list[int | str] | None = None,
@@ -395,18 +396,21 @@ def _split(
     frame: pd.DataFrame,
     named: bool,
     parts: list[Part],
-    target_column: int | str,
+    target_column: int | str | None,
     numeric_target: bool,
     categorical_columns: list[int | str],
     schema: list[Feature] | None,
 ) -> Dataset:
     columns = list(frame.columns)
-    if len(columns) < 2:
+    target: Any = None
+    if target_column is not None and len(columns) < 2:
         raise ClientError(
             f"Channel {channel!r} has {len(columns)} column; it needs the target and at "
             "least one feature."
         )
-    if isinstance(target_column, int):
+    if target_column is None:
+        pass  # every column is a feature
+    elif isinstance(target_column, int):
         if not -len(columns) <= target_column < len(columns):
             raise ClientError(
                 f"Hyperparameter {TARGET_COLUMN} is {target_column}, but channel "
@@ -426,7 +430,7 @@ def _split(
         )
     else:
         target = target_column
-    features = frame.drop(columns=[target])
+    features = frame.drop(columns=[target]) if target is not None else frame
     declared = set(categorical_columns)
     unknown = sorted(map(str, declared - set(columns)))
     if unknown:
@@ -448,7 +452,11 @@ def _split(
             converted[column] = _numeric(channel, values, column, named, parts)
         described.append(_feature(column if named else None, kind, converted[column]))
     X = pd.DataFrame(converted, index=features.index)
-    y = _target(channel, frame[target], target, numeric_target, parts)
+    y = (
+        _target(channel, frame[target], target, numeric_target, parts)
+        if target is not None
+        else None
+    )
     sources = [p.source for p in parts]
     if named:
         names = [str(c) for c in X.columns]

@@ -125,7 +125,9 @@ class Hyperparameters:
 
     raw: dict[str, Any]
     estimator: Any = RESERVED[ESTIMATOR]
-    target_column: int | str = RESERVED[TARGET_COLUMN]
+    # None (``none``): no label column, for an estimator fitted without one (a
+    # featurizer, a clusterer).
+    target_column: int | str | None = RESERVED[TARGET_COLUMN]
     header: str = RESERVED[HEADER]
     random_seed: int | None = RESERVED[RANDOM_SEED]
     categorical_encoding: str = RESERVED[CATEGORICAL_ENCODING]
@@ -177,11 +179,14 @@ class Hyperparameters:
         return hp
 
 
-def _target_column(value: Any) -> int | str:
+def _target_column(value: Any) -> int | str | None:
+    if value is None:
+        return None  # ``none``: the data has no label column
     if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
         raise ClientError(
             f"Hyperparameter {TARGET_COLUMN} must be a column index (0 is the first "
-            f"column, -1 the last) or a column name from the header, got {value!r}."
+            f"column, -1 the last), a column name from the header, or none (no label "
+            f"column, for a featurizer), got {value!r}."
         )
     return value
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import modelapp
+from modelapp import drift
 from modelapp.metadata import Feature, ModelMetadata, dotted_path, json_safe
 from modelapp.paths import SageMakerPaths
 from modelapp.training import (
@@ -268,6 +269,13 @@ class Trainer:
                 f"{', '.join(sorted(channels)) or 'no channels'}; give the training "
                 f"data as a channel named train ({self.paths.channel_dir(TRAIN)})."
             )
+        if self.hp.target_column is None and task is not None:
+            raise ClientError(
+                f"Hyperparameter smserve_target_column is none (no label column), but "
+                f"{self.result.estimator} is a {task} model: it learns from a label. "
+                "Name the label column, or train a featurizer (an estimator with "
+                'transform, e.g. ["standard_scaler", "pca"]).'
+            )
         for name in sorted(
             set(channels) - {TRAIN, *EVALUATION_CHANNELS, search_channel}
         ):
@@ -319,6 +327,7 @@ class Trainer:
             )
             return metrics
         for name, data in datasets.items():
+            assert data.y is not None  # load_data refuses a model without its label
             predictions = estimator.predict(data.X)
             for metric, value in score(task, estimator, data.y, predictions).items():
                 metrics[f"{name}:{metric}"] = value
@@ -338,12 +347,16 @@ class Trainer:
         validation = datasets.get("validation")
         n_features = getattr(estimator, "n_features_in_", train.n_features)
         features = train.features or [Feature() for _ in range(n_features)]
+        outputs = drift.record_distributions(
+            estimator, features, train, validation or train, classes
+        )
         return ModelMetadata(
             estimator=self.result.estimator or "",
             params=json_safe(estimator.get_params(deep=True)),
             hyperparameters=self.hp.raw,
             features=features,
             preprocessing=self.preprocessing,
+            outputs=outputs,
             target=train.target_name,
             classes=list(classes) if classes is not None else None,
             task=task,

@@ -11,6 +11,7 @@ gunicorn's master waits for this process to end before it answers ``/ping``
 (``docker/gunicorn.conf.py``), so a 200 still means the admin's tables and login exist.
 """
 
+import io
 import json
 import logging
 import os
@@ -58,12 +59,20 @@ def access_log_directives(access_log: str) -> str:
     ``serve`` has left that to it, and every other request too when ``access_log`` names
     a path."""
     directives = []
+    # JSON (smserve/logs.py): one line per invocation, nginx's or the app's.
+    json_lines = conf.get("LOG_FORMAT") == "json"
     if conf.get("INVOCATION_LOG") == "nginx" and logging.getLogger(
         "modelapp.invocations"
     ).isEnabledFor(logging.INFO):
-        directives.append("access_log /dev/stderr invocation if=$invocation;")
+        # JSON: serve's stderr as fd 3, past the filter nginx's stderr goes through.
+        directives.append(
+            "access_log /dev/fd/3 invocation_json if=$invocation_unlogged;"
+            if json_lines
+            else "access_log /dev/stderr invocation if=$invocation;"
+        )
     if access_log != "off":
-        directives.append(f"access_log {access_log} combined if=$not_invocation;")
+        log_format = "access_json" if json_lines else "combined"
+        directives.append(f"access_log {access_log} {log_format} if=$not_invocation;")
     # Without any, nginx would write logs/access.log under the run dir.
     return "\n    ".join(directives) or "access_log off;"
 
@@ -115,6 +124,26 @@ def render_nginx_conf(
         return values[name]
 
     return re.sub(r"@@([A-Z_]+)@@", fill, text)
+
+
+def run_checks() -> None:
+    """Django's deploy checks (gunicorn runs none). The check command prints its report
+    as text: with JSON logs the report becomes a log record instead (smserve/logs.py)."""
+    if conf.get("LOG_FORMAT") != "json":
+        call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
+        return
+    report = io.StringIO()
+    call_command(
+        "check",
+        deploy=True,
+        fail_level="ERROR",
+        verbosity=0,
+        stdout=report,
+        stderr=report,
+    )
+    text = report.getvalue().strip()
+    if text:
+        logger.log(logging.INFO if "no issues" in text else logging.WARNING, "%s", text)
 
 
 def create_superuser() -> None:
@@ -220,7 +249,7 @@ class Command(BaseCommand):
         started_file: Path | None,
         **options: Any,
     ) -> None:
-        call_command("check", deploy=True, fail_level="ERROR", verbosity=0)
+        run_checks()
         make_state_dir(conf.get("STATE_DIR"))
         database = settings.DATABASES["default"]
         if database["ENGINE"].endswith("sqlite3"):
