@@ -25,8 +25,17 @@ if _secrets_file:
     os.unlink(_secrets_file)
     os.environ.update(_secrets)
 
-from modelapp import conf  # noqa: E402
+from modelapp import conf, observers  # noqa: E402
 from smserve import fastpaths  # noqa: E402
+
+# Prometheus metrics (modelapp/metrics.py), when a port is set: their directory is made and
+# prometheus_client imported here, in the master, before the preloaded app counts anything.
+if conf.get("METRICS_PORT") is not None:
+    observers.prepare()
+    from modelapp import metrics as _metrics_module
+
+    _metrics_module.install()
+_metrics = observers.sink
 
 # ``serve`` sets the unix socket nginx proxies to; without nginx gunicorn takes the port.
 bind = conf.get("GUNICORN_BIND") or f"{conf.get('HOST')}:{conf.get('PORT')}"
@@ -79,6 +88,8 @@ def post_fork(server, worker):
     from smserve.workers import catch_early_stop
 
     catch_early_stop(server, worker)
+    if _metrics is not None:
+        _metrics.worker_started()
     # Threads do not survive fork: each worker starts its own stats flusher (which also
     # records the loaded model in the database), off the request path, and adopts the
     # master's compiled-engine sessions (modelapp/predictors/compiled.py).
@@ -100,6 +111,8 @@ def worker_exit(server, worker):
     from smserve.workers import exit_without_teardown
 
     try:
+        if _metrics is not None:
+            _metrics.worker_exiting("exit")
         collector.stop()
         if multimodel.enabled():
             multimodel.worker_models().stop()
@@ -108,6 +121,22 @@ def worker_exit(server, worker):
         # interpreter, which takes seconds, and which ONNX Runtime's exit handlers hang
         # or abort in a process forked from one that loaded it (compiled.OnnxSession).
         exit_without_teardown(worker)
+
+
+def worker_abort(worker):
+    # gunicorn's timeout (SIGABRT); worker_exit runs next.
+    if _metrics is not None:
+        _metrics.worker_exiting("timeout")
+
+
+def child_exit(server, worker):
+    # In the master: a worker ended (recycled, stopped, aborted or killed).
+    if _metrics is not None:
+        _metrics.worker_ended(worker.pid)
+
+
+def on_exit(server):
+    observers.disable()
 
 
 def wait_for_prepare_serve(server):
@@ -148,6 +177,12 @@ def when_ready(server):
     # so that collections in the workers do not touch (and copy) its pages.
     if fastpaths.enabled("gc_freeze"):
         gc.freeze()
+    if _metrics is not None:
+        _metrics.serve()
+        server.log.info(
+            "Prometheus metrics on port %s (SMSERVE_METRICS_PORT).",
+            conf.get("METRICS_PORT"),
+        )
     # The socket is bound (connections queue until the workers fork): from now on nginx
     # answers /ping with 200 from the ready file.
     fastpaths.write_ready_file(registry)

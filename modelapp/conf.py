@@ -71,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
     # log only, and callers get a generic reason (modelapp/exceptions.py).
     "DETAILED_ERRORS": True,
     "STATS_FLUSH_SECONDS": 5.0,
+    # Prometheus metrics on a port of their own, served by gunicorn's master
+    # (modelapp/metrics.py); None: off. The host: None = HOST's.
+    "METRICS_PORT": None,
+    "METRICS_HOST": None,
     # --- drift (modelapp/drift.py, modelapp/capture.py) ---
     # Share of served requests whose records are counted into the drift bins; 0: off.
     "CAPTURE_PERCENT": 0.0,

@@ -53,7 +53,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from modelapp import conf
+from modelapp import conf, observers
 from modelapp.deployments import deployments
 from modelapp.exceptions import (
     InsufficientMemory,
@@ -270,6 +270,8 @@ class WorkerModels:
             with code_site(self.shared.code_root(token), install=False):
                 loaded = load_model(Path(registration.url))
         except ModelLoadError as exc:
+            if observers.sink is not None:
+                observers.sink.model_load_failed(name)
             raise ModelNotReady(
                 f"Model {name!r} is loaded but this worker cannot load it from "
                 f"{registration.url}: {exc}"
@@ -281,6 +283,8 @@ class WorkerModels:
             self.publish()
             raise ModelNotFound(f"No model is loaded under the name {name!r}.")
         self._keep(registration, loaded)
+        if observers.sink is not None:
+            observers.sink.model_loaded(name, loaded)
         logger.info(
             "Loaded model %r in this worker in %.3fs (first invocation here).",
             name,
@@ -312,6 +316,8 @@ class WorkerModels:
                 loaded = load_model(model_dir)
         except ModelLoadError as exc:
             self.shared.remove_code(token)
+            if observers.sink is not None:
+                observers.sink.model_load_failed(name)
             if isinstance(exc.__cause__, MemoryError):
                 raise InsufficientMemory(
                     f"Loading {name!r} ran out of memory."
@@ -338,6 +344,8 @@ class WorkerModels:
             raise
         self._keep(registration, loaded)
         _record("load", registration, loaded.load_seconds, loaded)
+        if observers.sink is not None:
+            observers.sink.model_loaded(name, loaded)
         logger.info(
             "Loaded model %r (TargetModel %s) from %s (sha256 %s, ~%.1f MB) in %.3fs.",
             name,
@@ -373,6 +381,8 @@ class WorkerModels:
         self.shared.remove_code(registration.token)
         seconds = time.perf_counter() - started
         _record("unload", registration, seconds)
+        if observers.sink is not None:
+            observers.sink.model_unloaded(name, registration.sha256, seconds)
         logger.info("Unloaded model %r in %.3fs.", name, seconds)
         return registration
 
@@ -398,6 +408,8 @@ class WorkerModels:
                 old_name, old = self._held.popitem(last=False)
                 used -= old.registration.size
                 self._release(old)
+                if observers.sink is not None:
+                    observers.sink.model_evicted(old_name, old.registration.sha256)
                 logger.info(
                     "Dropped this worker's copy of %r (least recently used) to stay "
                     "within %.0f MB.",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelapp import capture, conf, outputs
+from modelapp import capture, conf, observers, outputs
 from modelapp.exceptions import ModelNotReady
 from modelapp.metadata import ModelMetadata, sha256_of
 from modelapp.paths import SageMakerPaths
@@ -48,6 +48,7 @@ class LoadedModel:
     # None: the model came without a metadata.json (e.g. a bare joblib).
     metadata: ModelMetadata | None
     load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
 
 
 def load_model(model_dir: Path) -> LoadedModel:
@@ -88,8 +89,10 @@ def load_model(model_dir: Path) -> LoadedModel:
         # every forked worker's first parallel prediction (GNU libgomp is not fork-safe).
         from threadpoolctl import threadpool_limits
 
+        warming = time.perf_counter()
         with threadpool_limits(limits=1, user_api="openmp"):
             predictor.warm_up()
+        warmup_seconds = time.perf_counter() - warming
     except Exception as exc:  # the model cannot predict: not ready, whatever the cause
         logger.exception("Warm-up prediction failed.")
         raise ModelLoadError(
@@ -105,6 +108,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         size=artifact.stat().st_size,
         metadata=predictor.metadata,
         load_seconds=time.perf_counter() - started,
+        warmup_seconds=warmup_seconds,
     )
 
 
@@ -190,11 +194,15 @@ class ModelRegistry:
                 entry.loaded = load_model(model_dir)
             except ModelLoadError as exc:
                 entry.reason = str(exc)
+                if observers.sink is not None:
+                    observers.sink.model_load_failed(name)
                 logger.error("Model not loaded: %s", entry.reason)
                 entry.logged_reason, entry.logged_at = entry.reason, time.monotonic()
                 return None
             entry.logged_reason = ""
             loaded = entry.loaded
+            if observers.sink is not None:
+                observers.sink.model_loaded(name, loaded)
             predictor = loaded.predictor
             logger.info(
                 "Loaded %s (%s, sha256 %s, %d features, methods %s) in %.2fs.",

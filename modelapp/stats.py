@@ -27,7 +27,7 @@ from django.db import (
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
-from modelapp import capture, conf
+from modelapp import capture, conf, observers
 from modelapp.deployments import deployments
 from modelapp.periodic import Periodic, discard_connection
 
@@ -209,14 +209,21 @@ def emit_emf(force: bool = False) -> None:
 
 def record_invocation(request: Any, response: Any) -> None:
     """Count an /invocations response once it is rendered (its size is known then),
-    under the checksum of the model the view served it with."""
+    under the checksum of the model the view served it with; the Prometheus metrics
+    (when on) count the same numbers at the same moment."""
     sha256 = getattr(request, "model_sha256", None)
     started = getattr(request, "started", None)
     records = getattr(request, "records", 0)
     bytes_in = int(request.META.get("CONTENT_LENGTH") or 0)
+    observed = (
+        observers.sink.invocation(request, response)
+        if observers.sink is not None
+        else None
+    )
 
     def add(rendered: Any) -> None:
-        latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        now = time.perf_counter()
+        latency_ms = (now - started) * 1000 if started else 0.0
         collector.count(
             sha256,
             rendered.status_code,
@@ -225,6 +232,10 @@ def record_invocation(request: Any, response: Any) -> None:
             bytes_in,
             len(rendered.content),
         )
+        if observed is not None:
+            observed(
+                rendered.status_code, len(rendered.content), latency_ms / 1000, now
+            )
 
     if hasattr(response, "add_post_render_callback"):
         response.add_post_render_callback(add)

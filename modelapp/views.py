@@ -22,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelapp import conf, multimodel, openapi
+from modelapp import conf, multimodel, observers, openapi
 from modelapp.batch import KeyedPredictions
 from modelapp.exceptions import (
     InvalidInput,
@@ -190,10 +190,23 @@ class InvocationsView(APIView):
     def perform_authentication(self, request: Request) -> None:
         pass
 
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if observers.sink is None:
+            return super().dispatch(request, *args, **kwargs)
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        except Exception:
+            # A bug: Django answers the 500 (server_error); the metrics count it here.
+            observers.sink.failed()
+            raise
+
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         request.started = time.perf_counter()
         request.records = 0
         request.model_sha256 = None
+        request.prediction_method = ""
+        if observers.sink is not None:
+            observers.sink.started()
         request.model_name = kwargs.get("name", self.model_name)
         request.engine = ""
         # The predictor is known before negotiation, which may depend on it; a model
@@ -235,14 +248,19 @@ class InvocationsView(APIView):
             request.META.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES", "")
         )
         extra = {"headers": request.headers} if predictor.wants_headers else {}
+        data = request.data
+        # The phases' ends, for the metrics (a chunked body is parsed while predicted).
+        request.parsed_at = time.perf_counter()
         result = predictor.invoke(
-            request.data,
+            data,
             attributes,
             request.content_type or "",
             request.accepted_media_type,
             **extra,
         )
+        request.predicted_at = time.perf_counter()
         request.records = result.records
+        request.prediction_method = result.method
         request.engine = engine_of(predictor, result.method, result.records)
         headers = {
             CUSTOM_ATTRIBUTES: f"method={result.method}",
@@ -288,6 +306,8 @@ class InvocationsView(APIView):
         if getattr(response, "exception", False):
             response.content_type = response.accepted_renderer.error_media_type
         request.model_sha256 = self.model_sha256()
+        request.predictor = self.predictor
+        request.served_model = self.served_model_name()
         log_invocation(request, response)
         return response
 
@@ -295,6 +315,10 @@ class InvocationsView(APIView):
         """The checksum of the model that answered, for the stats."""
         loaded = registry.loaded_model(self.model_name)
         return loaded.sha256 if loaded is not None else None
+
+    def served_model_name(self) -> str:
+        """The name of the model that answered, for the metrics ("": none did)."""
+        return self.model_name if self.predictor is not None else ""
 
 
 # --- multi-model endpoints: SageMaker's model API (modelapp/multimodel.py) ---------------
@@ -468,6 +492,10 @@ class ModelInvokeView(InvocationsView):
 
     def model_sha256(self) -> str | None:
         return self.loaded_model.sha256 if self.loaded_model is not None else None
+
+    def served_model_name(self) -> str:
+        # Only a loaded model's name: any other is the caller's, and unbounded.
+        return str(self.kwargs["name"]) if self.loaded_model is not None else ""
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any

@@ -14,6 +14,8 @@ if [ "$profile" = test ]; then
   # chromium: the admin's browser test. shellcheck: lint of the shell scripts.
   # procps: the tests find serve's children with ps.
   packages+=(postgresql podman runc debootstrap uidmap shellcheck chromium procps)
+  # prometheus: a real Prometheus scrapes the metrics port (tests/test_metrics.py).
+  packages+=(prometheus)
 elif [ "$profile" = bench ]; then
   # wrk: the load generator; taskset (util-linux) pins it and the server apart.
   packages+=(wrk procps util-linux)

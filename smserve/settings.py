@@ -100,6 +100,8 @@ def _smserve_from_environment() -> dict[str, Any]:
         "STATE_DIR": env_str("SMSERVE_STATE_DIR"),
         "ADMIN_ENABLED": env_bool("SMSERVE_ADMIN_ENABLED", None),
         "STATS_FLUSH_SECONDS": env_float("SMSERVE_STATS_FLUSH_SECONDS"),
+        "METRICS_PORT": env_int("SMSERVE_METRICS_PORT"),
+        "METRICS_HOST": env_str("SMSERVE_METRICS_HOST"),
         "CAPTURE_PERCENT": env_float("SMSERVE_CAPTURE_PERCENT"),
         "DRIFT_PSI": env_float("SMSERVE_DRIFT_PSI"),
         "DRIFT_JS": env_float("SMSERVE_DRIFT_JS"),

@@ -38,6 +38,7 @@ ADMIN = "docs/admin.md"
 IMAGE = "docs/image-and-sagemaker.md"
 RELIABILITY = "docs/reliability.md"
 DEVELOPMENT = "docs/development.md"
+METRICS = "docs/metrics.md"
 LOGS = "docs/logs.md"
 
 HTTP = "tests/test_contract_http.py"
@@ -59,6 +60,7 @@ STATS = "tests/test_stats.py"
 FAULTS = "tests/test_faults.py"
 SETTINGS_T = "tests/test_settings_doc.py"
 DOCS_T = "tests/test_docs.py"
+METRICS_T = "tests/test_metrics.py"
 RECORD = "tests/training/test_record.py"
 TABLES_T = "tests/training/test_tables.py"
 SAFE = "tests/test_safeload.py"
@@ -146,6 +148,7 @@ LAYOUT: dict[tuple[str, str, int], tuple[str, tuple[int, ...], tuple[int, ...]]]
     (RELIABILITY, "Safe model loading", 0): ("Safe loading refusals", (0,), (0,)),
     (DEVELOPMENT, "Tests and lint", 0): ("Test phases", (0,), (1,)),
     (DEVELOPMENT, "Tests and lint", 1): ("Test markers", (0,), (1,)),
+    (METRICS, "Metrics", 0): ("Metrics", (0,), (0,)),
     (LOGS, "Fields", 0): ("Log fields", (0,), (0,)),
     (LOGS, "Embedded Metric Format (`SMSERVE_METRICS_EMF=true`)", 0): (
         "EMF metrics",
@@ -2241,6 +2244,117 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         ),
         'whose job fails (exit 1, no model) with "Host algo-2 failed: it was stopped (SIGTERM)" in its `output/failure`': proof(
             f"{CLUSTER}::test_sigterm_on_another_host_fails_the_leader"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_invocations_total`"): {
+        "`smserve_invocations_total`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_invocation_records_total`"): {
+        "`smserve_invocation_records_total`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_invocation_request_bytes_total`"): {
+        "`smserve_invocation_request_bytes_total`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_invocation_response_bytes_total`"): {
+        "`smserve_invocation_response_bytes_total`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_invocation_duration_seconds`"): {
+        "`smserve_invocation_duration_seconds`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_invocation_phase_duration_seconds`"): {
+        "`smserve_invocation_phase_duration_seconds`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_invocations_in_flight`"): {
+        "`smserve_invocations_in_flight`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_worker_starts_total`"): {
+        "`smserve_worker_starts_total`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_worker_exits_total`"): {
+        "`smserve_worker_exits_total`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_loads_total`"): {
+        "`smserve_model_loads_total`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker",
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory",
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_load_duration_seconds`"): {
+        "`smserve_model_load_duration_seconds`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker",
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory",
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_warmup_duration_seconds`"): {
+        "`smserve_model_warmup_duration_seconds`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker",
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory",
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_loaded`"): {
+        "`smserve_model_loaded`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker",
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory",
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_memory_bytes`"): {
+        "`smserve_model_memory_bytes`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker",
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory",
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_ping_ready`"): {
+        "`smserve_ping_ready`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker",
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory",
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_unloads_total`"): {
+        "`smserve_model_unloads_total`": proof(
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_unload_duration_seconds`"): {
+        "`smserve_model_unload_duration_seconds`": proof(
+            f"{METRICS_T}::test_multi_model_loads_unloads_and_memory"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_model_evictions_total`"): {
+        "`smserve_model_evictions_total`": in_process(
+            f"{METRICS_T}::test_an_eviction_is_counted"
+        ),
+    },
+    (METRICS, "Metrics", "`smserve_build_info`"): {
+        "`smserve_build_info`": proof(
+            f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_METRICS_PORT`"): {
+        "`SMSERVE_METRICS_PORT`": proof(
+            f"{METRICS_T}::test_only_the_master_listens_on_the_metrics_port"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_METRICS_HOST`"): {
+        "`SMSERVE_METRICS_HOST`": proof(
+            f"{METRICS_T}::test_only_the_master_listens_on_the_metrics_port"
         ),
     },
     # docs/logs.md and its settings (h-logs).
