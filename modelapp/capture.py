@@ -121,6 +121,8 @@ def _stack(results: list[Any]) -> Any:
 def _concat(matrices: list[Any]) -> Any:
     if len(matrices) == 1:
         return matrices[0]
+    if hasattr(matrices[0], "concat"):  # a table's columns (``schema.Columns``)
+        return type(matrices[0]).concat(matrices)
     if hasattr(matrices[0], "iloc"):
         import pandas as pd
 

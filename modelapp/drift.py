@@ -382,7 +382,10 @@ def compare(
 
 # --- a model's columns ---------------------------------------------------------------------------
 def column(matrix: Any, position: int) -> Any:
-    """The values of one feature of a batch (a float matrix or a DataFrame)."""
+    """The values of one feature of a batch (a float matrix, a DataFrame, or a table's
+    columns as a compiled table graph takes them: ``schema.Columns``)."""
+    if hasattr(matrix, "column"):
+        return matrix.column(position)
     if hasattr(matrix, "iloc"):
         return matrix.iloc[:, position].to_numpy()
     return np.asarray(matrix)[:, position]

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from modelapp.predictors.compiled import ATOL, RTOL
 from tests.support.servers import ServeProcess
 from tests.support.tables import FEATURES, TARGET, churn_frame, own_answer
 from tests.support.training import run_train
@@ -362,7 +363,8 @@ def test_a_table_as_parquet_answers_what_the_model_answers(churn):
     _, out = answer(server, body, PARQUET, Accept=PARQUET, **PROBA)
     scores = read(out)
     assert list(scores.columns) == ["0", "1"]
-    assert np.allclose(scores.to_numpy(), proba, rtol=0, atol=1e-9)
+    # The compiled engine serves this pipeline: its tolerance (test_tables_compiled.py).
+    assert np.allclose(scores.to_numpy(), proba, rtol=RTOL, atol=ATOL)
 
 
 def test_csv_in_text_labels_out_as_parquet(churn):

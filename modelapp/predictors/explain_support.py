@@ -125,7 +125,10 @@ def _input(predictor: Any, rows: list[list[Any]]) -> Any:
 
 def _named(predictor: Any, matrix: Any) -> Any:
     """A numeric model fitted on a DataFrame is handed one (as ``SklearnPredictor``
-    does), or scikit-learn warns on every call."""
+    does), or scikit-learn warns on every call; a table's columns (``schema.Columns``,
+    what a compiled table graph takes) become the DataFrame the explainer walks."""
+    if hasattr(matrix, "frame"):
+        return matrix.frame()
     frame = getattr(predictor, "_frame", None)
     if frame is not None and isinstance(matrix, np.ndarray):
         return frame(matrix, columns=predictor.feature_names, copy=False)

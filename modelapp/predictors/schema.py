@@ -49,6 +49,19 @@ class Columns:
         first = next(iter(data.values()), None)
         return Columns(data, len(first) if first is not None else 0)
 
+    @classmethod
+    def concat(cls, parts: list[Columns]) -> Columns:
+        """The records of ``parts``, in order, as one batch."""
+        data = {
+            label: np.concatenate([part.data[label] for part in parts])
+            for label in parts[0].data
+        }
+        return cls(data, sum(part.n_records for part in parts))
+
+    def column(self, position: int) -> np.ndarray:
+        """The values of the feature at ``position`` (the schema's order)."""
+        return list(self.data.values())[position]
+
     def frame(self) -> Any:
         import pandas as pd
 
