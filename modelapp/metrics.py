@@ -393,12 +393,14 @@ class StateCollector:
             "size (shared by the workers).",
             labels=("model", "sha256"),
         )
+        served: dict[str, str] = {}  # sha256 -> the model label
         if multimodel.enabled():
             ready.add_metric([], 1)
             for registration in multimodel.worker_models().shared.all():
                 labels = [registration.name, short(registration.sha256)]
                 loaded.add_metric(labels, 1)
                 memory.add_metric(labels, registration.size)
+                served[registration.sha256] = registration.name
         else:
             model = registry.loaded
             ready.add_metric([], 1 if model is not None else 0)
@@ -406,11 +408,65 @@ class StateCollector:
                 labels = ["model", short(model.sha256)]
                 loaded.add_metric(labels, 1)
                 memory.add_metric(labels, model.size)
+                served[model.sha256] = "model"
         info = InfoMetricFamily(
             "smserve_build", "Versions of smserve and the libraries that predict."
         )
         info.add_metric([], versions())
-        return [ready, loaded, memory, info]
+        return [ready, loaded, memory, info, *drift_families(served)]
+
+
+def drift_families(served: dict[str, str]) -> list[Any]:
+    """The drift of each loaded model over the last day, as the admin's model list
+    shows it (``drift_admin.report_for``): per feature and output its PSI and
+    Jensen-Shannon distance, and whether the model drifts. Read from the database at
+    scrape time; nothing while capture is off (``SMSERVE_CAPTURE_PERCENT`` 0), and
+    nothing for a model with no sampled records in the window."""
+    if float(conf.get("CAPTURE_PERCENT")) <= 0 or not served:
+        return []
+    from django.db import DatabaseError, close_old_connections
+
+    from modelapp import drift_admin
+    from modelapp.models import TrainedModel
+
+    labels = ("model", "sha256", "feature")
+    psi = GaugeMetricFamily(
+        "smserve_drift_psi",
+        "Population stability index of a feature (or output) over the last day "
+        "against the model's reference.",
+        labels=labels,
+    )
+    js = GaugeMetricFamily(
+        "smserve_drift_js_distance",
+        "Jensen-Shannon distance of a feature (or output) over the last day against "
+        "the model's reference.",
+        labels=labels,
+    )
+    drifting = GaugeMetricFamily(
+        "smserve_model_drifting",
+        "1 when a feature or output of the model passes a drift threshold over the "
+        "last day, else 0.",
+        labels=("model", "sha256"),
+    )
+    close_old_connections()
+    try:
+        for model in TrainedModel.objects.filter(
+            sha256__in=list(served), drift_counts__isnull=False
+        ).distinct():
+            report = drift_admin.report_for(model)
+            if report.reference is None:
+                continue
+            name, prefix = served[model.sha256], short(model.sha256)
+            for feature in [*report.features, *report.outputs]:
+                psi.add_metric([name, prefix, feature.name], feature.psi)
+                js.add_metric([name, prefix, feature.name], feature.js)
+            drifting.add_metric([name, prefix], 1 if report.drifting else 0)
+    except DatabaseError:
+        # A database outage costs the drift gauges of this scrape, not the scrape.
+        return []
+    finally:
+        close_old_connections()
+    return [psi, js, drifting]
 
 
 def versions() -> dict[str, str]:

@@ -10,6 +10,7 @@ import json
 import re
 import sqlite3
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -17,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, AdminClient
 from tests.support.models import write_model
 from tests.support.servers import PYTHON, ServeProcess, ServerDatabase, wait_for
@@ -158,7 +160,12 @@ def single(models, tmp_path_factory) -> Iterator:
     work = tmp_path_factory.mktemp("drift_single")
     db = ServerDatabase(work / "db")  # SQLite: forget_counts deletes rows in it
     base, sha = models["a"]
-    server = ServeProcess(base, work, env=capture_env(db, work)).start()
+    env = {
+        **capture_env(db, work),
+        "SMSERVE_METRICS_HOST": "127.0.0.1",
+        "SMSERVE_METRICS_PORT": str(free_port("127.0.0.1")),
+    }
+    server = ServeProcess(base, work, env=env).start()
     yield server, db, sha
     server.stop()
 
@@ -174,7 +181,9 @@ def test_one_shifted_feature_is_flagged_and_no_other(single, shift, flagged):
     docs/settings.md: `SMSERVE_CAPTURE_PERCENT` (every request sampled), the thresholds
     `SMSERVE_DRIFT_PSI`, `SMSERVE_DRIFT_JS` and `SMSERVE_DRIFT_MIN_RECORDS`.
     docs/training.md, What it writes, metadata.json: "outputs and each feature's
-    distribution (the training distributions that drift is measured against)"."""
+    distribution (the training distributions that drift is measured against)".
+    docs/metrics.md: `smserve_drift_psi`, `smserve_drift_js_distance` and
+    `smserve_model_drifting` give the page's verdict to a scraper."""
     server, db, sha = single
     forget_counts(db)
     sent_and_counted(server, db, sha, traffic(5, shift=shift), "/invocations")
@@ -185,6 +194,34 @@ def test_one_shifted_feature_is_flagged_and_no_other(single, shift, flagged):
         assert f"Drifting: {flagged[0]}" in page
     else:
         assert "No drift" in page
+    # The same verdict as Prometheus gauges (docs/metrics.md: smserve_drift_psi,
+    # smserve_drift_js_distance, smserve_model_drifting): the window is the last day,
+    # and forget_counts left only this traffic in it.
+    gauges = drift_gauges(server)
+    verdict = 1 if flagged else 0
+    assert gauges["smserve_model_drifting"] == {("model", sha[:12], ""): verdict}
+    psi = {f: v for (_, _, f), v in gauges["smserve_drift_psi"].items()}
+    js = {f: v for (_, _, f), v in gauges["smserve_drift_js_distance"].items()}
+    assert set(FEATURES) <= set(psi)
+    assert set(FEATURES) <= set(js)
+    over = [f for f in FEATURES if psi[f] > 0.25 or js[f] > 0.2]  # the env's thresholds
+    assert sorted(over) == flagged
+
+
+def drift_gauges(single_server: ServeProcess) -> dict[str, dict[tuple, float]]:
+    """The drift gauges the server's metrics port exposes, by (model, sha256, feature)."""
+    port = single_server.env["SMSERVE_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(("smserve_drift_", "smserve_model_drifting")):
+                key = tuple(
+                    sample.labels.get(k, "") for k in ("model", "sha256", "feature")
+                )
+                out.setdefault(sample.name, {})[key] = sample.value
+    return out
 
 
 def test_demo_traffic_shows_drift(single, models):

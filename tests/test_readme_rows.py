@@ -2342,6 +2342,15 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{METRICS_T}::test_an_eviction_is_counted"
         ),
     },
+    (METRICS, "Metrics", "`smserve_drift_psi`"): {
+        "`smserve_drift_psi`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (METRICS, "Metrics", "`smserve_drift_js_distance`"): {
+        "`smserve_drift_js_distance`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    (METRICS, "Metrics", "`smserve_model_drifting`"): {
+        "`smserve_model_drifting`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
     (METRICS, "Metrics", "`smserve_build_info`"): {
         "`smserve_build_info`": proof(
             f"{METRICS_T}::test_totals_are_exact_over_a_killed_worker"
