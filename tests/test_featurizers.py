@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -428,3 +429,98 @@ def test_json_lines_key_setting_names_the_featurizers_records():
         lines = [json.loads(line) for line in body.decode().splitlines()]
         got = [line[key] for line in lines] if key else lines
         assert np.allclose(got, expected, rtol=0, atol=1e-12), key
+
+
+def test_the_compiled_engine_serves_a_trained_featurizers_transform(scaler, tmp_path):
+    """docs/serving.md, Featurizers: the compiled engine serves the ``transform`` of a
+    numeric featurizer (``train``'s ``model.onnx``, verified at load like any method):
+    the answers are within the verification tolerance of the model's own, and the log
+    line says ONNX Runtime serves ``transform``. With the engine off the answers are
+    scikit-learn's exactly, and the log says so."""
+    from modelapp.predictors.compiled import ATOL, RTOL
+
+    server, model, base = scaler
+    assert re.search(
+        r"Engines for Pipeline\(StandardScaler, PCA\): transform by onnxruntime "
+        r"\(verified on every record; 200 verification records, .*; model\.onnx "
+        r"written by train;",
+        server.log,
+    )
+    rows = unlabelled(50, seed=4)
+    for body, content_type in (
+        (csv_of(rows), "text/csv"),
+        (csv_of(rows[:1]), "text/csv"),
+    ):
+        status, _, answer_body = server.invoke(
+            body, content_type, Accept="application/x-npy"
+        )
+        assert status == HTTPStatus.OK, answer_body
+        got = np.load(io.BytesIO(answer_body), allow_pickle=False)
+        expected = model.transform(np.loadtxt(io.BytesIO(body), delimiter=",", ndmin=2))
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+    plain = ServeProcess(
+        base, tmp_path, workers=1, env={"SMSERVE_COMPILED_ENGINE": "off"}
+    ).start()
+    try:
+        status, _, answer_body = plain.invoke(
+            csv_of(rows), "text/csv", Accept="application/x-npy"
+        )
+        assert status == HTTPStatus.OK, answer_body
+        np.testing.assert_array_equal(
+            np.load(io.BytesIO(answer_body), allow_pickle=False), model.transform(rows)
+        )
+        assert (
+            "Engines for Pipeline(StandardScaler, PCA): every method by scikit-learn "
+            "(off (SMSERVE_COMPILED_ENGINE))" in plain.log
+        )
+    finally:
+        plain.stop()
+
+
+def test_a_featurizer_the_engine_does_not_convert_is_not_converted(column_transformer):
+    """A featurizer other than the numeric scalers and PCA (here a ``ColumnTransformer``
+    one-hot encoding text) gets no conversion nor verification at start-up, and its
+    log line says scikit-learn serves ``transform``, and why."""
+    server, _ = column_transformer
+    assert (
+        "Engines for ColumnTransformer(OneHotEncoder, Pipeline(SimpleImputer, "
+        "StandardScaler)): every method by scikit-learn (not compiled: the compiled "
+        "engine converts only the numeric featurizers (StandardScaler, MinMaxScaler, "
+        "MaxAbsScaler, PCA and pipelines of them), not ColumnTransformer). Why: "
+        "transform: not compiled" in server.log
+    )
+    assert "verification records" not in server.log
+
+
+def test_a_featurizer_graph_that_disagrees_is_caught(tmp_path):
+    """A ``model.onnx`` whose scaling constants were moved answers ``transform``
+    differently: verification catches it, scikit-learn serves, the report says why."""
+    import onnx
+    from onnx import numpy_helper
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from modelapp.predictors import compiled
+    from modelapp.registry import load_model
+
+    model = make_pipeline(StandardScaler(), PCA(2)).fit(unlabelled(100, seed=2))
+    write_model(
+        tmp_path, model, {"n_features": WIDTH, "compiled": {"onnx": "model.onnx"}}
+    )
+    graph = onnx.load_from_string(compiled.convert(model, WIDTH))
+    for tensor in graph.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind == "f":
+            tensor.CopyFrom(numpy_helper.from_array(values + 0.01, tensor.name))
+    (tmp_path / "model" / "model.onnx").write_bytes(graph.SerializeToString())
+    predictor = load_model(tmp_path / "model").predictor
+    report = predictor.engine_report
+    assert report.source == "model.onnx written by train"
+    assert report.methods == {"transform": compiled.SKLEARN}
+    assert re.search(r"verification failed for transform: max \|diff\|", report.reason)
+    rows = unlabelled(5, seed=3)
+    np.testing.assert_array_equal(
+        predictor.call("transform", rows), model.transform(rows)
+    )

@@ -25,6 +25,11 @@ Numerics: float32 input where scikit-learn itself computes in float32 (trees and
 ensembles), double precision otherwise (linear models, scalers, SVMs, kNN, naive Bayes,
 MLPs).
 
+Featurizers (``transform`` and no ``predict``): the numeric ones (``FEATURIZERS`` and
+pipelines of them) are converted, their graph's one output the transformed matrix, and
+``transform`` verified and served like any method; any other featurizer is not converted
+at all, and the report says why scikit-learn serves its ``transform``.
+
 Tables with text columns: a pipeline that starts with a ``ColumnTransformer`` is converted
 by ``table_onnx`` into a graph over the table's columns (``CompiledTable``), verified on
 seeded records holding every known category, an unseen one, a missing one and numeric
@@ -83,6 +88,9 @@ TIE_GAP = 1e-5
 # How much of a converter's or runtime's message a log line and the admin keep.
 MESSAGE_CHARS = 300
 ENGINE = "onnxruntime"
+# The featurizers converted: numeric scalers and projections, whose graph is the
+# arithmetic scikit-learn does (encoders, imputers and column selections are not).
+FEATURIZERS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "PCA")
 SKLEARN = "scikit-learn"
 
 
@@ -185,9 +193,30 @@ def input_dtype(model: Any) -> type:
     return np.float32 if _trees(_final_step(model)) is not None else np.float64
 
 
+def is_featurizer(model: Any) -> bool:
+    """A model with ``transform`` and no ``predict``: it serves ``transform``."""
+    return hasattr(model, "transform") and not hasattr(model, "predict")
+
+
+def refuse_featurizer(model: Any) -> None:
+    """``CompileError`` for a featurizer that is not ``FEATURIZERS`` or a pipeline of
+    them: refused before any conversion work."""
+    if not is_featurizer(model):
+        return
+    steps = [step for _, step in getattr(model, "steps", None) or [("", model)]]
+    others = [type(s).__name__ for s in steps if type(s).__name__ not in FEATURIZERS]
+    if others:
+        raise CompileError(
+            f"the compiled engine converts only the numeric featurizers "
+            f"({', '.join(FEATURIZERS)} and pipelines of them), not {', '.join(others)}"
+        )
+
+
 def convert(model: Any, n_features: int) -> bytes:
     """``model`` as a serialized ONNX graph with one input ``X`` of ``n_features``."""
     from modelapp.predictors import tree_onnx  # trees and forests, without skl2onnx
+
+    refuse_featurizer(model)
 
     if tree_onnx.supports(model, n_features):
         return tree_onnx.to_onnx(model, n_features)
@@ -338,6 +367,8 @@ class CompiledMethods:
         classes = getattr(model, "classes_", None)
         self._label_dtype = classes.dtype if classes is not None else None
         self._classifier = "probabilities" in session.outputs
+        # A featurizer's graph has one output, the transformed matrix.
+        self._featurizer = is_featurizer(model)
 
     def prepare(self, matrix: np.ndarray) -> np.ndarray:
         if self.dtype is np.float32:
@@ -377,6 +408,16 @@ class CompiledMethods:
             return self._split_nan("predict_proba", matrix, self._predict_proba)
         return self._predict_proba(matrix)
 
+    def transform(self, matrix: np.ndarray) -> np.ndarray:
+        if self.max_records is not None and len(matrix) > self.max_records:
+            return np.asarray(self.fallback("transform", matrix))
+        if self.nan_to_fallback:
+            return self._split_nan("transform", matrix, self._transform)
+        return self._transform(matrix)
+
+    def _transform(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(self.prepare(matrix))[0])
+
     def _predict(self, matrix: np.ndarray) -> np.ndarray:
         outputs = self.session.run(self.prepare(matrix))
         if self._classifier:
@@ -396,6 +437,8 @@ class CompiledMethods:
         return np.asarray(self.session.run(self.prepare(matrix))[1])
 
     def available(self) -> tuple[str, ...]:
+        if self._featurizer:
+            return ("transform",)
         return ("predict", "predict_proba") if self._classifier else ("predict",)
 
 
@@ -464,6 +507,7 @@ def compile_model(
     try:
         if not n_features:
             raise CompileError("the model does not say how many features it takes")
+        refuse_featurizer(model)
         compiled: CompiledMethods
         if _takes_text(metadata, schema):
             compiled, records = _compile_table(
@@ -480,7 +524,7 @@ def compile_model(
         report.records = len(records)
         wanted = [m for m in methods if m in compiled.available()]
         verdicts = {m: _verify(model, compiled, m, records) for m in wanted}
-        limit = _crossover(model, compiled, records) if wanted else None
+        limit = _crossover(model, compiled, records, wanted[0]) if wanted else None
         compiled.nan_to_fallback = (
             allows_nan and fallback is not None and type(compiled) is CompiledMethods
         )
@@ -575,11 +619,12 @@ def _verified_engines(
         else:
             failures.append(f"{method}: {why}")
             report.why[method] = f"verification failed ({why})"
-    report.reason = (
-        "verification failed for " + "; ".join(failures)
-        if failures
-        else "verified on every record"
-    )
+    if failures:
+        report.reason = "verification failed for " + "; ".join(failures)
+    elif verdicts:
+        report.reason = "verified on every record"
+    else:
+        report.reason = "the graph computes none of the methods served"
     if engines and compiled.max_records == 0:
         report.methods = dict.fromkeys(report.methods, SKLEARN)
         not_used = (
@@ -659,9 +704,12 @@ def _apart(converter: Any, *args: Any) -> bytes:
     return value
 
 
-def _crossover(model: Any, compiled: CompiledMethods, records: Any) -> int | None:
+def _crossover(
+    model: Any, compiled: CompiledMethods, records: Any, method: str = "predict"
+) -> int | None:
     """Up to how many records the engine answers faster than scikit-learn; None when it
-    always does. Each engine's ``predict`` on one record and on ``CROSSOVER_BATCH``,
+    always does. Each engine's ``method`` (``predict``, a featurizer's ``transform``)
+    on one record and on ``CROSSOVER_BATCH``,
     CPU time, the four measured in turn ``CROSSOVER_ROUNDS`` times and each case's
     fastest run kept: on a busy machine the fastest run is the least disturbed, and a
     disturbance lasting a while falls on every case alike. ``crossover_limit`` then
@@ -671,17 +719,13 @@ def _crossover(model: Any, compiled: CompiledMethods, records: Any) -> int | Non
     if isinstance(rows, np.ndarray):
         rows = rows.astype(np.float64)
     one = compiled.take(rows, slice(0, 1))
-    sklearn_predict = (
-        (lambda X: compiled.fallback("predict", X))
+    sklearn_call = (
+        (lambda X: compiled.fallback(method, X))
         if compiled.fallback is not None
-        else model.predict
+        else getattr(model, method)
     )
-    cases = [
-        (compiled._predict, one),
-        (compiled._predict, rows),
-        (sklearn_predict, one),
-        (sklearn_predict, rows),
-    ]
+    ours = getattr(compiled, f"_{method}")
+    cases = [(ours, one), (ours, rows), (sklearn_call, one), (sklearn_call, rows)]
     fastest = [math.inf] * len(cases)
     for _ in range(CROSSOVER_ROUNDS):
         for i, (fn, X) in enumerate(cases):
