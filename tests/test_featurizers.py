@@ -165,14 +165,21 @@ def test_featurizer_job_needs_no_label(scaler):
             "method=predict",
             "Unknown method 'predict'; this model supports: transform.",
         ),
+        (
+            b"1,2,3,4\n",
+            "text/csv",
+            "method=explain",
+            "the model is a featurizer: it transforms, it does not predict",
+        ),
     ],
-    ids=["width", "text", "missing", "predict"],
+    ids=["width", "text", "missing", "predict", "explain"],
 )
 def test_bad_input_to_a_featurizer_is_a_400(
     scaler, body, content_type, attributes, message
 ):
-    """A record of the wrong width, a word or a gap where a number goes, and a method
-    a featurizer does not have: each a 400 whose detail says what to send."""
+    """A record of the wrong width, a word or a gap where a number goes, a method a
+    featurizer does not have, and an explanation of what it does not predict: each a
+    400 whose detail says what to send or why not."""
     server, _, _ = scaler
     headers = {"X-Amzn-SageMaker-Custom-Attributes": attributes} if attributes else {}
     status, _, answer = server.invoke(

@@ -38,6 +38,9 @@ def prepare(predictor: Any) -> tuple[Any, str]:
 
     if predictor.n_features is None:
         return None, "the model does not say how many features it takes"
+    if not hasattr(predictor.model, "predict"):
+        # A featurizer (modelapp/predictors/featurizer.py): no prediction to explain.
+        return None, "the model is a featurizer: it transforms, it does not predict"
     try:
         over = _over_budget(predictor)
         if over:
