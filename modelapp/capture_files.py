@@ -18,7 +18,6 @@ never a request.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import logging
 import os
@@ -160,6 +159,8 @@ class Writer:
         self.lost = 0
         self._pid = 0
         self._lock = threading.Lock()
+        # The writer thread and the exit handler both write files.
+        self._files_lock = threading.Lock()
         self._s3: Any = None
 
     def put(self, captured: Capture) -> None:
@@ -179,7 +180,6 @@ class Writer:
             self._pid = os.getpid()
             self.files = {}
             threading.Thread(target=self._run, name="data-capture", daemon=True).start()
-            atexit.register(self.close_all)
 
     # --- the writer thread --------------------------------------------------------------
     def _run(self) -> None:
@@ -189,8 +189,10 @@ class Writer:
             except queue.Empty:
                 pass
             else:
-                self.add(captured)
-            self.rotate(time.time())
+                with self._files_lock:
+                    self.add(captured)
+            with self._files_lock:
+                self.rotate(time.time())
 
     def add(self, captured: Capture) -> None:
         line = orjson.dumps(record(captured)) + b"\n"
@@ -216,12 +218,15 @@ class Writer:
                 self.write(current)
 
     def close_all(self) -> None:
-        while True:
-            try:
-                self.add(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        self.rotate(time.time(), force=True)
+        """At a worker's exit (gunicorn's ``worker_exit``): everything queued or open,
+        written now."""
+        with self._files_lock:
+            while True:
+                try:
+                    self.add(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            self.rotate(time.time(), force=True)
 
     def write(self, current: OpenFile) -> None:
         """One file to the destination; a failure loses its lines, and says so."""

@@ -107,8 +107,10 @@ def check_records(
 
 
 def test_captures_in_a_directory(serve_factory, iris_base, tmp_path):
-    """Files under {model}/{variant}/yyyy/mm/dd/hh/, one record per invocation (100%
-    sampled): CSV and JSON bodies as text, NPY as BASE64, the caller's inference id."""
+    """docs/settings.md: `SMSERVE_CAPTURE_DESTINATION` a directory: files under
+    {model}/{variant}/yyyy/mm/dd/hh/, one record per invocation (100% sampled): CSV and
+    JSON bodies as text, NPY as BASE64, the caller's inference id; each file written
+    `SMSERVE_CAPTURE_ROTATE_SECONDS` after its first record, whole."""
     destination = tmp_path / "capture"
     server = serve_factory(
         iris_base,
@@ -131,8 +133,8 @@ def test_captures_in_a_directory(serve_factory, iris_base, tmp_path):
 
 
 def test_captures_in_s3(serve_factory, iris_base):
-    """The same records as objects under s3://bucket/prefix/, through boto3 and
-    AWS_ENDPOINT_URL (a moto server started here)."""
+    """`SMSERVE_CAPTURE_DESTINATION` as s3://bucket/prefix: the same records as objects
+    under the prefix, through boto3 and AWS_ENDPOINT_URL (a moto server started here)."""
     with s3_server() as aws:
         client = s3_client(aws)
         client.create_bucket(Bucket=BUCKET)
@@ -183,3 +185,53 @@ def test_a_failing_destination_loses_captures_not_requests(
     )
     assert blocked.read_text() == ""
     assert not Path(blocked.parent / "capture").exists()
+
+
+def test_a_large_file_is_written_before_its_time(serve_factory, iris_base, tmp_path):
+    """`SMSERVE_CAPTURE_ROTATE_MB`: a file that reaches the size is written at once, an
+    hour before its time; the next record starts a new file, not written yet."""
+    destination = tmp_path / "capture"
+    server = serve_factory(
+        iris_base,
+        env={
+            **CAPTURE_ENV,
+            "SMSERVE_CAPTURE_ROTATE_SECONDS": "3600",
+            "SMSERVE_CAPTURE_DESTINATION": str(destination),
+        },
+        workers=1,
+    )
+    large = CSV_BODY * 36_000  # 1.15 MB
+    for body in (large, CSV_BODY):
+        status, _, answer = server.request(
+            "POST", "/invocations", body, {"Content-Type": "text/csv"}
+        )
+        assert status == HTTPStatus.OK, answer
+    (written,) = wait_for(
+        lambda: list(destination.rglob("*.jsonl")), what="the large file written"
+    )
+    (line,) = written.read_bytes().splitlines()
+    assert json.loads(line)["captureData"]["endpointInput"]["data"] == large.decode()
+    # The small record's file is still open (an hour to go): only the one file exists.
+    assert list(destination.rglob("*.jsonl")) == [written]
+
+
+def test_a_stopping_server_writes_its_open_files(serve_factory, iris_base, tmp_path):
+    """A worker that exits (the server stopped) writes the files it still holds, long
+    before `SMSERVE_CAPTURE_ROTATE_SECONDS`."""
+    destination = tmp_path / "capture"
+    server = serve_factory(
+        iris_base,
+        env={
+            **CAPTURE_ENV,
+            "SMSERVE_CAPTURE_ROTATE_SECONDS": "3600",
+            "SMSERVE_CAPTURE_DESTINATION": str(destination),
+        },
+    )
+    sent = send_three(server)
+    server.stop()
+    lines = [
+        line
+        for path in destination.rglob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+    check_records(lines, sent)
