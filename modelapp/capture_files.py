@@ -68,6 +68,7 @@ class Capture:
 
 
 def enabled() -> bool:
+    """Whether raw capture is on: a destination, and a share to sample."""
     return (
         bool(conf.get("CAPTURE_DESTINATION")) and float(conf.get("CAPTURE_PERCENT")) > 0
     )
@@ -89,7 +90,7 @@ def take(request: Any) -> Capture | None:
 def offer(request: Any, response: Any) -> None:
     """After the view: queue a sampled, answered invocation with its response body."""
     captured: Capture | None = getattr(request, "data_capture", None)
-    if captured is None or response.status_code >= 400:
+    if captured is None or response.status_code >= 400 or response.streaming:
         return
 
     def finish(rendered: Any) -> None:
