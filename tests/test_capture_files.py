@@ -1,8 +1,9 @@
 """Raw capture in SageMaker's data-capture format through the real server
 (``docs/monitoring.md``): ``SMSERVE_CAPTURE_DESTINATION`` receives JSON Lines files in the
 layout and record shape Model Monitor's data capture writes, one record per sampled
-invocation, in a directory and in a local S3-compatible server (moto); a destination
-that fails loses captures, never a request."""
+invocation, in a directory and in a local S3-compatible server (moto), each model of a
+multi-model endpoint under its own name; files rotate by size and are written when a
+worker stops; a destination that fails loses captures, never a request."""
 
 from __future__ import annotations
 
@@ -235,3 +236,55 @@ def test_a_stopping_server_writes_its_open_files(serve_factory, iris_base, tmp_p
         for line in path.read_bytes().splitlines()
     ]
     check_records(lines, sent)
+
+
+def test_a_multi_model_endpoint_captures_under_each_model(
+    serve_factory, iris_base, tmp_path
+):
+    """A multi-model endpoint: each loaded model's invocations under its own name,
+    `SMSERVE_CAPTURE_DESTINATION`/{model}/AllTraffic/..."""
+    destination = tmp_path / "capture"
+    empty = tmp_path / "base"
+    empty.mkdir()
+    server = serve_factory(
+        empty,
+        env={
+            **CAPTURE_ENV,
+            "SMSERVE_CAPTURE_DESTINATION": str(destination),
+            "SAGEMAKER_MULTI_MODEL": "TRUE",
+            "SMSERVE_MME_MODEL_ROOT": str(iris_base.parent),
+        },
+    )
+    url = str(iris_base / "model")
+    for name in ("first", "second"):
+        load = json.dumps({"model_name": name, "url": url}).encode()
+        status, _, answer = server.request(
+            "POST", "/models", load, {"Content-Type": "application/json"}
+        )
+        assert status == HTTPStatus.OK, answer
+    sent = {}
+    for name, times in (("first", 2), ("second", 1)):
+        for _ in range(times):
+            inference_id = str(uuid.uuid4())
+            status, _, answer = server.request(
+                "POST",
+                f"/models/{name}/invoke",
+                CSV_BODY,
+                {"Content-Type": "text/csv", INFERENCE_ID: inference_id},
+            )
+            assert status == HTTPStatus.OK, answer
+            sent[inference_id] = name
+
+    def by_model() -> dict[str, str] | None:
+        found = {
+            json.loads(line)["eventMetadata"]["inferenceId"]: path.relative_to(
+                destination
+            ).parts[0]
+            for path in destination.rglob("*.jsonl")
+            for line in path.read_bytes().splitlines()
+        }
+        return found if len(found) >= len(sent) else None
+
+    assert wait_for(by_model, what="three captured records") == sent
+    for path in destination.rglob("*.jsonl"):
+        assert path.relative_to(destination).parts[1] == "AllTraffic", path
