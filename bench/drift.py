@@ -2,14 +2,16 @@
 ``SMSERVE_CAPTURE_PERCENT`` (default 10), in the same run, on the harness of
 ``bench/run.py`` (the real ``docker/serve`` pinned to one core, wrk on the other).
 
-    .venv/bin/python bench/drift.py [--percent 10] [--rounds 5] [--seconds 3]
+    .venv/bin/python bench/drift.py [--percent 10] [--rounds 5] [--seconds 3] [--files]
 
 Two servers of the iris tree, one with capture off and one with it on, are measured in
 turns (off then on, on then off, ...), so a shared machine's drifting speed hits both alike; the
 figure is the ratio of the medians. The model has no training distributions (a bare
 ``model.joblib``), so the capturing server first builds its reference from the first
 sampled records (``SMSERVE_DRIFT_REFERENCE_RECORDS``) in a warm-up run, and is measured
-counting against it. Run by hand; not part of the test suite.
+counting against it. ``--files`` also writes the sampled invocations as data-capture
+files to a directory (``SMSERVE_CAPTURE_DESTINATION``). Run by hand; not part of the test
+suite.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--records", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--files", action="store_true")
     args = parser.parse_args()
     ncpu = len(os.sched_getaffinity(0))
     server_cpus, client_cpus = ("1", "0") if ncpu >= 2 else (None, None)
@@ -54,6 +57,8 @@ def main() -> int:
             "SMSERVE_DRIFT_REFERENCE_RECORDS": "50",
         },
     }
+    if args.files:
+        settings["on"]["SMSERVE_CAPTURE_DESTINATION"] = str(work / "capture")
     servers = {
         name: run.Server(path, work / f"serve-{name}", cpus=server_cpus, env=env)
         for name, env in settings.items()
@@ -83,7 +88,8 @@ def main() -> int:
     print(
         f"iris, {args.records} record(s), c={args.concurrency}: server CPU per request "
         f"median of {args.rounds}: capture off {off:.4f} ms, capture at "
-        f"{args.percent:g}% {on:.4f} ms: ratio {on / off:.3f}"
+        f"{args.percent:g}%{' with files' if args.files else ''} {on:.4f} ms: ratio "
+        f"{on / off:.3f}"
     )
     return 0
 

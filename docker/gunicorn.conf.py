@@ -105,8 +105,8 @@ def post_fork(server, worker):
 
 
 def worker_exit(server, worker):
-    # Write this worker's last counts before it goes.
-    from modelapp import multimodel
+    # Write this worker's last counts (and data-capture files) before it goes.
+    from modelapp import capture_files, multimodel
     from modelapp.stats import collector
     from smserve.workers import exit_without_teardown
 
@@ -114,6 +114,7 @@ def worker_exit(server, worker):
         if _metrics is not None:
             _metrics.worker_exiting("exit")
         collector.stop()
+        capture_files.writer.close_all()
         if multimodel.enabled():
             multimodel.worker_models().stop()
     finally:

@@ -85,6 +85,12 @@ DEFAULTS: dict[str, Any] = {
     "DRIFT_MIN_RECORDS": 100,
     # A model with no training distributions: its first sampled records are the reference.
     "DRIFT_REFERENCE_RECORDS": 1000,
+    # Raw capture in SageMaker's data-capture format (modelapp/capture_files.py): a
+    # directory or s3://bucket/prefix; None: off. A file is closed after so many seconds
+    # or megabytes, whichever comes first.
+    "CAPTURE_DESTINATION": None,
+    "CAPTURE_ROTATE_SECONDS": 60.0,
+    "CAPTURE_ROTATE_MB": 16,
     # Serve the methods verified equal by ONNX Runtime (modelapp/predictors/compiled.py).
     "COMPILED_ENGINE": True,
     # ONNX Runtime intra-op threads per worker; None: BLAS's share (OMP_NUM_THREADS).

@@ -22,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelapp import conf, multimodel, observers, openapi
+from modelapp import capture_files, conf, multimodel, observers, openapi
 from modelapp.batch import KeyedPredictions
 from modelapp.exceptions import (
     InvalidInput,
@@ -248,6 +248,7 @@ class InvocationsView(APIView):
             request.META.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES", "")
         )
         extra = {"headers": request.headers} if predictor.wants_headers else {}
+        request.data_capture = capture_files.take(request)  # the body, if sampled
         data = request.data
         # The phases' ends, for the metrics (a chunked body is parsed while predicted).
         request.parsed_at = time.perf_counter()
@@ -308,6 +309,7 @@ class InvocationsView(APIView):
         request.model_sha256 = self.model_sha256()
         request.predictor = self.predictor
         request.served_model = self.served_model_name()
+        capture_files.offer(request, response)
         log_invocation(request, response)
         return response
 

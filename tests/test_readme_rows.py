@@ -72,6 +72,7 @@ FEATURIZERS = "tests/test_featurizers.py"
 PIPELINE = "tests/test_inference_pipeline.py"
 PARQUET = "tests/test_parquet_serving.py"
 DRIFT_T = "tests/test_drift_serving.py"
+CAPTURE_FILES_T = "tests/test_capture_files.py"
 DRIFT_FLAGGED = "test_one_shifted_feature_is_flagged_and_no_other"
 
 # (page, the heading a table sits under, its place among that section's tables) ->
@@ -1374,6 +1375,23 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
     },
     (SETTINGS, "Settings", "`SMSERVE_DRIFT_MIN_RECORDS`"): {
         "`SMSERVE_DRIFT_MIN_RECORDS`": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+    },
+    # --- raw capture (docs/monitoring.md, tests/test_capture_files.py) ---
+    (SETTINGS, "Settings", "`SMSERVE_CAPTURE_DESTINATION`"): {
+        "`SMSERVE_CAPTURE_DESTINATION`": proof(
+            f"{CAPTURE_FILES_T}::test_captures_in_a_directory",
+            f"{CAPTURE_FILES_T}::test_captures_in_s3",
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_CAPTURE_ROTATE_SECONDS`"): {
+        "`SMSERVE_CAPTURE_ROTATE_SECONDS`": proof(
+            f"{CAPTURE_FILES_T}::test_captures_in_a_directory"
+        ),
+    },
+    (SETTINGS, "Settings", "`SMSERVE_CAPTURE_ROTATE_MB`"): {
+        "`SMSERVE_CAPTURE_ROTATE_MB`": proof(
+            f"{CAPTURE_FILES_T}::test_a_large_file_is_written_before_its_time"
+        ),
     },
     (SETTINGS, "Settings", "`SMSERVE_DRIFT_REFERENCE_RECORDS`"): {
         "`SMSERVE_DRIFT_REFERENCE_RECORDS`": proof(
