@@ -15,6 +15,7 @@ from sklearn import metrics
 from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
 
+from modelapp.metadata import ModelMetadata
 from modelapp.report import IMPORTANCE_REPEATS, MAX_CURVE_POINTS
 from tests.support.tables import FEATURES, TARGET, churn_frame
 from tests.support.training import run_train, write_csv
@@ -64,6 +65,8 @@ def churn(tmp_path_factory) -> tuple[dict, object, pd.DataFrame]:
 
 
 def test_classifier_report_equals_sklearn_on_the_validation_channel(churn):
+    """metadata.json's report (the [model report](#the-model-report)) for a classifier:
+    every figure equals scikit-learn's on the validation channel and the saved model."""
     metadata, model, validation = churn
     report = metadata["report"]
     X, y = validation[FEATURES], validation[TARGET].to_numpy()
@@ -128,6 +131,8 @@ def test_permutation_importance_is_per_raw_column(churn):
 
 
 def test_regressor_report_equals_sklearn(tmp_path):
+    """A regressor's residual quantiles equal numpy's on the saved model's residuals
+    on the validation channel; its predicted-against-actual bins cover every row."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 3))
     y = 3 * X[:, 0] - X[:, 1] + rng.normal(0, 0.3, 400)
@@ -181,3 +186,14 @@ def test_without_validation_a_held_out_split_is_recorded(tmp_path):
     assert np.sum(report["classification"]["confusion_matrix"]) == 40
     assert metadata["rows"]["train"] == 200  # the saved model still saw every row
     assert not list((tmp_path / "ml" / "model").glob(".*report*"))
+
+
+def test_files_without_a_report_still_read():
+    """A metadata.json written before the report reads with an empty one, and a report
+    survives a read and a write unchanged (no new schema version)."""
+    old = ModelMetadata.from_dict({"schema_version": 3, "estimator": "x.Y"})
+    assert old.report == {}
+    report = {"source": {"data": "validation", "rows": 3}}
+    again = ModelMetadata.from_dict({"schema_version": 3, "report": report})
+    assert again.to_dict()["report"] == report
+    assert again.to_dict()["schema_version"] == 3
