@@ -197,3 +197,41 @@ def test_files_without_a_report_still_read():
     again = ModelMetadata.from_dict({"schema_version": 3, "report": report})
     assert again.to_dict()["report"] == report
     assert again.to_dict()["schema_version"] == 3
+
+
+def test_multiclass_curves_are_one_vs_rest(tmp_path):
+    """Three classes: a ROC and precision-recall curve per class against the rest, and
+    calibration of the predicted class's probability (was the prediction right)."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(
+        400, 4, n_informative=3, n_redundant=0, n_classes=3, random_state=0
+    )
+    train = write_csv(tmp_path / "train.csv", X[:250], y[:250])
+    valid = write_csv(tmp_path / "validation.csv", X[250:], y[250:])
+    metadata = trained(
+        tmp_path / "ml",
+        {"train": train, "validation": valid},
+        "--hp",
+        "smserve_estimator=logistic_regression",
+    )
+    model = joblib.load(tmp_path / "ml" / "model" / "model.joblib")
+    data = np.loadtxt(valid, delimiter=",")
+    Xv, yv = data[:, 1:], data[:, 0].astype(int)
+    part = metadata["report"]["classification"]
+    proba = model.predict_proba(Xv)
+    assert [c["class"] for c in part["curves"]] == [0, 1, 2]
+    for index, curve in enumerate(part["curves"]):
+        truth = yv == index
+        assert curve["roc_auc"] == pytest.approx(
+            metrics.roc_auc_score(truth, proba[:, index])
+        )
+        fpr, tpr, _ = metrics.roc_curve(truth, proba[:, index])
+        assert on_curve(curve["roc"], fpr, tpr)
+    assert part["calibration"]["of"] == "predicted"
+    hit = model.classes_[proba.argmax(axis=1)] == yv
+    observed, mean_predicted = calibration_curve(hit, proba.max(axis=1), n_bins=10)
+    bins = part["calibration"]["bins"]
+    assert [b["observed"] for b in bins] == pytest.approx(observed.tolist())
+    assert [b["predicted"] for b in bins] == pytest.approx(mean_predicted.tolist())
+    assert np.array(part["confusion_matrix"]).shape == (3, 3)
