@@ -76,7 +76,9 @@ def test_admin_flow_in_chromium(admin_server, screenshots):
             expect(chart).to_be_visible()
             assert chart.locator("rect.requests").count() >= 1
             assert chart.locator("rect.errors").count() >= 1
-            expect(page.locator("figcaption")).to_contain_text(f"{requests} in all")
+            expect(page.locator("figure.smserve-chart figcaption")).to_contain_text(
+                f"{requests} in all"
+            )
             page.screenshot(
                 path=str(screenshots / "admin-trained-model.png"), full_page=True
             )
