@@ -17,7 +17,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 # Lines per class on a curve chart (cycled); the admin's own blue and red first.
 COLOURS = ("#447e9b", "#ba2121", "#2e8540", "#a05a00", "#6a3d9a", "#555555")
-SIZE, MARGIN = 220, 34
+SIZE, MARGIN = 220, 50
 
 
 def report_section(report: Any) -> SafeString:
