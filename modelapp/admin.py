@@ -22,7 +22,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from modelapp import drift_admin
+from modelapp import drift_admin, report_admin
 from modelapp.metadata import Feature, ModelMetadata
 from modelapp.models import InvocationStat, ModelEvent, TrainedModel, TrainingRun
 
@@ -322,6 +322,10 @@ class TrainedModelAdmin(ReadOnlyAdmin):
             {"fields": ["n_features", "features_list", "classes_list"]},
         ),
         (
+            "Model report",
+            {"fields": ["model_report"]},
+        ),
+        (
             "Prediction engines",
             {"fields": ["engines_table"]},
         ),
@@ -415,6 +419,10 @@ class TrainedModelAdmin(ReadOnlyAdmin):
         if metadata.schema_version >= 2 and metadata.features:
             return schema_table(metadata.features)
         return item_list(obj.feature_names, "unnamed (columns by position)")
+
+    @admin.display(description="on held-out data")
+    def model_report(self, obj: TrainedModel) -> SafeString:
+        return report_admin.report_section((obj.metadata or {}).get("report"))
 
     @admin.display(description="classes")
     def classes_list(self, obj: TrainedModel) -> SafeString:

@@ -24,6 +24,9 @@ Schema versions:
   distribution of the model's own outputs on the validation data (else the training
   data): ``labels``, ``probability`` (the predicted class's, in ten bins) or
   ``values`` (a regressor's, in quantile bins). Files of versions 1 and 2 have none.
+  Optional in version 3 (no new version: an older reader keeps it as an unknown key):
+  ``report``, the model report (``modelapp/report.py``) on the validation data or a
+  held-out split of train; absent or empty in files written before it.
 
 A model trained elsewhere (a bare joblib) has no file: ``ModelMetadata.from_estimator``
 derives its schema from the model (``schema_of``). A third kind, ``any``, is for columns
@@ -220,6 +223,8 @@ class ModelMetadata:
     compiled: dict[str, Any] = field(default_factory=dict)
     # The distribution of the model's outputs on its validation (else training) data.
     outputs: dict[str, Any] = field(default_factory=dict)
+    # How good the model is on data it was not fitted on (modelapp/report.py).
+    report: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     # Keys of a newer (or foreign) writer, kept as they were.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -280,6 +285,7 @@ class ModelMetadata:
             "channels",
             "compiled",
             "outputs",
+            "report",
         ):
             if not isinstance(values.get(key), dict):
                 values.pop(key, None)

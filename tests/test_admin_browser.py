@@ -76,7 +76,9 @@ def test_admin_flow_in_chromium(admin_server, screenshots):
             expect(chart).to_be_visible()
             assert chart.locator("rect.requests").count() >= 1
             assert chart.locator("rect.errors").count() >= 1
-            expect(page.locator("figcaption")).to_contain_text(f"{requests} in all")
+            expect(page.locator("figure.smserve-chart figcaption")).to_contain_text(
+                f"{requests} in all"
+            )
             page.screenshot(
                 path=str(screenshots / "admin-trained-model.png"), full_page=True
             )
@@ -89,3 +91,54 @@ def test_admin_flow_in_chromium(admin_server, screenshots):
             browser.close()
     assert outside == []
     assert Path(screenshots / "admin-trained-model.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_model_report_in_chromium(admin_server, screenshots):
+    """The model's page draws the report ``train`` wrote (validation channel): the
+    confusion matrix as a table, ROC, precision-recall and calibration as SVG with a
+    title that says the figures, the permutation importance as a bar per input column."""
+    server, db, sha = admin_server
+    base = f"http://127.0.0.1:{server.port}"
+    outside: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith(base) else outside.append(r.url),
+            )
+            page.goto(f"{base}/admin/login/?next=/admin/")
+            page.fill("#id_username", ADMIN_USER)
+            page.fill("#id_password", ADMIN_PASSWORD)
+            page.click("input[type=submit]")
+            page.click("text=Trained models")
+            page.click(f"text={sha[:12]}")
+            expect(page.locator("p.smserve-report-source")).to_have_text(
+                "Measured on the validation channel (40 rows)."
+            )
+            confusion = page.locator("table.smserve-confusion")
+            expect(confusion).to_be_visible()
+            expect(confusion.locator("caption")).to_contain_text("Confusion matrix")
+            expect(confusion.locator("tbody tr")).to_have_count(2)
+            cells = confusion.locator("tbody td").all_inner_texts()
+            assert sum(int(c) for c in cells) == 40
+            expect(page.locator("table.smserve-per-class tbody tr")).to_have_count(2)
+            charts = page.locator("figure.smserve-report-chart svg")
+            expect(charts).to_have_count(3)
+            for index, name in enumerate(("ROC", "Precision-recall", "Calibration")):
+                chart = charts.nth(index)
+                expect(chart).to_be_visible()
+                expect(chart.locator("> title")).to_contain_text(name)
+                assert chart.locator("polyline.curve").count() == 1
+            expect(charts.nth(0).locator("> title")).to_contain_text("AUC")
+            bars = page.locator("figure.smserve-importance svg g.column")
+            expect(bars).to_have_count(2)
+            expect(bars.first.locator("title")).to_contain_text("column")
+            page.locator("div.smserve-report").screenshot(
+                path=str(screenshots / "admin-model-report.png")
+            )
+        finally:
+            browser.close()
+    assert outside == []

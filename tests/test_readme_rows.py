@@ -1914,6 +1914,9 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
         "`duration_seconds`": proof(f"{TRAIN}::test_csv_classification_end_to_end"),
         "`outputs` and each feature's `distribution` (the training distributions "
         "that drift is measured against)": proof(f"{DRIFT_T}::{DRIFT_FLAGGED}"),
+        "`report` (the [model report](#the-model-report))": proof(
+            "tests/test_model_report.py::test_classifier_report_equals_sklearn_on_the_validation_channel"
+        ),
     },
     (TRAINING, "What it writes", "`model/model.onnx`"): {
         "the model converted to ONNX (trees, forests and HistGradientBoosting by our "

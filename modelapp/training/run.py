@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 import modelapp
-from modelapp import drift
+from modelapp import drift, report
 from modelapp.metadata import Feature, ModelMetadata, dotted_path, json_safe
 from modelapp.paths import SageMakerPaths
 from modelapp.training import (
@@ -211,6 +211,7 @@ class Trainer:
             if spec is not None:
                 metrics.update(cv_metric)
             metadata = self.build_metadata(fitted, task, datasets, metrics)
+            metadata.report = self.model_report(fitted, task, datasets, model_tmp)
             metadata.compiled = self.compile_for_serving(fitted, datasets[TRAIN])
             if summary is not None:
                 metadata.extra[search.METADATA_KEY] = summary
@@ -225,6 +226,52 @@ class Trainer:
         self.result.metrics = metrics
         self.result.model_sha256 = metadata.sha256
         self.result.status, self.result.exit_code = COMPLETED, EXIT_OK
+
+    def model_report(
+        self,
+        fitted: Any,
+        task: str | None,
+        datasets: dict[str, Dataset],
+        model_tmp: Path,
+    ) -> dict[str, Any]:
+        """The model report (``modelapp/report.py``) on the validation channel; without
+        one, on a held-out split of train, scoring a copy of the model fitted on the rest
+        (the saved model saw every row, so it cannot be judged on any of them)."""
+        if task is None:
+            return {}
+        train = datasets[TRAIN]
+        seed = self.hp.random_seed or 0
+        names = train.feature_names or [f"column {i}" for i in range(train.n_features)]
+        validation = datasets.get("validation")
+        if validation is not None:
+            assert validation.y is not None
+            source = {"data": "validation", "rows": validation.rows}
+            return report.build_report(
+                fitted, task, validation.X, validation.y, source, names, seed
+            )
+        from sklearn.base import clone
+        from sklearn.model_selection import train_test_split
+
+        assert train.y is not None
+        if train.rows < 10:
+            return {}  # too few rows to hold any out
+        X_fit, X_held, y_fit, y_held = train_test_split(
+            train.X, train.y, test_size=report.HOLDOUT_FRACTION, random_state=seed
+        )
+        rest = Dataset(TRAIN, X_fit, y_fit, train.feature_names, train.target_name)
+        copy_tmp = model_tmp.with_name(model_tmp.name + ".report")
+        try:
+            copy = fit_in_child(clone(fitted), rest, copy_tmp)
+        finally:
+            copy_tmp.unlink(missing_ok=True)
+        source = {
+            "data": "train_holdout",
+            "rows": len(y_held),
+            "fraction": report.HOLDOUT_FRACTION,
+            "random_state": seed,
+            "fitted_rows": len(y_fit),
+        }
+        return report.build_report(copy, task, X_held, y_held, source, names, seed)
 
     def compile_for_serving(self, estimator: Any, train: Dataset) -> dict[str, Any]:
         """``model.onnx`` and the verification rows beside the model (``compile.py``)."""
