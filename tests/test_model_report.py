@@ -66,7 +66,10 @@ def churn(tmp_path_factory) -> tuple[dict, object, pd.DataFrame]:
 
 def test_classifier_report_equals_sklearn_on_the_validation_channel(churn):
     """metadata.json's report (the [model report](#the-model-report)) for a classifier:
-    every figure equals scikit-learn's on the validation channel and the saved model."""
+    every figure equals scikit-learn's on the validation channel and the saved model.
+
+    docs/training.md, Reserved keys: `smserve_report`: the [model report](#the-model-report):
+    `auto` on the validation channel."""
     metadata, model, validation = churn
     report = metadata["report"]
     X, y = validation[FEATURES], validation[TARGET].to_numpy()
@@ -168,7 +171,11 @@ def test_regressor_report_equals_sklearn(tmp_path):
 
 def test_without_validation_a_held_out_split_is_recorded(tmp_path):
     """No validation channel: 20% of train held out, scored by a copy of the model
-    fitted on the other 80% (the saved model saw every row)."""
+    fitted on the other 80% (the saved model saw every row).
+
+    docs/training.md, Reserved keys: `smserve_report` `auto`: else on a held-out 20% of
+    train scored by a copy of the model fitted on the rest (a second fit, about 0.8 of
+    the first's time)."""
     rng = np.random.default_rng(1)
     X = rng.normal(size=(200, 2))
     train = write_csv(tmp_path / "train.csv", X, (X.sum(axis=1) > 0).astype(int))
@@ -186,6 +193,34 @@ def test_without_validation_a_held_out_split_is_recorded(tmp_path):
     assert np.sum(report["classification"]["confusion_matrix"]) == 40
     assert metadata["rows"]["train"] == 200  # the saved model still saw every row
     assert not list((tmp_path / "ml" / "model").glob(".*report*"))
+
+
+@pytest.mark.parametrize("choice", ["validation", "off"])
+def test_the_report_can_skip_its_second_fit(tmp_path, choice):
+    """docs/training.md, Reserved keys: `smserve_report` `validation` only from a
+    validation channel (no second fit); `off` none: without a validation channel
+    neither writes a report, and the model is trained as usual."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 2))
+    train = write_csv(tmp_path / "train.csv", X, (X.sum(axis=1) > 0).astype(int))
+    metadata = trained(
+        tmp_path / "ml", {"train": train}, "--hp", f"smserve_report={choice}"
+    )
+    assert metadata["report"] == {}
+    assert metadata["rows"]["train"] == 200
+    assert (tmp_path / "ml" / "model" / "model.joblib").is_file()
+
+
+def test_an_unknown_report_choice_fails_the_job(tmp_path):
+    """docs/training.md, Reserved keys: `smserve_report` is one of `auto`, `validation`
+    or `off`; anything else fails the job with a failure file that says so."""
+    X = np.arange(40.0).reshape(20, 2)
+    train = write_csv(tmp_path / "train.csv", X, (X[:, 0] > 20).astype(int))
+    base = tmp_path / "ml"
+    done = run_train(base, "--channel", f"train={train}", "--hp", "smserve_report=yes")
+    assert done.returncode != 0
+    failure = (base / "output" / "failure").read_text()
+    assert "smserve_report must be one of auto, validation, off, got 'yes'" in failure
 
 
 def test_files_without_a_report_still_read():

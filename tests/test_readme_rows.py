@@ -1682,6 +1682,23 @@ ROWS: dict[tuple[str, str, str], dict[str, Proof]] = {
             f"{TABLES_T}::test_declared_categorical_columns"
         ),
     },
+    (TRAINING, "Reserved keys", "`smserve_report`"): {
+        "`auto`": proof(
+            "tests/test_model_report.py::test_without_validation_a_held_out_split_is_recorded"
+        ),
+        "the [model report](#the-model-report): `auto` on the validation channel": proof(
+            "tests/test_model_report.py::test_classifier_report_equals_sklearn_on_the_validation_channel"
+        ),
+        "else on a held-out 20% of train scored by a copy of the model fitted on the rest (a second fit, about 0.8 of the first's time)": proof(
+            "tests/test_model_report.py::test_without_validation_a_held_out_split_is_recorded"
+        ),
+        "`validation` only from a validation channel (no second fit)": proof(
+            "tests/test_model_report.py::test_the_report_can_skip_its_second_fit"
+        ),
+        "`off` none": proof(
+            "tests/test_model_report.py::test_the_report_can_skip_its_second_fit"
+        ),
+    },
     (TRAINING, "Reserved keys", "`smserve_search`"): {
         "unset (no search)": in_process(
             f"{SEARCH}::test_no_search_without_its_hyperparameters"

@@ -40,6 +40,9 @@ SEARCH_FOLDS = "smserve_search_folds"
 SEARCH_SCORING = "smserve_search_scoring"
 # Training across hosts: how long hosts wait for each other, seconds (training/cluster.py).
 CLUSTER_TIMEOUT = "smserve_cluster_timeout"
+# The model report (modelapp/report.py): where its data comes from, or off.
+REPORT = "smserve_report"
+REPORT_CHOICES = ("auto", "validation", "off")
 # Every reserved key and its default: the one table.
 RESERVED: dict[str, Any] = {
     ESTIMATOR: "sklearn.tree.DecisionTreeClassifier",
@@ -56,6 +59,7 @@ RESERVED: dict[str, Any] = {
     SEARCH_FOLDS: 5,
     SEARCH_SCORING: None,
     CLUSTER_TIMEOUT: 300,
+    REPORT: "auto",
 }
 # The reserved keys the module that uses them checks (``Hyperparameters.owned``).
 OWNED = (
@@ -133,6 +137,7 @@ class Hyperparameters:
     categorical_encoding: str = RESERVED[CATEGORICAL_ENCODING]
     impute: str = RESERVED[IMPUTE]
     categorical_columns: list[int | str] = field(default_factory=list)
+    report: str = RESERVED[REPORT]
     params: dict[str, Any] = field(default_factory=dict)
     # Reserved keys other modules check (``OWNED``: the search, the cluster), as given
     # (converted); their defaults are in ``RESERVED``.
@@ -161,6 +166,8 @@ class Hyperparameters:
                 hp.impute = _choice(key, value, IMPUTE_CHOICES)
             elif key == CATEGORICAL_COLUMNS:
                 hp.categorical_columns = _columns(value)
+            elif key == REPORT:
+                hp.report = _choice(key, value, REPORT_CHOICES)
             elif key in OWNED:
                 hp.owned[key] = value
             elif key.startswith(RESERVED_PREFIX):

@@ -237,7 +237,7 @@ class Trainer:
         """The model report (``modelapp/report.py``) on the validation channel; without
         one, on a held-out split of train, scoring a copy of the model fitted on the rest
         (the saved model saw every row, so it cannot be judged on any of them)."""
-        if task is None:
+        if task is None or self.hp.report == "off":
             return {}
         train = datasets[TRAIN]
         seed = self.hp.random_seed or 0
@@ -249,6 +249,8 @@ class Trainer:
             return report.build_report(
                 fitted, task, validation.X, validation.y, source, names, seed
             )
+        if self.hp.report == "validation":
+            return {}  # no second fit for a report: only a validation channel's
         from sklearn.base import clone
         from sklearn.model_selection import train_test_split
 
