@@ -524,7 +524,9 @@ def compile_model(
         report.records = len(records)
         wanted = [m for m in methods if m in compiled.available()]
         verdicts = {m: _verify(model, compiled, m, records) for m in wanted}
-        limit = _crossover(model, compiled, records, wanted[0]) if wanted else None
+        # Timed on a method verified (the records are ones both engines answered).
+        verified = [m for m in wanted if verdicts[m][0]]
+        limit = _crossover(model, compiled, records, verified[0]) if verified else None
         compiled.nan_to_fallback = (
             allows_nan and fallback is not None and type(compiled) is CompiledMethods
         )
