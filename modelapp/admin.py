@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db.models import QuerySet, Sum
+from django.db.models import Exists, OuterRef, QuerySet, Sum
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -24,7 +24,13 @@ from django.utils.safestring import SafeString, mark_safe
 
 from modelapp import drift_admin, report_admin
 from modelapp.metadata import Feature, ModelMetadata
-from modelapp.models import InvocationStat, ModelEvent, TrainedModel, TrainingRun
+from modelapp.models import (
+    DriftCount,
+    InvocationStat,
+    ModelEvent,
+    TrainedModel,
+    TrainingRun,
+)
 
 # Users and groups are no smserve table, and their admin pages could add a superuser or
 # change a password: logins come from DJANGO_SUPERUSER_* and `manage.py createsuperuser`.
@@ -339,7 +345,13 @@ class TrainedModelAdmin(ReadOnlyAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(total_requests=Sum("stats__requests"))
+            .annotate(
+                total_requests=Sum("stats__requests"),
+                # The drift column asks once per page, not once per row.
+                has_drift_counts=Exists(
+                    DriftCount.objects.filter(model=OuterRef("sha256"))
+                ),
+            )
         )
 
     def get_urls(self) -> list[Any]:

@@ -99,7 +99,10 @@ def _hour(now: datetime | None) -> datetime:
 def list_column(model: TrainedModel) -> str:
     """The model list's word on drift over the last day ("—": nothing sampled, or no
     reference yet)."""
-    if not DriftCount.objects.filter(model=model).exists():
+    counted = getattr(model, "has_drift_counts", None)  # the list's annotation
+    if counted is None:
+        counted = DriftCount.objects.filter(model=model).exists()
+    if not counted:
         return "—"
     report = report_for(model)
     names = [f.name for f in report.drifting]
