@@ -207,11 +207,13 @@ class Trainer:
                 fitted = fitted.best_estimator_
                 artifacts.dump_model(fitted, model_tmp)  # the model is the best one
                 self.result.search = summary
+            # Before this process predicts anything (below): see held_out_copy.
+            held_out = self.held_out_copy(fitted, task, datasets, model_tmp)
             metrics = self.evaluate(fitted, task, datasets)
             if spec is not None:
                 metrics.update(cv_metric)
             metadata = self.build_metadata(fitted, task, datasets, metrics)
-            metadata.report = self.model_report(fitted, task, datasets, model_tmp)
+            metadata.report = self.model_report(fitted, task, datasets, held_out)
             metadata.compiled = self.compile_for_serving(fitted, datasets[TRAIN])
             if summary is not None:
                 metadata.extra[search.METADATA_KEY] = summary
@@ -227,36 +229,28 @@ class Trainer:
         self.result.model_sha256 = metadata.sha256
         self.result.status, self.result.exit_code = COMPLETED, EXIT_OK
 
-    def model_report(
+    def held_out_copy(
         self,
         fitted: Any,
         task: str | None,
         datasets: dict[str, Dataset],
         model_tmp: Path,
-    ) -> dict[str, Any]:
-        """The model report (``modelapp/report.py``) on the validation channel; without
-        one, on a held-out split of train, scoring a copy of the model fitted on the rest
-        (the saved model saw every row, so it cannot be judged on any of them)."""
-        if task is None or self.hp.report == "off":
-            return {}
-        train = datasets[TRAIN]
-        seed = self.hp.random_seed or 0
-        names = train.feature_names or [f"column {i}" for i in range(train.n_features)]
-        validation = datasets.get("validation")
-        if validation is not None:
-            assert validation.y is not None
-            source = {"data": "validation", "rows": validation.rows}
-            return report.build_report(
-                fitted, task, validation.X, validation.y, source, names, seed
-            )
-        if self.hp.report == "validation":
-            return {}  # no second fit for a report: only a validation channel's
+    ) -> tuple[Any, Any, Any, dict[str, Any]] | None:
+        """For the model report of a job without a validation channel: a copy of the
+        model fitted on 80% of train, the other 20% and where they came from; None when
+        the report does not hold out (a validation channel, ``smserve_report``, too few
+        rows). Called before this process predicts anything: a GNU OpenMP pool started
+        here (HistGradientBoosting predicts in parallel) hangs the forked fit's own."""
+        if task is None or self.hp.report != "auto" or "validation" in datasets:
+            return None
         from sklearn.base import clone
         from sklearn.model_selection import train_test_split
 
+        train = datasets[TRAIN]
         assert train.y is not None
         if train.rows < 10:
-            return {}  # too few rows to hold any out
+            return None  # too few rows to hold any out
+        seed = self.hp.random_seed or 0
         X_fit, X_held, y_fit, y_held = train_test_split(
             train.X, train.y, test_size=report.HOLDOUT_FRACTION, random_state=seed
         )
@@ -273,6 +267,34 @@ class Trainer:
             "random_state": seed,
             "fitted_rows": len(y_fit),
         }
+        return copy, X_held, y_held, source
+
+    def model_report(
+        self,
+        fitted: Any,
+        task: str | None,
+        datasets: dict[str, Dataset],
+        held_out: tuple[Any, Any, Any, dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        """The model report (``modelapp/report.py``) on the validation channel; without
+        one, on a held-out split of train, scoring a copy of the model fitted on the rest
+        (``held_out_copy``: the saved model saw every row, so it cannot be judged on any
+        of them)."""
+        if task is None or self.hp.report == "off":
+            return {}
+        train = datasets[TRAIN]
+        seed = self.hp.random_seed or 0
+        names = train.feature_names or [f"column {i}" for i in range(train.n_features)]
+        validation = datasets.get("validation")
+        if validation is not None:
+            assert validation.y is not None
+            source = {"data": "validation", "rows": validation.rows}
+            return report.build_report(
+                fitted, task, validation.X, validation.y, source, names, seed
+            )
+        if held_out is None:
+            return {}
+        copy, X_held, y_held, source = held_out
         return report.build_report(copy, task, X_held, y_held, source, names, seed)
 
     def compile_for_serving(self, estimator: Any, train: Dataset) -> dict[str, Any]:
