@@ -216,7 +216,9 @@ def test_failed_flush_keeps_the_counts():
     assert sum(counted["features"]["0"]["counts"]) == 3
 
 
-@pytest.mark.django_db
+# transaction=True: the flush closes an old connection first, as the stats' does (in a
+# test's own transaction PostgreSQL's would then be gone).
+@pytest.mark.django_db(transaction=True)
 def test_flush_adds_to_this_writers_row():
     collector = capture.CaptureCollector()
     sampler = _sampler()
