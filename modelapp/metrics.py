@@ -205,12 +205,11 @@ def invocation(request: Any, response: Any) -> Any:
     """Labels of an answered invocation, known before its response is rendered; returns
     the function to call once it is, with the status, the response's size and the
     whole request's seconds."""
-    predictor = getattr(request, "predictor", None)
     method = getattr(request, "prediction_method", "")
     records = getattr(request, "records", 0)
     model = getattr(request, "served_model", "")
     sha = short(getattr(request, "model_sha256", None))
-    engine = engine_of(predictor, method, records) if predictor is not None else ""
+    engine = getattr(request, "engine", "")  # the view's (invocation_log.engine_of)
     data = getattr(response, "data", None)
     code = data.get("code", "") if isinstance(data, dict) else ""
     bytes_in = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -287,21 +286,6 @@ def _durations(key: tuple[str, ...]) -> tuple[Any, ...]:
             *(PHASE_DURATION.labels(*key, phase) for phase in PHASES),
         )
     return children
-
-
-def engine_of(predictor: Any, method: str, records: int) -> str:
-    """The engine that answered ``method``: the compiled engine's report says which
-    serves each method (a batch above its ``max_records`` goes to scikit-learn); a kind
-    without one is its own engine (``script``)."""
-    report = getattr(predictor, "engine_report", None)
-    if report is None:
-        return type(predictor).__name__.removesuffix("Predictor").lower()
-    engine = report.methods.get(method, "")
-    if report.max_records is not None and records > report.max_records:
-        from modelapp.predictors.compiled import SKLEARN
-
-        return SKLEARN
-    return str(engine)
 
 
 # --- models ------------------------------------------------------------------------

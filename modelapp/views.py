@@ -307,7 +307,6 @@ class InvocationsView(APIView):
         if getattr(response, "exception", False):
             response.content_type = response.accepted_renderer.error_media_type
         request.model_sha256 = self.model_sha256()
-        request.predictor = self.predictor
         request.served_model = self.served_model_name()
         capture_files.offer(request, response)
         log_invocation(request, response)
